@@ -1,0 +1,50 @@
+# mglightning — every target runs inside .venv, made by `make install`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+EXP    ?= table1_fmnist
+SWEEP  ?= metagater_fmnist
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-all lint train train-cifar10 reproduce sweep bench clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+install: ## Create .venv with torch 2.14.1 + torchvision 0.29.1 and the package (dev extra); Fashion-MNIST from Debian when root
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev]"
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "note: dataset-fashion-mnist not installed (offline Fashion-MNIST unavailable)"; \
+	fi
+
+test: ## Run the test suite (slow tests excluded)
+	$(PY) -m pytest -q
+
+test-all: ## Run every test, the slow end-to-end ones too
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: ## Lint with ruff
+	$(VENV)/bin/ruff check mglightning tests
+
+train: ## MetaGater w/ gating on Fashion-MNIST, offline, ~minutes on 2 CPU cores
+	$(PY) -m mglightning.train dataset=fmnist model=cnn4 method=metagater $(ARGS)
+
+train-cifar10: ## The paper's main job: CIFAR-10, cnn4 gated at conv3, K=20, 20 targets (downloads CIFAR-10)
+	$(PY) -m mglightning.train experiment=table1_cifar10 $(ARGS)
+
+reproduce: ## Every method of EXP over 5 seeds → results/EXP/ (e.g. make reproduce EXP=table1_fmnist)
+	$(PY) -m mglightning.reproduce $(EXP) $(ARGS)
+
+sweep: ## Create and run the W&B sweep conf/sweep/SWEEP.yaml (offline: prints the Hydra multirun)
+	$(PY) -m mglightning.sweep $(SWEEP) $(ARGS)
+
+bench: ## Benchmarks → BENCHMARKS.md and BENCHMARKS.json
+	$(PY) -m mglightning.bench $(ARGS)
+
+clean: ## Remove caches and run outputs (keeps .venv and data)
+	rm -rf outputs .pytest_cache .ruff_cache lightning_logs wandb
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

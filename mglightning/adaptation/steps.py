@@ -1,0 +1,63 @@
+"""One-step fast adaptation at a target node (SPEC §4 and §5).
+
+Each function adapts, in place, a copy of the meta-network that the caller made (so that
+the learning time measured around it is the adaptation alone). ``two_stage`` is MetaGater's;
+``one_step`` is the target step of FedAvg, Per-FedAvg and MetaGater w/o gating (for which
+``two_stage`` reduces to it, having no gates).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mglightning.models.network import GatedNetwork
+
+
+def _gradient_step(params: list[nn.Parameter], loss: torch.Tensor, lr: float) -> None:
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    with torch.no_grad():
+        for param, grad in zip(params, grads, strict=True):
+            if grad is not None:
+                param.sub_(grad, alpha=lr)
+
+
+def _split_parameters(network: GatedNetwork) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(θ backbone, φ gate) parameters."""
+    theta, phi = [], []
+    for name, param in network.named_parameters():
+        (phi if network.is_gate_parameter(name) else theta).append(param)
+    return theta, phi
+
+
+def adapt_gates(
+    network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float
+) -> None:
+    """Stage I: φ_t = φ* − η_a ∇_φ L(θ*, φ*), the backbone fixed. The forward is dense: the
+    gate's straight-through gradient needs every channel's output, on or off."""
+    _, phi = _split_parameters(network)
+    if phi:
+        _gradient_step(phi, F.cross_entropy(network(images), labels), lr)
+
+
+def adapt_backbone(
+    network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float
+) -> None:
+    """Stage II: θ_t = θ* − η_a ∇_θ L(θ*, φ_t) through the sliced forward: only the active
+    subnet is computed, so only the active channels' filters (and the weights reading them)
+    change; the gates stay as Stage I left them."""
+    theta, _ = _split_parameters(network)
+    logits = network.forward_with_masks(images, sliced=True).logits
+    _gradient_step(theta, F.cross_entropy(logits, labels), lr)
+
+
+def two_stage(network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float) -> None:
+    """MetaGater's fast adaptation (SPEC §4): Stage I, then Stage II with the new masks."""
+    adapt_gates(network, images, labels, lr)
+    adapt_backbone(network, images, labels, lr)
+
+
+def one_step(network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float) -> None:
+    """One gradient step on all parameters (the baselines' target step, SPEC §5)."""
+    _gradient_step(list(network.parameters()), F.cross_entropy(network(images), labels), lr)

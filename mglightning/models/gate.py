@@ -1,0 +1,51 @@
+"""The channel gate of SPEC §1: a small MLP that picks output channels per input."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def binarize(
+    gate_logits: torch.Tensor,
+    temperature: float,
+    noise: bool,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Gumbel-sigmoid straight-through binarization (SPEC §1).
+
+    Forward: ``1[z + eps > 0]`` (strict, so an all-zero gate is off). Backward: the gradient
+    of ``sigmoid((z + eps) / temperature)``. ``eps ~ Logistic(0, 1)`` when ``noise`` is set,
+    else 0 (evaluation and fast adaptation are noise-free and deterministic).
+    """
+    if noise:
+        uniform = torch.rand(
+            gate_logits.shape, generator=generator, device=gate_logits.device
+        ).clamp_(1e-6, 1 - 1e-6)
+        gate_logits = gate_logits + torch.log(uniform) - torch.log1p(-uniform)
+    soft = torch.sigmoid(gate_logits / temperature)
+    hard = (gate_logits > 0).to(soft.dtype)
+    return hard + (soft - soft.detach())  # value exactly hard, gradient of soft
+
+
+class ChannelGate(nn.Module):
+    """Global average pool of the layer input → Linear(C_in, hidden) → ReLU → Linear(hidden, C_out).
+
+    The last Linear's rows are the Group Lasso groups of SPEC §3: row c with its bias entry
+    decides channel c for every input.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 16) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(in_channels, hidden)
+        self.out = nn.Linear(hidden, out_channels)
+
+    def logits(
+        self, layer_input: torch.Tensor, in_keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Gate logits (B, C_out). ``in_keep`` lists the input channels physically present."""
+        pooled = (
+            layer_input.mean(dim=(2, 3)) if layer_input.dim() == 4 else layer_input
+        )  # (B, C_in)
+        weight = self.hidden.weight if in_keep is None else self.hidden.weight[:, in_keep]
+        return self.out(torch.relu(nn.functional.linear(pooled, weight, self.hidden.bias)))

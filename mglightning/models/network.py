@@ -1,0 +1,192 @@
+"""The gated network of SPEC §1: a stack of conv/linear blocks, some of them channel-gated.
+
+One forward path serves training, adaptation and deployment. With ``sliced=True`` a gated
+block computes only the channels that are on for at least one input of the batch, the next
+layer reads only those channels, and the masks are constants (SPEC §4 Stage II, and real
+inference savings). With ``sliced=False`` every channel is computed and masked, which the
+gate's straight-through gradient needs: it flows through channels that are off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mglightning.models.gate import ChannelGate, binarize
+
+Pool = Literal["max", "avg", "global_avg"] | None
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One backbone layer: a 3×3 conv (padding 1) or a linear layer, ReLU, optional pooling."""
+
+    kind: Literal["conv", "linear"]
+    out: int
+    pool: Pool = None
+    gated: bool = False
+
+
+@dataclass
+class GatedOutput:
+    """Logits and, per gated layer, the (B, C_out) 0/1 masks that produced them."""
+
+    logits: torch.Tensor
+    masks: list[torch.Tensor]
+
+
+class GatedBlock(nn.Module):
+    """conv/linear → ReLU → channel mask (from the gate reading the block input) → pool."""
+
+    def __init__(self, spec: LayerSpec, in_channels: int, gate_hidden: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.op = (
+            nn.Conv2d(in_channels, spec.out, 3, padding=1)
+            if spec.kind == "conv"
+            else nn.Linear(in_channels, spec.out)
+        )
+        self.gate = ChannelGate(in_channels, spec.out, gate_hidden) if spec.gated else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        in_keep: torch.Tensor | None,
+        sliced: bool,
+        temperature: float,
+        noise: bool,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Returns (output, indices of the output channels present or None for all, mask)."""
+        weight, bias = self.op.weight, self.op.bias
+        if in_keep is not None:
+            weight = weight[:, in_keep]
+        mask = out_keep = None
+        if self.gate is not None:
+            mask = binarize(self.gate.logits(x, in_keep), temperature, noise, generator)
+            if sliced:
+                mask = mask.detach()
+                out_keep = _active_channels(mask)
+                if out_keep is not None:
+                    weight, bias = weight[out_keep], bias[out_keep]
+        y = (
+            F.conv2d(x, weight, bias, padding=1)
+            if self.spec.kind == "conv"
+            else F.linear(x, weight, bias)
+        )
+        y = torch.relu(y)
+        if mask is not None:
+            present = mask if out_keep is None else mask[:, out_keep]  # (B, C_present)
+            y = y * (present[:, :, None, None] if y.dim() == 4 else present)
+        return _pool(y, self.spec.pool), out_keep, mask
+
+
+def _active_channels(mask: torch.Tensor) -> torch.Tensor | None:
+    """Indices of channels on for some input; None when all are on (no slicing needed)."""
+    on = mask.amax(dim=0) > 0  # (C_out,)
+    if bool(on.all()):
+        return None
+    keep = on.nonzero().squeeze(1)
+    return keep if keep.numel() else torch.zeros(1, dtype=torch.long, device=mask.device)
+
+
+def _pool(y: torch.Tensor, pool: Pool) -> torch.Tensor:
+    if pool == "max":
+        return F.max_pool2d(y, 2)
+    if pool == "avg":
+        return F.avg_pool2d(y, 2)
+    if pool == "global_avg":
+        return F.adaptive_avg_pool2d(y, 1)
+    return y
+
+
+class GatedNetwork(nn.Module):
+    """Backbone blocks + a linear classifier head; gates where the layer specs say.
+
+    ``theta`` (backbone) and ``phi`` (gates) are told apart by parameter name: every gate
+    parameter lives under a ``.gate.`` submodule (see :meth:`is_gate_parameter`).
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        layers: list[LayerSpec],
+        gate_hidden: int = 16,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.temperature = temperature
+        self.gate_noise = False
+        self.noise_generator: torch.Generator | None = None
+        blocks, shapes = [], [self.input_shape]
+        for spec in layers:
+            in_channels = shapes[-1][0] if spec.kind == "conv" else _numel(shapes[-1])
+            blocks.append(GatedBlock(spec, in_channels, gate_hidden))
+            shapes.append(_block_output_shape(spec, shapes[-1]))
+        self.blocks = nn.ModuleList(blocks)
+        self.layer_shapes = shapes  # input shape of block i is shapes[i]; head reads shapes[-1]
+        self.head = nn.Linear(_numel(shapes[-1]), num_classes)
+
+    @property
+    def gated_layers(self) -> list[int]:
+        """Indices of the blocks that carry a gate."""
+        return [i for i, block in enumerate(self.blocks) if block.gate is not None]
+
+    @staticmethod
+    def is_gate_parameter(name: str) -> bool:
+        return ".gate." in name
+
+    def set_gate_noise(self, enabled: bool, generator: torch.Generator | None = None) -> None:
+        """Switch the Logistic gate noise of training on/off (SPEC §1)."""
+        self.gate_noise, self.noise_generator = enabled, generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_masks(x).logits
+
+    def forward_with_masks(self, x: torch.Tensor, sliced: bool = False) -> GatedOutput:
+        masks, in_keep = [], None
+        for block in self.blocks:
+            if block.spec.kind == "linear" and x.dim() > 2:
+                x, in_keep = x.flatten(1), _feature_indices(in_keep, x.shape[2:])
+            x, in_keep, mask = block(
+                x, in_keep, sliced, self.temperature, self.gate_noise, self.noise_generator
+            )
+            if mask is not None:
+                masks.append(mask)
+        if x.dim() > 2:
+            x, in_keep = x.flatten(1), _feature_indices(in_keep, x.shape[2:])
+        weight = self.head.weight if in_keep is None else self.head.weight[:, in_keep]
+        return GatedOutput(F.linear(x, weight, self.head.bias), masks)
+
+
+def _feature_indices(channel_keep: torch.Tensor | None, spatial: torch.Size) -> torch.Tensor | None:
+    """Flattened feature indices of the kept channels (flatten is channel-major)."""
+    if channel_keep is None:
+        return None
+    area = _numel(spatial)
+    offsets = torch.arange(area, device=channel_keep.device)
+    return (channel_keep[:, None] * area + offsets).flatten()  # (C_keep * H * W,)
+
+
+def _numel(shape: tuple[int, ...] | torch.Size) -> int:
+    total = 1
+    for size in shape:
+        total *= size
+    return total
+
+
+def _block_output_shape(spec: LayerSpec, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+    if spec.kind == "linear":
+        return (spec.out,)
+    height, width = in_shape[1], in_shape[2]
+    if spec.pool in ("max", "avg"):
+        height, width = height // 2, width // 2
+    elif spec.pool == "global_avg":
+        height, width = 1, 1
+    return (spec.out, height, width)

@@ -1,0 +1,175 @@
+"""Entry point: compose the config, build the objects, run federated meta-learning, then
+adapt at every target node and write the results.
+
+    python -m mglightning.train dataset=fmnist method=metagater rounds=300
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from mglightning.adaptation.module import FastAdaptation
+from mglightning.callbacks import RoundProgress, TargetEvaluation, TaskResultsWriter
+from mglightning.checkpoint import AtomicCheckpointIO
+from mglightning.data.datamodule import FederatedDataModule
+from mglightning.federated.learner import FederatedMetaLearner
+from mglightning.federated.prox import L1, GroupLasso
+from mglightning.io import write_json
+from mglightning.loggers import build_logger
+from mglightning.models.backbones import build_network as build_backbone
+from mglightning.models.network import GatedNetwork
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+log = logging.getLogger(__name__)
+
+
+def build_datamodule(cfg: DictConfig) -> FederatedDataModule:
+    datamodule = FederatedDataModule(
+        OmegaConf.to_container(cfg.dataset, resolve=True),
+        seed=cfg.seed,
+        batch_size=cfg.dataset.batch_size,
+        data_root=cfg.data_root,
+    )
+    datamodule.setup()
+    return datamodule
+
+
+def build_network(cfg: DictConfig, datamodule: FederatedDataModule) -> GatedNetwork:
+    gated_layers = list(cfg.model.gated_layers) if cfg.method.gating else []
+    return build_backbone(
+        cfg.model.name,
+        datamodule.input_shape,
+        datamodule.num_classes,
+        gated_layers,
+        cfg.model.gate_hidden,
+        cfg.model.temperature,
+    )
+
+
+def build_learner(cfg: DictConfig, network: GatedNetwork) -> FederatedMetaLearner:
+    learner = FederatedMetaLearner(
+        network,
+        strategy=None,
+        local_solver=instantiate(cfg.method.local),
+        clients_per_round=cfg.method.clients_per_round,
+        seed=cfg.seed,
+        gate_noise=cfg.method.get("gate_noise", False),
+    )
+    learner.strategy = instantiate(cfg.method.server, regularizer=build_regularizer(cfg, learner))
+    return learner
+
+
+def build_regularizer(cfg: DictConfig, learner: FederatedMetaLearner) -> GroupLasso | L1 | None:
+    """h(φ) of SPEC §3 over the learner's flat parameter vector."""
+    spec = cfg.method.get("regularizer") or {"name": "none"}
+    flat, network = learner.flat, learner.network
+    if spec["name"] == "group_lasso":
+        pairs = [
+            (f"blocks.{i}.gate.out.weight", f"blocks.{i}.gate.out.bias")
+            for i in network.gated_layers
+        ]
+        group_ids, num_groups = flat.group_index(pairs)
+        return GroupLasso(spec["gamma"], group_ids, num_groups)
+    if spec["name"] == "l1":
+        return L1(spec["gamma"], flat.gate_mask)
+    if spec["name"] == "none":
+        return None
+    raise ValueError(f"method.regularizer.name={spec['name']!r}: choose group_lasso, l1 or none")
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train, adapt at the targets, write ``tasks.csv``, ``curve.csv`` and ``summary.json``."""
+    output_dir = Path(cfg.output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    learner = build_learner(cfg, build_network(cfg, datamodule))
+    adapter = FastAdaptation(**cfg.method.adaptation)
+    logger = build_logger(cfg)
+    checkpoint_dir = output_dir / "checkpoints"
+    callbacks = [
+        RoundProgress(show_bar=cfg.progress_bar),
+        TargetEvaluation(adapter, cfg.eval_every, output_dir),
+        ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            save_top_k=0,
+            save_last=True,
+            every_n_epochs=cfg.checkpoint.every_n_rounds,
+        ),
+    ]
+    trainer = L.Trainer(
+        max_epochs=cfg.rounds,
+        logger=logger or False,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=output_dir,
+        **cfg.trainer,
+    )
+    last = checkpoint_dir / "last.ckpt"
+    trainer.fit(
+        learner,
+        datamodule=datamodule,
+        ckpt_path=str(last) if cfg.resume and last.exists() else None,
+    )
+    trainer.save_checkpoint(last)
+
+    adapter.set_meta_network(learner.meta_network())
+    writer = TaskResultsWriter(output_dir, step=int(learner.rounds_done))
+    tester = L.Trainer(
+        logger=logger or False,
+        callbacks=[writer],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        inference_mode=False,
+        **cfg.trainer,
+    )
+    tester.test(adapter, datamodule=datamodule, verbose=False)
+    summary = {
+        "rounds": int(learner.rounds_done),
+        "training_seconds": float(learner.training_seconds),
+        "rounds_per_second": int(learner.rounds_done) / max(float(learner.training_seconds), 1e-9),
+        **writer.summary,
+    }
+    write_json(output_dir / "summary.json", summary)
+    if logger is not None:
+        logger.log_metrics({f"final/{k}": v for k, v in summary.items()}, step=summary["rounds"])
+        logger.finalize("success")
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """A short results table for the terminal."""
+    lines = [
+        f"rounds                {summary['rounds']}  ({summary['rounds_per_second']:.2f} rounds/s, "
+        f"{summary['training_seconds']:.1f} s training)",
+        f"target accuracy       {100 * summary['accuracy_mean']:.2f} ± "
+        f"{100 * summary['accuracy_std']:.2f} %"
+        f"  (meta-model before adaptation {100 * summary['accuracy_meta_mean']:.2f} %)",
+        f"sparsity per task     mean {100 * summary['sparsity_mean']:.1f} %, std "
+        f"{100 * summary['sparsity_std']:.1f}, min {100 * summary['sparsity_min']:.1f}, "
+        f"max {100 * summary['sparsity_max']:.1f}",
+        f"FLOPs skipped         {100 * summary['flops_skipped_mean']:.1f} %",
+        f"learning time         {1000 * summary['learning_seconds_mean']:.1f} ms per task",
+    ]
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> None:
+    summary = run(cfg)
+    print(format_summary(summary))
+    print(f"results in {os.path.abspath(cfg.output_dir)}")
+
+
+if __name__ == "__main__":
+    main()

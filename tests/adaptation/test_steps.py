@@ -1,0 +1,81 @@
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from mglightning.adaptation.steps import adapt_backbone, adapt_gates, one_step, two_stage
+from mglightning.models import binarize, build_network
+from mglightning.models import network as network_module
+
+
+def gated_cnn4_with_dead_channels():
+    torch.manual_seed(0)
+    network = build_network("cnn4", (1, 16, 16), 4, gated_layers=[3])
+    with torch.no_grad():  # channels 0..39 off for every input, the rest decided per input
+        network.blocks[2].gate.out.bias[:40] = -100.0
+    images, labels = torch.randn(24, 1, 16, 16), torch.randint(0, 4, (24,))
+    return network, images, labels
+
+
+def changed(before, after):
+    return {
+        name
+        for name, p in after.named_parameters()
+        if not torch.equal(p, dict(before.named_parameters())[name])
+    }
+
+
+def test_stage_one_changes_only_the_gate():
+    network, images, labels = gated_cnn4_with_dead_channels()
+    adapted = copy.deepcopy(network)
+    adapt_gates(adapted, images, labels, lr=0.5)
+    assert changed(network, adapted) and all(".gate." in name for name in changed(network, adapted))
+
+
+def test_stage_two_changes_only_active_channels_filters():
+    network, images, labels = gated_cnn4_with_dead_channels()
+    adapted = copy.deepcopy(network)
+    adapt_backbone(adapted, images, labels, lr=0.5)
+    assert not any(".gate." in name for name in changed(network, adapted))
+    with torch.no_grad():
+        masks = network.forward_with_masks(images).masks[0]
+    active = masks.amax(0) > 0
+    assert 0 < int(active.sum()) < 128
+    conv3_before, conv3_after = network.blocks[2].op.weight, adapted.blocks[2].op.weight
+    assert torch.equal(conv3_after[~active], conv3_before[~active])
+    assert torch.equal(adapted.blocks[2].op.bias[~active], network.blocks[2].op.bias[~active])
+    per_filter_change = (conv3_after[active] - conv3_before[active]).flatten(1).abs().sum(1)
+    assert float((per_filter_change > 0).float().mean()) > 0.5  # some may be dead under ReLU
+    # The classifier columns reading inactive channels stay too (flatten is channel-major, 2×2).
+    head_delta = (adapted.head.weight - network.head.weight).reshape(4, 128, 4)
+    assert torch.all(head_delta[:, ~active] == 0)
+
+
+def test_sliced_stage_two_equals_the_dense_gradient_step(monkeypatch):
+    """Computing only the active subnet is an optimization, not a change of the update:
+    it equals a dense step with the masks held constant ("with the masks of φ_t")."""
+    network, images, labels = gated_cnn4_with_dead_channels()
+    sliced = copy.deepcopy(network)
+    adapt_backbone(sliced, images, labels, lr=0.3)
+    dense = copy.deepcopy(network)
+    monkeypatch.setattr(
+        network_module, "binarize", lambda *args, **kwargs: binarize(*args, **kwargs).detach()
+    )
+    theta = [p for n, p in dense.named_parameters() if ".gate." not in n]
+    grads = torch.autograd.grad(F.cross_entropy(dense(images), labels), theta)
+    with torch.no_grad():
+        for p, g in zip(theta, grads, strict=True):
+            p.sub_(0.3 * g)
+    for (name, a), (_, b) in zip(sliced.named_parameters(), dense.named_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_two_stage_without_gates_is_one_step():
+    torch.manual_seed(2)
+    network = build_network("cnn4", (1, 16, 16), 4)
+    images, labels = torch.randn(10, 1, 16, 16), torch.randint(0, 4, (10,))
+    a, b = copy.deepcopy(network), copy.deepcopy(network)
+    two_stage(a, images, labels, 0.1)
+    one_step(b, images, labels, 0.1)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
