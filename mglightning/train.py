@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -43,15 +44,19 @@ def build_datamodule(cfg: DictConfig) -> FederatedDataModule:
 
 
 def build_network(cfg: DictConfig, datamodule: FederatedDataModule) -> GatedNetwork:
+    """The backbone, gated unless the method says otherwise; its initialization is x_0, a
+    function of the seed alone."""
     gated_layers = list(cfg.model.gated_layers) if cfg.method.gating else []
-    return build_backbone(
-        cfg.model.name,
-        datamodule.input_shape,
-        datamodule.num_classes,
-        gated_layers,
-        cfg.model.gate_hidden,
-        cfg.model.temperature,
-    )
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        return build_backbone(
+            cfg.model.name,
+            datamodule.input_shape,
+            datamodule.num_classes,
+            gated_layers,
+            cfg.model.gate_hidden,
+            cfg.model.temperature,
+        )
 
 
 def build_learner(cfg: DictConfig, network: GatedNetwork) -> FederatedMetaLearner:

@@ -25,11 +25,12 @@ class FlatParameters:
         self.grad = torch.zeros_like(self.vector)
         self.slices: dict[str, slice] = {}
         self.gate_mask = torch.zeros_like(self.vector, dtype=torch.bool)  # φ entries
+        self._grad_views: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
         offset = 0
         for name, param in named:
             span = slice(offset, offset + param.numel())
             param.data = self.vector[span].view_as(param)
-            param.grad = self.grad[span].view_as(param)
+            self._grad_views.append((param, self.grad[span].view_as(param)))
             self.slices[name] = span
             self.gate_mask[span] = is_gate_parameter(name)
             offset = span.stop
@@ -42,7 +43,12 @@ class FlatParameters:
         self.vector.copy_(values)
 
     def zero_grad(self) -> None:
+        """Zero ``grad`` and (re)attach it as every parameter's ``.grad``: code outside our
+        control (Lightning's loops, ``module.zero_grad()``) may have set them to None."""
         self.grad.zero_()
+        for param, view in self._grad_views:
+            if param.grad is not view:
+                param.grad = view
 
     def group_index(self, group_parameters: list[tuple[str, str]]) -> tuple[torch.Tensor, int]:
         """Group ids of SPEC §3: row c of each ``weight`` with entry c of its ``bias``.

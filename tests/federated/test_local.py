@@ -63,6 +63,8 @@ def test_flat_views_share_memory_with_the_module():
     flat = FlatParameters(network, network.is_gate_parameter)
     flat.vector.zero_()
     assert all(float(p.detach().abs().sum()) == 0 for p in network.parameters())
+    network.zero_grad(set_to_none=True)  # as Lightning's loops do
+    flat.zero_grad()
     loss = network(torch.randn(4, 1, 16, 16)).sum()
     loss.backward()
     assert float(flat.grad.abs().sum()) > 0
