@@ -1,0 +1,27 @@
+"""Federated data (SPEC §2): pooled data sets, seeded partitioners and Lightning DataModules."""
+
+from mglightning.data.datamodule import ClientDataModule, FederatedDataModule
+from mglightning.data.datasets import DataError, ImageData, load_dataset, resolve_data_root
+from mglightning.data.partition import (
+    DirichletPartitioner,
+    PartitionError,
+    PathologicalPartitioner,
+    build_partitioner,
+    split_support_query,
+    split_train_target,
+)
+
+__all__ = [
+    "ClientDataModule",
+    "DataError",
+    "DirichletPartitioner",
+    "FederatedDataModule",
+    "ImageData",
+    "PartitionError",
+    "PathologicalPartitioner",
+    "build_partitioner",
+    "load_dataset",
+    "resolve_data_root",
+    "split_support_query",
+    "split_train_target",
+]

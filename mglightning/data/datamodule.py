@@ -1,0 +1,232 @@
+"""Lightning DataModules for one node and for the whole federation (SPEC §2).
+
+A :class:`ClientDataModule` is a node: two index tensors (support, query) into the shared
+:class:`~mglightning.data.datasets.ImageData`, never a copy of its images. The
+:class:`FederatedDataModule` loads the data set once, cuts it into nodes, splits the nodes into
+training and target nodes and each node into support and query, all from one seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import lightning
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from mglightning.data.datasets import ImageData, load_dataset
+from mglightning.data.partition import (
+    build_partitioner,
+    split_support_query,
+    split_train_target,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SUPPORT_FRACTION = 0.75  # SPEC §2: 75/25 support/query
+
+
+class IndexedImages(Dataset):
+    """Rows of an ImageData picked by an index tensor, fetched a whole batch at a time.
+
+    ``dataset[positions]`` takes a list of positions (what a BatchSampler yields) and returns
+    normalized images and labels in one gather, instead of one tensor op per sample.
+    """
+
+    def __init__(self, data: ImageData, indices: torch.Tensor) -> None:
+        self.data = data
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.batch(self.indices[positions])
+
+
+class ClientDataModule(lightning.LightningDataModule):
+    """One federated node: support (train) and query (test) index views into shared data.
+
+    ``seed`` seeds the shuffling of :meth:`train_dataloader`; the training hot path,
+    :meth:`sample_support_batch`, takes the caller's generator instead.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        data: ImageData,
+        support_idx: torch.Tensor,
+        query_idx: torch.Tensor,
+        batch_size: int,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.node_id = node_id
+        self.data = data
+        self.support_idx = support_idx
+        self.query_idx = query_idx
+        self.batch_size = batch_size
+        self.seed = seed
+
+    @property
+    def num_samples(self) -> int:
+        """Support plus query samples: the node's whole share of the data set."""
+        return len(self.support_idx) + len(self.query_idx)
+
+    @property
+    def classes(self) -> list[int]:
+        """Sorted class ids present at this node."""
+        node_labels = self.data.labels[torch.cat([self.support_idx, self.query_idx])]
+        return node_labels.unique().tolist()
+
+    def sample_support_batch(
+        self, batch_size: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random support mini-batch of min(batch_size, support size) distinct samples."""
+        num_support = len(self.support_idx)
+        positions = torch.randperm(num_support, generator=generator)[: min(batch_size, num_support)]
+        return self.data.batch(self.support_idx[positions])
+
+    def support_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole support part as (images, labels)."""
+        return self.data.batch(self.support_idx)
+
+    def query_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole query part as (images, labels)."""
+        return self.data.batch(self.query_idx)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled support mini-batches of ``batch_size``."""
+        shuffle = RandomSampler(range(len(self.support_idx)),
+                                generator=torch.Generator().manual_seed(self.seed))
+        return _batched_loader(self.data, self.support_idx, shuffle, self.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        """Query mini-batches of ``batch_size``, in index order."""
+        in_order = SequentialSampler(range(len(self.query_idx)))
+        return _batched_loader(self.data, self.query_idx, in_order, self.batch_size)
+
+
+def _batched_loader(
+    data: ImageData, indices: torch.Tensor, sampler, batch_size: int
+) -> DataLoader:
+    """A DataLoader whose sampler yields whole batches of positions; no per-sample collation."""
+    batches = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
+    return DataLoader(IndexedImages(data, indices), sampler=batches, batch_size=None,
+                      num_workers=0)
+
+
+class FederatedDataModule(lightning.LightningDataModule):
+    """The federation of SPEC §2: data set, nodes, training/target split, support/query split.
+
+    ``dataset`` is the ``dataset`` config group (name, download, support_fraction, partition,
+    optional synthetic options). :meth:`setup` does all the work once and fails on an impossible
+    partition before any training starts.
+    """
+
+    def __init__(
+        self, dataset: Mapping, seed: int, batch_size: int = 32, data_root: str | None = None
+    ) -> None:
+        super().__init__()
+        self.dataset_cfg = dataset
+        self.seed = seed
+        self.batch_size = batch_size
+        self.data_root = data_root
+        self.data: ImageData | None = None
+        self.train_clients: list[ClientDataModule] = []
+        self.target_clients: list[ClientDataModule] = []
+
+    @property
+    def num_classes(self) -> int:
+        return self._loaded_data().num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return self._loaded_data().shape
+
+    @property
+    def node_sizes(self) -> torch.Tensor:
+        """(training nodes,) sample counts, e.g. for size-weighted aggregation."""
+        return torch.tensor([client.num_samples for client in self.train_clients])
+
+    def _loaded_data(self) -> ImageData:
+        if self.data is None:
+            raise RuntimeError("FederatedDataModule.setup() has not run yet")
+        return self.data
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, partition and split once; later calls (one per Lightning stage) do nothing."""
+        if self.data is not None:
+            return
+        partition_cfg = self.dataset_cfg["partition"]
+        partition_seed, nodes_seed, support_seed = _independent_seeds(self.seed, 3)
+        partitioner = build_partitioner(partition_cfg, partition_seed)
+        num_target_nodes = int(partition_cfg.get("num_target_nodes", 0))
+        train_ids, target_ids = split_train_target(partitioner.num_nodes, num_target_nodes,
+                                                   nodes_seed)
+        data = self._load_data()
+        node_indices = partitioner.partition(data.labels, data.num_classes)
+        clients = self._make_clients(data, node_indices, support_seed)
+        self.train_clients = [clients[node_id] for node_id in train_ids]
+        self.target_clients = [clients[node_id] for node_id in target_ids]
+        self.data = data
+        logger.info(self.describe())
+
+    def _load_data(self) -> ImageData:
+        """The pooled data set; the ``synthetic`` options apply only when it is chosen."""
+        name = self.dataset_cfg["name"]
+        synthetic_options = self.dataset_cfg.get("synthetic") or {}
+        synthetic_kwargs = dict(synthetic_options) if name == "synthetic" else {}
+        return load_dataset(name, root=self.data_root,
+                            download=bool(self.dataset_cfg.get("download", True)),
+                            **synthetic_kwargs)
+
+    def _make_clients(
+        self, data: ImageData, node_indices: list[torch.Tensor], seed: int
+    ) -> list[ClientDataModule]:
+        """One ClientDataModule per node, its support/query split drawn from one generator."""
+        support_fraction = float(self.dataset_cfg.get("support_fraction",
+                                                      DEFAULT_SUPPORT_FRACTION))
+        generator = torch.Generator().manual_seed(seed)
+        clients = []
+        for node_id, indices in enumerate(node_indices):
+            support_idx, query_idx = split_support_query(indices, support_fraction, generator)
+            clients.append(ClientDataModule(node_id, data, support_idx, query_idx,
+                                            self.batch_size, seed=seed + node_id))
+        return clients
+
+    def train_dataloader(self) -> DataLoader:
+        """One item per training epoch: an epoch is one communication round, whose data the
+        learner draws from ``train_clients`` itself (SPEC §3)."""
+        return DataLoader(range(1), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        """Target-task indices 0..T-1, one per step: the adaptation module looks up
+        ``target_clients[i]`` itself (SPEC §4)."""
+        return DataLoader(range(len(self.target_clients)), batch_size=None,
+                          collate_fn=_target_index)
+
+    def describe(self) -> str:
+        """One line: data set, node counts, node sizes and classes per node."""
+        data = self._loaded_data()
+        clients = self.train_clients + self.target_clients
+        sizes = [client.num_samples for client in clients]
+        class_counts = [len(client.classes) for client in clients]
+        return (f"{self.dataset_cfg['name']}: {len(data)} images {data.shape}, "
+                f"{data.num_classes} classes; {len(clients)} nodes ({len(self.train_clients)} "
+                f"training, {len(self.target_clients)} target); node sizes "
+                f"{min(sizes)}-{max(sizes)}; classes per node "
+                f"{min(class_counts)}-{max(class_counts)}")
+
+
+def _target_index(position: int) -> int:
+    return int(position)
+
+
+def _independent_seeds(seed: int, count: int) -> list[int]:
+    """``count`` seeds for independent random streams derived from one config seed."""
+    children = np.random.SeedSequence(seed).spawn(count)
+    return [int(child.generate_state(1)[0]) for child in children]

@@ -1,0 +1,195 @@
+"""Seeded partitioners and node splits (SPEC §2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mglightning.data.partition import (
+    DirichletPartitioner,
+    PartitionError,
+    PathologicalPartitioner,
+    build_partitioner,
+    split_support_query,
+    split_train_target,
+)
+
+NUM_CLASSES = 10
+SAMPLES_PER_CLASS = 500
+
+
+@pytest.fixture
+def labels() -> torch.Tensor:
+    """Balanced labels in a seeded random order, like a pooled data set."""
+    ordered = torch.arange(NUM_CLASSES).repeat_interleave(SAMPLES_PER_CLASS)
+    return ordered[torch.randperm(len(ordered), generator=torch.Generator().manual_seed(0))]
+
+
+def assert_disjoint(nodes: list[torch.Tensor]) -> None:
+    everything = torch.cat(nodes)
+    assert len(torch.unique(everything)) == len(everything)
+
+
+@pytest.mark.parametrize("classes_per_node, seed", [(2, 0), (2, 1), (5, 2), (1, 3)])
+def test_pathological_nodes_have_their_classes_and_sizes(labels, classes_per_node, seed):
+    partitioner = PathologicalPartitioner(num_nodes=20, classes_per_node=classes_per_node,
+                                          size_range=(50, 300), seed=seed)
+    nodes = partitioner.partition(labels, NUM_CLASSES)
+    assert len(nodes) == 20
+    assert_disjoint(nodes)
+    for node in nodes:
+        assert node.dtype == torch.int64 and torch.equal(node, node.sort().values)
+        assert 50 <= len(node) <= 300
+        per_class = torch.bincount(labels[node], minlength=NUM_CLASSES)
+        present = per_class[per_class > 0]
+        assert len(present) == classes_per_node
+        assert int(present.max() - present.min()) <= 1  # the size is split evenly
+
+
+def test_pathological_is_seeded(labels):
+    def nodes_for(seed: int) -> list[torch.Tensor]:
+        partitioner = PathologicalPartitioner(num_nodes=10, classes_per_node=2,
+                                              size_range=(50, 300), seed=seed)
+        return partitioner.partition(labels, NUM_CLASSES)
+
+    first, same, other = nodes_for(7), nodes_for(7), nodes_for(8)
+    assert all(torch.equal(a, b) for a, b in zip(first, same, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_log_uniform_sizes_favour_small_nodes(labels):
+    partitioner = PathologicalPartitioner(num_nodes=40, classes_per_node=2, size_range=(10, 200),
+                                          seed=0, size_distribution="log_uniform")
+    sizes = torch.tensor([len(node) for node in partitioner.partition(labels, NUM_CLASSES)])
+    assert int(sizes.min()) >= 10 and int(sizes.max()) <= 200
+    assert sizes.double().median() < (10 + 200) / 2
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pathological_fits_a_paper_like_load(labels, seed):
+    """The paper's MNIST setting scaled to this data set: 25 nodes of [1165, 3834] / 14,
+    asking for ~89% of the samples on average."""
+    partitioner = PathologicalPartitioner(num_nodes=25, classes_per_node=2,
+                                          size_range=(83, 274), seed=seed)
+    nodes = partitioner.partition(labels, NUM_CLASSES)
+    assert_disjoint(nodes)
+    assert all(len(labels[node].unique()) == 2 for node in nodes)
+
+
+@pytest.mark.parametrize("settings, key", [
+    (dict(num_nodes=5, classes_per_node=11, size_range=(20, 30)), "classes_per_node"),
+    (dict(num_nodes=5, classes_per_node=2, size_range=(30, 20)), "size_range"),
+    (dict(num_nodes=5, classes_per_node=5, size_range=(4, 20)), "size_range"),
+    (dict(num_nodes=0, classes_per_node=2, size_range=(20, 30)), "num_nodes"),
+    (dict(num_nodes=30, classes_per_node=2, size_range=(200, 300)), "num_nodes"),
+    (dict(num_nodes=20, classes_per_node=2, size_range=(100, 1000)), "size_range"),
+    (dict(num_nodes=5, classes_per_node=2, size_range=(20, 30), size_distribution="normal"),
+     "size_distribution"),
+])
+def test_impossible_pathological_partition_names_the_key(labels, settings, key):
+    with pytest.raises(PartitionError, match=f"dataset.partition.{key}") as error:
+        PathologicalPartitioner(**settings, seed=0).partition(labels, NUM_CLASSES)
+    assert "\n" not in str(error.value)
+
+
+def test_classes_too_small_for_any_node_share_raise():
+    """The total fits, but only one class can supply a node's share: no silent short node."""
+    skewed = torch.cat([torch.zeros(1000), torch.ones(10), torch.full((10,), 2)]).long()
+    partitioner = PathologicalPartitioner(num_nodes=2, classes_per_node=2, size_range=(100, 100),
+                                          seed=0)
+    with pytest.raises(PartitionError, match="dataset.partition.size_range"):
+        partitioner.partition(skewed, 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dirichlet_nodes_are_disjoint_non_empty_and_use_everything(labels, seed):
+    nodes = DirichletPartitioner(num_nodes=15, alpha=0.5, seed=seed).partition(labels, NUM_CLASSES)
+    assert len(nodes) == 15 and min(len(node) for node in nodes) > 0
+    assert_disjoint(nodes)
+    assert sum(len(node) for node in nodes) == len(labels)
+
+
+def test_dirichlet_is_seeded_and_capped_by_size_range(labels):
+    def nodes_for(seed: int) -> list[torch.Tensor]:
+        partitioner = DirichletPartitioner(num_nodes=8, alpha=1.0, seed=seed,
+                                           size_range=(10, 40))
+        return partitioner.partition(labels, NUM_CLASSES)
+
+    first, same, other = nodes_for(3), nodes_for(3), nodes_for(4)
+    assert all(torch.equal(a, b) for a, b in zip(first, same, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+    assert all(1 <= len(node) <= 40 for node in first)
+    assert_disjoint(first)
+
+
+def test_dirichlet_alpha_controls_label_skew(labels):
+    def mean_classes_per_node(alpha: float) -> float:
+        nodes = DirichletPartitioner(num_nodes=10, alpha=alpha, seed=0).partition(labels,
+                                                                                  NUM_CLASSES)
+        return sum(len(labels[node].unique()) for node in nodes) / len(nodes)
+
+    assert mean_classes_per_node(0.1) < mean_classes_per_node(100.0)
+
+
+def test_dirichlet_that_cannot_fill_every_node_names_alpha(labels):
+    with pytest.raises(PartitionError, match="dataset.partition.alpha"):
+        DirichletPartitioner(num_nodes=200, alpha=0.001, seed=0).partition(labels, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("num_nodes, num_target_nodes", [(10, 3), (5, 0), (7, 6)])
+def test_train_and_target_nodes_split_all_nodes(num_nodes, num_target_nodes):
+    train_nodes, target_nodes = split_train_target(num_nodes, num_target_nodes, seed=0)
+    assert len(target_nodes) == num_target_nodes
+    assert not set(train_nodes) & set(target_nodes)
+    assert sorted(train_nodes + target_nodes) == list(range(num_nodes))
+
+
+def test_train_target_split_is_seeded():
+    assert split_train_target(50, 10, seed=1) == split_train_target(50, 10, seed=1)
+    assert split_train_target(50, 10, seed=1) != split_train_target(50, 10, seed=2)
+
+
+@pytest.mark.parametrize("num_target_nodes", [10, 11, -1])
+def test_train_target_split_needs_a_training_node(num_target_nodes):
+    with pytest.raises(PartitionError, match="dataset.partition.num_target_nodes"):
+        split_train_target(10, num_target_nodes, seed=0)
+
+
+def test_support_query_split_partitions_the_node():
+    indices = torch.arange(100, 300, 2)
+    support, query = split_support_query(indices, 0.75, torch.Generator().manual_seed(0))
+    assert len(support) == 75 and len(query) == 25
+    assert torch.equal(torch.cat([support, query]).sort().values, indices)
+    other_support, _ = split_support_query(indices, 0.75, torch.Generator().manual_seed(1))
+    assert not torch.equal(support, other_support)
+
+
+@pytest.mark.parametrize("size, fraction", [(1, 0.75), (10, 1.0), (10, 0.0), (3, 0.1)])
+def test_support_query_split_needs_both_parts(size, fraction):
+    with pytest.raises(PartitionError, match="dataset.support_fraction"):
+        split_support_query(torch.arange(size), fraction, torch.Generator().manual_seed(0))
+
+
+def test_build_partitioner_from_config_groups():
+    pathological = build_partitioner(OmegaConf.create(
+        {"name": "pathological", "num_nodes": 100, "num_target_nodes": 20,
+         "classes_per_node": 2, "size_range": [221, 2792]}), seed=4)
+    assert pathological == PathologicalPartitioner(num_nodes=100, classes_per_node=2,
+                                                   size_range=(221, 2792), seed=4)
+    log_uniform = build_partitioner({"name": "pathological", "num_nodes": 5, "classes_per_node": 2,
+                                     "size_range": [3, 9], "size_distribution": "log_uniform"}, 0)
+    assert log_uniform.size_distribution == "log_uniform"
+    dirichlet = build_partitioner({"name": "dirichlet", "num_nodes": 100, "alpha": 0.5}, seed=4)
+    assert dirichlet == DirichletPartitioner(num_nodes=100, alpha=0.5, seed=4)
+
+
+@pytest.mark.parametrize("config, key", [
+    ({"name": "shards", "num_nodes": 10}, "dataset.partition.name"),
+    ({"name": "pathological", "num_nodes": 10, "size_range": [1, 2]},
+     "dataset.partition.classes_per_node"),
+    ({"name": "dirichlet", "num_nodes": 10, "alpha": 1.0, "alhpa": 2.0}, "dataset.partition.alhpa"),
+])
+def test_build_partitioner_rejects_bad_configs(config, key):
+    with pytest.raises(PartitionError, match=key):
+        build_partitioner(config, seed=0)
