@@ -5,18 +5,34 @@ checkpointing, resuming, logging and callbacks are Lightning's own public machin
 meta state (x, x_ag, rounds done) lives in buffers and so in every checkpoint. Every random
 choice of round t comes from a generator seeded by (seed, t): the round counter is the whole
 RNG state, and a resumed run draws exactly what an uninterrupted one would.
+
+Faults: a node whose local solve raises or returns non-finite parameters is left out of its
+round (and counted); a round in which every node failed leaves the server state as it was;
+``max_failed_rounds`` such rounds in a row, or a non-finite server state, stop training with a
+:class:`TrainingFault` before anything is written, so the last checkpoint stays the last good one.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import time
+from collections.abc import Collection
 
 import lightning as L
 import torch
 
+from mglightning.federated.faults import FaultInjection
 from mglightning.federated.flat import FlatParameters
+from mglightning.federated.server import ClientResult
 from mglightning.models.network import GatedNetwork
+
+log = logging.getLogger(__name__)
+
+
+class TrainingFault(RuntimeError):
+    """Training cannot go on (every client failing, a non-finite server state); the message
+    says why. Raised before the round's state is committed, so no checkpoint holds it."""
 
 
 def round_generator(seed: int, round_index: int) -> torch.Generator:
@@ -35,17 +51,21 @@ class FederatedMetaLearner(L.LightningModule):
         clients_per_round: int,
         seed: int,
         gate_noise: bool = True,
+        max_failed_rounds: int = 3,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.network = network
         self.strategy, self.local_solver = strategy, local_solver
         self.clients_per_round, self.seed, self.gate_noise = clients_per_round, seed, gate_noise
+        self.max_failed_rounds = max_failed_rounds
         self.flat = FlatParameters(network, network.is_gate_parameter)
         self.register_buffer("x", self.flat.vector.clone())
         self.register_buffer("x_ag", self.flat.vector.clone())
         self.register_buffer("rounds_done", torch.zeros((), dtype=torch.long))
         self.register_buffer("training_seconds", torch.zeros((), dtype=torch.float64))
+        # Rounds in a row, up to now, in which every client failed; a checkpoint carries it.
+        self.register_buffer("failed_rounds_in_a_row", torch.zeros((), dtype=torch.long))
         self.last_round: dict[str, float] = {}
 
     def on_fit_start(self) -> None:
@@ -53,6 +73,11 @@ class FederatedMetaLearner(L.LightningModule):
 
     def configure_optimizers(self):
         return None
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints written before the failed-round count existed resume with it at 0."""
+        state = checkpoint["state_dict"]
+        state.setdefault("failed_rounds_in_a_row", torch.zeros((), dtype=torch.long))
 
     def sample_clients(self, num_clients: int, generator: torch.Generator) -> list[int]:
         if self.clients_per_round > num_clients:
@@ -66,30 +91,92 @@ class FederatedMetaLearner(L.LightningModule):
         clients = self.trainer.datamodule.train_clients
         self.last_round = self.run_round(clients)
 
+    def current_round(self) -> int:
+        """The round under way (1-based): the next one between rounds."""
+        return int(self.rounds_done) + 1
+
+    def inject_faults(
+        self, clients: Collection[int], kind: str, rounds: Collection[int] | None
+    ) -> None:
+        """Make nodes ``clients`` fail at ``rounds`` (None: all), by wrapping the local solver."""
+        self.local_solver = FaultInjection(self.local_solver, set(clients), kind,
+                                           None if rounds is None else set(rounds),
+                                           self.current_round)
+
     def run_round(self, clients) -> dict[str, float]:
-        """Algorithm 1, one round: configure, local solves on K sampled nodes, aggregate."""
-        round_index = int(self.rounds_done) + 1
+        """Algorithm 1, one round: configure, local solves on K sampled nodes, aggregate over
+        the nodes that did not fail."""
+        round_index = self.current_round()
         generator = round_generator(self.seed, round_index)
         start = time.perf_counter()
         x_md = self.strategy.configure_fit(self.x, self.x_ag, round_index)
         chosen = self.sample_clients(len(clients), generator)
         self.network.set_gate_noise(self.gate_noise, generator)
-        results = [self.local_solver(self.flat, x_md, clients[i], generator) for i in chosen]
-        self.network.set_gate_noise(False)
+        try:
+            results, failures = self.solve_clients([clients[i] for i in chosen], x_md, generator)
+        finally:
+            self.network.set_gate_noise(False)
         local_done = time.perf_counter()
-        x, x_ag = self.strategy.aggregate_fit(self.x, self.x_ag, x_md, results, round_index)
-        self.x.copy_(x)
-        self.x_ag.copy_(x_ag)
+        if results:
+            self.commit(*self.strategy.aggregate_fit(self.x, self.x_ag, x_md, results,
+                                                     round_index), round_index)
+        else:
+            self.count_failed_round(failures, round_index)
         self.rounds_done += 1
+        self.flat.load(self.x_ag)  # between rounds the network holds the meta-model
         end = time.perf_counter()
         self.training_seconds += end - start
         return {
             "round": round_index,
-            "train_loss": sum(result.loss for result in results) / len(results),
+            "train_loss": (sum(result.loss for result in results) / len(results)
+                           if results else float("nan")),
+            "failed_clients": len(failures),
             "local_seconds": local_done - start,
             "server_seconds": end - local_done,
             "round_seconds": end - start,
         }
+
+    def solve_clients(
+        self, chosen, x_md: torch.Tensor, generator: torch.Generator
+    ) -> tuple[list[ClientResult], list[str]]:
+        """Local solves; a node that raises or returns non-finite parameters is left out,
+        and its failure described."""
+        results, failures = [], []
+        for client in chosen:
+            try:
+                result = self.local_solver(self.flat, x_md, client, generator)
+            except Exception as error:  # any client-side failure: the round goes on without it
+                log.debug("node %d failed", client.node_id, exc_info=error)
+                message = " ".join(str(error).split())
+                failures.append(f"node {client.node_id}: {type(error).__name__}: {message}")
+                continue
+            if not torch.isfinite(result.params).all():
+                failures.append(f"node {client.node_id}: non-finite parameters")
+                continue
+            results.append(result)
+        for failure in failures:
+            log.warning("round %d: %s; left out of the round", self.current_round(), failure)
+        return results, failures
+
+    def commit(self, x: torch.Tensor, x_ag: torch.Tensor, round_index: int) -> None:
+        """Take the new server state, unless it is non-finite: then stop, keeping the old."""
+        if not (torch.isfinite(x).all() and torch.isfinite(x_ag).all()):
+            raise TrainingFault(f"the server state became non-finite at round {round_index}: "
+                                "stopped; the last checkpoint holds the last good state")
+        self.x.copy_(x)
+        self.x_ag.copy_(x_ag)
+        self.failed_rounds_in_a_row.zero_()
+
+    def count_failed_round(self, failures: list[str], round_index: int) -> None:
+        """A round in which every client failed changes nothing; too many in a row stop."""
+        in_a_row = int(self.failed_rounds_in_a_row) + 1
+        if in_a_row >= self.max_failed_rounds:
+            raise TrainingFault(
+                f"every client failed in {in_a_row} rounds in a row (rounds "
+                f"{round_index - in_a_row + 1}-{round_index}; faults.max_failed_rounds="
+                f"{self.max_failed_rounds}; last: {failures[-1]}): stopped; the last "
+                "checkpoint holds the last good state")
+        self.failed_rounds_in_a_row += 1
 
     def meta_network(self) -> GatedNetwork:
         """A detached copy of the network carrying the meta-model x_ag (SPEC §3 step 6)."""

@@ -1,0 +1,174 @@
+"""Config validation (issue #7): every shipped config validates; bad keys, types and ranges end
+in one line naming the key, the value and what is allowed, before any work starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import open_dict
+
+from mglightning.config import ConfigError, validate, validate_against_data
+from mglightning.train import CONF_DIR, build_datamodule, run
+
+REPO_ROOT = CONF_DIR.parent
+TINY_CLI = ["dataset=synthetic", "logger=none", "progress_bar=false", "method.clients_per_round=4",
+            "rounds=2", "eval_every=0"]
+
+
+def compose_train(*overrides: str):
+    """The real train config as the command line composes it, without the tests' shrinking."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def option_overrides() -> list[str]:
+    """``group=option`` for every option file of every config group that train composes."""
+    return [
+        f"{path.parent.name}={path.stem}"
+        for group in ("dataset", "model", "method", "logger", "experiment")
+        for path in sorted((CONF_DIR / group).glob("*.yaml"))
+    ]
+
+
+@pytest.mark.parametrize("override", option_overrides())
+def test_every_shipped_config_composes_and_validates(override):
+    validate(compose_train(override))
+
+
+def config_error(*overrides: str) -> str:
+    with pytest.raises(ConfigError) as error:
+        validate(compose_train(*overrides))
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("rounds=0", "rounds=0: must be an integer >= 1"),
+        ("rounds=abc", "rounds='abc': must be an integer >= 1"),
+        ("seed=-1", "seed=-1: must be an integer >= 0"),
+        ("checkpoint.every_n_rounds=0", "checkpoint.every_n_rounds=0: must be an integer >= 1"),
+        ("method.local.steps=0", "method.local.steps=0: must be an integer >= 1"),
+        ("method.local.steps=1.5", "method.local.steps=1.5: must be an integer >= 1"),
+        ("method.local.lr=-0.1", "method.local.lr=-0.1: must be a number > 0"),
+        ("method.local.lr=0", "method.local.lr=0: must be a number > 0"),
+        ("method.clients_per_round=0", "method.clients_per_round=0: must be an integer >= 1"),
+        ("dataset.support_fraction=1.0", "dataset.support_fraction=1.0: must be a number > 0 "
+                                         "and < 1"),
+        ("dataset.partition.size_range=[9,3]", "dataset.partition.size_range=[9, 3]: must be "
+                                               "[min, max]"),
+        ("method.adaptation.rule=three_stage", "method.adaptation.rule='three_stage': must be "
+                                               "one of"),
+        ("faults.inject.kind=hang", "faults.inject.kind='hang': must be one of ['raise', 'nan']"),
+        ("faults.max_failed_rounds=0", "faults.max_failed_rounds=0: must be an integer >= 1"),
+        ("model.gated_layers=[4]", "model.gated_layers=[4]: cnn4 has layers 1..3"),
+        ("resume=maybe", "resume='maybe': must be true or false"),
+        ("progress_bar=3", "progress_bar=3: must be true or false"),
+        ("output_root=5", "output_root=5: must be a string"),
+        ("output_root=${nowhere}", "output_root: cannot be resolved"),
+    ],
+)
+def test_bad_value_names_key_value_and_what_is_allowed(override, expected):
+    assert expected in config_error(override)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("+roundz=3", "unknown key roundz=3 (did you mean rounds?): allowed at the top level"),
+        ("+method.local.stepz=3", "unknown key method.local.stepz=3 (did you mean steps?): "
+                                  "mglightning.federated.local.ProximalSGD takes steps"),
+        ("+trainer.max_epoch=3", "unknown key trainer.max_epoch=3 (did you mean max_epochs?)"),
+        ("+faults.inject.node=[1]", "unknown key faults.inject.node=[1]"),
+        ("+method.adaptation.foo=1", "unknown key method.adaptation.foo=1: allowed under "
+                                     "method.adaptation are"),
+        ("method.server._target_=nowhere.Strategy", "method.server._target_='nowhere.Strategy': "
+                                                    "must name an importable class"),
+    ],
+)
+def test_unknown_keys_added_with_plus_are_rejected(override, expected):
+    assert expected in config_error(override)
+
+
+def test_keys_of_other_options_and_declared_keys_are_accepted():
+    """A partitioner switch needs its own key (declared by a rule), and a Lightning Trainer
+    option is a Trainer parameter."""
+    validate(compose_train("dataset.partition.name=dirichlet", "+dataset.partition.alpha=0.5",
+                           "+trainer.precision=32", "faults.inject.clients=[0,3]",
+                           "faults.inject.rounds=[2]"))
+
+
+def test_unknown_key_from_an_experiment_file_is_rejected():
+    """Experiment files merge without Hydra's struct check: a typo there must still fail."""
+    cfg = compose_train("experiment=table1_cifar10")
+    with open_dict(cfg):
+        cfg.method.clients_per_rnd = 5
+    with pytest.raises(ConfigError, match="unknown key method.clients_per_rnd=5 "
+                                          r"\(did you mean clients_per_round\?\)"):
+        validate(cfg)
+
+
+def test_several_problems_are_reported_together_on_one_line():
+    message = config_error("rounds=0", "method.local.lr=-1")
+    assert "rounds=0" in message and "method.local.lr=-1" in message
+
+
+def test_hydra_rejects_unknown_keys_without_plus():
+    with pytest.raises(ConfigCompositionException, match="roundz"):
+        compose_train("roundz=3")
+
+
+def test_clients_per_round_above_the_training_nodes_fails_after_setup(tiny_config):
+    cfg = tiny_config("method.clients_per_round=9")
+    validate(cfg)  # the count of training nodes needs the partition
+    train_ids = [client.node_id for client in build_datamodule(cfg).train_clients]
+    assert len(train_ids) == 8  # 12 nodes, 4 of them targets
+    with pytest.raises(ConfigError, match=r"method.clients_per_round=9: must be at most the 8 "
+                                          "training nodes"):
+        validate_against_data(cfg, train_ids)
+    validate_against_data(tiny_config("method.clients_per_round=8"), train_ids)
+
+
+def test_fault_injection_into_a_target_node_is_rejected(tiny_config):
+    cfg = tiny_config()
+    datamodule = build_datamodule(cfg)
+    target_id = datamodule.target_clients[0].node_id
+    cfg = tiny_config(f"faults.inject.clients=[{target_id}]")
+    with pytest.raises(ConfigError, match=rf"nodes \[{target_id}\] are not training nodes"):
+        validate_against_data(cfg, [client.node_id for client in datamodule.train_clients])
+
+
+def test_run_validates_before_any_work(tiny_config):
+    cfg = tiny_config("rounds=-2")
+    with pytest.raises(ConfigError, match="rounds=-2"):
+        run(cfg)
+    assert not Path(cfg.output_dir).exists()
+
+
+def run_cli(*overrides: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mglightning.train", *overrides],
+                          capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("method.local.steps=-1", "method.local.steps=-1: must be an integer >= 1"),
+        # Needs the data set's class count: the partitioner's own check, after loading.
+        ("dataset.partition.classes_per_node=7", "dataset.partition.classes_per_node=7: must be "
+                                                 "between 1 and the data set's 6 classes"),
+    ],
+)
+def test_cli_prints_one_line_and_exits_2_on_config_errors(tmp_path, override, message):
+    result = run_cli(*TINY_CLI, f"output_root={tmp_path}", override)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"error: {message}"
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.rglob("*.ckpt"))
