@@ -1,4 +1,9 @@
-"""Loggers from config; Weights & Biases never blocks or crashes a run without network."""
+"""Loggers from config; Weights & Biases never blocks or crashes a run.
+
+W&B runs are organized for dashboards: project from ``logger.project``, group = experiment,
+job type = method, tags = data set and seed, the whole config logged flat. When W&B is
+misconfigured or unreachable the run goes on with the CSV logger after one warning.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,23 @@ import logging
 import netrc
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
+WANDB_DEFAULT_HOST = "https://api.wandb.ai"
+
 
 def has_wandb_credentials() -> bool:
+    """An API key in the environment, or a netrc entry for the W&B host in use."""
     if os.environ.get("WANDB_API_KEY"):
         return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", WANDB_DEFAULT_HOST)).hostname
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
+        return netrc.netrc().authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError):
         return False
 
@@ -46,16 +56,65 @@ def flat_config(cfg: DictConfig) -> dict:
     return flat
 
 
+def table_summary(summary: dict) -> dict[str, float]:
+    """The run's entries of the paper's tables (SPEC §6), in the paper's units: accuracy,
+    sparsity and FLOPs skipped in %, mean over target tasks (``*_std`` across tasks);
+    training time of the whole run and learning time per task in seconds."""
+    percent = {key: 100 * summary[f"{key}_mean"] for key in ("accuracy", "sparsity")}
+    return {
+        "table/accuracy": percent["accuracy"],
+        "table/accuracy_std": 100 * summary["accuracy_std"],
+        "table/sparsity": percent["sparsity"],
+        "table/sparsity_std": 100 * summary["sparsity_std"],
+        "table/sparsity_min": 100 * summary["sparsity_min"],
+        "table/sparsity_max": 100 * summary["sparsity_max"],
+        "table/flops_skipped": 100 * summary["flops_skipped_mean"],
+        "table/training_seconds": summary["training_seconds"],
+        "table/learning_seconds": summary["learning_seconds_mean"],
+    }
+
+
+def finish_wandb_run(logger: Logger | None, summary: dict) -> None:
+    """Put :func:`table_summary` in the W&B run summary, so that a W&B report shows the
+    paper's tables as summary columns (a row per run, grouped by experiment and method), and
+    finish the run: the next run started in the same process gets a run of its own."""
+    if isinstance(logger, WandbLogger):
+        logger.experiment.summary.update(table_summary(summary))
+        logger.experiment.finish()
+
+
 def build_logger(cfg: DictConfig) -> Logger | None:
     name = cfg.logger.name
     output_dir = Path(cfg.output_dir)
     if name == "none":
         return None
     if name == "csv":
-        return CSVLogger(output_dir, name="csv", version="")
+        return csv_logger(output_dir)
     if name == "wandb":
-        output_dir.mkdir(parents=True, exist_ok=True)
-        mode = wandb_mode(cfg.logger.mode)
+        return wandb_or_csv_logger(cfg, output_dir)
+    raise ValueError(f"logger.name={name!r}: choose wandb, csv or none")
+
+
+def csv_logger(output_dir: Path) -> CSVLogger:
+    """Metrics to ``<output_dir>/csv/metrics.csv``."""
+    return CSVLogger(output_dir, name="csv", version="")
+
+
+def wandb_or_csv_logger(cfg: DictConfig, output_dir: Path) -> Logger:
+    """A started W&B run, or the CSV logger with one warning when W&B cannot start.
+
+    Online without credentials is refused before ``wandb.init`` (it would prompt for a key on
+    a terminal); an invalid setting (mode) raises at once; an unreachable server makes
+    ``wandb.init`` give up after its retries, which ``logger.init_timeout`` bounds (measured
+    here with a refused connection: 2-20 s for init_timeout=1-2, 40 s for 30).
+    """
+    mode = wandb_mode(cfg.logger.mode)
+    if mode == "online" and not has_wandb_credentials():
+        return fall_back_to_csv(output_dir, "mode online but no W&B API key configured")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import wandb
+
         logger = WandbLogger(
             project=cfg.logger.project,
             entity=cfg.logger.entity,
@@ -65,7 +124,16 @@ def build_logger(cfg: DictConfig) -> Logger | None:
             tags=[cfg.dataset.name, f"seed{cfg.seed}"],
             save_dir=str(output_dir),
             mode=mode,
+            settings=wandb.Settings(init_timeout=cfg.logger.init_timeout),
         )
-        logger.log_hyperparams(flat_config(cfg))
-        return logger
-    raise ValueError(f"logger.name={name!r}: choose wandb, csv or none")
+        logger.experiment  # noqa: B018 -- starts the run now, inside the guard
+    except Exception as error:  # any W&B failure must not stop training
+        return fall_back_to_csv(output_dir, f"{type(error).__name__}: {error}")
+    logger.log_hyperparams(flat_config(cfg))
+    return logger
+
+
+def fall_back_to_csv(output_dir: Path, reason: str) -> CSVLogger:
+    short_reason = " ".join(line.strip() for line in reason.splitlines()[:3])  # one line
+    log.warning("W&B unavailable (%s); logging to %s/csv instead", short_reason, output_dir)
+    return csv_logger(output_dir)
