@@ -32,30 +32,41 @@ def _split_parameters(network: GatedNetwork) -> tuple[list[nn.Parameter], list[n
 
 
 def adapt_gates(
-    network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float
+    network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float,
+    first_block: int = 0,
 ) -> None:
     """Stage I: φ_t = φ* − η_a ∇_φ L(θ*, φ*), the backbone fixed. The forward is dense: the
-    gate's straight-through gradient needs every channel's output, on or off."""
+    gate's straight-through gradient needs every channel's output, on or off. ``images``
+    may be the input of block ``first_block`` instead (see :func:`two_stage`)."""
     _, phi = _split_parameters(network)
     if phi:
-        _gradient_step(phi, F.cross_entropy(network(images), labels), lr)
+        logits = network.forward_with_masks(images, first_block=first_block).logits
+        _gradient_step(phi, F.cross_entropy(logits, labels), lr)
 
 
 def adapt_backbone(
-    network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float
+    network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float,
+    first_block: int = 0,
 ) -> None:
     """Stage II: θ_t = θ* − η_a ∇_θ L(θ*, φ_t) through the sliced forward: only the active
     subnet is computed, so only the active channels' filters (and the weights reading them)
-    change; the gates stay as Stage I left them."""
+    change; the gates stay as Stage I left them. ``images`` may be the input of block
+    ``first_block``, still attached to the graph of the blocks before it."""
     theta, _ = _split_parameters(network)
-    logits = network.forward_with_masks(images, sliced=True).logits
+    logits = network.forward_with_masks(images, sliced=True, first_block=first_block).logits
     _gradient_step(theta, F.cross_entropy(logits, labels), lr)
 
 
 def two_stage(network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float) -> None:
-    """MetaGater's fast adaptation (SPEC §4): Stage I, then Stage II with the new masks."""
-    adapt_gates(network, images, labels, lr)
-    adapt_backbone(network, images, labels, lr)
+    """MetaGater's fast adaptation (SPEC §4): Stage I, then Stage II with the new masks.
+
+    The blocks before the first gated one depend on θ alone, which Stage I leaves as it is:
+    their output is computed once and serves both stages (Stage I reads it detached)."""
+    gated = network.gated_layers
+    first = gated[0] if gated else len(network.blocks)
+    features = network.features(images, first)  # input of the first gated block
+    adapt_gates(network, features.detach(), labels, lr, first_block=first)
+    adapt_backbone(network, features, labels, lr, first_block=first)
 
 
 def one_step(network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float) -> None:

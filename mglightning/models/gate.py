@@ -23,8 +23,10 @@ def binarize(
             gate_logits.shape, generator=generator, device=gate_logits.device
         ).clamp_(1e-6, 1 - 1e-6)
         gate_logits = gate_logits + torch.log(uniform) - torch.log1p(-uniform)
+    hard = (gate_logits > 0).to(gate_logits.dtype)
+    if not (gate_logits.requires_grad and torch.is_grad_enabled()):
+        return hard  # no gradient wanted (inference): the soft term would add exactly 0
     soft = torch.sigmoid(gate_logits / temperature)
-    hard = (gate_logits > 0).to(soft.dtype)
     return hard + (soft - soft.detach())  # value exactly hard, gradient of soft
 
 

@@ -64,34 +64,49 @@ class GatedBlock(nn.Module):
         """Returns (output, indices of the output channels present or None for all, mask)."""
         weight, bias = self.op.weight, self.op.bias
         if in_keep is not None:
-            weight = weight[:, in_keep]
+            weight = weight.index_select(1, in_keep)
         mask = out_keep = None
+        all_present_on = False  # whether every computed channel is on for every input
         if self.gate is not None:
             mask = binarize(self.gate.logits(x, in_keep), temperature, noise, generator)
             if sliced:
                 mask = mask.detach()
-                out_keep = _active_channels(mask)
+                out_keep, any_on = _active_channels(mask)
+                all_present_on = any_on and mask.shape[0] == 1
                 if out_keep is not None:
-                    weight, bias = weight[out_keep], bias[out_keep]
+                    weight, bias = weight.index_select(0, out_keep), bias.index_select(0, out_keep)
         y = (
             F.conv2d(x, weight, bias, padding=1)
             if self.spec.kind == "conv"
             else F.linear(x, weight, bias)
         )
-        y = torch.relu(y)
-        if mask is not None:
-            present = mask if out_keep is None else mask[:, out_keep]  # (B, C_present)
+        y = _pool_relu(y, self.spec.pool)
+        if mask is not None and not all_present_on:  # masking after pooling: same values
+            present = mask if out_keep is None else mask.index_select(1, out_keep)  # (B, C_pres.)
             y = y * (present[:, :, None, None] if y.dim() == 4 else present)
-        return _pool(y, self.spec.pool), out_keep, mask
+        return y, out_keep, mask
 
 
-def _active_channels(mask: torch.Tensor) -> torch.Tensor | None:
-    """Indices of channels on for some input; None when all are on (no slicing needed)."""
-    on = mask.amax(dim=0) > 0  # (C_out,)
-    if bool(on.all()):
-        return None
-    keep = on.nonzero().squeeze(1)
-    return keep if keep.numel() else torch.zeros(1, dtype=torch.long, device=mask.device)
+def _active_channels(mask: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
+    """(indices of the channels on for some input, or None when all are on; whether any is
+    on). With none on, channel 0 stands in (computed, then masked to 0)."""
+    keep = (mask.amax(dim=0) > 0).nonzero().squeeze(1)  # (C_on,)
+    if keep.numel() == mask.shape[1]:
+        return None, True
+    if keep.numel() == 0:
+        return torch.zeros(1, dtype=torch.long, device=mask.device), False
+    return keep, True
+
+
+def _pool_relu(y: torch.Tensor, pool: Pool) -> torch.Tensor:
+    """pool(ReLU(y)). Max-pooling commutes with ReLU (both monotone), so it pools first and
+    runs ReLU, forward and backward, on a quarter of the values. It pools in channels-last
+    layout, which the next convolutions keep: on CPU, NCHW max-pooling (with the indices its
+    backward needs) took a quarter of a cnn4 training step; channels-last made the step
+    ~25 % faster (batch 32, one thread, measured side by side)."""
+    if pool == "max":
+        return torch.relu(F.max_pool2d(y.contiguous(memory_format=torch.channels_last), 2))
+    return _pool(torch.relu(y), pool)
 
 
 def _pool(y: torch.Tensor, pool: Pool) -> torch.Tensor:
@@ -149,9 +164,23 @@ class GatedNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_masks(x).logits
 
-    def forward_with_masks(self, x: torch.Tensor, sliced: bool = False) -> GatedOutput:
+    def features(self, x: torch.Tensor, stop: int) -> torch.Tensor:
+        """The input of block ``stop``, computed dense; blocks before ``stop`` must be ungated
+        (their masks would be lost). Lets callers reuse a gate-free prefix across passes."""
+        if any(block.gate is not None for block in self.blocks[:stop]):
+            raise ValueError(f"blocks before {stop} carry gates: their masks would be lost")
+        for block in self.blocks[:stop]:
+            if block.spec.kind == "linear" and x.dim() > 2:
+                x = x.flatten(1)
+            x = block(x, None, False, self.temperature, False, None)[0]
+        return x
+
+    def forward_with_masks(
+        self, x: torch.Tensor, sliced: bool = False, first_block: int = 0
+    ) -> GatedOutput:
+        """Logits and masks; ``x`` is the input of block ``first_block`` (see :meth:`features`)."""
         masks, in_keep = [], None
-        for block in self.blocks:
+        for block in self.blocks[first_block:]:
             if block.spec.kind == "linear" and x.dim() > 2:
                 x, in_keep = x.flatten(1), _feature_indices(in_keep, x.shape[2:])
             x, in_keep, mask = block(
@@ -159,10 +188,16 @@ class GatedNetwork(nn.Module):
             )
             if mask is not None:
                 masks.append(mask)
-        if x.dim() > 2:
-            x, in_keep = x.flatten(1), _feature_indices(in_keep, x.shape[2:])
-        weight = self.head.weight if in_keep is None else self.head.weight[:, in_keep]
-        return GatedOutput(F.linear(x, weight, self.head.bias), masks)
+        return GatedOutput(self.head_logits(x, in_keep), masks)
+
+    def head_logits(self, x: torch.Tensor, in_keep: torch.Tensor | None) -> torch.Tensor:
+        """The classifier on the last block's output, of which only the channels ``in_keep``
+        are present (None: all): it reads only their weight columns."""
+        weight = self.head.weight
+        if in_keep is not None:  # the columns of the present channels (flatten is channel-major)
+            columns = weight.unflatten(1, (-1, _numel(x.shape[2:]))) if x.dim() > 2 else weight
+            weight = columns.index_select(1, in_keep).flatten(1)
+        return F.linear(x.flatten(1), weight, self.head.bias)
 
 
 def _feature_indices(channel_keep: torch.Tensor | None, spatial: torch.Size) -> torch.Tensor | None:

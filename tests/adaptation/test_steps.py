@@ -79,3 +79,14 @@ def test_two_stage_without_gates_is_one_step():
     one_step(b, images, labels, 0.1)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+
+
+def test_two_stage_sharing_the_gate_free_prefix_equals_the_two_stages_in_turn():
+    network, images, labels = gated_cnn4_with_dead_channels()
+    shared, in_turn = copy.deepcopy(network), copy.deepcopy(network)
+    two_stage(shared, images, labels, 0.1)
+    adapt_gates(in_turn, images, labels, 0.1)
+    adapt_backbone(in_turn, images, labels, 0.1)
+    assert changed(network, shared) == changed(network, in_turn)
+    for (name, p), q in zip(shared.named_parameters(), in_turn.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)

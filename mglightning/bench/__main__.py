@@ -1,0 +1,43 @@
+"""``python -m mglightning.bench``: run the suite, write BENCHMARKS.md and BENCHMARKS.json."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from mglightning.bench.report import render
+from mglightning.bench.suite import BenchConfig, run_suite
+from mglightning.io import atomic_write_text, write_json
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    defaults = BenchConfig()
+    parser = argparse.ArgumentParser(prog="python -m mglightning.bench", description=__doc__)
+    parser.add_argument("--clients", type=int, default=defaults.clients_per_round, help="K")
+    parser.add_argument("--local-steps", type=int, default=defaults.local_steps, help="m")
+    parser.add_argument("--repeats", type=int, default=defaults.repeats)
+    parser.add_argument("--threads", type=int, default=defaults.threads,
+                        help="torch threads (1: stable when other processes share the cores)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocess")
+    parser.add_argument("--output-dir", type=Path, default=REPO_ROOT)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    config = dataclasses.replace(BenchConfig(), clients_per_round=args.clients,
+                                 local_steps=args.local_steps, repeats=args.repeats,
+                                 threads=args.threads, memory=not args.no_memory)
+    results = run_suite(config)
+    command = "make bench" if argv is None else "python -m mglightning.bench"
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(args.output_dir / "BENCHMARKS.json", results)
+    atomic_write_text(args.output_dir / "BENCHMARKS.md", render(results, command))
+    print(render(results, command))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Goal 4: inference of the adapted gated network with physical channel slicing (SPEC §1)
+against the dense backbone, as a measured speedup over the one the MAC counts predict.
+
+Two views: the whole network (sliced ``forward_with_masks`` vs the ungated backbone), and
+each gated layer in isolation together with the layer that reads it (the gate, the active
+filters only, and the next layer reading only the active channels, vs both layers dense).
+For context, the exported task module (channels off for the whole task removed at rest,
+:mod:`mglightning.export`) is timed against the same dense network.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mglightning.bench.timing import alternate, ratio
+from mglightning.models.cost import forward_cost
+from mglightning.models.network import GatedNetwork, _feature_indices, _numel
+
+CALLS_PER_TIMING = {1: 200, 64: 8}  # batch size → calls per timed repeat (~0.1 s each)
+
+
+def layer_macs(network: GatedNetwork, index: int, in_channels: float, out_channels: float):
+    """MACs of block ``index`` (or the head when ``index`` is past the last block) for one
+    input, given how many of its input and output channels are computed."""
+    in_shape = network.layer_shapes[index]
+    if index == len(network.blocks):  # the head reads the flattened last block output
+        return out_channels * in_channels * _numel(in_shape[1:])
+    spec = network.blocks[index].spec
+    if spec.kind == "conv":
+        return out_channels * in_channels * 9 * _numel(in_shape[1:])
+    area = _numel(in_shape[1:]) if len(in_shape) > 1 else 1  # flattened conv features
+    return out_channels * in_channels * area
+
+
+def _channels(network: GatedNetwork, index: int) -> int:
+    """Output channels of block ``index``, or classes for the head."""
+    return (network.head.out_features if index == len(network.blocks)
+            else network.blocks[index].spec.out)
+
+
+def pair_macs(network: GatedNetwork, index: int, active: torch.Tensor) -> tuple[float, float]:
+    """(dense, executed) MACs per input of gated block ``index`` and the layer reading it;
+    ``active`` is (B,) active channel counts. Executed includes the gate's MLP."""
+    block = network.blocks[index]
+    in_channels, out_channels = network.layer_shapes[index][0], block.spec.out
+    if block.spec.kind == "linear":
+        in_channels = _numel(network.layer_shapes[index])
+    following = _channels(network, index + 1)
+    dense = (layer_macs(network, index, in_channels, out_channels)
+             + layer_macs(network, index + 1, out_channels, following))
+    gate_macs = block.gate.hidden.out_features * (block.gate.hidden.in_features + out_channels)
+    executed = (layer_macs(network, index, in_channels, active) + gate_macs
+                + layer_macs(network, index + 1, active, following))
+    return dense, float(executed.float().mean())
+
+
+def block_input(network: GatedNetwork, index: int, images: torch.Tensor) -> torch.Tensor:
+    """The dense input of block ``index`` (the blocks before it run unsliced)."""
+    x, keep = images, None
+    for block in network.blocks[:index]:
+        if block.spec.kind == "linear" and x.dim() > 2:
+            x = x.flatten(1)
+        x, keep, _ = block(x, keep, False, network.temperature, False, None)
+    return x
+
+
+def run_pair(network: GatedNetwork, index: int, x: torch.Tensor, sliced: bool) -> torch.Tensor:
+    """Block ``index`` and the layer reading it; sliced: only the active channels."""
+    blocks = network.blocks
+    y, keep, _ = blocks[index](x, None, sliced, network.temperature, False, None)
+    if index + 1 < len(blocks):
+        following = blocks[index + 1]
+        if following.spec.kind == "linear" and y.dim() > 2:
+            y, keep = y.flatten(1), _feature_indices(keep, y.shape[2:])
+        return following(y, keep, sliced, network.temperature, False, None)[0]
+    return network.head_logits(y, keep)
+
+
+def _speedup(seconds, dense_macs: float, executed_macs: float) -> dict:
+    measured = ratio(seconds, "dense", "sliced").summary()
+    ideal = dense_macs / executed_macs
+    return {**measured, "ideal_speedup": ideal,
+            "share_of_ideal": measured["ratio_median"] / ideal}
+
+
+@torch.no_grad()
+def bench_inference(gated: GatedNetwork, dense: GatedNetwork, images: torch.Tensor,
+                    batch_sizes: tuple[int, ...], repeats: int, exported=None,
+                    calls_per_timing: dict[int, int] | None = None) -> dict:
+    """Per batch size: whole-network and per-gated-layer speedups, measured and ideal."""
+    gated.set_gate_noise(False)
+    results = {}
+    for batch_size in batch_sizes:
+        x = images[:batch_size]
+        calls = (calls_per_timing or CALLS_PER_TIMING).get(batch_size, 3)
+        output = gated.forward_with_masks(x, sliced=True)
+        cost = forward_cost(gated, output.masks)
+        whole = alternate({"sliced": lambda x=x: gated.forward_with_masks(x, sliced=True),
+                           "dense": lambda x=x: dense(x)}, repeats, calls)
+        row = {"whole_network": _speedup(whole, cost.dense_macs,
+                                         float(cost.executed_macs.mean())),
+               "channels_off": float(cost.gated_sparsity.mean())}
+        if exported is not None:
+            at_rest = alternate({"sliced": lambda x=x: exported(x), "dense": lambda x=x: dense(x)},
+                                repeats, calls)
+            row["exported_whole_network"] = _speedup(at_rest, cost.dense_macs,
+                                                     float(cost.executed_macs.mean()))
+        for index, mask in zip(gated.gated_layers, output.masks, strict=True):
+            layer_input = block_input(dense, index, x)
+            pair = alternate({"sliced": lambda i=index, v=layer_input: run_pair(gated, i, v, True),
+                              "dense": lambda i=index, v=layer_input: run_pair(dense, i, v, False)},
+                             repeats, calls)
+            row[f"layer{index + 1}_and_next"] = _speedup(pair, *pair_macs(gated, index,
+                                                                          mask.sum(dim=1)))
+        results[f"batch{batch_size}"] = row
+    return results

@@ -1,0 +1,160 @@
+"""BENCHMARKS.md from the suite's results: one row per goal, figure against target."""
+
+from __future__ import annotations
+
+GOALS = {  # name → (target text, test on the figure)
+    "round_speedup": ("≥ 2× faster than the reference", lambda value: value >= 2.0),
+    "round_overhead": ("≤ 1.15", lambda value: value <= 1.15),
+    "gated_layer_batch1": ("≥ 70 % of ideal", lambda value: value >= 0.70),
+    "memory": ("≤ 1.3×", lambda value: value <= 1.3),
+}
+
+
+def _spread(summary: dict, fmt: str = "{:.2f}") -> str:
+    median, low, high = (fmt.format(summary[k]) for k in ("ratio_median", "ratio_min",
+                                                           "ratio_max"))
+    return f"{median} (range {low}–{high}, {summary['repeats']} repeats)"
+
+
+def _verdict(goal: str, value: float) -> str:
+    target, met = GOALS[goal]
+    return f"{target}: **{'met' if met(value) else 'not met'}**"
+
+
+def goal_rows(results: dict) -> list[str]:
+    """The table of goals, figure and verdict."""
+    rounds, adaptation = results["rounds"], results["adaptation"]
+    speedup = rounds["reference_over_ours"]
+    overhead = rounds["ours_over_bare"]
+    rows = [
+        "| # | Figure (ratio, median and range) | Goal |",
+        "|---|---|---|",
+        f"| 1 | Round time, reference ÷ ours: {_spread(speedup)}; ours "
+        f"{1000 * speedup['denominator_seconds']:.0f} ms, reference "
+        f"{1000 * speedup['numerator_seconds']:.0f} ms per round; max |Δ(x, x_ag)| = "
+        f"{rounds['max_update_difference']:.1e} | "
+        f"{_verdict('round_speedup', speedup['ratio_median'])} |",
+        f"| 2 | Round time ÷ bare forward+backward passes: {_spread(overhead)}; bare "
+        f"{1000 * overhead['denominator_seconds']:.0f} ms | "
+        f"{_verdict('round_overhead', overhead['ratio_median'])} |",
+    ]
+    without = adaptation["without_gating_over_with_gating"]
+    snip = adaptation["metasnip_over_with_gating"]
+    snip_text = ("MetaSNIP ÷ w/ gating: " + _spread(snip) + f", MetaSNIP "
+                 f"{1000 * snip['numerator_seconds']:.1f} ms" if snip else "MetaSNIP: not measured")
+    rows.append(
+        f"| 3 | Learning time, w/o gating ÷ w/ gating: {_spread(without)} (w/ gating "
+        f"{1000 * without['denominator_seconds']:.1f} ms, w/o "
+        f"{1000 * without['numerator_seconds']:.1f} ms; "
+        f"{adaptation['support_size']} support images, "
+        f"{100 * adaptation['gated_channels_off']:.0f} % of gated channels off); {snip_text} "
+        f"| reported (no numeric goal) |")
+    for batch_name, row in results["inference"].items():
+        for part, figure in row.items():
+            if not isinstance(figure, dict):
+                continue
+            verdict = (_verdict("gated_layer_batch1", figure["share_of_ideal"])
+                       if batch_name == "batch1" and part.startswith("layer") else "context")
+            rows.append(
+                f"| 4 | Inference {batch_name}, {part.replace('_', ' ')}: dense ÷ gated "
+                f"{_spread(figure)} vs ideal {figure['ideal_speedup']:.2f}× from MACs → "
+                f"{100 * figure['share_of_ideal']:.0f} % of ideal (sliced "
+                f"{1e6 * figure['denominator_seconds']:.0f} µs, dense "
+                f"{1e6 * figure['numerator_seconds']:.0f} µs) | {verdict} |")
+    if "memory" in results:
+        memory = results["memory"]
+        rows.append(
+            f"| 5 | Memory, {memory['nodes']} nodes: RSS increase ÷ uint8 image bytes = "
+            f"{memory['rss_ratio']:.2f} (anonymous RSS {memory['anonymous_rss_ratio']:.2f}; "
+            f"transient peak {memory['peak_rss_ratio']:.2f}; images "
+            f"{memory['image_bytes'] / 2**20:.1f} MiB) | "
+            f"{_verdict('memory', memory['rss_ratio'])} |")
+    return rows
+
+
+def render(results: dict, command: str) -> str:
+    """The whole BENCHMARKS.md."""
+    context = results["context"]
+    shared = context["load_average_before"][0] > 0.5 * context["cpu_count"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Reproduce with `{command}` (about {context['bench_seconds'] / 60:.0f} min here). "
+        "Every figure is a ratio of candidates timed side by side in one process "
+        "(alternating, order reversed every other repeat); absolute times are context. "
+        "Goal 4's \"% of ideal\" is the measured speedup divided by the speedup the MAC "
+        "counts predict (`models/cost.py`).",
+        "",
+        f"- Data: {context['data']}; {context['model']} gated at layers "
+        f"{[layer for layer in context['gated_layers']]}; K = {context['clients_per_round']}, "
+        f"m = {context['local_steps']}, batch {context['batch_size']}.",
+        f"- torch {context['torch']}, {context['torch_threads']} thread(s), "
+        f"{context['cpu_count']} cores; load average before/after: "
+        f"{context['load_average_before'][0]:.1f} / {context['load_average_after'][0]:.1f}"
+        + (" — **other processes shared the cores during this run**" if shared else "") + ".",
+        "- Gate noise: on in both the reference and ours, drawn from the same per-round "
+        "generator (same batches, same noise): the two updates are compared entry by entry.",
+        f"- Gated network for goals 3–4: the meta-model at x_0 with gate biases set so that "
+        f"{100 * context['gates']['forced_off']:.0f} % of each gated layer's channels are off "
+        f"for every input and {100 * context['gates']['input_dependent']:.0f} % depend on "
+        "the input; for goal 4 it is first adapted (two-stage) on target task 0's support set "
+        "and run on its query set.",
+        "",
+        *goal_rows(results),
+        "",
+        *notes(results),
+    ]
+    return "\n".join(lines)
+
+
+def notes(results: dict) -> list[str]:
+    """What bounds the figures, computed from this run's own numbers."""
+    rounds = results["rounds"]
+    ceiling = rounds["reference_over_bare"]["ratio_median"]
+    bare = rounds["ours_over_bare"]["denominator_seconds"]
+    ours_extra = rounds["ours_over_bare"]["numerator_seconds"] - bare
+    reference_extra = rounds["reference_over_bare"]["numerator_seconds"] - bare
+    return [
+        "## Reading the figures",
+        "",
+        f"- Goal 1 has a ceiling: the reference round takes {ceiling:.2f}× the bare forward and "
+        "backward passes it contains, so no round that runs the same passes can beat it by more "
+        f"than {ceiling:.2f}× without computing those passes differently. On this CPU cnn4's "
+        "convolutions and max-pools are the round. What a round adds to its passes (medians): "
+        f"reference {1000 * reference_extra:.0f} ms, ours {1000 * ours_extra:.0f} ms per round "
+        "(per-client deepcopy, SGD, DataLoader collation and the prox term in the loss, "
+        "against flat-vector updates and one gather per batch).",
+        "- Goal 4 at batch 1: a 3×3 convolution on a 7×7 map has a fixed cost (im2col and "
+        "dispatch) that does not shrink with the number of filters, and per-batch slicing adds "
+        "a dozen small ops (gate MLP, active-channel indices, weight gathers), so the measured "
+        "speedup stays far below the MAC ratio; at batch 64 the compute dominates and slicing "
+        "comes much closer to it. The exported task module (channels off for the whole task "
+        "removed at rest, TorchScript, no per-batch gathers) is the deployment path: "
+        + _exported_summary(results["inference"]) + ".",
+        "- Timings use one torch thread: with another process busy on one of the two cores, "
+        "torch's two OpenMP threads wait on each other; in side-by-side trials a batch-1 "
+        "forward was >10× slower and a training round ~30× slower (0.35 s → ~10 s) with two "
+        "threads than with one. Training on a shared machine wants `OMP_NUM_THREADS=1`.",
+        "",
+        "## What the measurements led to",
+        "",
+        "- Max-pooling (with the indices its backward keeps) took a quarter of a training "
+        "step in NCHW: blocks now max-pool in channels-last layout, before the ReLU (they "
+        "commute), and the convolutions after it stay channels-last: a cnn4 step at batch 32 "
+        "is ~25–35 % faster (this speeds the reference too, as it runs the same network).",
+        "- Two-stage adaptation computes the gate-free prefix (the blocks before the first "
+        "gated one) once for both stages: w/ gating went from slower than w/o gating to faster.",
+        "- Sliced inference: no straight-through term when no gradient is wanted, no mask "
+        "multiply when one input's present channels are all on, `index_select` gathers, and "
+        "the head reads the kept channels' columns without building a feature index.",
+        "- `mglightning/export.py` exports a task network with always-off channels removed.",
+        "",
+    ]
+
+
+def _exported_summary(inference: dict) -> str:
+    """One clause per batch size: the exported module's whole-network share of the ideal."""
+    parts = [f"{batch_name}: {100 * row['exported_whole_network']['share_of_ideal']:.0f} % of "
+             f"the per-input ideal for the whole network"
+             for batch_name, row in inference.items() if "exported_whole_network" in row]
+    return "; ".join(parts) or "not measured"

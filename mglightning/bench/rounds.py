@@ -1,0 +1,157 @@
+"""Goals 1 and 2: seconds per communication round, against common federated code and
+against the bare forward/backward passes the round is made of.
+
+The reference round is written the way common federated code does it: a ``copy.deepcopy``
+of the model per client, a new ``torch.optim.SGD`` per client, a ``DataLoader`` per client
+over that client's support set (per-sample indexing and collation), FedProx's proximal term
+added to the loss. It draws the same batches and the same gate noise from the same round
+generator as ours, so both compute the same update and :func:`max_update_difference` can
+check that they do.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import parameters_to_vector
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+from mglightning.bench.timing import alternate, ratio
+from mglightning.federated.learner import FederatedMetaLearner, round_generator
+from mglightning.federated.local import ProximalSGD
+from mglightning.federated.server import ClientResult
+
+
+class StepBatches(Sampler[list[int]]):
+    """``steps`` batches of distinct support positions, each a fresh permutation's head: the
+    draws ``ClientDataModule.sample_support_batch`` makes, from the same generator."""
+
+    def __init__(self, size: int, batch_size: int, steps: int, generator) -> None:
+        self.size, self.batch_size, self.steps, self.generator = size, batch_size, steps, generator
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(self.steps):
+            positions = torch.randperm(self.size, generator=self.generator)
+            yield positions[: min(self.batch_size, self.size)].tolist()
+
+    def __len__(self) -> int:
+        return self.steps
+
+
+class ReferenceRound:
+    """One round of Algorithm 1 as common federated code writes it (see module docstring)."""
+
+    def __init__(self, learner: FederatedMetaLearner, clients) -> None:
+        self.learner, self.clients = learner, clients
+        self.solver: ProximalSGD = learner.local_solver
+        self.support_sets = [TensorDataset(*client.support_set()) for client in clients]
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        learner = self.learner
+        round_index = int(learner.rounds_done) + 1
+        generator = round_generator(learner.seed, round_index)
+        x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, round_index)
+        chosen = learner.sample_clients(len(self.clients), generator)
+        global_model = copy.deepcopy(learner.network)
+        torch.nn.utils.vector_to_parameters(x_md, global_model.parameters())
+        results = [self.train_client(global_model, i, generator) for i in chosen]
+        x, x_ag = learner.strategy.aggregate_fit(learner.x, learner.x_ag, x_md, results,
+                                                 round_index)
+        learner.x.copy_(x)
+        learner.x_ag.copy_(x_ag)
+        learner.rounds_done += 1
+        return x, x_ag
+
+    def train_client(self, global_model, index: int, generator) -> ClientResult:
+        solver, support = self.solver, self.support_sets[index]
+        local_model = copy.deepcopy(global_model)
+        local_model.set_gate_noise(self.learner.gate_noise, generator)
+        optimizer = torch.optim.SGD(local_model.parameters(), lr=solver.lr)
+        batches = StepBatches(len(support), solver.batch_size, solver.steps, generator)
+        loss_sum = 0.0
+        for images, labels in DataLoader(support, batch_sampler=batches):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(local_model(images), labels)
+            loss_sum += loss.item()
+            if solver.prox_lambda:
+                loss = loss + solver.prox_lambda / 2 * sum(
+                    (p - g.detach()).pow(2).sum()
+                    for p, g in zip(local_model.parameters(), global_model.parameters(),
+                                    strict=True))
+            loss.backward()
+            optimizer.step()
+        params = parameters_to_vector(local_model.parameters()).detach()
+        return ClientResult(self.clients[index].node_id, params, len(support),
+                            loss_sum / solver.steps)
+
+
+class BareRound:
+    """The K·m forward and backward passes of a round, back to back: same network, batch
+    shapes and gate noise, none of the federated bookkeeping (no sampling, no normalizing,
+    no updates, no aggregation). Batches are drawn once, outside the timing."""
+
+    def __init__(self, learner: FederatedMetaLearner, clients, num_clients: int) -> None:
+        self.network = learner.network
+        solver: ProximalSGD = learner.local_solver
+        generator = torch.Generator().manual_seed(learner.seed)
+        self.batches = [clients[i % len(clients)].sample_support_batch(solver.batch_size,
+                                                                       generator)
+                        for i in range(num_clients * solver.steps)]
+        self.noise_generator = generator
+
+    def __call__(self) -> None:
+        self.network.set_gate_noise(True, self.noise_generator)
+        for images, labels in self.batches:
+            F.cross_entropy(self.network(images), labels).backward()
+        self.network.set_gate_noise(False)
+
+
+class RoundState:
+    """Saves and restores the learner's server state, so every timed round is the same one."""
+
+    def __init__(self, learner: FederatedMetaLearner) -> None:
+        self.learner = learner
+        self.saved = {name: buffer.clone() for name, buffer in learner.named_buffers()}
+
+    def restore(self) -> None:
+        buffers = dict(self.learner.named_buffers())
+        for name, value in self.saved.items():
+            buffers[name].copy_(value)
+
+
+def max_update_difference(learner: FederatedMetaLearner, clients) -> float:
+    """Largest |difference| between ours and the reference in the new (x, x_ag), from one state."""
+    state = RoundState(learner)
+    learner.run_round(clients)
+    ours = torch.cat([learner.x, learner.x_ag]).clone()
+    state.restore()
+    reference = torch.cat(ReferenceRound(learner, clients)())
+    state.restore()
+    return float((ours - reference).abs().max())
+
+
+def bench_rounds(learner: FederatedMetaLearner, clients, repeats: int) -> dict:
+    """Ours vs reference (goal 1) and ours vs bare passes (goal 2), all three alternating."""
+    state = RoundState(learner)
+    reference = ReferenceRound(learner, clients)
+    bare = BareRound(learner, clients, learner.clients_per_round)
+
+    def ours() -> None:
+        learner.run_round(clients)
+        state.restore()
+
+    def common() -> None:
+        reference()
+        state.restore()
+
+    seconds = alternate({"ours": ours, "reference": common, "bare": bare}, repeats)
+    learner.flat.zero_grad()
+    return {
+        "reference_over_ours": ratio(seconds, "reference", "ours").summary(),
+        "ours_over_bare": ratio(seconds, "ours", "bare").summary(),
+        "reference_over_bare": ratio(seconds, "reference", "bare").summary(),
+        "max_update_difference": max_update_difference(learner, clients),
+    }

@@ -1,0 +1,107 @@
+"""The whole benchmark suite: builds the workload once and runs the five measurements."""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from mglightning.adaptation.steps import two_stage
+from mglightning.bench.adaptation import bench_adaptation
+from mglightning.bench.inference import bench_inference
+from mglightning.bench.memory import measure_in_subprocess
+from mglightning.bench.rounds import bench_rounds
+from mglightning.bench.workload import build_workload, dataset_overrides, sparsify_gates
+from mglightning.export import export_task_network
+from mglightning.models.backbones import build_network
+from mglightning.models.network import GatedNetwork
+
+
+@dataclass
+class BenchConfig:
+    """Sizes of one run; the defaults are the issue's (K = 20, batch 32, cnn4)."""
+
+    clients_per_round: int = 20
+    local_steps: int = 1
+    repeats: int = 15
+    inference_batches: tuple[int, ...] = (1, 64)
+    gates_off: float = 0.6  # share of gated channels forced off (sparsify_gates)
+    gates_varying: float = 0.15  # share left input-dependent
+    threads: int = 1
+    memory: bool = True
+    data_overrides: tuple[str, ...] | None = None  # None: Fashion-MNIST if present, else stand-in
+
+
+def ungated_copy(network: GatedNetwork, backbone_name: str) -> GatedNetwork:
+    """The same backbone and head without gates: the dense network."""
+    dense = build_network(backbone_name, network.input_shape, network.head.out_features)
+    backbone = {name: value for name, value in network.state_dict().items()
+                if not network.is_gate_parameter(name)}
+    dense.load_state_dict(backbone)
+    return dense
+
+
+def run_suite(config: BenchConfig) -> dict:
+    """All measurements, with the context a reader needs to judge them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _run_suite(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_suite(config: BenchConfig) -> dict:
+    if config.data_overrides is None:
+        data_overrides, data_name = dataset_overrides()
+    else:
+        data_overrides, data_name = list(config.data_overrides), " ".join(config.data_overrides)
+    overrides = [*data_overrides, f"method.clients_per_round={config.clients_per_round}",
+                 f"method.local.steps={config.local_steps}"]
+    started, load_before = time.perf_counter(), os.getloadavg()
+    workload = build_workload(overrides)
+    cfg, datamodule, learner = workload.cfg, workload.datamodule, workload.learner
+    results = {"rounds": bench_rounds(learner, datamodule.train_clients, config.repeats)}
+
+    gated = learner.meta_network()
+    sparsify_gates(gated, config.gates_off, config.gates_varying, cfg.seed)
+    target = datamodule.target_clients[0]
+    support_images, support_labels = target.support_set()
+    keep_fraction = float(cfg.method.adaptation.get("keep_fraction", 1 - config.gates_off))
+    results["adaptation"] = bench_adaptation(
+        copy.deepcopy(gated), ungated_copy(gated, cfg.model.name), support_images, support_labels,
+        cfg.method.adaptation.lr, keep_fraction, config.repeats)
+
+    two_stage(gated, support_images, support_labels, cfg.method.adaptation.lr)  # adapted
+    query_images, _ = target.query_set()
+    with warnings.catch_warnings():  # torch 2.14: TorchScript is deprecated, still works
+        warnings.simplefilter("ignore", FutureWarning)
+        exported = export_task_network(gated, torch.cat([support_images, query_images]))
+    results["inference"] = bench_inference(gated, ungated_copy(gated, cfg.model.name),
+                                           query_images, config.inference_batches,
+                                           config.repeats, exported)
+    if config.memory:
+        results["memory"] = measure_in_subprocess(data_overrides)
+    results["context"] = {
+        "data": data_name,
+        "model": cfg.model.name,
+        "gated_layers": list(cfg.model.gated_layers),
+        "clients_per_round": config.clients_per_round,
+        "local_steps": config.local_steps,
+        "batch_size": cfg.dataset.batch_size,
+        "repeats": config.repeats,
+        "torch_threads": config.threads,
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "gates": {"forced_off": config.gates_off, "input_dependent": config.gates_varying},
+        "bench_seconds": time.perf_counter() - started,
+    }
+    return results

@@ -1,0 +1,89 @@
+import time
+
+import pytest
+import torch
+
+from mglightning.bench.inference import bench_inference, pair_macs
+from mglightning.bench.memory import measure
+from mglightning.bench.report import render
+from mglightning.bench.rounds import ReferenceRound, RoundState, max_update_difference
+from mglightning.bench.suite import BenchConfig, run_suite
+from mglightning.bench.timing import alternate, ratio
+from mglightning.bench.workload import sparsify_gates
+from mglightning.models import build_network
+from mglightning.train import build_datamodule, build_learner
+from mglightning.train import build_network as build_model
+
+
+@pytest.fixture
+def tiny_learner(tiny_config):
+    cfg = tiny_config("method.clients_per_round=2", "method.local.steps=2")
+    datamodule = build_datamodule(cfg)
+    return build_learner(cfg, build_model(cfg, datamodule)), datamodule.train_clients
+
+
+def test_reference_round_computes_our_update(tiny_learner):
+    learner, clients = tiny_learner
+    assert learner.gate_noise and learner.local_solver.prox_lambda > 0  # both paths exercised
+    learner.run_round(clients)  # a round away from x_0: x ≠ x_ag, the prox term non-zero
+    assert max_update_difference(learner, clients) < 1e-5
+
+
+def test_reference_differs_when_its_draws_differ(tiny_learner):
+    learner, clients = tiny_learner
+    state = RoundState(learner)
+    learner.run_round(clients)
+    ours = learner.x_ag.clone()
+    state.restore()
+    learner.seed += 1  # other batches and gate noise: the comparison must notice
+    ReferenceRound(learner, clients)()
+    assert (learner.x_ag - ours).abs().max() > 1e-4
+
+
+def test_alternate_times_each_candidate_and_ratio_divides_them():
+    seconds = alternate({"slow": lambda: time.sleep(0.02), "fast": lambda: time.sleep(0.01)},
+                        repeats=3, warmup=0)
+    assert all(len(times) == 3 for times in seconds.values())
+    assert 1.3 < ratio(seconds, "slow", "fast").median < 2.5
+
+
+def test_pair_macs_match_hand_count():
+    network = build_network("cnn4", (1, 28, 28), 10, gated_layers=[3])
+    active = torch.tensor([32.0, 128.0])
+    dense, executed = pair_macs(network, 2, active)
+    assert dense == 128 * 64 * 9 * 7 * 7 + 10 * 128 * 3 * 3
+    per_channel = 64 * 9 * 7 * 7 + 10 * 3 * 3
+    gate = 16 * (64 + 128)
+    assert executed == pytest.approx(gate + per_channel * active.mean().item())
+
+
+def test_sliced_inference_bench_reports_ideal_from_macs():
+    torch.manual_seed(0)
+    gated = build_network("cnn4", (1, 16, 16), 5, gated_layers=[3])
+    sparsify_gates(gated, off_fraction=0.5, varying_fraction=0.0, seed=0)
+    dense = build_network("cnn4", (1, 16, 16), 5)
+    result = bench_inference(gated, dense, torch.randn(4, 1, 16, 16), (1, 4), repeats=1,
+                             calls_per_timing={1: 2, 4: 1})
+    pair = result["batch1"]["layer3_and_next"]
+    assert result["batch1"]["channels_off"] == pytest.approx(0.5)
+    dense_macs, executed = pair_macs(gated, 2, torch.tensor([64.0]))
+    assert pair["ideal_speedup"] == pytest.approx(dense_macs / executed)
+
+
+def test_memory_measure_counts_the_pooled_images():
+    result = measure(["dataset=synthetic", "dataset.synthetic.samples_per_class=11000"])
+    assert result["nodes"] == 1000
+    assert result["image_bytes"] == 6 * 11000 * 16 * 16  # synthetic.yaml: 6 classes, 16×16
+    assert result["rss_ratio"] == pytest.approx(result["rss_increase_bytes"] / (6 * 11000 * 256))
+
+
+def test_suite_on_tiny_sizes_renders_every_goal():
+    config = BenchConfig(clients_per_round=2, repeats=1, inference_batches=(1, 4),
+                         memory=False, data_overrides=("dataset=synthetic",))
+    threads = torch.get_num_threads()
+    results = run_suite(config)
+    assert torch.get_num_threads() == threads
+    assert results["rounds"]["max_update_difference"] < 1e-5
+    table = render(results, "make bench")
+    for goal in ("| 1 |", "| 2 |", "| 3 |", "| 4 |"):
+        assert goal in table
