@@ -12,10 +12,9 @@ channels are all always on carries no gate at all.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mglightning.models.network import GatedBlock, GatedNetwork, _numel
+from mglightning.models.network import GatedBlock, GatedNetwork, _numel, pool_relu
 
 
 class ExportedGate(nn.Module):
@@ -30,18 +29,6 @@ class ExportedGate(nn.Module):
         return (self.out(torch.relu(self.hidden(pooled))) > 0).to(x.dtype)  # (B, C_kept)
 
 
-def _pool_relu(y: torch.Tensor, pool: str) -> torch.Tensor:
-    """pool(ReLU(y)), as GatedBlock computes it (max-pooling first, in channels-last)."""
-    if pool == "max":
-        return torch.relu(F.max_pool2d(y.contiguous(memory_format=torch.channels_last), 2))
-    y = torch.relu(y)
-    if pool == "avg":
-        return F.avg_pool2d(y, 2)
-    if pool == "global_avg":
-        return F.adaptive_avg_pool2d(y, 1)
-    return y
-
-
 class PlainBlock(nn.Module):
     """conv/linear → ReLU → pool, with no gate (ungated, or every kept channel always on)."""
 
@@ -53,7 +40,7 @@ class PlainBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.flatten_input and x.dim() > 2:
             x = x.flatten(1)
-        return _pool_relu(self.op(x), self.pool)
+        return pool_relu(self.op(x), self.pool)
 
 
 class MaskedBlock(nn.Module):
@@ -68,7 +55,7 @@ class MaskedBlock(nn.Module):
         if self.flatten_input and x.dim() > 2:
             x = x.flatten(1)
         mask = self.gate(x)
-        y = _pool_relu(self.op(x), self.pool)
+        y = pool_relu(self.op(x), self.pool)
         return y * (mask[:, :, None, None] if y.dim() == 4 else mask)
 
 

@@ -80,7 +80,7 @@ class GatedBlock(nn.Module):
             if self.spec.kind == "conv"
             else F.linear(x, weight, bias)
         )
-        y = _pool_relu(y, self.spec.pool)
+        y = pool_relu(y, self.spec.pool)
         if mask is not None and not all_present_on:  # masking after pooling: same values
             present = mask if out_keep is None else mask.index_select(1, out_keep)  # (B, C_pres.)
             y = y * (present[:, :, None, None] if y.dim() == 4 else present)
@@ -98,7 +98,7 @@ def _active_channels(mask: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
     return keep, True
 
 
-def _pool_relu(y: torch.Tensor, pool: Pool) -> torch.Tensor:
+def pool_relu(y: torch.Tensor, pool: str) -> torch.Tensor:
     """pool(ReLU(y)). Max-pooling commutes with ReLU (both monotone), so it pools first and
     runs ReLU, forward and backward, on a quarter of the values. It pools in channels-last
     layout, which the next convolutions keep: on CPU, NCHW max-pooling (with the indices its
@@ -109,7 +109,7 @@ def _pool_relu(y: torch.Tensor, pool: Pool) -> torch.Tensor:
     return _pool(torch.relu(y), pool)
 
 
-def _pool(y: torch.Tensor, pool: Pool) -> torch.Tensor:
+def _pool(y: torch.Tensor, pool: str) -> torch.Tensor:
     if pool == "max":
         return F.max_pool2d(y, 2)
     if pool == "avg":
