@@ -8,23 +8,26 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from mglightning.adaptation.module import FastAdaptation
 from mglightning.callbacks import RoundProgress, TargetEvaluation, TaskResultsWriter
-from mglightning.checkpoint import AtomicCheckpointIO
+from mglightning.checkpoint import AtomicCheckpointIO, CheckpointError, RoundCheckpoint
+from mglightning.config import ConfigError, validate, validate_against_data
 from mglightning.data.datamodule import FederatedDataModule
-from mglightning.federated.learner import FederatedMetaLearner
+from mglightning.data.datasets import DataError
+from mglightning.data.partition import PartitionError
+from mglightning.federated.learner import FederatedMetaLearner, TrainingFault
 from mglightning.federated.prox import L1, GroupLasso
 from mglightning.io import write_json
-from mglightning.loggers import build_logger
+from mglightning.loggers import build_logger, finish_wandb_run
 from mglightning.models.backbones import build_network as build_backbone
 from mglightning.models.network import GatedNetwork
 
@@ -67,8 +70,13 @@ def build_learner(cfg: DictConfig, network: GatedNetwork) -> FederatedMetaLearne
         clients_per_round=cfg.method.clients_per_round,
         seed=cfg.seed,
         gate_noise=cfg.method.get("gate_noise", False),
+        max_failed_rounds=cfg.faults.max_failed_rounds,
     )
-    learner.strategy = instantiate(cfg.method.server, regularizer=build_regularizer(cfg, learner))
+    if cfg.faults.inject.clients:
+        learner.inject_faults(**cfg.faults.inject)
+    regularizer = build_regularizer(cfg, learner)
+    server_options = {} if regularizer is None else {"regularizer": regularizer}  # FedAvg has none
+    learner.strategy = instantiate(cfg.method.server, **server_options)
     return learner
 
 
@@ -92,9 +100,11 @@ def build_regularizer(cfg: DictConfig, learner: FederatedMetaLearner) -> GroupLa
 
 def run(cfg: DictConfig) -> dict:
     """Train, adapt at the targets, write ``tasks.csv``, ``curve.csv`` and ``summary.json``."""
+    validate(cfg)
     output_dir = Path(cfg.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
+    validate_against_data(cfg, [client.node_id for client in datamodule.train_clients])
     learner = build_learner(cfg, build_network(cfg, datamodule))
     adapter = FastAdaptation(**cfg.method.adaptation)
     logger = build_logger(cfg)
@@ -102,12 +112,7 @@ def run(cfg: DictConfig) -> dict:
     callbacks = [
         RoundProgress(show_bar=cfg.progress_bar),
         TargetEvaluation(adapter, cfg.eval_every, output_dir),
-        ModelCheckpoint(
-            dirpath=checkpoint_dir,
-            save_top_k=0,
-            save_last=True,
-            every_n_epochs=cfg.checkpoint.every_n_rounds,
-        ),
+        RoundCheckpoint(checkpoint_dir, cfg.checkpoint.every_n_rounds),
     ]
     trainer = L.Trainer(
         max_epochs=cfg.rounds,
@@ -121,12 +126,16 @@ def run(cfg: DictConfig) -> dict:
         **cfg.trainer,
     )
     last = checkpoint_dir / "last.ckpt"
-    trainer.fit(
-        learner,
-        datamodule=datamodule,
-        ckpt_path=str(last) if cfg.resume and last.exists() else None,
-    )
-    trainer.save_checkpoint(last)
+    meta_checkpoint = cfg.method.get("meta_checkpoint")
+    if meta_checkpoint:  # MetaSNIP: adapt another run's meta-model, train nothing (SPEC §5)
+        learner.load_state_dict(torch.load(meta_checkpoint, weights_only=False)["state_dict"])
+    else:
+        trainer.fit(
+            learner,
+            datamodule=datamodule,
+            ckpt_path=str(last) if cfg.resume and last.exists() else None,
+        )
+        trainer.save_checkpoint(last)
 
     adapter.set_meta_network(learner.meta_network())
     writer = TaskResultsWriter(output_dir, step=int(learner.rounds_done))
@@ -149,6 +158,7 @@ def run(cfg: DictConfig) -> dict:
     if logger is not None:
         logger.log_metrics({f"final/{k}": v for k, v in summary.items()}, step=summary["rounds"])
         logger.finalize("success")
+        finish_wandb_run(logger, summary)
     return summary
 
 
@@ -171,7 +181,15 @@ def format_summary(summary: dict) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
-    summary = run(cfg)
+    """Run; bad input (exit 2) and a training that cannot go on (exit 1) end in one line."""
+    try:
+        summary = run(cfg)
+    except (ConfigError, DataError, PartitionError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except (TrainingFault, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     print(format_summary(summary))
     print(f"results in {os.path.abspath(cfg.output_dir)}")
 

@@ -15,11 +15,12 @@ import lightning as L
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from mglightning.adaptation.snip import snip
 from mglightning.adaptation.steps import one_step, two_stage
 from mglightning.models.cost import forward_cost
 from mglightning.models.network import GatedNetwork
 
-ADAPTERS: dict[str, Callable] = {"two_stage": two_stage, "one_step": one_step}
+ADAPTERS: dict[str, Callable] = {"two_stage": two_stage, "one_step": one_step, "snip": snip}
 
 
 class FastAdaptation(L.LightningModule):
@@ -46,9 +47,12 @@ class FastAdaptation(L.LightningModule):
         network = copy.deepcopy(self.meta_network)
         network.set_gate_noise(False)
         start = time.perf_counter()
-        ADAPTERS[self.rule](network, support_images, support_labels, self.lr, **self.rule_options)
+        measured = ADAPTERS[self.rule](
+            network, support_images, support_labels, self.lr, **self.rule_options
+        )
         learning_seconds = time.perf_counter() - start
-        after = self.evaluate(network, query_images, query_labels)
+        # A rule may return what only it can measure (SNIP: the share of weights it pruned).
+        after = self.evaluate(network, query_images, query_labels) | (measured or {})
         return {
             "task": task_index,
             "node_id": client.node_id,

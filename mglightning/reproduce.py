@@ -1,0 +1,176 @@
+"""Reproduce one of the paper's tables: every method of an experiment, over seeds.
+
+    python -m mglightning.reproduce table1_fmnist [--seeds 0,1,2] [--fresh] [key=value ...]
+
+The experiment file (``conf/experiment/<name>.yaml``) lists its runs under ``reproduce``:
+a method and its number of local updates m, and for MetaSNIP the runs it builds on. Each
+run is ``mglightning.train.run`` on the composed config, in this process, writing under
+``results/<runs_group>/runs/<method>-m<m>-seed<s>/``. Experiments with the same setup
+share ``runs_group``, so a run two tables need is made once. A run whose ``summary.json``
+matches the current config is reused; an unfinished one resumes from its checkpoint; one
+made with another config is stale and is redone. Then the table, the convergence plot and
+the sparsity histogram go to ``results/<experiment>/`` (see :mod:`mglightning.results`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from mglightning.io import atomic_write_text
+from mglightning.results import MethodRuns, write_results
+from mglightning.train import CONF_DIR, run
+
+log = logging.getLogger(__name__)
+RUN_DEFAULTS = ["logger=none"]  # the caller's overrides come after (logger=wandb to log)
+IDENTITY_KEYS = ("seed", "rounds", "eval_every", "dataset", "model", "method")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One row of a table. ``meta_from`` names the run (label) whose meta-model this one
+    adapts instead of training; ``sparsity_from`` the run whose mean sparsity sets its keep
+    fraction (MetaSNIP, SPEC §5)."""
+
+    method: str
+    local_steps: int
+    meta_from: str | None = None
+    sparsity_from: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}-m{self.local_steps}"
+
+
+def compose_run(experiment: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"experiment={experiment}", *overrides])
+
+
+def run_specs(cfg: DictConfig) -> list[RunSpec]:
+    """The experiment's runs, checked: every run another builds on comes before it."""
+    if "reproduce" not in cfg:
+        raise SystemExit(f"experiment {cfg.experiment!r} has no `reproduce:` section")
+    specs = [RunSpec(**spec) for spec in OmegaConf.to_container(cfg.reproduce.runs)]
+    seen: set[str] = set()
+    for spec in specs:
+        for needed in (spec.meta_from, spec.sparsity_from):
+            if needed is not None and needed not in seen:
+                raise SystemExit(f"run {spec.label} needs {needed}, which must be listed before it")
+        seen.add(spec.label)
+    return specs
+
+
+def run_identity(cfg: DictConfig) -> str:
+    """What makes a run's results what they are (not where it logs or writes), as YAML."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_yaml({key: resolved[key] for key in IDENTITY_KEYS})
+
+
+class Reproduction:
+    """Runs (or reuses) every run of one experiment and writes its results."""
+
+    def __init__(
+        self, experiment: str, overrides: list[str], results_root: Path, fresh: bool = False
+    ) -> None:
+        self.experiment, self.overrides, self.fresh = experiment, overrides, fresh
+        self.base = compose_run(experiment, [*RUN_DEFAULTS, *overrides])
+        self.specs = run_specs(self.base)
+        group = self.base.reproduce.get("runs_group") or experiment
+        self.runs_dir = results_root / group / "runs"
+        self.output_dir = results_root / experiment
+
+    def run_dir(self, label: str, seed: int) -> Path:
+        return self.runs_dir / f"{label}-seed{seed}"
+
+    def run_config(self, spec: RunSpec, seed: int) -> DictConfig:
+        overrides = [
+            f"method={spec.method}",
+            f"method.local.steps={spec.local_steps}",
+            f"seed={seed}",
+            f"output_dir={self.run_dir(spec.label, seed)}",
+        ]
+        if spec.meta_from:
+            checkpoint = self.run_dir(spec.meta_from, seed) / "checkpoints" / "last.ckpt"
+            overrides.append(f"method.meta_checkpoint={checkpoint}")
+        if spec.sparsity_from:
+            summary_path = self.run_dir(spec.sparsity_from, seed) / "summary.json"
+            sparsity = json.loads(summary_path.read_text())["sparsity_mean"]
+            overrides.append(f"method.adaptation.keep_fraction={1.0 - sparsity}")
+        return compose_run(self.experiment, [*RUN_DEFAULTS, *self.overrides, *overrides])
+
+    def ensure_run(self, spec: RunSpec, seed: int) -> str:
+        """Run, resume or reuse one run; returns what was done."""
+        cfg = self.run_config(spec, seed)
+        run_dir = Path(cfg.output_dir)
+        identity = run_identity(cfg)
+        identity_path = run_dir / "identity.yaml"
+        stale = identity_path.exists() and identity_path.read_text() != identity
+        if self.fresh or stale:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if (run_dir / "summary.json").exists():
+            return "reused"
+        resumed = (run_dir / "checkpoints" / "last.ckpt").exists()
+        atomic_write_text(identity_path, identity)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        run(cfg)
+        return "redone (stale)" if stale else "resumed" if resumed else "ran"
+
+    def reproduce(self, seeds: list[int]) -> dict[str, Path]:
+        total, started = len(self.specs) * len(seeds), time.perf_counter()
+        done = 0
+        for seed in seeds:  # seed-major: an interrupted reproduction has whole seeds
+            for spec in self.specs:
+                action = self.ensure_run(spec, seed)
+                done += 1
+                log.info(
+                    "[%d/%d] %s seed %d: %s (%.0f s elapsed)",
+                    done,
+                    total,
+                    spec.label,
+                    seed,
+                    action,
+                    time.perf_counter() - started,
+                )
+        rows = [
+            MethodRuns(s.method, s.local_steps, tuple(self.run_dir(s.label, x) for x in seeds))
+            for s in self.specs
+        ]
+        return write_results(rows, self.output_dir)
+
+
+def seed_list(text: str) -> list[int]:
+    return [int(seed) for seed in text.split(",")]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", help="a file of conf/experiment/, without .yaml")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
+    parser.add_argument(
+        "--seeds", type=seed_list, help="comma-separated, e.g. 0,1,2; default: the experiment's"
+    )
+    parser.add_argument("--results-root", type=Path, default=Path("results"))
+    parser.add_argument("--fresh", action="store_true", help="redo every run from scratch")
+    args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    reproduction = Reproduction(args.experiment, args.overrides, args.results_root, args.fresh)
+    seeds = args.seeds or list(reproduction.base.reproduce.seeds)
+    started = time.perf_counter()
+    paths = reproduction.reproduce(seeds)
+    print(paths["table_md"].read_text())
+    print(f"seeds {seeds}; {time.perf_counter() - started:.0f} s wall")
+    for name, path in paths.items():
+        print(f"{name:20s} {path}")
+
+
+if __name__ == "__main__":
+    main()
