@@ -53,7 +53,7 @@ class RoundCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if (trainer.current_epoch + 1) % self.every_n_rounds == 0:
-            trainer.save_checkpoint(self.last_path)
+            trainer.save_checkpoint(self.last_path, weights_only=False)  # callbacks too
 
 
 def non_finite_tensors(state_dict: dict) -> list[str]:

@@ -135,7 +135,7 @@ def run(cfg: DictConfig) -> dict:
             datamodule=datamodule,
             ckpt_path=str(last) if cfg.resume and last.exists() else None,
         )
-        trainer.save_checkpoint(last)
+        trainer.save_checkpoint(last, weights_only=False)
 
     adapter.set_meta_network(learner.meta_network())
     writer = TaskResultsWriter(output_dir, step=int(learner.rounds_done))
