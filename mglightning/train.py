@@ -14,6 +14,8 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -194,5 +196,20 @@ def main(cfg: DictConfig) -> None:
     print(f"results in {os.path.abspath(cfg.output_dir)}")
 
 
+def check_overrides(overrides: list[str]) -> None:
+    """Compose once before Hydra runs, so that an override Hydra cannot apply (an unknown key
+    without ``+``, a malformed value) ends, like every other bad input, in one line and exit 2
+    rather than in Hydra's multi-line report. Multirun and ``hydra.*`` arguments go to Hydra."""
+    if any(arg.startswith(("-", "hydra")) for arg in overrides):
+        return
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose("train", overrides=overrides)
+    except HydraException as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:])
     main()

@@ -161,6 +161,8 @@ def run_cli(*overrides: str, env=None) -> subprocess.CompletedProcess:
     "override, message",
     [
         ("method.local.steps=-1", "method.local.steps=-1: must be an integer >= 1"),
+        # Hydra's own refusal of an unknown key given without `+`, said in one line.
+        ("roundz=3", "Could not override 'roundz'. To append to your config use +roundz=3"),
         # Needs the data set's class count: the partitioner's own check, after loading.
         ("dataset.partition.classes_per_node=7", "dataset.partition.classes_per_node=7: must be "
                                                  "between 1 and the data set's 6 classes"),
