@@ -72,7 +72,7 @@ class TaskNetwork(nn.Module):
         return self.head(x.flatten(1))
 
 
-def _input_columns(weight: torch.Tensor, keep: torch.Tensor | None, area: int) -> torch.Tensor:
+def input_columns(weight: torch.Tensor, keep: torch.Tensor | None, area: int) -> torch.Tensor:
     """Columns of a weight reading only input channels ``keep``: (out, C_in[, kh, kw]) for a
     conv (area 0), or (out, C_in·area) for a linear layer reading flattened channels."""
     if keep is None:
@@ -84,7 +84,7 @@ def _input_columns(weight: torch.Tensor, keep: torch.Tensor | None, area: int) -
 
 def _sliced_op(block: GatedBlock, in_keep, area: int, out_keep) -> nn.Module:
     """A copy of the block's conv/linear with only the kept inputs and outputs."""
-    weight = _input_columns(block.op.weight.detach(), in_keep, area)
+    weight = input_columns(block.op.weight.detach(), in_keep, area)
     bias = block.op.bias.detach()
     if out_keep is not None:
         weight, bias = weight[out_keep], bias[out_keep]
@@ -99,7 +99,7 @@ def _sliced_op(block: GatedBlock, in_keep, area: int, out_keep) -> nn.Module:
 def _sliced_gate(block: GatedBlock, in_keep, area: int, out_keep) -> ExportedGate:
     """The gate reading only the kept inputs and deciding only the kept outputs. It pools
     conv inputs per channel, so for a conv its input columns are channels (area 0)."""
-    hidden_weight = _input_columns(block.gate.hidden.weight.detach(), in_keep,
+    hidden_weight = input_columns(block.gate.hidden.weight.detach(), in_keep,
                                    0 if block.spec.kind == "conv" else area)
     out_weight, out_bias = block.gate.out.weight.detach(), block.gate.out.bias.detach()
     if out_keep is not None:

@@ -3,10 +3,21 @@ import time
 import pytest
 import torch
 
-from mglightning.bench.inference import bench_inference, pair_macs
+from mglightning.bench.inference import (
+    bench_inference,
+    block_input,
+    pair_macs,
+    pruned_copy,
+    run_pair,
+)
 from mglightning.bench.memory import measure
 from mglightning.bench.report import render
-from mglightning.bench.rounds import ReferenceRound, RoundState, max_update_difference
+from mglightning.bench.rounds import (
+    ReferenceRound,
+    RoundState,
+    max_update_difference,
+    step_macs,
+)
 from mglightning.bench.suite import BenchConfig, run_suite
 from mglightning.bench.timing import alternate, ratio
 from mglightning.bench.workload import sparsify_gates
@@ -57,6 +68,14 @@ def test_pair_macs_match_hand_count():
     assert executed == pytest.approx(gate + per_channel * active.mean().item())
 
 
+def test_step_macs_match_hand_count():
+    """Forward, weight gradients, input gradients of all but the first layer."""
+    network = build_network("cnn4", (1, 28, 28), 10, gated_layers=[3])
+    conv1, conv2, conv3 = 32 * 9 * 28 * 28, 64 * 32 * 9 * 14 * 14, 128 * 64 * 9 * 7 * 7
+    forward = conv1 + conv2 + conv3 + 10 * 128 * 3 * 3
+    assert step_macs(network, batch_size=2) == 2 * (3 * forward - conv1)
+
+
 def test_sliced_inference_bench_reports_ideal_from_macs():
     torch.manual_seed(0)
     gated = build_network("cnn4", (1, 16, 16), 5, gated_layers=[3])
@@ -68,6 +87,26 @@ def test_sliced_inference_bench_reports_ideal_from_macs():
     assert result["batch1"]["channels_off"] == pytest.approx(0.5)
     dense_macs, executed = pair_macs(gated, 2, torch.tensor([64.0]))
     assert pair["ideal_speedup"] == pytest.approx(dense_macs / executed)
+
+
+@pytest.mark.parametrize(("backbone", "gated_layer"), [("cnn4", 3), ("cnn4", 2), ("mlp2", 1)])
+def test_pruned_copy_computes_the_sliced_pair(backbone, gated_layer):
+    """The floor of goal 4 is the same computation as the gated pair, done with less work."""
+    torch.manual_seed(0)
+    gated = build_network(backbone, (1, 16, 16), 5, gated_layers=[gated_layer])
+    sparsify_gates(gated, off_fraction=0.5, varying_fraction=0.2, seed=0)
+    dense = build_network(backbone, (1, 16, 16), 5)
+    dense.load_state_dict({name: value for name, value in gated.state_dict().items()
+                           if not gated.is_gate_parameter(name)})
+    index = gated_layer - 1
+    with torch.no_grad():
+        layer_input = block_input(dense, index, torch.randn(1, 1, 16, 16))
+        _, _, mask = gated.blocks[index](layer_input, None, True, 1.0, False, None)
+        keep = mask[0].nonzero().squeeze(1)
+        pruned = pruned_copy(dense, index, keep)
+        assert pruned.blocks[index].op.weight.shape[0] == len(keep) < mask.shape[1]
+        torch.testing.assert_close(run_pair(pruned, index, layer_input, False),
+                                   run_pair(gated, index, layer_input, True))
 
 
 def test_memory_measure_counts_the_pooled_images():

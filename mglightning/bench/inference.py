@@ -4,7 +4,9 @@ against the dense backbone, as a measured speedup over the one the MAC counts pr
 Two views: the whole network (sliced ``forward_with_masks`` vs the ungated backbone), and
 each gated layer in isolation together with the layer that reads it (the gate, the active
 filters only, and the next layer reading only the active channels, vs both layers dense).
-For context, the exported task module (channels off for the whole task removed at rest,
+At batch 1 the pair is also timed pruned beforehand to the one input's active channels (no
+gate, no gathers): what the convolution kernels allow, the floor under any slicing. For
+context, the exported task module (channels off for the whole task removed at rest,
 :mod:`mglightning.export`) is timed against the same dense network.
 """
 
@@ -13,8 +15,15 @@ from __future__ import annotations
 import torch
 
 from mglightning.bench.timing import alternate, ratio
+from mglightning.export import input_columns
 from mglightning.models.cost import forward_cost
-from mglightning.models.network import GatedNetwork, _feature_indices, _numel
+from mglightning.models.network import (
+    GatedNetwork,
+    LayerSpec,
+    _active_channels,
+    _feature_indices,
+    _numel,
+)
 
 CALLS_PER_TIMING = {1: 200, 64: 8}  # batch size → calls per timed repeat (~0.1 s each)
 
@@ -55,13 +64,14 @@ def pair_macs(network: GatedNetwork, index: int, active: torch.Tensor) -> tuple[
 
 
 def block_input(network: GatedNetwork, index: int, images: torch.Tensor) -> torch.Tensor:
-    """The dense input of block ``index`` (the blocks before it run unsliced)."""
-    x, keep = images, None
+    """The dense input of block ``index`` (the blocks before it run unsliced), flattened if
+    the block is linear."""
+    x = images
     for block in network.blocks[:index]:
         if block.spec.kind == "linear" and x.dim() > 2:
             x = x.flatten(1)
-        x, keep, _ = block(x, keep, False, network.temperature, False, None)
-    return x
+        x = block(x, None, False, network.temperature, False, None)[0]
+    return x.flatten(1) if network.blocks[index].spec.kind == "linear" and x.dim() > 2 else x
 
 
 def run_pair(network: GatedNetwork, index: int, x: torch.Tensor, sliced: bool) -> torch.Tensor:
@@ -74,6 +84,24 @@ def run_pair(network: GatedNetwork, index: int, x: torch.Tensor, sliced: bool) -
             y, keep = y.flatten(1), _feature_indices(keep, y.shape[2:])
         return following(y, keep, sliced, network.temperature, False, None)[0]
     return network.head_logits(y, keep)
+
+
+def pruned_copy(dense: GatedNetwork, index: int, keep: torch.Tensor) -> GatedNetwork:
+    """``dense`` with block ``index`` cut to the channels ``keep`` and the layer reading it cut
+    to those inputs, weights gathered at rest: the same code path as the dense pair, less work."""
+    specs = [LayerSpec(block.spec.kind, len(keep) if i == index else block.spec.out,
+                       block.spec.pool) for i, block in enumerate(dense.blocks)]
+    pruned = GatedNetwork(dense.input_shape, dense.head.out_features, specs)
+    state = dense.state_dict()
+    for name in (f"blocks.{index}.op.weight", f"blocks.{index}.op.bias"):
+        state[name] = state[name][keep]
+    following = (f"blocks.{index + 1}.op.weight" if index + 1 < len(dense.blocks)
+                 else "head.weight")
+    reads_flattened = following == "head.weight" or dense.blocks[index + 1].spec.kind == "linear"
+    area = _numel(dense.layer_shapes[index + 1][1:]) if reads_flattened else 0
+    state[following] = input_columns(state[following], keep, area)
+    pruned.load_state_dict(state)
+    return pruned
 
 
 def _speedup(seconds, dense_macs: float, executed_macs: float) -> dict:
@@ -110,7 +138,16 @@ def bench_inference(gated: GatedNetwork, dense: GatedNetwork, images: torch.Tens
             pair = alternate({"sliced": lambda i=index, v=layer_input: run_pair(gated, i, v, True),
                               "dense": lambda i=index, v=layer_input: run_pair(dense, i, v, False)},
                              repeats, calls)
-            row[f"layer{index + 1}_and_next"] = _speedup(pair, *pair_macs(gated, index,
-                                                                          mask.sum(dim=1)))
+            macs = pair_macs(gated, index, mask.sum(dim=1))
+            row[f"layer{index + 1}_and_next"] = _speedup(pair, *macs)
+            if batch_size == 1:
+                keep, _ = _active_channels(mask[:1])
+                pruned = pruned_copy(dense, index, torch.arange(mask.shape[1]) if keep is None
+                                     else keep)
+                floor = alternate(
+                    {"sliced": lambda i=index, v=layer_input, p=pruned: run_pair(p, i, v, False),
+                     "dense": lambda i=index, v=layer_input: run_pair(dense, i, v, False)},
+                    repeats, calls)
+                row[f"layer{index + 1}_and_next_pruned_beforehand"] = _speedup(floor, *macs)
         results[f"batch{batch_size}"] = row
     return results

@@ -7,6 +7,9 @@ over that client's support set (per-sample indexing and collation), FedProx's pr
 added to the loss. It draws the same batches and the same gate noise from the same round
 generator as ours, so both compute the same update and :func:`max_update_difference` can
 check that they do.
+
+A square matrix multiply, timed among them, gives this CPU's single-thread MAC rate: the
+share of it that the bare passes reach bounds what faster kernels could still gain.
 """
 
 from __future__ import annotations
@@ -19,10 +22,15 @@ import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from mglightning.bench.inference import layer_macs
 from mglightning.bench.timing import alternate, ratio
 from mglightning.federated.learner import FederatedMetaLearner, round_generator
 from mglightning.federated.local import ProximalSGD
 from mglightning.federated.server import ClientResult
+from mglightning.models.cost import forward_cost
+from mglightning.models.network import GatedNetwork, _numel
+
+MATMUL_SIZE = 1024  # one (n × n) @ (n × n) product: n³ MACs, ~20 ms on one core here
 
 
 class StepBatches(Sampler[list[int]]):
@@ -109,6 +117,30 @@ class BareRound:
         self.network.set_gate_noise(False)
 
 
+def step_macs(network: GatedNetwork, batch_size: int) -> float:
+    """MACs of one dense training step: the forward pass, as many again for the weight
+    gradients, and as many for the input gradients except the first layer's (the images
+    need none). Gate MLPs, pooling and ReLUs are left out (under 0.1 % for cnn4)."""
+    all_on = [torch.ones(1, network.blocks[i].spec.out) for i in network.gated_layers]
+    forward = forward_cost(network, all_on).dense_macs
+    first = network.blocks[0].spec
+    first_inputs = network.input_shape[0] if first.kind == "conv" else _numel(network.input_shape)
+    return batch_size * (3 * forward - layer_macs(network, 0, first_inputs, first.out))
+
+
+class Matmul:
+    """One square float32 matrix product: the CPU's best case for dense arithmetic."""
+
+    def __init__(self, size: int = MATMUL_SIZE) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.left = torch.randn(size, size, generator=generator)
+        self.right = torch.randn(size, size, generator=generator)
+        self.macs = float(size) ** 3
+
+    def __call__(self) -> None:
+        torch.mm(self.left, self.right)
+
+
 class RoundState:
     """Saves and restores the learner's server state, so every timed round is the same one."""
 
@@ -138,6 +170,7 @@ def bench_rounds(learner: FederatedMetaLearner, clients, repeats: int) -> dict:
     state = RoundState(learner)
     reference = ReferenceRound(learner, clients)
     bare = BareRound(learner, clients, learner.clients_per_round)
+    matmul = Matmul()
 
     def ours() -> None:
         learner.run_round(clients)
@@ -147,11 +180,22 @@ def bench_rounds(learner: FederatedMetaLearner, clients, repeats: int) -> dict:
         reference()
         state.restore()
 
-    seconds = alternate({"ours": ours, "reference": common, "bare": bare}, repeats)
+    seconds = alternate({"ours": ours, "reference": common, "bare": bare, "matmul": matmul},
+                        repeats)
     learner.flat.zero_grad()
+    solver: ProximalSGD = learner.local_solver
+    bare_macs = (learner.clients_per_round * solver.steps
+                 * step_macs(learner.network, solver.batch_size))
+    matmul_over_bare = ratio(seconds, "matmul", "bare").summary()
     return {
         "reference_over_ours": ratio(seconds, "reference", "ours").summary(),
         "ours_over_bare": ratio(seconds, "ours", "bare").summary(),
         "reference_over_bare": ratio(seconds, "reference", "bare").summary(),
         "max_update_difference": max_update_difference(learner, clients),
+        "bare_macs": bare_macs,
+        "matmul_macs_per_second": matmul.macs / matmul_over_bare["numerator_seconds"],
+        # (MACs/s of the bare passes) ÷ (MACs/s of the matmul), per repeat
+        "bare_share_of_matmul_rate": {
+            key: value * bare_macs / matmul.macs if key.startswith("ratio_") else value
+            for key, value in matmul_over_bare.items()},
     }
