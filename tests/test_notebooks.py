@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -147,5 +148,5 @@ def test_curves_average_over_seeds_and_round_seconds_divide_intervals(tmp_path):
     curves = analysis.load_curves(tmp_path)
     averaged = analysis.accuracy_curves(curves)
     assert averaged["accuracy"].tolist() == pytest.approx([60, 60])
-    assert averaged["accuracy_std"].tolist() == pytest.approx([10, 10])
+    assert averaged["accuracy_std"].tolist() == pytest.approx([statistics.stdev([50, 70])] * 2)
     assert analysis.round_seconds(curves)["seconds_per_round"].tolist() == [1.5, 2.0] * 2
