@@ -43,6 +43,18 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 INSTANTIATE_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 # Nodes passed as keyword arguments to a fixed callable, checked like ``_target_`` nodes.
 SIGNATURE_NODES = {"trainer": "lightning.pytorch.Trainer"}
+# Trainer arguments that ``train.run`` sets itself, and what to set instead.
+TRAINER_ARGS_SET_BY_RUN = {
+    "max_epochs": "set rounds",
+    "logger": "choose logger=wandb, csv or none",
+    "enable_progress_bar": "set progress_bar",
+    "default_root_dir": "set output_dir",
+    "callbacks": "fixed by the run",
+    "enable_model_summary": "fixed by the run",
+    "num_sanity_val_steps": "fixed by the run",
+    "plugins": "fixed by the run",
+    "inference_mode": "fixed by the run",
+}
 # Top-level blocks that belong to other entry points (which check them), and Hydra's own node
 # (present when composed with return_hydra_config=True).
 IGNORED_TOP_KEYS = {"hydra", "reproduce"}
@@ -169,6 +181,7 @@ def validate(cfg: DictConfig) -> None:
         *_unknown_and_mistyped(values, reference_kinds(), ""),
         *_out_of_range(values),
         *_backbone_layers(values),
+        *_set_by_run(values),
     ]
     if problems:
         raise ConfigError("; ".join(problems))
@@ -274,6 +287,12 @@ def _out_of_range(values: Mapping) -> Iterator[str]:
         found, value = _lookup(values, path)
         if found and not rule.check(value):
             yield f"{path}={_show(value)}: must be {rule.allowed}"
+
+
+def _set_by_run(values: Mapping) -> Iterator[str]:
+    for key in sorted(set(values.get("trainer") or {}) & set(TRAINER_ARGS_SET_BY_RUN)):
+        yield (f"trainer.{key}={_show(values['trainer'][key])}: the run sets this Trainer "
+               f"argument itself ({TRAINER_ARGS_SET_BY_RUN[key]})")
 
 
 def _backbone_layers(values: Mapping) -> Iterator[str]:

@@ -3,16 +3,23 @@ in one line naming the key, the value and what is allowed, before any work start
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import open_dict
 
-from mglightning.config import ConfigError, validate, validate_against_data
+from mglightning.config import (
+    TRAINER_ARGS_SET_BY_RUN,
+    ConfigError,
+    validate,
+    validate_against_data,
+)
 from mglightning.train import CONF_DIR, build_datamodule, run
 
 REPO_ROOT = CONF_DIR.parent
@@ -86,6 +93,9 @@ def test_bad_value_names_key_value_and_what_is_allowed(override, expected):
         ("+method.local.stepz=3", "unknown key method.local.stepz=3 (did you mean steps?): "
                                   "mglightning.federated.local.ProximalSGD takes steps"),
         ("+trainer.max_epoch=3", "unknown key trainer.max_epoch=3 (did you mean max_epochs?)"),
+        ("+trainer.max_epochs=3", "trainer.max_epochs=3: the run sets this Trainer argument "
+                                  "itself (set rounds)"),
+        ("+trainer.enable_progress_bar=false", "(set progress_bar)"),
         ("+faults.inject.node=[1]", "unknown key faults.inject.node=[1]"),
         ("+method.adaptation.foo=1", "unknown key method.adaptation.foo=1: allowed under "
                                      "method.adaptation are"),
@@ -174,3 +184,9 @@ def test_cli_prints_one_line_and_exits_2_on_config_errors(tmp_path, override, me
     assert result.stderr.strip().splitlines()[-1] == f"error: {message}"
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_trainer_arguments_set_by_the_run_are_trainer_parameters():
+    """The list stays in step with Lightning: each entry is a real Trainer argument."""
+    parameters = inspect.signature(lightning.pytorch.Trainer).parameters
+    assert set(TRAINER_ARGS_SET_BY_RUN) <= set(parameters)
