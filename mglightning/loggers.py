@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -17,8 +18,22 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+LIGHTNING_INFO = logging.getLogger("lightning.pytorch.utilities.rank_zero")
 
 WANDB_DEFAULT_HOST = "https://api.wandb.ai"
+
+
+def drop_advertisements(record: logging.LogRecord) -> bool:
+    """Lightning's "💡 Tip: try installing …" lines advertise other packages, twice a run."""
+    return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_lightning() -> None:
+    """Keep a run's console to what it says about the run: no package advertisements, no
+    deprecation notices that Lightning raises about its own use of torch internals."""
+    if drop_advertisements not in LIGHTNING_INFO.filters:
+        LIGHTNING_INFO.addFilter(drop_advertisements)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def has_wandb_credentials() -> bool:

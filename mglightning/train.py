@@ -29,7 +29,7 @@ from mglightning.data.partition import PartitionError
 from mglightning.federated.learner import FederatedMetaLearner, TrainingFault
 from mglightning.federated.prox import L1, GroupLasso
 from mglightning.io import write_json
-from mglightning.loggers import build_logger, finish_wandb_run
+from mglightning.loggers import build_logger, finish_wandb_run, quiet_lightning
 from mglightning.models.backbones import build_network as build_backbone
 from mglightning.models.network import GatedNetwork
 
@@ -103,6 +103,7 @@ def build_regularizer(cfg: DictConfig, learner: FederatedMetaLearner) -> GroupLa
 def run(cfg: DictConfig) -> dict:
     """Train, adapt at the targets, write ``tasks.csv``, ``curve.csv`` and ``summary.json``."""
     validate(cfg)
+    quiet_lightning()
     output_dir = Path(cfg.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)

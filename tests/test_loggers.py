@@ -14,7 +14,14 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
-from mglightning.loggers import build_logger, flat_config, has_wandb_credentials, table_summary
+from mglightning.loggers import (
+    LIGHTNING_INFO,
+    build_logger,
+    flat_config,
+    has_wandb_credentials,
+    quiet_lightning,
+    table_summary,
+)
 from mglightning.train import run
 
 WANDB_CLI = str(Path(sys.executable).parent / "wandb")
@@ -162,3 +169,14 @@ def test_offline_run_is_written_organized_and_read_back(isolated_wandb, tiny_con
     assert run_record["run_group"] == cfg.experiment
     assert run_record["job_type"] == cfg.method.name
     assert run_record["display_name"] == cfg.run_name
+
+
+def test_a_quiet_run_drops_lightning_advertisements_but_not_its_news(caplog):
+    quiet_lightning()
+    quiet_lightning()  # idempotent: one filter
+    with caplog.at_level(logging.INFO, logger=LIGHTNING_INFO.name):
+        LIGHTNING_INFO.info("💡 Tip: try installing something")
+        LIGHTNING_INFO.info("GPU available: False, used: False")
+    assert [record.getMessage() for record in caplog.records] == [
+        "GPU available: False, used: False"]
+    assert len(LIGHTNING_INFO.filters) == 1

@@ -94,5 +94,5 @@ class FastAdaptation(L.LightningModule):
         with torch.inference_mode(False), torch.enable_grad():  # adaptation takes gradients
             self.task_rows.append(self.adapt_and_evaluate(client, int(task_index)))
 
-    def configure_optimizers(self):
-        return None
+    def configure_optimizers(self) -> list:
+        return []  # no torch optimizer: the step updates the parameters itself

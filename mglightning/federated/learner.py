@@ -71,8 +71,8 @@ class FederatedMetaLearner(L.LightningModule):
     def on_fit_start(self) -> None:
         self.flat = FlatParameters(self.network, self.network.is_gate_parameter)  # on final device
 
-    def configure_optimizers(self):
-        return None
+    def configure_optimizers(self) -> list:
+        return []  # no torch optimizer: the step updates the parameters itself
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Checkpoints written before the failed-round count existed resume with it at 0."""
