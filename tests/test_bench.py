@@ -3,6 +3,12 @@ import time
 import pytest
 import torch
 
+from mglightning.bench.alternatives import (
+    ClientPasses,
+    VmappedPasses,
+    client_batches,
+    nchw_pooling,
+)
 from mglightning.bench.inference import (
     bench_inference,
     block_input,
@@ -22,6 +28,8 @@ from mglightning.bench.suite import BenchConfig, run_suite
 from mglightning.bench.timing import alternate, ratio
 from mglightning.bench.workload import sparsify_gates
 from mglightning.models import build_network
+from mglightning.models import network as network_module
+from mglightning.models.network import pool_relu as channels_last_pool
 from mglightning.train import build_datamodule, build_learner
 from mglightning.train import build_network as build_model
 
@@ -118,7 +126,8 @@ def test_memory_measure_counts_the_pooled_images():
 
 def test_suite_on_tiny_sizes_renders_every_goal():
     config = BenchConfig(clients_per_round=2, repeats=1, inference_batches=(1, 4),
-                         memory=False, data_overrides=("dataset=synthetic",))
+                         memory=False, compile_network=False,
+                         data_overrides=("dataset=synthetic",))
     threads = torch.get_num_threads()
     results = run_suite(config)
     assert torch.get_num_threads() == threads
@@ -126,3 +135,26 @@ def test_suite_on_tiny_sizes_renders_every_goal():
     table = render(results, "make bench")
     for goal in ("| 1 |", "| 2 |", "| 3 |", "| 4 |"):
         assert goal in table
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_tried_alternatives_compute_the_loops_gradients(tiny_learner, compiled):
+    """vmap over clients (and torch.compile) give each client's gradient as the loop does."""
+    learner, clients = tiny_learner
+    network = learner.network
+    images, labels = client_batches(clients, 3, 8, seed=0)
+    loop = ClientPasses(network, images, labels)()
+    vmapped = VmappedPasses(network, images, labels)()
+    names = [name for name, _ in network.named_parameters()]
+    for client, gradients in enumerate(loop):
+        for name, gradient in zip(names, gradients, strict=True):
+            torch.testing.assert_close(vmapped[name][client], gradient, atol=1e-5, rtol=1e-4)
+    assert loop[0][0].abs().sum() > 0 and not torch.equal(loop[0][0], loop[1][0])
+    with nchw_pooling():
+        assert network_module.pool_relu is not channels_last_pool
+    assert network_module.pool_relu is channels_last_pool
+    if compiled:
+        compiled_grads = ClientPasses(torch.compile(network), images, labels)()
+        for ours, theirs in zip(loop, compiled_grads, strict=True):
+            for a, b in zip(ours, theirs, strict=True):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

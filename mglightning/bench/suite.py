@@ -13,6 +13,7 @@ import torch
 
 from mglightning.adaptation.steps import two_stage
 from mglightning.bench.adaptation import bench_adaptation
+from mglightning.bench.alternatives import bench_alternatives
 from mglightning.bench.inference import bench_inference
 from mglightning.bench.memory import measure_in_subprocess
 from mglightning.bench.rounds import bench_rounds
@@ -34,6 +35,7 @@ class BenchConfig:
     gates_varying: float = 0.15  # share left input-dependent
     threads: int = 1
     memory: bool = True
+    compile_network: bool = True  # time torch.compile among the tried alternatives (~20 s)
     data_overrides: tuple[str, ...] | None = None  # None: Fashion-MNIST if present, else stand-in
 
 
@@ -67,6 +69,9 @@ def _run_suite(config: BenchConfig) -> dict:
     workload = build_workload(overrides)
     cfg, datamodule, learner = workload.cfg, workload.datamodule, workload.learner
     results = {"rounds": bench_rounds(learner, datamodule.train_clients, config.repeats)}
+    results["alternatives"] = bench_alternatives(
+        learner.network, datamodule.train_clients, config.clients_per_round,
+        cfg.dataset.batch_size, config.repeats, cfg.seed, config.compile_network)
 
     gated = learner.meta_network()
     sparsify_gates(gated, config.gates_off, config.gates_varying, cfg.seed)
