@@ -6,6 +6,7 @@ import torch
 from mglightning.bench.alternatives import (
     ClientPasses,
     VmappedPasses,
+    bench_alternatives,
     client_batches,
     nchw_pooling,
 )
@@ -17,7 +18,7 @@ from mglightning.bench.inference import (
     run_pair,
 )
 from mglightning.bench.memory import measure
-from mglightning.bench.report import render
+from mglightning.bench.report import _alternatives_summary, render
 from mglightning.bench.rounds import (
     ReferenceRound,
     RoundState,
@@ -158,3 +159,24 @@ def test_tried_alternatives_compute_the_loops_gradients(tiny_learner, compiled):
         for ours, theirs in zip(loop, compiled_grads, strict=True):
             for a, b in zip(ours, theirs, strict=True):
                 torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+class NoCompiler(torch.nn.Module):
+    """What torch.compile gives on a machine without a C++ compiler: fails at the first call."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images):
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nmore lines")
+
+
+def test_a_failing_compile_is_reported_not_fatal(tiny_learner, monkeypatch):
+    learner, clients = tiny_learner
+    monkeypatch.setattr(torch, "compile", NoCompiler)
+    tried = bench_alternatives(learner.network, clients, 2, 4, repeats=1, seed=0)
+    assert "compiled_over_loop" not in tried
+    assert tried["compile_error"] == ("RuntimeError: InvalidCxxCompiler: no working C++ "
+                                      "compiler found")
+    assert "`torch.compile` failed here (RuntimeError" in _alternatives_summary(tried)

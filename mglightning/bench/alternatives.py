@@ -87,12 +87,17 @@ def bench_alternatives(network: GatedNetwork, clients, count: int, batch_size: i
     candidates = {"loop": ClientPasses(network, images, labels),
                   "loop_nchw": ClientPasses(network, images, labels, nchw=True),
                   "vmap": VmappedPasses(network, images, labels)}
-    compile_seconds = None
+    compile_seconds = compile_error = None
     if compile_network:
         started = time.perf_counter()
-        candidates["compiled"] = ClientPasses(torch.compile(network), images, labels)
-        candidates["compiled"]()  # compiles forward and backward
-        compile_seconds = time.perf_counter() - started
+        compiled = ClientPasses(torch.compile(network), images, labels)
+        try:
+            compiled()  # compiles forward and backward
+        except Exception as error:  # e.g. no C++ compiler on this machine: report, go on
+            compile_error = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        else:
+            candidates["compiled"] = compiled
+            compile_seconds = time.perf_counter() - started
     seconds = alternate(candidates, repeats)
     return {
         "clients": count,
@@ -101,4 +106,5 @@ def bench_alternatives(network: GatedNetwork, clients, count: int, batch_size: i
            for name in candidates if name != "loop"},
         "vmap_over_loop_nchw": ratio(seconds, "vmap", "loop_nchw").summary(),
         "compile_seconds": compile_seconds,
+        "compile_error": compile_error,
     }

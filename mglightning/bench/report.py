@@ -176,6 +176,8 @@ def _alternatives_summary(tried: dict) -> str:
         text += (f"; `torch.compile` of the network {_spread(tried['compiled_over_loop'])}, "
                  f"after a one-off {tried['compile_seconds']:.0f} s compile (less with torch's "
                  "compile cache warm)")
+    elif tried.get("compile_error"):
+        text += f"; `torch.compile` failed here ({tried['compile_error']})"
     medians = {name.removesuffix("_over_loop"): figure["ratio_median"]
                for name, figure in tried.items()
                if name in ("vmap_over_loop", "compiled_over_loop")}
