@@ -4,10 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXP    ?= table1_fmnist
 SWEEP  ?= metagater_fmnist
+RUN    ?= outputs/default/fmnist-cnn4-metagater-seed0
+TARGET ?= 0
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint train train-cifar10 reproduce sweep bench clean
+.PHONY: help install test test-all lint train train-cifar10 reproduce sweep deploy bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -41,6 +43,9 @@ reproduce: ## Every method of EXP over 5 seeds → results/EXP/ (e.g. make repro
 
 sweep: ## Create and run the W&B sweep conf/sweep/SWEEP.yaml (offline: prints the Hydra multirun)
 	$(PY) -m mglightning.sweep $(SWEEP) $(ARGS)
+
+deploy: ## RUN's network adapted at target node TARGET, exported → RUN/deployed/targetTARGET.pt
+	$(PY) -m mglightning.deploy $(RUN) --target $(TARGET) $(ARGS)
 
 bench: ## Benchmarks → BENCHMARKS.md and BENCHMARKS.json
 	$(PY) -m mglightning.bench $(ARGS)

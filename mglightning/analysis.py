@@ -3,7 +3,7 @@
 A run folder is any folder holding ``summary.json`` (with ``tasks.csv`` and ``curve.csv``
 beside it), at any depth under the root: ``outputs/<experiment>/<run_name>/`` of the entry
 point and ``results/<experiment>/runs/...`` of the reproduce command both work. A run is
-labelled from its ``config.yaml`` (written by the reproduce command; or Hydra's
+labelled from its ``config.yaml`` (written by every run; or Hydra's
 ``.hydra/config.yaml``) when one is there, else from the entry point's default run name
 ``<dataset>-<model>-<method>-seed<seed>``, else by its folder name.
 """
@@ -22,12 +22,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
+from mglightning.config import RUN_CONFIG
+
 RUNS_DIR_VARIABLE = "MG_RUNS_DIR"
 DEFAULT_RUNS_DIR = "outputs"
 RUN_NAME_PATTERN = re.compile(
     r"^(?P<dataset>[^-]+)-(?P<model>[^-]+)-(?P<method>.+)-seed(?P<seed>\d+)$"
 )
-CONFIG_FILES = ("config.yaml", ".hydra/config.yaml")
+CONFIG_FILES = (RUN_CONFIG, ".hydra/config.yaml")
 LABELS = ("experiment", "method", "dataset", "model", "seed", "local_steps", "run")
 STATISTICS = ("mean", "std", "min", "max")
 ROUND_TIMINGS = ("round_seconds", "local_seconds", "server_seconds")  # logged each round

@@ -39,6 +39,7 @@ from mglightning.federated.faults import FAULT_KINDS
 from mglightning.models.backbones import BACKBONES
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+RUN_CONFIG = "config.yaml"  # the resolved config a run folder was made with
 # Keys Hydra's instantiate reads itself, never passed to the target.
 INSTANTIATE_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 # Nodes passed as keyword arguments to a fixed callable, checked like ``_target_`` nodes.

@@ -120,7 +120,6 @@ class Reproduction:
             return "reused"
         resumed = (run_dir / "checkpoints" / "last.ckpt").exists()
         atomic_write_text(identity_path, identity)
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         run(cfg)
         return "redone (stale)" if stale else "resumed" if resumed else "ran"
 

@@ -22,18 +22,23 @@ from omegaconf import DictConfig, OmegaConf
 from mglightning.adaptation.module import FastAdaptation
 from mglightning.callbacks import RoundProgress, TargetEvaluation, TaskResultsWriter
 from mglightning.checkpoint import AtomicCheckpointIO, CheckpointError, RoundCheckpoint
-from mglightning.config import ConfigError, validate, validate_against_data
+from mglightning.config import (
+    CONF_DIR,
+    RUN_CONFIG,
+    ConfigError,
+    validate,
+    validate_against_data,
+)
 from mglightning.data.datamodule import FederatedDataModule
 from mglightning.data.datasets import DataError
 from mglightning.data.partition import PartitionError
 from mglightning.federated.learner import FederatedMetaLearner, TrainingFault
 from mglightning.federated.prox import L1, GroupLasso
-from mglightning.io import write_json
+from mglightning.io import atomic_write_text, write_json
 from mglightning.loggers import build_logger, finish_wandb_run, quiet_lightning
 from mglightning.models.backbones import build_network as build_backbone
 from mglightning.models.network import GatedNetwork
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 log = logging.getLogger(__name__)
 
 
@@ -101,10 +106,13 @@ def build_regularizer(cfg: DictConfig, learner: FederatedMetaLearner) -> GroupLa
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train, adapt at the targets, write ``tasks.csv``, ``curve.csv`` and ``summary.json``."""
+    """Train, adapt at the targets, write ``config.yaml`` (resolved: what the run folder was
+    made with, read back by :mod:`mglightning.deploy` and the notebooks), ``tasks.csv``,
+    ``curve.csv`` and ``summary.json``."""
     validate(cfg)
     quiet_lightning()
     output_dir = Path(cfg.output_dir)
+    atomic_write_text(output_dir / RUN_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     validate_against_data(cfg, [client.node_id for client in datamodule.train_clients])

@@ -39,20 +39,24 @@ class FastAdaptation(L.LightningModule):
     def set_meta_network(self, network: GatedNetwork) -> None:
         self.meta_network = network
 
-    def adapt_and_evaluate(self, client, task_index: int) -> dict:
-        """One target task: accuracy before/after adaptation, sparsity, MACs, learning time."""
+    def adapt(self, client) -> tuple[GatedNetwork, dict, float]:
+        """A copy of the meta-network adapted on the node's support set, what the rule
+        measured (SNIP: the share of weights it pruned), and the seconds it took."""
         support_images, support_labels = client.support_set()
-        query_images, query_labels = client.query_set()
-        before = self.evaluate(self.meta_network, query_images, query_labels)
         network = copy.deepcopy(self.meta_network)
         network.set_gate_noise(False)
         start = time.perf_counter()
         measured = ADAPTERS[self.rule](
             network, support_images, support_labels, self.lr, **self.rule_options
         )
-        learning_seconds = time.perf_counter() - start
-        # A rule may return what only it can measure (SNIP: the share of weights it pruned).
-        after = self.evaluate(network, query_images, query_labels) | (measured or {})
+        return network, measured or {}, time.perf_counter() - start
+
+    def adapt_and_evaluate(self, client, task_index: int) -> dict:
+        """One target task: accuracy before/after adaptation, sparsity, MACs, learning time."""
+        query_images, query_labels = client.query_set()
+        before = self.evaluate(self.meta_network, query_images, query_labels)
+        network, measured, learning_seconds = self.adapt(client)
+        after = self.evaluate(network, query_images, query_labels) | measured
         return {
             "task": task_index,
             "node_id": client.node_id,

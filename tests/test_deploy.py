@@ -1,0 +1,66 @@
+"""`python -m mglightning.deploy`: a finished run's network adapted at a target and exported."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mglightning.deploy import main
+from mglightning.train import build_datamodule, run
+
+# torch 2.14 marks TorchScript deprecated (FutureWarning); it is still the format that loads
+# without Python source, which is what a deployed task module needs.
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWarning")
+
+
+@pytest.fixture
+def finished_run(tiny_config):
+    cfg = tiny_config("rounds=4", "eval_every=0", "dataset.partition.num_target_nodes=3")
+    run(cfg)
+    return cfg
+
+
+def test_the_saved_module_reproduces_the_runs_result_at_that_target(finished_run, tmp_path,
+                                                                    capsys):
+    """Rebuilt from config.yaml and the checkpoint, adapted again and exported, the module
+    scores on the node's raw query images exactly what the run reported for that target."""
+    cfg = finished_run
+    output = tmp_path / "target1.pt"
+    main([cfg.output_dir, "--target", "1", "--output", str(output)])
+    with open(f"{cfg.output_dir}/tasks.csv") as handle:
+        reported = float(next(row for row in csv.DictReader(handle) if row["task"] == "1")
+                         ["accuracy"])
+    client = build_datamodule(cfg).target_clients[1]
+    raw_images = client.data.images[client.query_idx]  # uint8, as the data set stores them
+    with torch.no_grad():
+        predicted = torch.jit.load(str(output))(raw_images).argmax(1)
+    accuracy = float((predicted == client.data.labels[client.query_idx]).float().mean())
+    assert accuracy == pytest.approx(reported)
+    assert f"query accuracy {100 * reported:.2f} %" in capsys.readouterr().out
+
+
+def test_a_folder_without_config_or_checkpoint_or_a_bad_target_ends_in_one_line(
+    finished_run, tmp_path, capsys
+):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_run.output_dir, run_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run_dir), "--target", "3"])
+    assert exit_info.value.code == 2
+    assert "--target 3: the run has target nodes 0..2" in capsys.readouterr().err
+
+    (run_dir / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(SystemExit):
+        main([str(run_dir)])
+    assert "last.ckpt is missing: finish (or resume) the run first" in capsys.readouterr().err
+
+    (run_dir / "config.yaml").unlink()
+    with pytest.raises(SystemExit):
+        main([str(run_dir)])
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1 and "has no config.yaml" in error
+    assert OmegaConf.load(finished_run.output_dir + "/config.yaml").seed == finished_run.seed
