@@ -64,3 +64,24 @@ def test_a_folder_without_config_or_checkpoint_or_a_bad_target_ends_in_one_line(
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1 and "has no config.yaml" in error
     assert OmegaConf.load(finished_run.output_dir + "/config.yaml").seed == finished_run.seed
+
+
+def test_ungated_and_snip_runs_deploy_too(tiny_config, tmp_path):
+    """w/o gating exports the plain network; MetaSNIP adapts the meta-model it was given."""
+    nogate = tiny_config("method=metagater_nogate", "rounds=2", "eval_every=0",
+                         f"output_dir={tmp_path}/nogate")
+    run(nogate)
+    snip = tiny_config("method=metasnip", "method.adaptation.keep_fraction=0.5",
+                       f"method.meta_checkpoint={tmp_path}/nogate/checkpoints/last.ckpt",
+                       f"output_dir={tmp_path}/snip")
+    run(snip)
+    for cfg in (nogate, snip):
+        output = tmp_path / f"{cfg.method.name}.pt"
+        main([cfg.output_dir, "--output", str(output)])
+        with open(f"{cfg.output_dir}/tasks.csv") as handle:
+            reported = float(next(csv.DictReader(handle))["accuracy"])
+        client = build_datamodule(cfg).target_clients[0]
+        with torch.no_grad():
+            predicted = torch.jit.load(str(output))(client.data.images[client.query_idx])
+        labels = client.data.labels[client.query_idx]
+        assert float((predicted.argmax(1) == labels).float().mean()) == pytest.approx(reported)
