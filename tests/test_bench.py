@@ -28,7 +28,7 @@ from mglightning.bench.rounds import (
 from mglightning.bench.suite import BenchConfig, run_suite
 from mglightning.bench.timing import alternate, ratio
 from mglightning.bench.workload import sparsify_gates
-from mglightning.models import build_network
+from mglightning.models import build_network, forward_cost
 from mglightning.models import network as network_module
 from mglightning.models.network import pool_relu as channels_last_pool
 from mglightning.train import build_datamodule, build_learner
@@ -75,6 +75,17 @@ def test_pair_macs_match_hand_count():
     per_channel = 64 * 9 * 7 * 7 + 10 * 3 * 3
     gate = 16 * (64 + 128)
     assert executed == pytest.approx(gate + per_channel * active.mean().item())
+
+
+def test_pair_macs_of_mlp2_are_its_whole_forward_cost():
+    """mlp2 is one gated linear layer and the head: its pair is the whole network, so the
+    pair's MACs must be forward_cost's (a linear layer reads the flattened 1×16×16 image)."""
+    network = build_network("mlp2", (1, 16, 16), 5, gated_layers=[1])
+    mask = (torch.arange(100) % 4 == 0).float()[None]  # 25 of 100 channels on
+    cost = forward_cost(network, [mask])
+    dense, executed = pair_macs(network, 0, mask.sum(dim=1))
+    assert dense == cost.dense_macs == 100 * 256 + 5 * 100
+    assert executed == pytest.approx(float(cost.executed_macs[0]))
 
 
 def test_step_macs_match_hand_count():

@@ -16,7 +16,7 @@ import torch
 
 from mglightning.bench.timing import alternate, ratio
 from mglightning.export import input_columns
-from mglightning.models.cost import forward_cost
+from mglightning.models.cost import forward_cost, layer_macs
 from mglightning.models.network import (
     GatedNetwork,
     LayerSpec,
@@ -26,19 +26,6 @@ from mglightning.models.network import (
 )
 
 CALLS_PER_TIMING = {1: 200, 64: 8}  # batch size → calls per timed repeat (~0.1 s each)
-
-
-def layer_macs(network: GatedNetwork, index: int, in_channels: float, out_channels: float):
-    """MACs of block ``index`` (or the head when ``index`` is past the last block) for one
-    input, given how many of its input and output channels are computed."""
-    in_shape = network.layer_shapes[index]
-    if index == len(network.blocks):  # the head reads the flattened last block output
-        return out_channels * in_channels * _numel(in_shape[1:])
-    spec = network.blocks[index].spec
-    if spec.kind == "conv":
-        return out_channels * in_channels * 9 * _numel(in_shape[1:])
-    area = _numel(in_shape[1:]) if len(in_shape) > 1 else 1  # flattened conv features
-    return out_channels * in_channels * area
 
 
 def _channels(network: GatedNetwork, index: int) -> int:
@@ -52,8 +39,6 @@ def pair_macs(network: GatedNetwork, index: int, active: torch.Tensor) -> tuple[
     ``active`` is (B,) active channel counts. Executed includes the gate's MLP."""
     block = network.blocks[index]
     in_channels, out_channels = network.layer_shapes[index][0], block.spec.out
-    if block.spec.kind == "linear":
-        in_channels = _numel(network.layer_shapes[index])
     following = _channels(network, index + 1)
     dense = (layer_macs(network, index, in_channels, out_channels)
              + layer_macs(network, index + 1, out_channels, following))

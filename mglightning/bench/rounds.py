@@ -22,13 +22,12 @@ import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from mglightning.bench.inference import layer_macs
 from mglightning.bench.timing import alternate, ratio
 from mglightning.federated.learner import FederatedMetaLearner, round_generator
 from mglightning.federated.local import ProximalSGD
 from mglightning.federated.server import ClientResult
-from mglightning.models.cost import forward_cost
-from mglightning.models.network import GatedNetwork, _numel
+from mglightning.models.cost import forward_cost, layer_macs
+from mglightning.models.network import GatedNetwork
 
 MATMUL_SIZE = 1024  # one (n × n) @ (n × n) product: n³ MACs, ~20 ms on one core here
 
@@ -123,9 +122,8 @@ def step_macs(network: GatedNetwork, batch_size: int) -> float:
     need none). Gate MLPs, pooling and ReLUs are left out (under 0.1 % for cnn4)."""
     all_on = [torch.ones(1, network.blocks[i].spec.out) for i in network.gated_layers]
     forward = forward_cost(network, all_on).dense_macs
-    first = network.blocks[0].spec
-    first_inputs = network.input_shape[0] if first.kind == "conv" else _numel(network.input_shape)
-    return batch_size * (3 * forward - layer_macs(network, 0, first_inputs, first.out))
+    first_layer = layer_macs(network, 0, network.input_shape[0], network.blocks[0].spec.out)
+    return batch_size * (3 * forward - first_layer)
 
 
 class Matmul:

@@ -30,6 +30,16 @@ class ForwardCost:
         return 1.0 - self.executed_macs / self.dense_macs
 
 
+def layer_macs(network: GatedNetwork, index: int, in_channels, out_channels):
+    """MACs for one input of block ``index`` (the head when ``index`` is past the last block)
+    computing ``out_channels`` outputs from ``in_channels`` input channels; a linear layer
+    reading a conv output reads each channel's whole map. Counts may be (B,) tensors."""
+    in_shape = network.layer_shapes[index]  # shapes[-1], the last output, is the head's input
+    is_conv = index < len(network.blocks) and network.blocks[index].spec.kind == "conv"
+    per_pair = _numel(in_shape[1:]) * (9 if is_conv else 1)  # 3×3 kernels; 1 for flat inputs
+    return out_channels * in_channels * per_pair
+
+
 def forward_cost(network: GatedNetwork, masks: list[torch.Tensor]) -> ForwardCost:
     """Cost of the inputs whose gate ``masks`` (one (B, C_out) per gated layer) are given."""
     batch = masks[0].shape[0] if masks else 1
@@ -37,29 +47,20 @@ def forward_cost(network: GatedNetwork, masks: list[torch.Tensor]) -> ForwardCos
     active_out = iter(mask.sum(dim=1) for mask in masks)
     dense, executed = 0.0, torch.zeros(batch)
     in_active = torch.full((batch,), float(network.input_shape[0]))
-    for block, in_shape in zip(network.blocks, network.layer_shapes, strict=False):
-        spec = block.spec
-        if spec.kind == "linear" and len(in_shape) > 1:  # flattened conv features
-            in_active, in_full = in_active * _numel(in_shape[1:]), _numel(in_shape)
-        else:
-            in_full = in_shape[0]
-        per_channel = 9 * _numel(in_shape[1:]) if spec.kind == "conv" else 1  # MACs per in×out pair
-        dense += spec.out * in_full * per_channel
-        out_active = (
-            next(active_out).float()
-            if block.gate is not None
-            else torch.full((batch,), float(spec.out))
-        )
-        executed += out_active * in_active * per_channel
-        if block.gate is not None:
+    for index, block in enumerate(network.blocks):
+        in_shape, out = network.layer_shapes[index], block.spec.out
+        dense += layer_macs(network, index, in_shape[0], out)
+        out_active = (next(active_out).float() if block.gate is not None
+                      else torch.full((batch,), float(out)))
+        executed += layer_macs(network, index, in_active, out_active)
+        if block.gate is not None:  # a conv's gate reads pooled channels, a linear's the inputs
+            gate_inputs = in_active * (1 if block.spec.kind == "conv" else _numel(in_shape[1:]))
             hidden = block.gate.hidden.out_features
-            executed += in_active * hidden + hidden * spec.out
+            executed += gate_inputs * hidden + hidden * out
         in_active = out_active
-    last_shape = network.layer_shapes[-1]
-    if len(last_shape) > 1:
-        in_active = in_active * _numel(last_shape[1:])
-    dense += network.head.out_features * _numel(last_shape)
-    executed += network.head.out_features * in_active
+    classes, head = network.head.out_features, len(network.blocks)
+    dense += layer_macs(network, head, network.layer_shapes[head][0], classes)
+    executed += layer_macs(network, head, in_active, classes)
     layer_sparsity = [1.0 - mask.float().mean(dim=1) for mask in masks]
     total_channels = sum(mask.shape[1] for mask in masks)
     gated_sparsity = (
