@@ -54,7 +54,7 @@ class Deployment:
     node_id: int
     accuracy: float  # on the node's query set
     parameters: int
-    dense_parameters: int  # the adapted gated network's
+    gated_parameters: int  # the adapted gated network's
 
 
 def run_config(run_dir: Path) -> DictConfig:
@@ -76,12 +76,13 @@ def meta_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
 
 def deploy(run_dir: Path, target: int) -> Deployment:
     cfg = run_config(run_dir)
+    checkpoint = meta_checkpoint(run_dir, cfg)  # before the data loads: fail fast
     datamodule = build_datamodule(cfg)
     clients = datamodule.target_clients
     if not 0 <= target < len(clients):
         raise DeployError(f"--target {target}: the run has target nodes 0..{len(clients) - 1}")
     learner = build_learner(cfg, build_network(cfg, datamodule))
-    state = torch.load(meta_checkpoint(run_dir, cfg), map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     learner.load_state_dict(state["state_dict"])
     adapter = FastAdaptation(**cfg.method.adaptation)
     adapter.set_meta_network(learner.meta_network())
@@ -97,15 +98,16 @@ def deploy(run_dir: Path, target: int) -> Deployment:
         expected = network.forward_with_masks(images, sliced=True).logits.argmax(1)
         predicted = module(client.data.images[rows]).argmax(1)
     if not torch.equal(predicted, expected):
-        raise AssertionError(f"the export disagrees with the adapted network on "
-                             f"{int((predicted != expected).sum())} of {len(rows)} images")
+        raise RuntimeError(f"the export disagrees with the adapted network on "
+                           f"{int((predicted != expected).sum())} of {len(rows)} images: nothing "
+                           f"saved (a bug: please report it with this run's config.yaml)")
     query = slice(len(client.support_idx), None)
     return Deployment(
         module=module,
         node_id=client.node_id,
         accuracy=float((predicted[query] == labels[query]).float().mean()),
         parameters=sum(p.numel() for p in module.parameters()),
-        dense_parameters=sum(p.numel() for p in network.parameters()),
+        gated_parameters=sum(p.numel() for p in network.parameters()),
     )
 
 
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     deployment.module.save(str(output))
     print(f"target {args.target} (node {deployment.node_id}): query accuracy "
           f"{100 * deployment.accuracy:.2f} %, {deployment.parameters} parameters "
-          f"(adapted gated network: {deployment.dense_parameters})")
+          f"(adapted gated network: {deployment.gated_parameters})")
     print(f"saved {output}: torch.jit.load it and call it on uint8 images (B, C, H, W)")
 
 
