@@ -86,7 +86,7 @@ def markdown_table(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def labelled_runs(rows: list[MethodRuns]) -> list[tuple[Path, dict]]:
+def row_runs(rows: list[MethodRuns]) -> list[tuple[Path, dict]]:
     """Every run folder of the rows, labelled as :func:`mglightning.analysis.labelled_runs`
     labels them: method ``<method>-m<m>`` when the experiment runs it with several m."""
     steps = {(row.method, row.local_steps) for row in rows}
@@ -114,7 +114,7 @@ def write_results(rows: list[MethodRuns], output_dir: Path) -> dict[str, Path]:
     paths = {"table_md": output_dir / "table.md", "table_csv": output_dir / "table.csv"}
     atomic_write_text(paths["table_md"], markdown_table(table))
     write_csv(paths["table_csv"], table)
-    runs = labelled_runs(rows)
+    runs = row_runs(rows)
     curves = runs_table(runs, "curve.csv")  # MetaSNIP trains nothing: no curve
     if not curves.empty:
         paths["curve_csv"] = output_dir / "curve.csv"
