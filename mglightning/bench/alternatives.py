@@ -1,7 +1,8 @@
 """Speed tricks tried for a round's passes, against the plain loop the learner runs.
 
 The issue asked to try ``torch.func.vmap`` over the clients and ``torch.compile``, and keep
-what wins. Each candidate computes the K clients' gradients at their own parameters on the
+what wins. Each candidate computes the K clients' gradients at the parameters every client
+starts a round from (vmap holds one copy per client, as later local steps would need) on the
 same K batches (gate noise off: vmap cannot draw from a seeded generator). vmap cannot batch
 channels-last tensors (``NotImplementedError`` in torch 2.14), so it runs with NCHW pooling,
 and the loop is timed with NCHW pooling too, to tell the layout's cost from vmap's.
