@@ -4,8 +4,9 @@ The issue asked to try ``torch.func.vmap`` over the clients and ``torch.compile`
 what wins. Each candidate computes the K clients' gradients at the parameters every client
 starts a round from (vmap holds one copy per client, as later local steps would need) on the
 same K batches (gate noise off: vmap cannot draw from a seeded generator). vmap cannot batch
-channels-last tensors (``NotImplementedError`` in torch 2.14), so it runs with NCHW pooling,
-and the loop is timed with NCHW pooling too, to tell the layout's cost from vmap's.
+channels-last tensors (torch 2.14 raises "NYI: Tensor.clone(memory_format)"), so it runs
+with NCHW pooling, and the loop is timed with NCHW pooling too, to tell the layout's cost
+from vmap's.
 """
 
 from __future__ import annotations
