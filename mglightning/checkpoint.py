@@ -1,15 +1,22 @@
-"""Checkpoints written whole or not at all, and never over a good one with a broken state."""
+"""Checkpoints written whole or not at all, and never over a good one with a broken state;
+a run asked to stop (SIGTERM, SIGINT) checkpoints its last whole round and ends non-zero."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import threading
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 LAST_NAME = "last.ckpt"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -38,8 +45,70 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
+class RunInterrupted(Exception):
+    """The run was asked to stop by a signal; its last whole round is checkpointed."""
+
+    def __init__(self, signum: int, rounds_done: int, checkpoint: Path) -> None:
+        self.signum, self.rounds_done, self.checkpoint = signum, rounds_done, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} after round {rounds_done}; "
+                         f"checkpoint {checkpoint}; run the same command to resume")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a process ended by this signal: 143 for SIGTERM, 130 SIGINT."""
+        return 128 + self.signum
+
+
+class StopRequest(Callback):
+    """While entered, SIGTERM and SIGINT only note that a stop was asked for: the round under
+    way (and its evaluation) finishes, then :class:`RoundCheckpoint` saves it and stops the run;
+    during the final adaptation the run ends without results. A second signal of the same kind
+    acts at once, as it would without this.
+
+    As a callback it takes the signals back when training or testing starts: Lightning then
+    installs its own SIGTERM handler, which would end the round mid-way, before any checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # else signals cannot be set
+            self._previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+            self.install()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def install(self) -> None:
+        for signum in self._previous:
+            if self.signum != signum:
+                signal.signal(signum, self._note)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.install()
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self.install()
+
+    def _note(self, signum: int, frame) -> None:
+        self.signum = signum
+        signal.signal(signum, self._previous[signum])  # the next one is not deferred
+        log.warning("%s received: stopping after this round (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def raise_if_requested(self, rounds_done: int, checkpoint: Path) -> None:
+        if self.signum is not None:
+            raise RunInterrupted(self.signum, rounds_done, checkpoint)
+
+
 class RoundCheckpoint(Checkpoint):
-    """Saves ``<dirpath>/last.ckpt`` after every ``every_n_rounds``-th round (training epoch).
+    """Saves ``<dirpath>/last.ckpt`` after every ``every_n_rounds``-th round (training epoch),
+    and after the round in which a stop was requested, then raises :class:`RunInterrupted`.
 
     Lightning's ModelCheckpoint decides by the global step, which manual optimization without
     an optimizer never advances: it would save nothing until the run ends, and a killed run would
@@ -47,13 +116,18 @@ class RoundCheckpoint(Checkpoint):
     hooks, so their state for the round (e.g. the evaluation curve) is in the file.
     """
 
-    def __init__(self, dirpath: str | Path, every_n_rounds: int) -> None:
+    def __init__(self, dirpath: str | Path, every_n_rounds: int,
+                 stop_request: StopRequest | None = None) -> None:
         self.last_path = Path(dirpath) / LAST_NAME
         self.every_n_rounds = every_n_rounds
+        self.stop_request = stop_request
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_rounds == 0:
+        stopping = self.stop_request is not None and self.stop_request.signum is not None
+        if stopping or (trainer.current_epoch + 1) % self.every_n_rounds == 0:
             trainer.save_checkpoint(self.last_path, weights_only=False)  # callbacks too
+        if stopping:
+            self.stop_request.raise_if_requested(int(pl_module.rounds_done), self.last_path)
 
 
 def non_finite_tensors(state_dict: dict) -> list[str]:

@@ -7,6 +7,7 @@ misconfigured or unreachable the run goes on with the CSV logger after one warni
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import netrc
 import os
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 LIGHTNING_INFO = logging.getLogger("lightning.pytorch.utilities.rank_zero")
 
 WANDB_DEFAULT_HOST = "https://api.wandb.ai"
+WANDB_ID_LENGTH = 16
 
 
 def drop_advertisements(record: logging.LogRecord) -> bool:
@@ -98,6 +100,16 @@ def finish_wandb_run(logger: Logger | None, summary: dict) -> None:
         logger.experiment.finish()
 
 
+def wandb_run_identity(cfg: DictConfig) -> dict:
+    """The W&B run id of this run folder, resumed rather than duplicated: a run resumed or
+    re-evaluated logs into the run it started, not a second run of the same name. An id that
+    W&B was given already (``WANDB_RUN_ID``, as a sweep agent sets it) is left to W&B."""
+    if os.environ.get("WANDB_RUN_ID"):
+        return {}
+    run_id = hashlib.sha256(f"{cfg.experiment}/{cfg.run_name}".encode()).hexdigest()
+    return {"id": run_id[:WANDB_ID_LENGTH], "resume": "allow"}
+
+
 def build_logger(cfg: DictConfig) -> Logger | None:
     name = cfg.logger.name
     output_dir = Path(cfg.output_dir)
@@ -140,6 +152,7 @@ def wandb_or_csv_logger(cfg: DictConfig, output_dir: Path) -> Logger:
             save_dir=str(output_dir),
             mode=mode,
             settings=wandb.Settings(init_timeout=cfg.logger.init_timeout),
+            **wandb_run_identity(cfg),
         )
         logger.experiment  # noqa: B018 -- starts the run now, inside the guard
     except Exception as error:  # any W&B failure must not stop training

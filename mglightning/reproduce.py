@@ -6,10 +6,11 @@ The experiment file (``conf/experiment/<name>.yaml``) lists its runs under ``rep
 a method and its number of local updates m, and for MetaSNIP the runs it builds on. Each
 run is ``mglightning.train.run`` on the composed config, in this process, writing under
 ``results/<runs_group>/runs/<method>-m<m>-seed<s>/``. Experiments with the same setup
-share ``runs_group``, so a run two tables need is made once. A run whose ``summary.json``
-matches the current config is reused; an unfinished one resumes from its checkpoint; one
-made with another config is stale and is redone. Then the table, the convergence plot and
-the sparsity histogram go to ``results/<experiment>/`` (see :mod:`mglightning.results`).
+share ``runs_group``, so a run two tables need is made once. A finished run whose
+``config.yaml`` has the current config's identity (:mod:`mglightning.identity`) is reused; an
+unfinished one resumes from its checkpoint; one made with another config is stale and is
+redone. Then the table, the convergence plot and the sparsity histogram go to
+``results/<experiment>/`` (see :mod:`mglightning.results`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from mglightning.io import atomic_write_text
 from mglightning.results import MethodRuns, write_results
+from mglightning.run_folder import RunFolder
 from mglightning.train import CONF_DIR, run
 
 log = logging.getLogger(__name__)
 RUN_DEFAULTS = ["logger=none"]  # the caller's overrides come after (logger=wandb to log)
-IDENTITY_KEYS = ("seed", "rounds", "eval_every", "dataset", "model", "method")
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,6 @@ def run_specs(cfg: DictConfig) -> list[RunSpec]:
     return specs
 
 
-def run_identity(cfg: DictConfig) -> str:
-    """What makes a run's results what they are (not where it logs or writes), as YAML."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    return OmegaConf.to_yaml({key: resolved[key] for key in IDENTITY_KEYS})
-
-
 class Reproduction:
     """Runs (or reuses) every run of one experiment and writes its results."""
 
@@ -110,16 +104,14 @@ class Reproduction:
     def ensure_run(self, spec: RunSpec, seed: int) -> str:
         """Run, resume or reuse one run; returns what was done."""
         cfg = self.run_config(spec, seed)
-        run_dir = Path(cfg.output_dir)
-        identity = run_identity(cfg)
-        identity_path = run_dir / "identity.yaml"
-        stale = identity_path.exists() and identity_path.read_text() != identity
+        folder = RunFolder(cfg.output_dir)
+        stale = bool(folder.differences(cfg))
         if self.fresh or stale:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        if (run_dir / "summary.json").exists():
+            shutil.rmtree(folder.path, ignore_errors=True)
+        if folder.finished:
             return "reused"
-        resumed = (run_dir / "checkpoints" / "last.ckpt").exists()
-        atomic_write_text(identity_path, identity)
+        resumed = folder.checkpoint_path.exists()
+        folder.write_config(cfg)  # before the work: a killed run is still known as this config's
         run(cfg)
         return "redone (stale)" if stale else "resumed" if resumed else "ran"
 

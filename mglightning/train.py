@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 import hydra
 import lightning as L
@@ -17,27 +16,30 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mglightning.adaptation.module import FastAdaptation
-from mglightning.callbacks import RoundProgress, TargetEvaluation, TaskResultsWriter
-from mglightning.checkpoint import AtomicCheckpointIO, CheckpointError, RoundCheckpoint
-from mglightning.config import (
-    CONF_DIR,
-    RUN_CONFIG,
-    ConfigError,
-    validate,
-    validate_against_data,
+from mglightning.adaptation.summary import summarize_tasks
+from mglightning.callbacks import RoundProgress, TargetEvaluation, log_task_results
+from mglightning.checkpoint import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    RoundCheckpoint,
+    RunInterrupted,
+    StopRequest,
 )
+from mglightning.config import CONF_DIR, ConfigError, validate, validate_against_data
 from mglightning.data.datamodule import FederatedDataModule
 from mglightning.data.datasets import DataError
 from mglightning.data.partition import PartitionError
 from mglightning.federated.learner import FederatedMetaLearner, TrainingFault
 from mglightning.federated.prox import L1, GroupLasso
-from mglightning.io import atomic_write_text, write_json
 from mglightning.loggers import build_logger, finish_wandb_run, quiet_lightning
 from mglightning.models.backbones import build_network as build_backbone
 from mglightning.models.network import GatedNetwork
+from mglightning.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -105,69 +107,93 @@ def build_regularizer(cfg: DictConfig, learner: FederatedMetaLearner) -> GroupLa
     raise ValueError(f"method.regularizer.name={spec['name']!r}: choose group_lasso, l1 or none")
 
 
+def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
+    """One Trainer for the rounds and the final adaptation; built before anything is written,
+    so that trainer settings this machine cannot run (``trainer.accelerator=gpu`` without a
+    GPU) end as bad input. Loggers are attached once the run folder is in use."""
+    try:
+        return L.Trainer(
+            max_epochs=cfg.rounds,
+            logger=False,
+            callbacks=callbacks,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            inference_mode=False,  # adaptation at the targets takes gradients
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=cfg.output_dir,
+            **cfg.trainer,
+        )
+    except MisconfigurationException as error:
+        settings = " ".join(f"trainer.{key}={value}" for key, value in cfg.trainer.items())
+        raise ConfigError(f"{settings}: {' '.join(str(error).split())}") from error
+
+
 def run(cfg: DictConfig) -> dict:
-    """Train, adapt at the targets, write ``config.yaml`` (resolved: what the run folder was
-    made with, read back by :mod:`mglightning.deploy` and the notebooks), ``tasks.csv``,
-    ``curve.csv`` and ``summary.json``."""
+    """Train, adapt at the targets and write the run folder (:class:`RunFolder`): resume an
+    unfinished run of the same config, leave a finished one alone (``reevaluate=true`` adapts
+    its targets again), refuse a folder made with another config. A SIGTERM or SIGINT stops
+    after the round under way with a checkpoint and no results (:class:`RunInterrupted`)."""
     validate(cfg)
     quiet_lightning()
-    output_dir = Path(cfg.output_dir)
-    atomic_write_text(output_dir / RUN_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
-    validate_against_data(cfg, [client.node_id for client in datamodule.train_clients])
+    folder = RunFolder(cfg.output_dir)
+    folder.check_config(cfg)
+    if folder.finished and not cfg.reevaluate:
+        log.info("%s holds this config's finished run: nothing to do (reevaluate=true adapts "
+                 "its targets again)", folder.path)
+        return folder.read_summary()
+    with StopRequest() as stop_request, logging_redirect_tqdm():
+        adapter = FastAdaptation(**cfg.method.adaptation)
+        evaluation = TargetEvaluation(adapter, cfg.eval_every, folder.path, cfg.progress_bar)
+        trainer = build_trainer(cfg, [
+            stop_request,
+            RoundProgress(show_bar=cfg.progress_bar),
+            evaluation,
+            RoundCheckpoint(folder.checkpoint_path.parent, cfg.checkpoint.every_n_rounds,
+                            stop_request),
+        ])
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = build_datamodule(cfg)
+        validate_against_data(cfg, [client.node_id for client in datamodule.train_clients])
+        folder.write_config(cfg)
+        with folder.logging_to_file():
+            return train_and_adapt(cfg, folder, trainer, datamodule, adapter, evaluation,
+                                   stop_request)
+
+
+def train_and_adapt(cfg: DictConfig, folder: RunFolder, trainer: L.Trainer,
+                    datamodule: FederatedDataModule, adapter: FastAdaptation,
+                    evaluation: TargetEvaluation, stop_request: StopRequest) -> dict:
+    """The run's work, once its folder is settled: the rounds (resumed where a checkpoint
+    is), then the final adaptation at every target node, then the results files."""
     learner = build_learner(cfg, build_network(cfg, datamodule))
-    adapter = FastAdaptation(**cfg.method.adaptation)
     logger = build_logger(cfg)
-    checkpoint_dir = output_dir / "checkpoints"
-    callbacks = [
-        RoundProgress(show_bar=cfg.progress_bar),
-        TargetEvaluation(adapter, cfg.eval_every, output_dir),
-        RoundCheckpoint(checkpoint_dir, cfg.checkpoint.every_n_rounds),
-    ]
-    trainer = L.Trainer(
-        max_epochs=cfg.rounds,
-        logger=logger or False,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=output_dir,
-        **cfg.trainer,
-    )
-    last = checkpoint_dir / "last.ckpt"
+    trainer.loggers = [logger] if logger is not None else []
     meta_checkpoint = cfg.method.get("meta_checkpoint")
     if meta_checkpoint:  # MetaSNIP: adapt another run's meta-model, train nothing (SPEC §5)
         learner.load_state_dict(torch.load(meta_checkpoint, weights_only=False)["state_dict"])
     else:
-        trainer.fit(
-            learner,
-            datamodule=datamodule,
-            ckpt_path=str(last) if cfg.resume and last.exists() else None,
-        )
-        trainer.save_checkpoint(last, weights_only=False)
+        resume = cfg.resume and folder.checkpoint_path.exists()
+        trainer.fit(learner, datamodule=datamodule,
+                    ckpt_path=str(folder.checkpoint_path) if resume else None)
+        trainer.save_checkpoint(folder.checkpoint_path, weights_only=False)
 
-    adapter.set_meta_network(learner.meta_network())
-    writer = TaskResultsWriter(output_dir, step=int(learner.rounds_done))
-    tester = L.Trainer(
-        logger=logger or False,
-        callbacks=[writer],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        inference_mode=False,
-        **cfg.trainer,
-    )
-    tester.test(adapter, datamodule=datamodule, verbose=False)
+    rounds_done = int(learner.rounds_done)
+    rows = evaluation.rows_at(rounds_done)  # the last round was just evaluated: reuse it
+    if rows is None:
+        adapter.set_meta_network(learner.meta_network())
+        trainer.test(adapter, datamodule=datamodule, verbose=False)
+        rows = adapter.task_rows
+    stop_request.raise_if_requested(rounds_done, folder.checkpoint_path)
     summary = {
-        "rounds": int(learner.rounds_done),
+        "rounds": rounds_done,
         "training_seconds": float(learner.training_seconds),
-        "rounds_per_second": int(learner.rounds_done) / max(float(learner.training_seconds), 1e-9),
-        **writer.summary,
+        "rounds_per_second": rounds_done / max(float(learner.training_seconds), 1e-9),
+        **summarize_tasks(rows),
     }
-    write_json(output_dir / "summary.json", summary)
+    folder.write_results(rows, summary)
+    log_task_results(trainer.loggers, rows, summary, step=rounds_done)
     if logger is not None:
-        logger.log_metrics({f"final/{k}": v for k, v in summary.items()}, step=summary["rounds"])
         logger.finalize("success")
         finish_wandb_run(logger, summary)
     return summary
@@ -192,7 +218,8 @@ def format_summary(summary: dict) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
-    """Run; bad input (exit 2) and a training that cannot go on (exit 1) end in one line."""
+    """Run; bad input (exit 2), a training that cannot go on (exit 1) and a stop asked for by
+    a signal (exit 143 for SIGTERM, 130 for SIGINT) end in one line."""
     try:
         summary = run(cfg)
     except (ConfigError, DataError, PartitionError) as error:
@@ -201,6 +228,9 @@ def main(cfg: DictConfig) -> None:
     except (TrainingFault, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except RunInterrupted as interrupted:
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        sys.exit(interrupted.exit_code)
     print(format_summary(summary))
     print(f"results in {os.path.abspath(cfg.output_dir)}")
 

@@ -78,7 +78,7 @@ def test_reproduce_table2_tiny(tmp_path, capsys):
 
 
 def test_a_run_made_with_another_config_is_redone(tmp_path, monkeypatch):
-    """The identity file tells a stale run folder from a reusable one (no training here)."""
+    """The folder's config.yaml tells a stale run folder from a reusable one (no training)."""
     calls = []
 
     def fake_train(cfg):

@@ -120,7 +120,7 @@ def test_a_sampled_configuration_trains_through_the_agents_command(name, tmp_pat
     assert finished.returncode == 0, finished.stderr[-3000:]
     (run_dir,) = [path.parent for path in tmp_path.rglob("summary.json")]
     assert run_dir.name == "sampled0"  # run_name from the agent's WANDB_RUN_ID
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
     for key, value in values.items():
         chosen = OmegaConf.select(cfg, key)
         chosen = chosen.name if isinstance(chosen, DictConfig) else chosen

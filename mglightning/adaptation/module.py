@@ -87,8 +87,15 @@ class FastAdaptation(L.LightningModule):
             row[f"sparsity_layer{layer + 1}"] = float(sparsity.mean())
         return row
 
-    def evaluate_targets(self, clients) -> list[dict]:
-        return [self.adapt_and_evaluate(client, i) for i, client in enumerate(clients)]
+    def evaluate_targets(self, clients, on_task_done: Callable[[], None] | None = None
+                         ) -> list[dict]:
+        """Every target task in turn; ``on_task_done`` after each (e.g. a progress bar)."""
+        rows = []
+        for task_index, client in enumerate(clients):
+            rows.append(self.adapt_and_evaluate(client, task_index))
+            if on_task_done is not None:
+                on_task_done()
+        return rows
 
     def on_test_epoch_start(self) -> None:
         self.task_rows = []

@@ -2,6 +2,6 @@
 
 from mglightning.callbacks.evaluation import TargetEvaluation
 from mglightning.callbacks.progress import RoundProgress
-from mglightning.callbacks.results import TaskResultsWriter
+from mglightning.callbacks.results import log_task_results
 
-__all__ = ["RoundProgress", "TargetEvaluation", "TaskResultsWriter"]
+__all__ = ["RoundProgress", "TargetEvaluation", "log_task_results"]

@@ -2,40 +2,59 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import lightning as L
 
 from mglightning.adaptation.module import FastAdaptation
 from mglightning.adaptation.summary import summarize_tasks
-from mglightning.callbacks.progress import log_metrics
+from mglightning.callbacks.progress import evaluation_line, log_metrics, task_bar
 from mglightning.io import write_csv
+
+log = logging.getLogger(__name__)
 
 
 class TargetEvaluation(L.Callback):
     """Adapts the current meta-model at every target node each ``every_n_rounds`` rounds,
-    logs the across-task summary and rewrites ``curve.csv`` in the run folder."""
+    logs the across-task summary (and one line on the console) and rewrites ``curve.csv`` in
+    the run folder. The last evaluation's per-task rows are kept (``rows_at``), so that a run
+    whose last round was just evaluated does not adapt its targets a second time."""
 
-    def __init__(
-        self, adapter: FastAdaptation, every_n_rounds: int, output_dir: str | Path
-    ) -> None:
+    def __init__(self, adapter: FastAdaptation, every_n_rounds: int, output_dir: str | Path,
+                 show_bar: bool = True) -> None:
         self.adapter = adapter
         self.every_n_rounds = every_n_rounds
         self.curve_path = Path(output_dir) / "curve.csv"
+        self.show_bar = show_bar
         self.history: list[dict] = []
+        self.last_rows: tuple[int, list[dict]] | None = None  # (round, rows) of this process
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         round_index = int(pl_module.rounds_done)
         if self.every_n_rounds <= 0 or round_index % self.every_n_rounds:
             return
         self.adapter.set_meta_network(pl_module.meta_network())
-        summary = summarize_tasks(self.adapter.evaluate_targets(trainer.datamodule.target_clients))
+        targets = trainer.datamodule.target_clients
+        start = time.perf_counter()
+        with task_bar(len(targets), f"round {round_index}: adapting targets", self.show_bar) as bar:
+            rows = self.adapter.evaluate_targets(targets, on_task_done=lambda: bar.update(1))
+        summary = summarize_tasks(rows)
+        log.info("round %d: %s", round_index, evaluation_line(summary, time.perf_counter() - start))
         log_metrics(
             trainer, {f"target/{key}": value for key, value in summary.items()}, round_index
         )
         seconds = float(pl_module.training_seconds)
         self.history.append({"round": round_index, "training_seconds": seconds, **summary})
+        self.last_rows = (round_index, rows)
         write_csv(self.curve_path, self.history)
+
+    def rows_at(self, round_index: int) -> list[dict] | None:
+        """The per-task rows of this process's evaluation at ``round_index``, if it made one."""
+        if self.last_rows is not None and self.last_rows[0] == round_index:
+            return self.last_rows[1]
+        return None
 
     def state_dict(self) -> dict:
         return {"history": self.history}

@@ -1,0 +1,222 @@
+"""Runs you can trust (issue #11): a run folder belongs to one config, a finished run is left
+alone, a signal stops a run with a checkpoint and no results, evaluation is shown and not
+done twice."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mglightning.adaptation.module import FastAdaptation
+from mglightning.checkpoint import RunInterrupted
+from mglightning.federated.learner import FederatedMetaLearner
+from mglightning.identity import differing_keys, fingerprint
+from mglightning.loggers import wandb_run_identity
+from mglightning.train import CONF_DIR, run
+
+REPO_ROOT = CONF_DIR.parent
+TINY_CLI = ["dataset=synthetic", "logger=none", "progress_bar=false",
+            "method.clients_per_round=4", "checkpoint.every_n_rounds=1"]
+COMPARED = ("accuracy", "accuracy_meta", "sparsity", "flops_skipped", "executed_macs")
+
+
+def cli(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mglightning.train", *TINY_CLI, *overrides],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder``: its bytes and modification time."""
+    return {str(path.relative_to(folder)): (path.read_bytes(), path.stat().st_mtime_ns)
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def run_folders(root: Path) -> list[Path]:
+    return sorted(path.parent for path in root.rglob("config.yaml"))
+
+
+def task_values(folder: Path) -> list[tuple]:
+    with open(folder / "tasks.csv") as handle:
+        return [tuple(row[key] for key in COMPARED) for row in csv.DictReader(handle)]
+
+
+# --- identity -------------------------------------------------------------------------------
+
+
+def test_fingerprint_covers_results_not_where_or_how_a_run_logs(tiny_config):
+    base = tiny_config()
+    assert fingerprint(tiny_config("logger=csv", "progress_bar=true", "output_root=/elsewhere",
+                                   "checkpoint.every_n_rounds=5")) == fingerprint(base)
+    for changed in ("method.server.beta=0.5", "rounds=7", "seed=1", "model=cnn7",
+                    "method.regularizer.gamma=0.5", "dataset.partition.num_target_nodes=3"):
+        assert fingerprint(tiny_config(changed)) != fingerprint(base), changed
+    assert differing_keys(base, tiny_config("method.server.beta=0.5")) == [
+        f"method.server.beta: {base.method.server.beta} -> 0.5"]
+    assert base.run_name.endswith(f"-seed0-{fingerprint(base)}")
+
+
+def test_changed_key_gets_its_own_folder_a_finished_run_is_left_alone(tmp_path):
+    """The trap of issue #11: a changed hyperparameter must never reuse (or rewrite) the old
+    run; re-running a finished run touches nothing; a pinned folder of another config is
+    refused in one line."""
+    first = cli("rounds=2", "eval_every=0", f"output_root={tmp_path}")
+    assert first.returncode == 0, first.stderr
+    (old,) = run_folders(tmp_path)
+    before = snapshot(old)
+
+    changed = cli("rounds=2", "eval_every=0", "method.server.beta=0.5", f"output_root={tmp_path}")
+    assert changed.returncode == 0, changed.stderr
+    assert len(run_folders(tmp_path)) == 2
+    assert snapshot(old) == before
+
+    again = cli("rounds=2", "eval_every=0", f"output_root={tmp_path}")
+    assert again.returncode == 0, again.stderr
+    assert "target accuracy" in again.stdout and "nothing to do" in again.stdout
+    assert snapshot(old) == before
+
+    pinned = cli("rounds=20", "eval_every=0", "method.server.beta=0.5", f"output_dir={old}")
+    assert pinned.returncode == 2
+    assert pinned.stderr.count("\n") == 1 and pinned.stderr.startswith("error: ")
+    assert "method.server.beta: 2.0 -> 0.5" in pinned.stderr and "rounds: 2 -> 20" in pinned.stderr
+    assert snapshot(old) == before
+
+
+def test_reevaluate_adapts_a_finished_run_again_to_the_same_results(tiny_config):
+    cfg = tiny_config("rounds=2", "eval_every=0")
+    run(cfg)
+    folder = Path(cfg.output_dir)
+    stamp = (folder / "tasks.csv").stat().st_mtime_ns
+    checkpoint = (folder / "checkpoints" / "last.ckpt").read_bytes()
+    values = task_values(folder)
+    run(tiny_config("rounds=2", "eval_every=0", "reevaluate=true"))
+    assert (folder / "tasks.csv").stat().st_mtime_ns != stamp
+    assert task_values(folder) == values
+    assert (folder / "checkpoints" / "last.ckpt").read_bytes() == checkpoint
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_trainer_settings_this_machine_cannot_run_end_in_one_line(tmp_path):
+    result = cli("trainer.accelerator=gpu", f"output_root={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: trainer.accelerator=gpu") and \
+        result.stderr.count("\n") == 1
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_wandb_run_id_follows_the_run_folder(tiny_config, monkeypatch):
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    cfg = tiny_config()
+    assert wandb_run_identity(cfg) == wandb_run_identity(tiny_config("progress_bar=true"))
+    assert wandb_run_identity(cfg)["resume"] == "allow"
+    assert wandb_run_identity(cfg) != wandb_run_identity(tiny_config("seed=1"))
+    monkeypatch.setenv("WANDB_RUN_ID", "from-agent")  # a sweep agent's id is W&B's to use
+    assert wandb_run_identity(cfg) == {}
+
+
+# --- signals --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_after_the_round_with_a_checkpoint_and_no_results(
+    tiny_config, tmp_path, monkeypatch, signum
+):
+    """The signal arrives in round 4 (here sent by the process to itself); the round ends,
+    is checkpointed, nothing final is written; the same config then resumes and ends exactly
+    as an uninterrupted run, curve included."""
+    settings = ["rounds=6", "eval_every=3"]
+    straight_cfg = tiny_config(*settings, f"output_root={tmp_path / 'straight'}")
+    straight = run(straight_cfg)
+    cfg = tiny_config(*settings, f"output_root={tmp_path / 'stopped'}")
+    run_round = FederatedMetaLearner.run_round
+
+    def signalled_in_round_4(self, clients):
+        if self.current_round() == 4:
+            os.kill(os.getpid(), signum)
+        return run_round(self, clients)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FederatedMetaLearner, "run_round", signalled_in_round_4)
+        with pytest.raises(RunInterrupted) as stopped:
+            run(cfg)
+    assert stopped.value.exit_code == 128 + signum
+    folder = Path(cfg.output_dir)
+    state = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert int(state["rounds_done"]) == 4
+    assert not (folder / "summary.json").exists() and not (folder / "tasks.csv").exists()
+    assert signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler)  # restored
+
+    resumed = run(cfg)
+    for key in ("accuracy_mean", "accuracy_meta_mean", "sparsity_mean", "rounds"):
+        assert resumed[key] == straight[key], key
+    assert curve(folder) == curve(Path(straight_cfg.output_dir))
+
+
+def curve(folder: Path) -> list[tuple[str, str]]:
+    with open(folder / "curve.csv") as handle:
+        return [(row["round"], row["accuracy_mean"]) for row in csv.DictReader(handle)]
+
+
+def test_sigterm_to_the_cli_exits_143_and_the_run_resumes(tmp_path):
+    """A real process: SIGTERM mid-training ends it with 143, not success, and the same
+    command then finishes the run."""
+    command = [sys.executable, "-m", "mglightning.train", *TINY_CLI, "rounds=400",
+               "eval_every=0", f"output_root={tmp_path}"]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = 120
+    while not list(tmp_path.rglob("last.ckpt")):
+        assert process.poll() is None, process.communicate()[1]
+        deadline -= 0.05
+        assert deadline > 0, "no checkpoint appeared"
+        subprocess.run(["sleep", "0.05"])
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "interrupted: stopped by SIGTERM" in stderr
+    (folder,) = run_folders(tmp_path)
+    assert not (folder / "summary.json").exists()
+    state = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert 1 <= int(state["rounds_done"]) < 400
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+
+def test_evaluations_are_shown_and_the_last_round_is_not_adapted_twice(
+    tiny_config, tmp_path, monkeypatch, caplog
+):
+    calls = []
+    adapt_and_evaluate = FastAdaptation.adapt_and_evaluate
+
+    def counted(self, client, task_index):
+        calls.append(task_index)
+        return adapt_and_evaluate(self, client, task_index)
+
+    monkeypatch.setattr(FastAdaptation, "adapt_and_evaluate", counted)
+    with caplog.at_level("INFO", logger="mglightning.callbacks.evaluation"):
+        evaluated = tiny_config("rounds=6", "eval_every=3", f"output_root={tmp_path / 'a'}")
+        run(evaluated)
+    tasks = evaluated.dataset.partition.num_target_nodes
+    assert len(calls) == 2 * tasks  # rounds 3 and 6; the final adaptation reuses round 6
+    lines = [record.getMessage() for record in caplog.records
+             if record.name == "mglightning.callbacks.evaluation"]
+    assert [line.split(":")[0] for line in lines] == ["round 3", "round 6"]
+    assert all("target accuracy" in line and "sparsity" in line for line in lines)
+
+    calls.clear()
+    tested = tiny_config("rounds=6", "eval_every=0", f"output_root={tmp_path / 'b'}")
+    run(tested)
+    assert len(calls) == tasks  # the final adaptation, through trainer.test
+    assert task_values(Path(tested.output_dir)) == task_values(Path(evaluated.output_dir))
+    summary = json.loads((Path(evaluated.output_dir) / "summary.json").read_text())
+    assert summary["num_tasks"] == tasks
