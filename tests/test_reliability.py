@@ -18,8 +18,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mglightning.checkpoint import AtomicCheckpointIO, CheckpointError
 from mglightning.federated.faults import FaultInjection, InjectedFault
-from mglightning.federated.learner import FederatedMetaLearner, TrainingFault, round_generator
+from mglightning.federated.learner import FederatedMetaLearner, TrainingFault
 from mglightning.federated.server import AcceleratedProximalStrategy, ClientResult
+from mglightning.federated.streams import round_generator
 from mglightning.train import CONF_DIR, build_datamodule, build_learner, build_network, run
 
 REPO_ROOT = CONF_DIR.parent

@@ -95,8 +95,8 @@ def render(results: dict, command: str) -> str:
         f"{context['cpu_count']} cores; load average before/after: "
         f"{context['load_average_before'][0]:.1f} / {context['load_average_after'][0]:.1f}"
         + (" — **other processes shared the cores during this run**" if shared else "") + ".",
-        "- Gate noise: on in both the reference and ours, drawn from the same per-round "
-        "generator (same batches, same noise): the two updates are compared entry by entry.",
+        "- Gate noise: on in both the reference and ours, drawn from the same per-client "
+        "streams (same batches, same noise): the two updates are compared entry by entry.",
         f"- Gated network for goals 3–4: the meta-model at x_0 with gate biases set so that "
         f"{100 * context['gates']['forced_off']:.0f} % of each gated layer's channels are off "
         f"for every input and {100 * context['gates']['input_dependent']:.0f} % depend on "

@@ -4,8 +4,8 @@ against the bare forward/backward passes the round is made of.
 The reference round is written the way common federated code does it: a ``copy.deepcopy``
 of the model per client, a new ``torch.optim.SGD`` per client, a ``DataLoader`` per client
 over that client's support set (per-sample indexing and collation), FedProx's proximal term
-added to the loss. It draws the same batches and the same gate noise from the same round
-generator as ours, so both compute the same update and :func:`max_update_difference` can
+added to the loss. It draws the same batches and the same gate noise from the same
+per-client streams as ours, so both compute the same update and :func:`max_update_difference` can
 check that they do.
 
 A square matrix multiply, timed among them, gives this CPU's single-thread MAC rate: the
@@ -23,9 +23,10 @@ from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from mglightning.bench.timing import alternate, ratio
-from mglightning.federated.learner import FederatedMetaLearner, round_generator
+from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.federated.local import ProximalSGD
 from mglightning.federated.server import ClientResult
+from mglightning.federated.streams import client_streams, round_generator
 from mglightning.models.cost import forward_cost, layer_macs
 from mglightning.models.network import GatedNetwork
 
@@ -59,12 +60,14 @@ class ReferenceRound:
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         learner = self.learner
         round_index = int(learner.rounds_done) + 1
-        generator = round_generator(learner.seed, round_index)
         x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, round_index)
-        chosen = learner.sample_clients(len(self.clients), generator)
+        chosen = learner.sample_clients(len(self.clients),
+                                        round_generator(learner.seed, round_index))
         global_model = copy.deepcopy(learner.network)
         torch.nn.utils.vector_to_parameters(x_md, global_model.parameters())
-        results = [self.train_client(global_model, i, generator) for i in chosen]
+        results = [self.train_client(global_model, i, client_streams(learner.seed, round_index,
+                                                                     position, x_md.device))
+                   for position, i in enumerate(chosen)]
         x, x_ag = learner.strategy.aggregate_fit(learner.x, learner.x_ag, x_md, results,
                                                  round_index)
         learner.x.copy_(x)
@@ -72,12 +75,13 @@ class ReferenceRound:
         learner.rounds_done += 1
         return x, x_ag
 
-    def train_client(self, global_model, index: int, generator) -> ClientResult:
+    def train_client(self, global_model, index: int, streams) -> ClientResult:
         solver, support = self.solver, self.support_sets[index]
+        sampling, noise = streams
         local_model = copy.deepcopy(global_model)
-        local_model.set_gate_noise(self.learner.gate_noise, generator)
+        local_model.set_gate_noise(self.learner.gate_noise, noise)
         optimizer = torch.optim.SGD(local_model.parameters(), lr=solver.lr)
-        batches = StepBatches(len(support), solver.batch_size, solver.steps, generator)
+        batches = StepBatches(len(support), solver.batch_size, solver.steps, sampling)
         loss_sum = 0.0
         for images, labels in DataLoader(support, batch_sampler=batches):
             optimizer.zero_grad()

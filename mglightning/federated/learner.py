@@ -2,9 +2,10 @@
 
 The Trainer runs with manual optimization and one "epoch" per communication round, so that
 checkpointing, resuming, logging and callbacks are Lightning's own public machinery. The
-meta state (x, x_ag, rounds done) lives in buffers and so in every checkpoint. Every random
-choice of round t comes from a generator seeded by (seed, t): the round counter is the whole
-RNG state, and a resumed run draws exactly what an uninterrupted one would.
+meta state (x, x_ag, rounds done) lives in buffers and so in every checkpoint. Round t chooses
+its clients from a generator seeded by (seed, t), and the client at position k draws from its
+own streams seeded by (seed, t, k) (:mod:`mglightning.federated.streams`): the round counter
+is the whole RNG state, and a resumed run draws exactly what an uninterrupted one would.
 
 Faults: a node whose local solve raises or returns non-finite parameters is left out of its
 round (and counted); a round in which every node failed leaves the server state as it was;
@@ -25,6 +26,7 @@ import torch
 from mglightning.federated.faults import FaultInjection
 from mglightning.federated.flat import FlatParameters
 from mglightning.federated.server import ClientResult
+from mglightning.federated.streams import client_streams, round_generator
 from mglightning.models.network import GatedNetwork
 
 log = logging.getLogger(__name__)
@@ -33,11 +35,6 @@ log = logging.getLogger(__name__)
 class TrainingFault(RuntimeError):
     """Training cannot go on (every client failing, a non-finite server state); the message
     says why. Raised before the round's state is committed, so no checkpoint holds it."""
-
-
-def round_generator(seed: int, round_index: int) -> torch.Generator:
-    """The generator of round ``round_index``: client choice, batches and gate noise."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + round_index)
 
 
 class FederatedMetaLearner(L.LightningModule):
@@ -107,15 +104,11 @@ class FederatedMetaLearner(L.LightningModule):
         """Algorithm 1, one round: configure, local solves on K sampled nodes, aggregate over
         the nodes that did not fail."""
         round_index = self.current_round()
-        generator = round_generator(self.seed, round_index)
         start = time.perf_counter()
         x_md = self.strategy.configure_fit(self.x, self.x_ag, round_index)
-        chosen = self.sample_clients(len(clients), generator)
-        self.network.set_gate_noise(self.gate_noise, generator)
-        try:
-            results, failures = self.solve_clients([clients[i] for i in chosen], x_md, generator)
-        finally:
-            self.network.set_gate_noise(False)
+        chosen = self.sample_clients(len(clients), round_generator(self.seed, round_index))
+        results, failures = self.solve_clients(list(enumerate(clients[i] for i in chosen)), x_md,
+                                               round_index)
         local_done = time.perf_counter()
         if results:
             self.commit(*self.strategy.aggregate_fit(self.x, self.x_ag, x_md, results,
@@ -137,14 +130,15 @@ class FederatedMetaLearner(L.LightningModule):
         }
 
     def solve_clients(
-        self, chosen, x_md: torch.Tensor, generator: torch.Generator
+        self, chosen, x_md: torch.Tensor, round_index: int
     ) -> tuple[list[ClientResult], list[str]]:
-        """Local solves; a node that raises or returns non-finite parameters is left out,
-        and its failure described."""
+        """Local solves of the (position, client) pairs ``chosen``, each from its own streams
+        (so any order, or any subset, gives each client the same result); a node that raises
+        or returns non-finite parameters is left out, and its failure described."""
         results, failures = [], []
-        for client in chosen:
+        for position, client in chosen:
             try:
-                result = self.local_solver(self.flat, x_md, client, generator)
+                result = self.solve_client(x_md, client, round_index, position)
             except Exception as error:  # any client-side failure: the round goes on without it
                 log.debug("node %d failed", client.node_id, exc_info=error)
                 message = " ".join(str(error).split())
@@ -157,6 +151,17 @@ class FederatedMetaLearner(L.LightningModule):
         for failure in failures:
             log.warning("round %d: %s; left out of the round", self.current_round(), failure)
         return results, failures
+
+    def solve_client(
+        self, x_md: torch.Tensor, client, round_index: int, position: int
+    ) -> ClientResult:
+        """The local solve of ``client``, the ``position``-th chosen in round ``round_index``."""
+        sampling, noise = client_streams(self.seed, round_index, position, x_md.device)
+        self.network.set_gate_noise(self.gate_noise, noise)
+        try:
+            return self.local_solver(self.flat, x_md, client, sampling)
+        finally:
+            self.network.set_gate_noise(False)
 
     def commit(self, x: torch.Tensor, x_ag: torch.Tensor, round_index: int) -> None:
         """Take the new server state, unless it is non-finite: then stop, keeping the old."""
