@@ -123,11 +123,14 @@ class RoundCheckpoint(Checkpoint):
         self.stop_request = stop_request
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        stopping = self.stop_request is not None and self.stop_request.signum is not None
-        if stopping or (trainer.current_epoch + 1) % self.every_n_rounds == 0:
+        signum = self.stop_request.signum if self.stop_request is not None else None
+        # Every process stops at the same round, for the signal any of them received.
+        signum = int(trainer.strategy.reduce(torch.tensor(signum or 0, device=pl_module.device),
+                                            reduce_op="max"))
+        if signum or (trainer.current_epoch + 1) % self.every_n_rounds == 0:
             trainer.save_checkpoint(self.last_path, weights_only=False)  # callbacks too
-        if stopping:
-            self.stop_request.raise_if_requested(int(pl_module.rounds_done), self.last_path)
+        if signum:
+            raise RunInterrupted(signum, int(pl_module.rounds_done), self.last_path)
 
 
 def non_finite_tensors(state_dict: dict) -> list[str]:

@@ -54,6 +54,8 @@ TRAINER_ARGS_SET_BY_RUN = {
     "enable_model_summary": "fixed by the run",
     "num_sanity_val_steps": "fixed by the run",
     "plugins": "fixed by the run",
+    "strategy": "set by the run: trainer.devices > 1 splits each round's clients across processes",
+    "use_distributed_sampler": "fixed by the run",
     "inference_mode": "fixed by the run",
 }
 # Top-level blocks that belong to other entry points (which check them), and Hydra's own node

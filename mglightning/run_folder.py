@@ -75,8 +75,11 @@ class RunFolder:
         write_json(self.summary_path, summary)
 
     @contextmanager
-    def logging_to_file(self) -> Iterator[None]:
+    def logging_to_file(self, enabled: bool = True) -> Iterator[None]:
         """Append this process's log records to ``train.log`` while the run works."""
+        if not enabled:
+            yield
+            return
         handler = logging.FileHandler(self.log_path)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root = logging.getLogger()

@@ -16,6 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -34,6 +35,7 @@ from mglightning.config import CONF_DIR, ConfigError, validate, validate_against
 from mglightning.data.datamodule import FederatedDataModule
 from mglightning.data.datasets import DataError
 from mglightning.data.partition import PartitionError
+from mglightning.federated.distributed import ClientParallelStrategy
 from mglightning.federated.learner import FederatedMetaLearner, TrainingFault
 from mglightning.federated.prox import L1, GroupLasso
 from mglightning.loggers import build_logger, finish_wandb_run, quiet_lightning
@@ -110,7 +112,10 @@ def build_regularizer(cfg: DictConfig, learner: FederatedMetaLearner) -> GroupLa
 def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
     """One Trainer for the rounds and the final adaptation; built before anything is written,
     so that trainer settings this machine cannot run (``trainer.accelerator=gpu`` without a
-    GPU) end as bad input. Loggers are attached once the run folder is in use."""
+    GPU) end as bad input. Loggers are attached once the run folder is in use. With several
+    devices each round's clients are split across processes
+    (:mod:`mglightning.federated.distributed`)."""
+    several_processes = cfg.trainer.get("devices", 1) != 1 or cfg.trainer.get("num_nodes", 1) != 1
     try:
         return L.Trainer(
             max_epochs=cfg.rounds,
@@ -122,6 +127,8 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
             inference_mode=False,  # adaptation at the targets takes gradients
             plugins=[AtomicCheckpointIO()],
             default_root_dir=cfg.output_dir,
+            strategy=ClientParallelStrategy() if several_processes else "auto",
+            use_distributed_sampler=False,  # the processes split the clients themselves
             **cfg.trainer,
         )
     except MisconfigurationException as error:
@@ -155,8 +162,10 @@ def run(cfg: DictConfig) -> dict:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = build_datamodule(cfg)
         validate_against_data(cfg, [client.node_id for client in datamodule.train_clients])
-        folder.write_config(cfg)
-        with folder.logging_to_file():
+        first_process = rank_zero_only.rank == 0  # processes launched for more devices: no files
+        if first_process:
+            folder.write_config(cfg)
+        with folder.logging_to_file(first_process):
             return train_and_adapt(cfg, folder, trainer, datamodule, adapter, evaluation,
                                    stop_request)
 
@@ -191,7 +200,8 @@ def train_and_adapt(cfg: DictConfig, folder: RunFolder, trainer: L.Trainer,
         "rounds_per_second": rounds_done / max(float(learner.training_seconds), 1e-9),
         **summarize_tasks(rows),
     }
-    folder.write_results(rows, summary)
+    if trainer.is_global_zero:
+        folder.write_results(rows, summary)
     log_task_results(trainer.loggers, rows, summary, step=rounds_done)
     if logger is not None:
         logger.finalize("success")
@@ -231,8 +241,9 @@ def main(cfg: DictConfig) -> None:
     except RunInterrupted as interrupted:
         print(f"interrupted: {interrupted}", file=sys.stderr)
         sys.exit(interrupted.exit_code)
-    print(format_summary(summary))
-    print(f"results in {os.path.abspath(cfg.output_dir)}")
+    if rank_zero_only.rank == 0:
+        print(format_summary(summary))
+        print(f"results in {os.path.abspath(cfg.output_dir)}")
 
 
 def check_overrides(overrides: list[str]) -> None:

@@ -1,3 +1,4 @@
+import json
 import time
 
 import pytest
@@ -18,7 +19,8 @@ from mglightning.bench.inference import (
     run_pair,
 )
 from mglightning.bench.memory import measure
-from mglightning.bench.report import _alternatives_summary, render
+from mglightning.bench.processes import bench_processes
+from mglightning.bench.report import _alternatives_summary, _processes_summary, render
 from mglightning.bench.rounds import (
     ReferenceRound,
     RoundState,
@@ -138,7 +140,7 @@ def test_memory_measure_counts_the_pooled_images():
 
 def test_suite_on_tiny_sizes_renders_every_goal():
     config = BenchConfig(clients_per_round=2, repeats=1, inference_batches=(1, 4),
-                         memory=False, compile_network=False,
+                         memory=False, processes=False, compile_network=False,
                          data_overrides=("dataset=synthetic",))
     threads = torch.get_num_threads()
     results = run_suite(config)
@@ -191,3 +193,12 @@ def test_a_failing_compile_is_reported_not_fatal(tiny_learner, monkeypatch):
     assert tried["compile_error"] == ("RuntimeError: InvalidCxxCompiler: no working C++ "
                                       "compiler found")
     assert "`torch.compile` failed here (RuntimeError" in _alternatives_summary(tried)
+
+
+@pytest.mark.slow
+def test_process_bench_times_both_counts_and_renders():
+    processes = bench_processes(["dataset=synthetic", "method.clients_per_round=4"], rounds=4)
+    assert processes["rounds_timed"] == {"1": 4, "2": 4}  # 2 runs each, warm-up rounds dropped
+    assert 0 < processes["gather_share_two"] < 1
+    json_like = json.loads(json.dumps(processes))  # as BENCHMARKS.json stores it
+    assert "2 processes" in "".join(_processes_summary(json_like))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
@@ -87,12 +87,13 @@ class FastAdaptation(L.LightningModule):
             row[f"sparsity_layer{layer + 1}"] = float(sparsity.mean())
         return row
 
-    def evaluate_targets(self, clients, on_task_done: Callable[[], None] | None = None
-                         ) -> list[dict]:
-        """Every target task in turn; ``on_task_done`` after each (e.g. a progress bar)."""
+    def evaluate_targets(self, clients, tasks: Iterable[int] | None = None,
+                         on_task_done: Callable[[], None] | None = None) -> list[dict]:
+        """The target tasks ``tasks`` (indices into ``clients``; default all) in turn;
+        ``on_task_done`` after each (e.g. a progress bar)."""
         rows = []
-        for task_index, client in enumerate(clients):
-            rows.append(self.adapt_and_evaluate(client, task_index))
+        for task_index in range(len(clients)) if tasks is None else tasks:
+            rows.append(self.adapt_and_evaluate(clients[task_index], task_index))
             if on_task_done is not None:
                 on_task_done()
         return rows

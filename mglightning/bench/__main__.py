@@ -22,6 +22,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=defaults.threads,
                         help="torch threads (1: stable when other processes share the cores)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocess")
+    parser.add_argument("--no-processes", action="store_true",
+                        help="skip the 1 vs 2 process round times")
     parser.add_argument("--output-dir", type=Path, default=REPO_ROOT)
     return parser.parse_args(argv)
 
@@ -30,7 +32,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     config = dataclasses.replace(BenchConfig(), clients_per_round=args.clients,
                                  local_steps=args.local_steps, repeats=args.repeats,
-                                 threads=args.threads, memory=not args.no_memory)
+                                 threads=args.threads, memory=not args.no_memory,
+                                 processes=not args.no_processes)
     results = run_suite(config)
     command = "make bench" if argv is None else "python -m mglightning.bench"
     args.output_dir.mkdir(parents=True, exist_ok=True)

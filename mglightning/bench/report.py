@@ -142,6 +142,7 @@ def notes(results: dict) -> list[str]:
         "exported task module (channels off for the whole task removed at rest, TorchScript, "
         "no per-batch gathers) is the deployment path: "
         + _exported_summary(results["inference"]) + ".",
+        *_processes_summary(results.get("processes")),
         "- Timings use one torch thread: with another process busy on one of the two cores, "
         "torch's two OpenMP threads wait on each other; in side-by-side trials a batch-1 "
         "forward was >10× slower and a training round ~30× slower (0.35 s → ~10 s) with two "
@@ -210,3 +211,19 @@ def _exported_summary(inference: dict) -> str:
              f"the per-input ideal for the whole network"
              for batch_name, row in inference.items() if "exported_whole_network" in row]
     return "; ".join(parts) or "not measured"
+
+
+def _processes_summary(processes: dict | None) -> list[str]:
+    """Rounds split over two processes (``trainer.devices=2``): one line, when measured."""
+    if processes is None:
+        return []
+    return [
+        f"- Clients split over 2 processes (`trainer.devices=2`, gloo, one thread each): a "
+        f"round takes {1000 * processes['two_process_seconds']:.0f} ms against "
+        f"{1000 * processes['one_process_seconds']:.0f} ms in one process, "
+        f"{processes['one_over_two']:.2f}× as fast (medians of "
+        f"{processes['rounds_timed']['2']} and {processes['rounds_timed']['1']} rounds of "
+        f"alternating training runs, results equal bit for bit); gathering the clients' "
+        f"results, waiting for the slower process included, is "
+        f"{100 * processes['gather_share_two']:.0f} % of a 2-process round."
+    ]

@@ -16,6 +16,7 @@ from mglightning.bench.adaptation import bench_adaptation
 from mglightning.bench.alternatives import bench_alternatives
 from mglightning.bench.inference import bench_inference
 from mglightning.bench.memory import measure_in_subprocess
+from mglightning.bench.processes import bench_processes
 from mglightning.bench.rounds import bench_rounds
 from mglightning.bench.workload import build_workload, dataset_overrides, sparsify_gates
 from mglightning.export import export_task_network
@@ -35,6 +36,7 @@ class BenchConfig:
     gates_varying: float = 0.15  # share left input-dependent
     threads: int = 1
     memory: bool = True
+    processes: bool = True  # 1 vs 2 training processes (trainer.devices), four short runs
     compile_network: bool = True  # time torch.compile among the tried alternatives (~20 s)
     data_overrides: tuple[str, ...] | None = None  # None: Fashion-MNIST if present, else stand-in
 
@@ -92,6 +94,8 @@ def _run_suite(config: BenchConfig) -> dict:
                                            config.repeats, exported)
     if config.memory:
         results["memory"] = measure_in_subprocess(data_overrides)
+    if config.processes:
+        results["processes"] = bench_processes(overrides)
     results["context"] = {
         "data": data_name,
         "model": cfg.model.name,

@@ -11,6 +11,7 @@ import lightning as L
 from mglightning.adaptation.module import FastAdaptation
 from mglightning.adaptation.summary import summarize_tasks
 from mglightning.callbacks.progress import evaluation_line, log_metrics, task_bar
+from mglightning.federated.distributed import gather_rows, own_positions
 from mglightning.io import write_csv
 
 log = logging.getLogger(__name__)
@@ -37,18 +38,24 @@ class TargetEvaluation(L.Callback):
             return
         self.adapter.set_meta_network(pl_module.meta_network())
         targets = trainer.datamodule.target_clients
+        tasks = own_positions(len(targets))  # with several processes, each takes its share
         start = time.perf_counter()
-        with task_bar(len(targets), f"round {round_index}: adapting targets", self.show_bar) as bar:
-            rows = self.adapter.evaluate_targets(targets, on_task_done=lambda: bar.update(1))
+        show = self.show_bar and trainer.is_global_zero
+        with task_bar(len(tasks), f"round {round_index}: adapting targets", show) as bar:
+            rows = self.adapter.evaluate_targets(targets, tasks, on_task_done=lambda: bar.update(1))
+        rows = gather_rows(rows, key="task")
         summary = summarize_tasks(rows)
-        log.info("round %d: %s", round_index, evaluation_line(summary, time.perf_counter() - start))
+        if trainer.is_global_zero:
+            log.info("round %d: %s", round_index,
+                     evaluation_line(summary, time.perf_counter() - start))
         log_metrics(
             trainer, {f"target/{key}": value for key, value in summary.items()}, round_index
         )
         seconds = float(pl_module.training_seconds)
         self.history.append({"round": round_index, "training_seconds": seconds, **summary})
         self.last_rows = (round_index, rows)
-        write_csv(self.curve_path, self.history)
+        if trainer.is_global_zero:
+            write_csv(self.curve_path, self.history)
 
     def rows_at(self, round_index: int) -> list[dict] | None:
         """The per-task rows of this process's evaluation at ``round_index``, if it made one."""

@@ -42,7 +42,7 @@ class RoundProgress(L.Callback):
             desc="rounds",
             unit="round",
             smoothing=0,
-            disable=not self.show_bar,
+            disable=not (self.show_bar and trainer.is_global_zero),
             dynamic_ncols=True,
         )
 
@@ -63,7 +63,7 @@ class RoundProgress(L.Callback):
 
     def on_test_start(self, trainer, pl_module) -> None:
         total = len(trainer.datamodule.target_clients)
-        self.bar = task_bar(total, "final adaptation", self.show_bar)
+        self.bar = task_bar(total, "final adaptation", self.show_bar and trainer.is_global_zero)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
                           dataloader_idx=0) -> None:

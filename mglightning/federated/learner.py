@@ -23,6 +23,7 @@ from collections.abc import Collection
 import lightning as L
 import torch
 
+from mglightning.federated.distributed import gather_results, own_positions
 from mglightning.federated.faults import FaultInjection
 from mglightning.federated.flat import FlatParameters
 from mglightning.federated.server import ClientResult
@@ -106,9 +107,12 @@ class FederatedMetaLearner(L.LightningModule):
         round_index = self.current_round()
         start = time.perf_counter()
         x_md = self.strategy.configure_fit(self.x, self.x_ag, round_index)
-        chosen = self.sample_clients(len(clients), round_generator(self.seed, round_index))
-        results, failures = self.solve_clients(list(enumerate(clients[i] for i in chosen)), x_md,
-                                               round_index)
+        chosen = [clients[i] for i in
+                  self.sample_clients(len(clients), round_generator(self.seed, round_index))]
+        own = [(position, chosen[position]) for position in own_positions(len(chosen))]
+        solved, failures = self.solve_clients(own, x_md, round_index)
+        solved_at = time.perf_counter()
+        results = gather_results(self, solved, [client.node_id for client in chosen], x_md)
         local_done = time.perf_counter()
         if results:
             self.commit(*self.strategy.aggregate_fit(self.x, self.x_ag, x_md, results,
@@ -123,18 +127,20 @@ class FederatedMetaLearner(L.LightningModule):
             "round": round_index,
             "train_loss": (sum(result.loss for result in results) / len(results)
                            if results else float("nan")),
-            "failed_clients": len(failures),
+            "failed_clients": len(chosen) - len(results),
             "local_seconds": local_done - start,
+            "gather_seconds": local_done - solved_at,  # with several processes: waits included
             "server_seconds": end - local_done,
             "round_seconds": end - start,
         }
 
     def solve_clients(
         self, chosen, x_md: torch.Tensor, round_index: int
-    ) -> tuple[list[ClientResult], list[str]]:
+    ) -> tuple[list[tuple[int, ClientResult]], list[str]]:
         """Local solves of the (position, client) pairs ``chosen``, each from its own streams
-        (so any order, or any subset, gives each client the same result); a node that raises
-        or returns non-finite parameters is left out, and its failure described."""
+        (so any order, or any subset, gives each client the same result): (position, result)
+        pairs; a node that raises or returns non-finite parameters is left out, and its
+        failure described."""
         results, failures = [], []
         for position, client in chosen:
             try:
@@ -147,7 +153,7 @@ class FederatedMetaLearner(L.LightningModule):
             if not torch.isfinite(result.params).all():
                 failures.append(f"node {client.node_id}: non-finite parameters")
                 continue
-            results.append(result)
+            results.append((position, result))
         for failure in failures:
             log.warning("round %d: %s; left out of the round", self.current_round(), failure)
         return results, failures
@@ -176,10 +182,11 @@ class FederatedMetaLearner(L.LightningModule):
         """A round in which every client failed changes nothing; too many in a row stop."""
         in_a_row = int(self.failed_rounds_in_a_row) + 1
         if in_a_row >= self.max_failed_rounds:
+            last = failures[-1] if failures else "in another process"
             raise TrainingFault(
                 f"every client failed in {in_a_row} rounds in a row (rounds "
                 f"{round_index - in_a_row + 1}-{round_index}; faults.max_failed_rounds="
-                f"{self.max_failed_rounds}; last: {failures[-1]}): stopped; the last "
+                f"{self.max_failed_rounds}; last: {last}): stopped; the last "
                 "checkpoint holds the last good state")
         self.failed_rounds_in_a_row += 1
 

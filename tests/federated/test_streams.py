@@ -43,7 +43,7 @@ def round_clients(tiny_config, method: str):
 def solved(learner, pairs, x_md) -> dict[int, torch.Tensor]:
     results, failures = learner.solve_clients(pairs, x_md, round_index=1)
     assert not failures
-    return {result.node_id: result.params for result in results}
+    return {result.node_id: result.params for _, result in results}
 
 
 @pytest.mark.parametrize("method", ["metagater", "perfedavg_hf"])
