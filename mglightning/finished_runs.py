@@ -204,12 +204,18 @@ def select_runs(root: str | Path, filters: Mapping | None = None) -> list[tuple[
     return [(run.path, run.labels) for run in selected]
 
 
+def seed_list(seeds: pd.Series) -> str:
+    """``"0, 1"``; ``?`` for a run whose seed is unknown (a folder without a config or the
+    entry point's name)."""
+    return ", ".join("?" if pd.isna(seed) else str(int(seed)) for seed in seeds)
+
+
 def group_table(runs: list[tuple[Path, dict]]) -> pd.DataFrame:
     """Which runs each group holds: one row a group, with its seeds and run folders."""
     labels = pd.DataFrame([labels for _, labels in runs])
     grouped = labels.sort_values(["group", "seed", "run"]).groupby("group", sort=True)
     return pd.DataFrame({
         "seeds": grouped.size(),
-        "seed": grouped["seed"].agg(lambda seeds: ", ".join(str(seed) for seed in seeds)),
+        "seed": grouped["seed"].agg(seed_list),
         "runs": grouped["run"].agg(", ".join),
     })
