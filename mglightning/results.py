@@ -16,13 +16,13 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from mglightning.analysis import (
-    LABELS,
     accuracy_curves,
     plot_accuracy_curves,
     plot_sparsity_histograms,
     runs_table,
-    sparse_methods,
+    sparse_groups,
 )
+from mglightning.finished_runs import LABELS
 from mglightning.io import atomic_write_text, write_csv
 
 METHOD_TITLES = {
@@ -87,15 +87,15 @@ def markdown_table(table: list[dict]) -> str:
 
 
 def row_runs(rows: list[MethodRuns]) -> list[tuple[Path, dict]]:
-    """Every run folder of the rows, labelled as :func:`mglightning.analysis.labelled_runs`
-    labels them: method ``<method>-m<m>`` when the experiment runs it with several m."""
+    """Every run folder of the rows, labelled for :mod:`mglightning.analysis`: a row is a
+    group, ``<method>-m<m>`` when the experiment runs the method with several m."""
     steps = {(row.method, row.local_steps) for row in rows}
     runs = []
     for row in rows:
         several = sum(method == row.method for method, _ in steps) > 1
         labels = dict.fromkeys(LABELS) | {
-            "method": f"{row.method}-m{row.local_steps}" if several else row.method,
-            "local_steps": row.local_steps,
+            "group": f"{row.method}-m{row.local_steps}" if several else row.method,
+            "method": row.method,
         }
         runs += [(run_dir, labels | {"run": str(run_dir)}) for run_dir in row.run_dirs]
     return runs
@@ -118,11 +118,12 @@ def write_results(rows: list[MethodRuns], output_dir: Path) -> dict[str, Path]:
     curves = runs_table(runs, "curve.csv")  # MetaSNIP trains nothing: no curve
     if not curves.empty:
         paths["curve_csv"] = output_dir / "curve.csv"
-        write_csv(paths["curve_csv"], accuracy_curves(curves).to_dict("records"))
+        curve = accuracy_curves(curves).rename(columns={"group": "method"})  # a row's label
+        write_csv(paths["curve_csv"], curve.to_dict("records"))
         paths["convergence"] = output_dir / "convergence.png"
         _save(plot_accuracy_curves(curves), paths["convergence"])
     tasks = runs_table(runs, "tasks.csv")
-    if not tasks.empty and sparse_methods(tasks):
+    if not tasks.empty and sparse_groups(tasks):
         paths["sparsity_histogram"] = output_dir / "sparsity_histogram.png"
         _save(plot_sparsity_histograms(tasks, bins=SPARSITY_BINS), paths["sparsity_histogram"])
     return paths

@@ -4,7 +4,11 @@ same search space as a Hydra multirun command when offline.
     python -m mglightning.sweep metagater_fmnist [--count 20]
 
 Offline, continuous distributions become a grid of ``GRID_POINTS`` values: both ends and the
-middle (the geometric middle for log distributions), rounded to 3 significant digits.
+middle (the geometric middle for log distributions), rounded to 3 significant digits. Each
+point keeps the entry point's default run name, fingerprinted by its config
+(:mod:`mglightning.identity`), so a point has the same folder in every multirun and a re-run
+skips the finished ones. The time it would take is estimated from finished runs of the same
+data set, model and method, never guessed.
 """
 
 from __future__ import annotations
@@ -17,13 +21,18 @@ import sys
 from pathlib import Path
 
 import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
 
+from mglightning.analysis import load_summaries
+from mglightning.config import CONF_DIR
+from mglightning.finished_runs import RunSelectionError, runs_dir, select_runs
 from mglightning.loggers import has_wandb_credentials, wandb_mode
 
 SWEEP_DIR = Path(__file__).resolve().parents[1] / "conf" / "sweep"
 GRID_POINTS = 3
-WANDB_RUN_ID_REFERENCE = "${oc.env:WANDB_RUN_ID}"
-MULTIRUN_RUN_NAME = "${now:%Y%m%d-%H%M%S}-${hydra:job.num}"  # unique, never resumes another
+WANDB_RUN_ID_REFERENCE = "${oc.env:WANDB_RUN_ID}"  # the agent's run name: offline, the default
+SETUP_KEYS = {"dataset": "dataset.name", "model": "model.name", "method": "method.name"}
 
 
 def load_sweep(name: str) -> dict:
@@ -64,25 +73,77 @@ def grid_values(spec: dict) -> list:
     return [float(f"{point:.3g}") for point in points]
 
 
-def multirun_command(sweep: dict) -> list[str]:
-    """``python -m <entry point> -m`` with the sweep command's fixed overrides and one
-    ``key=v1,v2,...`` sweep override per parameter."""
+def entry_point(sweep: dict) -> tuple[str, list[str]]:
+    """The module the sweep command runs, and its fixed overrides: the command's items after
+    the module, without the agent's macros and run name."""
     command = [str(item) for item in sweep["command"]]
     module_at = command.index("-m") + 1
     fixed = [
-        item.replace(WANDB_RUN_ID_REFERENCE, MULTIRUN_RUN_NAME)
+        item
         for item in command[module_at + 1 :]
-        if not is_macro(item)
+        if not is_macro(item) and WANDB_RUN_ID_REFERENCE not in item
     ]
+    return command[module_at], fixed
+
+
+def multirun_command(sweep: dict) -> list[str]:
+    """This interpreter's ``-m <entry point> -m`` with one ``key=v1,v2,...`` sweep override
+    per parameter and the sweep command's fixed overrides."""
+    module, fixed = entry_point(sweep)
     swept = [
         f"{key}={','.join(str(value) for value in grid_values(spec))}"
         for key, spec in sweep["parameters"].items()
     ]
-    return ["python", "-m", command[module_at], "-m", *swept, *fixed]
+    return [sys.executable, "-m", module, "-m", *swept, *fixed]
+
+
+def first_point(sweep: dict) -> list[str]:
+    """The overrides of the multirun's first point (a single run of the entry point)."""
+    _, fixed = entry_point(sweep)
+    return [f"{key}={grid_values(spec)[0]}" for key, spec in sweep["parameters"].items()] + fixed
+
+
+def compose_point(overrides: list[str]) -> DictConfig:
+    """A point's config, composed as the multirun composes each of its jobs."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
 
 
 def count_runs(sweep: dict) -> int:
     return math.prod(len(grid_values(spec)) for spec in sweep["parameters"].values())
+
+
+def duration(seconds: float) -> str:
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def time_estimate(sweep: dict, root: Path) -> str:
+    """The sweep's time in one process, from the finished runs under ``root`` of the first
+    point's data set, model and method: per point, the median training seconds per round
+    times the point's rounds, plus the median time adapting every target
+    (learning seconds per task times tasks)."""
+    point = compose_point(first_point(sweep))
+    setup = {label: OmegaConf.select(point, key) for label, key in SETUP_KEYS.items()}
+    name = "-".join(setup.values())
+    try:
+        summaries = load_summaries(select_runs(root, setup))
+    except RunSelectionError:  # no run under the root, or none of this setup
+        summaries = load_summaries([])
+    timed = summaries[summaries["rounds"] > 0] if len(summaries) else summaries  # MetaSNIP: 0
+    if timed.empty:
+        command = shlex.join([sys.executable, "-m", entry_point(sweep)[0], *first_point(sweep)])
+        return f"no finished {name} run under {root} to time; run one point first:\n  {command}"
+    round_seconds = (timed["training_seconds"] / timed["rounds"]).median()
+    learning = (timed["learning_seconds_mean"] * timed["num_tasks"]).median()
+    point_seconds = point.rounds * round_seconds + learning
+    return (
+        f"about {duration(count_runs(sweep) * point_seconds)} in one process: "
+        f"{point_seconds:.0f} s a point = {point.rounds} rounds x {round_seconds:.2f} s + "
+        f"{learning:.1f} s adapting the targets (medians of {len(timed)} finished {name} runs "
+        f"under {root}; points with more nodes a round or local steps take longer)"
+    )
 
 
 def start_wandb_sweep(sweep: dict, count: int | None) -> None:
@@ -107,8 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     reason = "no W&B API key" if not has_wandb_credentials() else f"W&B mode {wandb_mode(None)}"
     print(
         f"W&B is offline ({reason}): no sweep created. The same search space as a Hydra multirun "
-        f"({count_runs(sweep)} runs; continuous ranges as {GRID_POINTS}-point grids):\n"
+        f"of {count_runs(sweep)} points (continuous ranges as {GRID_POINTS}-point grids), each "
+        "in a folder named by its config: run again, it skips the finished points."
     )
+    print(f"Time: {time_estimate(sweep, runs_dir())}\n")
     print(shlex.join(multirun_command(sweep)))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -11,9 +12,10 @@ import nbformat
 import pytest
 from conftest import compose_config
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 from omegaconf import OmegaConf
 
-from mglightning import analysis
+from mglightning import analysis, finished_runs
 from mglightning.io import write_csv, write_json
 from mglightning.train import run
 
@@ -49,42 +51,89 @@ def test_committed_notebooks_carry_no_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
 
 
+def selected_runs(root, filters=None):
+    return finished_runs.select_runs(root, filters)
+
+
 def test_the_runs_are_found_and_labelled(runs_root):
-    summaries = analysis.load_summaries(runs_root)
-    assert sorted(summaries["method"]) == sorted(TWO_METHODS)
+    runs = selected_runs(runs_root)
+    summaries = analysis.load_summaries(runs)
+    assert sorted(summaries["group"]) == sorted(TWO_METHODS)  # one run each: nothing differs
     assert set(summaries["dataset"]) == {"synthetic"} and set(summaries["seed"]) == {0}
-    tasks = analysis.load_tasks(runs_root)
-    ungated = tasks[tasks["method"] == "metagater_nogate"]
+    tasks = analysis.load_tasks(runs)
+    ungated = tasks[tasks["group"] == "metagater_nogate"]
     assert (ungated["sparsity"] == 0).all() and ungated["sparsity_layer3"].isna().all()
-    assert analysis.sparse_methods(tasks) == ["metagater"]
-    round_metrics = analysis.load_round_metrics(runs_root)
+    assert analysis.sparse_groups(tasks) == ["metagater"]
+    round_metrics = analysis.load_round_metrics(runs)
     assert round_metrics["round"].tolist() == [1, 2, 3, 4]  # the CSV-logged run only
-    assert (round_metrics["method"] == "metagater").all()
+    assert (round_metrics["group"] == "metagater").all()
     assert (round_metrics["round_seconds"] >= round_metrics["local_seconds"]).all()
+
+
+def execute(path: Path, runs_root: Path, monkeypatch, filters: dict | None = None):
+    """The notebook run headless on ``runs_root``; ``filters`` replace its FILTERS as papermill
+    would (a cell after the parameters). Returns the executed notebook."""
+    monkeypatch.setenv(finished_runs.RUNS_DIR_VARIABLE, str(runs_root))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # PNGs
+    notebook = nbformat.read(path, as_version=4)
+    if filters is not None:
+        at = parameters_cell(notebook) + 1
+        notebook.cells.insert(at, nbformat.v4.new_code_cell(f"FILTERS = {filters!r}"))
+    NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": NOTEBOOK_DIR}}
+    ).execute()
+    return notebook
+
+
+def parameters_cell(notebook) -> int:
+    tagged = [i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", [])]
+    (index,) = tagged
+    return index
+
+
+def html_outputs(notebook) -> list[str]:
+    outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
+    assert not [output for output in outputs if output.output_type == "error"]
+    return [output.data["text/html"] for output in outputs if "text/html" in output.get("data", {})]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_executes_on_finished_runs(path, runs_root, monkeypatch):
-    monkeypatch.setenv(analysis.RUNS_DIR_VARIABLE, str(runs_root))
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # PNGs
-    notebook = nbformat.read(path, as_version=4)
-    NotebookClient(
-        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": NOTEBOOK_DIR}}
-    ).execute()
-    outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
-    assert not [output for output in outputs if output.output_type == "error"]
-    tables = [output for output in outputs if "text/html" in output.get("data", {})]
+    notebook = execute(path, runs_root, monkeypatch)
+    tables = html_outputs(notebook)
     assert tables, "the notebook shows no table"
-    assert "metagater_nogate" in "".join(output["data"]["text/html"] for output in tables)
+    assert "metagater_nogate" in "".join(tables)
+    outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
     figures = [output for output in outputs if "image/png" in output.get("data", {})]
     assert len(figures) >= 2, "the notebook draws fewer than two figures"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_notebook_on_an_empty_root_stops_in_its_first_cell_with_one_line(path, tmp_path):
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": NOTEBOOK_DIR}}
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(finished_runs.RUNS_DIR_VARIABLE, str(tmp_path))
+        with pytest.raises(CellExecutionError):
+            client.execute()
+    failed = [i for i, cell in enumerate(notebook.cells) if cell.get("execution_count")]
+    assert failed[-1] == parameters_cell(notebook) + 1  # the first cell after the parameters
+    (error,) = [o for o in notebook.cells[failed[-1]].outputs if o.output_type == "error"]
+    (line,) = error.traceback
+    assert error.ename == "RunSelectionError" and f"no runs were found under {tmp_path}" in line
+    assert "make train" in line and "make reproduce EXP=table1_fmnist" in line
 
 
 def write_run(run_dir: Path, tasks: list[dict], curve: list[dict], config: dict | None = None):
     """A finished run folder as ``mglightning.train.run`` (and the reproduce command) leave it."""
     write_csv(run_dir / "tasks.csv", tasks)
     write_csv(run_dir / "curve.csv", curve)
-    write_json(run_dir / "summary.json", {"rounds": curve[-1]["round"]})
+    rounds, seconds = curve[-1]["round"], curve[-1]["training_seconds"]
+    summary = {"rounds": rounds, "training_seconds": seconds, "rounds_per_second": rounds / seconds}
+    summary |= {"accuracy_mean": curve[-1]["accuracy_mean"], "learning_seconds_mean": 0.01}
+    write_json(run_dir / "summary.json", summary)
     if config is not None:
         OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
 
@@ -106,8 +155,116 @@ def reproduce_config(method: str, steps: int, seed: int) -> dict:
     }
 
 
+def beta_config(beta: float, seed: int, dataset: str = "fmnist") -> dict:
+    return {
+        "experiment": "default",
+        "seed": seed,
+        "dataset": {"name": dataset},
+        "model": {"name": "cnn4"},
+        "method": {"name": "metagater", "server": {"beta": beta}},
+        "output_dir": f"outputs/default/{dataset}-metagater-beta{beta}-seed{seed}",  # not identity
+    }
+
+
+def accuracy_curve(accuracy: float) -> list[dict]:
+    return [{"round": 2, "training_seconds": 1.0, "accuracy_mean": accuracy}]
+
+
+@pytest.fixture
+def beta_root(tmp_path):
+    """metagater at β=2 and β=0.5 on Fashion-MNIST, seeds 0 and 1 each, target accuracy
+    0.8/0.9 and 0.5/0.6; and one synthetic-data run of β=2."""
+    accuracies = {(2.0, 0): 0.8, (2.0, 1): 0.9, (0.5, 0): 0.5, (0.5, 1): 0.6}
+    for (beta, seed), accuracy in accuracies.items():
+        run_dir = tmp_path / f"default/fmnist-beta{beta}-seed{seed}"
+        write_run(run_dir, task_rows([0.2]), accuracy_curve(accuracy), beta_config(beta, seed))
+    synthetic = tmp_path / "default/synthetic-beta2.0-seed0"
+    write_run(synthetic, task_rows([0.4]), accuracy_curve(0.1), beta_config(2.0, 0, "synthetic"))
+    return tmp_path
+
+
+def group_rows(html: str) -> dict[str, str]:
+    """A group table's rows as shown (HTML): group label → its seeds column."""
+    return dict(re.findall(r"<tr>\s*<th>([^<]+)</th>\s*<td>(\d+)</td>", html))
+
+
+def test_two_configs_of_one_method_are_two_groups_averaged_over_their_own_seeds(beta_root):
+    runs = selected_runs(beta_root, {"dataset": "fmnist"})
+    groups = finished_runs.group_table(runs)
+    beta_low, beta_high = "metagater (method.server.beta=0.5)", "metagater (method.server.beta=2.0)"
+    assert groups["seeds"].to_dict() == {beta_low: 2, beta_high: 2}
+    assert groups.loc[beta_low, "seed"] == "0, 1"
+    curves = analysis.accuracy_curves(analysis.load_curves(runs)).set_index("group")
+    assert curves.loc[[beta_low, beta_high], "accuracy"].tolist() == pytest.approx([55, 85])
+    assert analysis.timing_table(analysis.load_summaries(runs))["runs"].tolist() == [2, 2]
+
+
+def test_runs_of_other_data_sets_are_other_groups_named_by_data_set(beta_root):
+    labels = {labels["group"] for _, labels in selected_runs(beta_root)}
+    assert labels == {
+        "fmnist-metagater (method.server.beta=0.5)",
+        "fmnist-metagater (method.server.beta=2.0)",
+        "synthetic-metagater",  # its only run: nothing differs among its data set's runs
+    }
+
+
+def test_filters_take_labels_and_config_keys_and_name_an_unknown_key(beta_root):
+    runs = selected_runs(beta_root, {"method.server.beta": 0.5})
+    assert sorted(labels["run"] for _, labels in runs) == [
+        "default/fmnist-beta0.5-seed0", "default/fmnist-beta0.5-seed1"
+    ]
+    assert {labels["group"] for _, labels in runs} == {"metagater"}  # nothing differs within
+    assert len(selected_runs(beta_root, {"dataset": ["fmnist", "synthetic"], "seed": 0})) == 3
+    with pytest.raises(finished_runs.RunSelectionError, match="'method.server.bta'"):
+        selected_runs(beta_root, {"method.server.bta": 0.5})
+    with pytest.raises(finished_runs.RunSelectionError, match="none of the 5 runs"):
+        selected_runs(beta_root, {"dataset": "cifar10"})
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_notebook_shows_two_configs_apart_and_filters_out_other_data_sets(
+    path, beta_root, monkeypatch
+):
+    notebook = execute(path, beta_root, monkeypatch, filters={"dataset": "fmnist"})
+    tables = html_outputs(notebook)
+    assert group_rows(tables[0]) == {  # the first table: which runs each group holds
+        "metagater (method.server.beta=0.5)": "2",
+        "metagater (method.server.beta=2.0)": "2",
+    }
+    shown = "".join(str(cell.get("outputs", "")) for cell in notebook.cells)
+    assert "synthetic" not in shown
+
+
+def test_a_run_without_config_is_grouped_by_folder_never_with_configured_runs(beta_root):
+    legacy = beta_root / "default/fmnist-cnn4-metagater-seed1"
+    write_run(legacy, task_rows([0.3]), accuracy_curve(0.7))
+    groups = finished_runs.group_table(selected_runs(beta_root, {"method": "metagater"}))
+    assert groups.loc["default/fmnist-cnn4-metagater (no config.yaml)", "seeds"] == 1
+    assert groups["seeds"].sum() == 6
+
+
+def test_keys_reproduce_derives_from_each_seed_do_not_split_a_group(tmp_path):
+    """MetaSNIP's meta checkpoint and keep fraction come from its seed's runs (SPEC §5): one
+    setup when the run's config says the reproduce command derived them, two otherwise."""
+    spec = {"method": "metasnip", "local_steps": 1, "meta_from": "a", "sparsity_from": "b"}
+    for seed, keep in ((0, 0.6), (1, 0.7)):
+        config = reproduce_config("metasnip", 1, seed) | {"reproduce": {"runs": [spec]}}
+        config["method"] |= {
+            "meta_checkpoint": f"runs/metagater_nogate-m1-seed{seed}/checkpoints/last.ckpt",
+            "adaptation": {"keep_fraction": keep},
+        }
+        curve = accuracy_curve(0.5)
+        write_run(tmp_path / f"reproduced/metasnip-m1-seed{seed}", task_rows([0.4]), curve, config)
+        del config["reproduce"]
+        write_run(tmp_path / f"by_hand/metasnip-seed{seed}", task_rows([0.4]), curve, config)
+    reproduced = finished_runs.group_table(selected_runs(tmp_path / "reproduced"))
+    assert reproduced["seeds"].to_dict() == {"metasnip": 2}
+    by_hand = finished_runs.group_table(selected_runs(tmp_path / "by_hand"))
+    assert by_hand["seeds"].tolist() == [1, 1]
+
+
 def test_runs_are_found_in_both_layouts_and_labelled(tmp_path):
-    curve = [{"round": 2, "training_seconds": 1.0, "accuracy_mean": 0.5}]
+    curve = accuracy_curve(0.5)
     write_run(
         tmp_path / "outputs/default/fmnist-cnn4-metagater_nogate-seed3", task_rows([0]), curve
     )
@@ -115,27 +272,31 @@ def test_runs_are_found_in_both_layouts_and_labelled(tmp_path):
         config = reproduce_config("metagater", steps, seed=0)
         runs = tmp_path / f"results/table1_fmnist/runs/metagater-m{steps}-seed0"
         write_run(runs, task_rows([0.5]), curve, config)
-    outputs = analysis.load_summaries(tmp_path / "outputs")
+    outputs = analysis.load_summaries(selected_runs(tmp_path / "outputs"))
     assert outputs[["experiment", "method", "dataset", "model", "seed"]].values.tolist() == [
         ["default", "metagater_nogate", "fmnist", "cnn4", 3]
     ]
-    results = analysis.load_summaries(tmp_path / "results")
-    assert sorted(results["method"]) == ["metagater-m1", "metagater-m2"]  # Table 1's rows
+    results = analysis.load_summaries(selected_runs(tmp_path / "results"))
+    assert sorted(results["group"]) == [  # Table 1's rows
+        "metagater (method.local.steps=1)", "metagater (method.local.steps=2)"
+    ]
     assert set(results["experiment"]) == {"table1_fmnist"}
-    assert len(analysis.load_tasks(tmp_path)) == 3  # both layouts under one root
+    assert len(analysis.load_tasks(selected_runs(tmp_path))) == 3  # both layouts under one root
 
 
 def test_sparsity_diversity_is_mean_std_min_max_over_tasks_in_percent(tmp_path):
-    curve = [{"round": 2, "training_seconds": 1.0, "accuracy_mean": 0.5}]
+    curve = accuracy_curve(0.5)
     write_run(tmp_path / "a/synthetic-cnn4-gated-seed0", task_rows([0.1, 0.3]), curve)
     write_run(tmp_path / "a/synthetic-cnn4-gated-seed1", task_rows([0.2, 0.4]), curve)
     write_run(tmp_path / "a/synthetic-cnn4-plain-seed0", task_rows([0.0, 0.0]), curve)
-    table = analysis.sparsity_diversity(analysis.load_tasks(tmp_path))
+    tasks = analysis.load_tasks(selected_runs(tmp_path))
+    table = analysis.sparsity_diversity(tasks)
+    gated, plain = (f"a/synthetic-cnn4-{name} (no config.yaml)" for name in ("gated", "plain"))
     # tasks of both seeds pooled: 10, 30, 20, 40 % -> mean 25, population std sqrt(125)
-    assert table.loc["gated", ["mean", "min", "max", "tasks"]].tolist() == [25, 10, 40, 4]
-    assert table.loc["gated", "std"] == pytest.approx(math.sqrt(125))
-    assert table.loc["plain", ["mean", "std", "max"]].tolist() == [0, 0, 0]
-    assert analysis.sparse_methods(analysis.load_tasks(tmp_path)) == ["gated"]
+    assert table.loc[gated, ["mean", "min", "max", "tasks"]].tolist() == [25, 10, 40, 4]
+    assert table.loc[gated, "std"] == pytest.approx(math.sqrt(125))
+    assert table.loc[plain, ["mean", "std", "max"]].tolist() == [0, 0, 0]
+    assert analysis.sparse_groups(tasks) == [gated]
 
 
 def test_curves_average_over_seeds_and_round_seconds_divide_intervals(tmp_path):
@@ -144,9 +305,11 @@ def test_curves_average_over_seeds_and_round_seconds_divide_intervals(tmp_path):
             {"round": 2, "training_seconds": 3.0, "accuracy_mean": accuracy},
             {"round": 4, "training_seconds": 7.0, "accuracy_mean": accuracy},
         ]
-        write_run(tmp_path / f"e/synthetic-cnn4-gated-seed{seed}", task_rows([0.1]), curve)
-    curves = analysis.load_curves(tmp_path)
+        config = reproduce_config("metagater", 1, seed)
+        write_run(tmp_path / f"e/synthetic-cnn4-gated-seed{seed}", task_rows([0.1]), curve, config)
+    curves = analysis.load_curves(selected_runs(tmp_path))
     averaged = analysis.accuracy_curves(curves)
     assert averaged["accuracy"].tolist() == pytest.approx([60, 60])
     assert averaged["accuracy_std"].tolist() == pytest.approx([statistics.stdev([50, 70])] * 2)
+    assert averaged["seeds"].tolist() == [2, 2]
     assert analysis.round_seconds(curves)["seconds_per_round"].tolist() == [1.5, 2.0] * 2

@@ -3,6 +3,7 @@ through the very command line a W&B agent would run."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
@@ -18,7 +19,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from wandb.sdk.launch.sweeps import utils as wandb_sweep_utils
 
-from mglightning import sweep
+from mglightning import finished_runs, sweep
+from mglightning.identity import fingerprint
+from mglightning.io import write_json
 from mglightning.train import CONF_DIR
 
 SWEEPS = sorted(path.stem for path in sweep.SWEEP_DIR.glob("*.yaml"))
@@ -129,23 +132,29 @@ def test_a_sampled_configuration_trains_through_the_agents_command(name, tmp_pat
 
 @pytest.fixture
 def without_wandb_key(tmp_path, monkeypatch):
+    """Offline, with finished runs (none yet) read from ``tmp_path/runs``."""
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv(finished_runs.RUNS_DIR_VARIABLE, str(tmp_path / "runs"))
     return monkeypatch
+
+
+def offline_multirun(name: str, capsys) -> tuple[str, list]:
+    """What ``make sweep SWEEP=<name>`` prints offline, and its command's parsed overrides."""
+    sweep.main([name])
+    printed = capsys.readouterr().out
+    words = shlex.split(printed.strip().splitlines()[-1])
+    assert words[:4] == [sys.executable, "-m", "mglightning.train", "-m"]  # the project's python
+    return printed, OverridesParser.create().parse_overrides(words[4:])
 
 
 @pytest.mark.parametrize("name", SWEEPS)
 def test_offline_prints_the_same_space_as_a_hydra_multirun(name, without_wandb_key, capsys):
-    sweep.main([name])
-    printed = capsys.readouterr().out
-    assert "offline" in printed
-    words = shlex.split(printed.strip().splitlines()[-1])
-    assert words[:4] == ["python", "-m", "mglightning.train", "-m"]
-    overrides = {
-        override.key_or_group: override
-        for override in OverridesParser.create().parse_overrides(words[4:])
-    }
+    printed, parsed = offline_multirun(name, capsys)
+    assert "offline (no W&B API key)" in printed
+    assert f"multirun of {sweep.count_runs(sweep.load_sweep(name))} points" in printed
+    overrides = {override.key_or_group: override for override in parsed}
     for key, spec in sweep.load_sweep(name)["parameters"].items():
         override = overrides[key]
         swept = override.is_sweep_override()
@@ -157,7 +166,56 @@ def test_offline_prints_the_same_space_as_a_hydra_multirun(name, without_wandb_k
             geometric = spec["distribution"] == "log_uniform_values"
             expected_middle = math.sqrt(low * high) if geometric else (low + high) / 2
             assert middle == pytest.approx(expected_middle, rel=5e-3)
-    assert f"run_name={sweep.MULTIRUN_RUN_NAME}" in words
+    assert "run_name" not in overrides  # the default: named by the point's config
+    assert "no finished fmnist-cnn4-metagater run" in printed and "run one point first" in printed
+
+
+def point_dirs(parsed: list, points: int = 6) -> list[str]:
+    """The output folders of up to ``points`` points of the multirun, evenly spread, each
+    composed as the multirun's job composes it."""
+    fixed = [f"{o.key_or_group}={o.value()}" for o in parsed if not o.is_sweep_override()]
+    swept = [
+        [f"{o.key_or_group}={value}" for value in o.sweep_iterator()]
+        for o in parsed
+        if o.is_sweep_override()
+    ]
+    grid = list(itertools.product(*swept))
+    dirs = []
+    for point in grid[:: max(1, len(grid) // points)]:
+        cfg = compose_with([*point, *fixed])
+        assert cfg.output_dir.endswith(f"-seed{cfg.seed}-{fingerprint(cfg)}")
+        dirs.append(cfg.output_dir)
+    return dirs
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_a_point_keeps_its_folder_in_every_multirun(name, without_wandb_key, capsys):
+    first = point_dirs(offline_multirun(name, capsys)[1])
+    second = point_dirs(offline_multirun(name, capsys)[1])
+    assert first == second  # a finished point is found again, and skipped
+    assert len(set(first)) == len(first)  # every point a folder of its own
+
+
+def write_finished_run(run_dir: Path, dataset: str, seconds_per_round: float, learning: float):
+    summary = {"rounds": 10, "training_seconds": 10 * seconds_per_round, "num_tasks": 20}
+    write_json(run_dir / "summary.json", summary | {"learning_seconds_mean": learning / 20})
+    config = {"seed": 0, "dataset": {"name": dataset}, "model": {"name": "cnn4"}}
+    OmegaConf.save(config | {"method": {"name": "metagater"}}, run_dir / "config.yaml")
+
+
+def test_offline_time_is_estimated_from_finished_runs_of_the_same_setup(
+    without_wandb_key, tmp_path, capsys
+):
+    runs = tmp_path / "runs"
+    write_finished_run(runs / "a", "fmnist", seconds_per_round=2.0, learning=1.0)
+    write_finished_run(runs / "b", "fmnist", seconds_per_round=4.0, learning=3.0)
+    write_finished_run(runs / "c", "fmnist", seconds_per_round=3.5, learning=2.0)
+    write_finished_run(runs / "d", "synthetic", seconds_per_round=100.0, learning=50.0)  # ignored
+    printed, _ = offline_multirun("gating_tradeoff_fmnist", capsys)
+    point_seconds = 100 * 3.5 + 2.0  # rounds × median s/round + median adaptation
+    points = sweep.count_runs(sweep.load_sweep("gating_tradeoff_fmnist"))
+    assert f"{point_seconds:.0f} s a point" in printed and "medians of 3 finished" in printed
+    assert f"about {sweep.duration(points * point_seconds)} in one process" in printed
 
 
 def test_online_creates_the_sweep_and_runs_an_agent_with_this_python(
