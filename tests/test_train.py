@@ -29,6 +29,17 @@ def test_tiny_run_adapts_and_writes_per_task_results(tiny_config):
         "executed_macs",
         "flops_skipped",
         "learning_seconds",
+        # what gating does (issue #14)
+        "accuracy_stage1",
+        "accuracy_gates_on",
+        "mask_flip_rate",
+        "gate_logit_abs_mean",
+        "always_off_layer3",
+        "always_on_layer3",
+        "input_dependent_layer3",
+        "input_jaccard_layer3",
+        "majority_on_layer3",
+        "zeroed_groups_layer3",
     } <= set(rows[0])
     # Adaptation helps: the adapted networks beat the meta-initialization on the query sets.
     assert summary["accuracy_mean"] > summary["accuracy_meta_mean"]
@@ -36,6 +47,8 @@ def test_tiny_run_adapts_and_writes_per_task_results(tiny_config):
     assert [int(row["round"]) for row in curve] == [4, 8]
     saved = json.loads(open(f"{cfg.output_dir}/summary.json").read())
     assert saved["rounds"] == 8 and saved["accuracy_mean"] == summary["accuracy_mean"]
+    assert {"task_jaccard_layer3", "input_jaccard_layer3_mean", "zeroed_groups_layer3",
+            "accuracy_gates_on_mean", "mask_flip_rate_mean"} <= set(saved)
     assert "target accuracy" in format_summary(summary)
 
 

@@ -9,6 +9,7 @@ gate's straight-through gradient needs: it flows through channels that are off.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -156,6 +157,13 @@ class GatedNetwork(nn.Module):
     @staticmethod
     def is_gate_parameter(name: str) -> bool:
         return ".gate." in name
+
+    def without_gates(self) -> GatedNetwork:
+        """A copy with every gate removed: the same backbone with every channel on."""
+        network = copy.deepcopy(self)
+        for block in network.blocks:
+            block.gate = None
+        return network
 
     def set_gate_noise(self, enabled: bool, generator: torch.Generator | None = None) -> None:
         """Switch the Logistic gate noise of training on/off (SPEC §1)."""
