@@ -36,6 +36,7 @@ from mglightning.adaptation.module import ADAPTERS
 from mglightning.data.datasets import DATASET_NAMES
 from mglightning.data.partition import PARTITIONER_KEYS, SIZE_DISTRIBUTIONS
 from mglightning.federated.faults import FAULT_KINDS
+from mglightning.federated.schedules import GATE_NOISE_SCALES
 from mglightning.models.backbones import BACKBONES
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -99,6 +100,11 @@ def number(above: float | None = None, at_least: float | None = None,
     )
 
 
+def optional(rule: Rule) -> Rule:
+    """``rule``, or null (the option's documented default)."""
+    return Rule(lambda value: value is None or rule.check(value), f"{rule.allowed} or null")
+
+
 def one_of(*choices) -> Rule:
     return Rule(lambda value: value in choices, f"one of {list(choices)}")
 
@@ -149,6 +155,8 @@ RULES: dict[str, Rule] = {
     "model.gate_hidden": integer(1),
     "model.temperature": number(above=0),
     "method.clients_per_round": integer(1),
+    "method.gate_noise": one_of(*GATE_NOISE_SCALES),
+    "method.temperature_end": optional(number(above=0)),
     "method.local.steps": integer(1),
     "method.local.lr": number(above=0),
     "method.local.prox_lambda": number(at_least=0),

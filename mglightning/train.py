@@ -34,6 +34,7 @@ from mglightning.data.datasets import DataError
 from mglightning.data.partition import PartitionError
 from mglightning.federated.learner import FederatedMetaLearner, TrainingFault
 from mglightning.federated.prox import L1, GroupLasso
+from mglightning.federated.schedules import gate_noise_schedule, temperature_schedule
 from mglightning.io import atomic_write_text, write_json
 from mglightning.loggers import build_logger, finish_wandb_run, quiet_lightning
 from mglightning.models.backbones import build_network as build_backbone
@@ -76,7 +77,10 @@ def build_learner(cfg: DictConfig, network: GatedNetwork) -> FederatedMetaLearne
         local_solver=instantiate(cfg.method.local),
         clients_per_round=cfg.method.clients_per_round,
         seed=cfg.seed,
-        gate_noise=cfg.method.get("gate_noise", False),
+        gate_noise=gate_noise_schedule(cfg.method.get("gate_noise", "none"), cfg.rounds),
+        temperature=temperature_schedule(
+            cfg.model.temperature, cfg.method.get("temperature_end"), cfg.rounds
+        ),
         max_failed_rounds=cfg.faults.max_failed_rounds,
     )
     if cfg.faults.inject.clients:

@@ -74,6 +74,15 @@ def config_error(*overrides: str) -> str:
         ("method.adaptation.rule=three_stage", "method.adaptation.rule='three_stage': must be "
                                                "one of"),
         ("faults.inject.kind=hang", "faults.inject.kind='hang': must be one of ['raise', 'nan']"),
+        ("method.gate_noise=true", "method.gate_noise=True: must be one of ['none', 'logistic', "
+                                   "'annealed']"),
+        ("method.temperature_end=0", "method.temperature_end=0: must be a number > 0 or null"),
+        ("model.gate_bias_init=high", "model.gate_bias_init='high': must be a number or null"),
+        ("method.local.gate_lr=-1", "method.local.gate_lr=-1: must be a number >= 0 or null"),
+        ("method.adaptation.gate_lr=-1", "method.adaptation.gate_lr=-1: must be a number >= 0 "
+                                         "or null"),
+        ("method.adaptation.stage1_steps=0", "method.adaptation.stage1_steps=0: must be an "
+                                             "integer >= 1"),
         ("faults.max_failed_rounds=0", "faults.max_failed_rounds=0: must be an integer >= 1"),
         ("model.gated_layers=[4]", "model.gated_layers=[4]: cnn4 has layers 1..3"),
         ("resume=maybe", "resume='maybe': must be true or false"),

@@ -46,7 +46,7 @@ class QueryForward:
 def query_forward(network: GatedNetwork, images: torch.Tensor) -> QueryForward:
     """The evaluation forward (SPEC §1: no noise; §4: only the active subnet computed); the
     gate logits are read by hooks on each gate's last Linear, the forward itself unchanged."""
-    network.set_gate_noise(False)
+    network.set_gate_noise(0.0)
     gate_logits: list[torch.Tensor] = []
     hooks = [
         network.blocks[layer].gate.out.register_forward_hook(
@@ -96,7 +96,7 @@ class FastAdaptation(L.LightningModule):
         measured (SNIP: the share of weights it pruned), and the seconds it took."""
         support_images, support_labels = client.support_set()
         network = copy.deepcopy(self.meta_network)
-        network.set_gate_noise(False)
+        network.set_gate_noise(0.0)
         start = time.perf_counter()
         measured = ADAPTERS[self.rule](
             network, support_images, support_labels, self.lr, **self.rule_options

@@ -64,7 +64,9 @@ class ReferenceRound:
         chosen = learner.sample_clients(len(self.clients), generator)
         global_model = copy.deepcopy(learner.network)
         torch.nn.utils.vector_to_parameters(x_md, global_model.parameters())
-        results = [self.train_client(global_model, i, generator) for i in chosen]
+        global_model.temperature = learner.temperature(round_index)
+        noise_scale = learner.gate_noise(round_index)
+        results = [self.train_client(global_model, i, generator, noise_scale) for i in chosen]
         x, x_ag = learner.strategy.aggregate_fit(learner.x, learner.x_ag, x_md, results,
                                                  round_index)
         learner.x.copy_(x)
@@ -72,10 +74,10 @@ class ReferenceRound:
         learner.rounds_done += 1
         return x, x_ag
 
-    def train_client(self, global_model, index: int, generator) -> ClientResult:
+    def train_client(self, global_model, index: int, generator, noise_scale: float) -> ClientResult:
         solver, support = self.solver, self.support_sets[index]
         local_model = copy.deepcopy(global_model)
-        local_model.set_gate_noise(self.learner.gate_noise, generator)
+        local_model.set_gate_noise(noise_scale, generator)
         optimizer = torch.optim.SGD(local_model.parameters(), lr=solver.lr)
         batches = StepBatches(len(support), solver.batch_size, solver.steps, generator)
         loss_sum = 0.0
@@ -110,10 +112,10 @@ class BareRound:
         self.noise_generator = generator
 
     def __call__(self) -> None:
-        self.network.set_gate_noise(True, self.noise_generator)
+        self.network.set_gate_noise(1.0, self.noise_generator)
         for images, labels in self.batches:
             F.cross_entropy(self.network(images), labels).backward()
-        self.network.set_gate_noise(False)
+        self.network.set_gate_noise(0.0)
 
 
 def step_macs(network: GatedNetwork, batch_size: int) -> float:

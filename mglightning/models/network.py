@@ -59,7 +59,7 @@ class GatedBlock(nn.Module):
         in_keep: torch.Tensor | None,
         sliced: bool,
         temperature: float,
-        noise: bool,
+        noise_scale: float,
         generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns (output, indices of the output channels present or None for all, mask)."""
@@ -69,7 +69,7 @@ class GatedBlock(nn.Module):
         mask = out_keep = None
         all_present_on = False  # whether every computed channel is on for every input
         if self.gate is not None:
-            mask = binarize(self.gate.logits(x, in_keep), temperature, noise, generator)
+            mask = binarize(self.gate.logits(x, in_keep), temperature, noise_scale, generator)
             if sliced:
                 mask = mask.detach()
                 out_keep, any_on = _active_channels(mask)
@@ -138,7 +138,7 @@ class GatedNetwork(nn.Module):
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.temperature = temperature
-        self.gate_noise = False
+        self.gate_noise = 0.0  # the scale of the Logistic gate noise; 0: none
         self.noise_generator: torch.Generator | None = None
         blocks, shapes = [], [self.input_shape]
         for spec in layers:
@@ -165,9 +165,9 @@ class GatedNetwork(nn.Module):
             block.gate = None
         return network
 
-    def set_gate_noise(self, enabled: bool, generator: torch.Generator | None = None) -> None:
-        """Switch the Logistic gate noise of training on/off (SPEC §1)."""
-        self.gate_noise, self.noise_generator = enabled, generator
+    def set_gate_noise(self, scale: float, generator: torch.Generator | None = None) -> None:
+        """Set the scale of the Logistic gate noise of training (SPEC §1); 0 switches it off."""
+        self.gate_noise, self.noise_generator = scale, generator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_masks(x).logits
