@@ -154,6 +154,7 @@ RULES: dict[str, Rule] = {
     "model.gated_layers": integer_list(1),
     "model.gate_hidden": integer(1),
     "model.temperature": number(above=0),
+    "model.gate_bias_init": optional(Rule(_is_number, "a number")),
     "method.clients_per_round": integer(1),
     "method.gate_noise": one_of(*GATE_NOISE_SCALES),
     "method.temperature_end": optional(number(above=0)),

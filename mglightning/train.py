@@ -67,6 +67,7 @@ def build_network(cfg: DictConfig, datamodule: FederatedDataModule) -> GatedNetw
             gated_layers,
             cfg.model.gate_hidden,
             cfg.model.temperature,
+            cfg.model.get("gate_bias_init"),
         )
 
 

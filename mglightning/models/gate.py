@@ -37,13 +37,19 @@ class ChannelGate(nn.Module):
     """Global average pool of the layer input → Linear(C_in, hidden) → ReLU → Linear(hidden, C_out).
 
     The last Linear's rows are the Group Lasso groups of SPEC §3: row c with its bias entry
-    decides channel c for every input.
+    decides channel c for every input. ``bias_init`` sets that bias to a constant (a positive
+    one starts every channel on); None keeps PyTorch's default initialization.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 16) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden: int = 16,
+        bias_init: float | None = None,
+    ) -> None:
         super().__init__()
         self.hidden = nn.Linear(in_channels, hidden)
         self.out = nn.Linear(hidden, out_channels)
+        if bias_init is not None:  # after the default init: the random draws stay the same
+            nn.init.constant_(self.out.bias, bias_init)
 
     def logits(
         self, layer_input: torch.Tensor, in_keep: torch.Tensor | None = None

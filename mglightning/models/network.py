@@ -43,7 +43,10 @@ class GatedOutput:
 class GatedBlock(nn.Module):
     """conv/linear → ReLU → channel mask (from the gate reading the block input) → pool."""
 
-    def __init__(self, spec: LayerSpec, in_channels: int, gate_hidden: int) -> None:
+    def __init__(
+        self, spec: LayerSpec, in_channels: int, gate_hidden: int,
+        gate_bias_init: float | None = None,
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.op = (
@@ -51,7 +54,8 @@ class GatedBlock(nn.Module):
             if spec.kind == "conv"
             else nn.Linear(in_channels, spec.out)
         )
-        self.gate = ChannelGate(in_channels, spec.out, gate_hidden) if spec.gated else None
+        self.gate = (ChannelGate(in_channels, spec.out, gate_hidden, gate_bias_init)
+                     if spec.gated else None)
 
     def forward(
         self,
@@ -134,6 +138,7 @@ class GatedNetwork(nn.Module):
         layers: list[LayerSpec],
         gate_hidden: int = 16,
         temperature: float = 1.0,
+        gate_bias_init: float | None = None,
     ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
@@ -143,7 +148,7 @@ class GatedNetwork(nn.Module):
         blocks, shapes = [], [self.input_shape]
         for spec in layers:
             in_channels = shapes[-1][0] if spec.kind == "conv" else _numel(shapes[-1])
-            blocks.append(GatedBlock(spec, in_channels, gate_hidden))
+            blocks.append(GatedBlock(spec, in_channels, gate_hidden, gate_bias_init))
             shapes.append(_block_output_shape(spec, shapes[-1]))
         self.blocks = nn.ModuleList(blocks)
         self.layer_shapes = shapes  # input shape of block i is shapes[i]; head reads shapes[-1]

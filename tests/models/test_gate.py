@@ -80,3 +80,17 @@ def test_eval_is_deterministic_and_training_noise_is_not():
     noisy_a = network.forward_with_masks(x).masks[0]
     noisy_b = network.forward_with_masks(x).masks[0]
     assert not torch.equal(noisy_a, noisy_b)
+
+
+def test_gate_bias_init_sets_only_the_gate_bias_and_keeps_every_other_draw():
+    torch.manual_seed(4)
+    default = build_network("cnn4", (1, 16, 16), 4, gated_layers=[2, 3])
+    torch.manual_seed(4)
+    biased = build_network("cnn4", (1, 16, 16), 4, gated_layers=[2, 3], gate_bias_init=2.5)
+    moved = set()
+    for (name, a), (_, b) in zip(default.named_parameters(), biased.named_parameters(),
+                                 strict=True):
+        if not torch.equal(a, b):
+            moved.add(name)
+    assert moved == {"blocks.1.gate.out.bias", "blocks.2.gate.out.bias"}
+    assert torch.all(biased.blocks[2].gate.out.bias == 2.5)
