@@ -161,6 +161,7 @@ RULES: dict[str, Rule] = {
     "method.local.steps": integer(1),
     "method.local.lr": number(above=0),
     "method.local.prox_lambda": number(at_least=0),
+    "method.local.gate_lr": optional(number(at_least=0)),
     "method.local.batch_size": integer(1),
     "method.server.prox_lambda": number(at_least=0),
     "method.server.beta": number(above=0),
