@@ -170,6 +170,8 @@ RULES: dict[str, Rule] = {
     "method.regularizer.gamma": number(at_least=0),
     "method.adaptation.rule": one_of(*ADAPTERS),
     "method.adaptation.lr": number(above=0),
+    "method.adaptation.gate_lr": optional(number(at_least=0)),
+    "method.adaptation.stage1_steps": optional(integer(1)),
     "logger.name": one_of("wandb", "csv", "none"),
     "logger.mode": one_of(None, "online", "offline", "disabled"),
 }
@@ -192,6 +194,7 @@ def validate(cfg: DictConfig) -> None:
         *_unknown_and_mistyped(values, reference_kinds(), ""),
         *_out_of_range(values),
         *_backbone_layers(values),
+        *_adaptation_options(values),
         *_set_by_run(values),
     ]
     if problems:
@@ -317,6 +320,19 @@ def _backbone_layers(values: Mapping) -> Iterator[str]:
     if missing:
         yield (f"model.gated_layers={gated}: {model['name']} has layers 1..{len(layers)}, "
                f"not {missing}")
+
+
+def _adaptation_options(values: Mapping) -> Iterator[str]:
+    """An adaptation option that is set (not null) must be one its rule takes."""
+    adaptation = (values.get("method") or {}).get("adaptation") or {}
+    rule = ADAPTERS.get(adaptation.get("rule"))
+    if rule is None:
+        return
+    takes = inspect.signature(rule).parameters
+    for key, value in adaptation.items():
+        if key != "rule" and value is not None and key not in takes:
+            yield (f"method.adaptation.{key}={_show(value)}: the {adaptation['rule']} rule does "
+                   f"not take it; set it to null")
 
 
 def _lookup(values: Mapping, path: str) -> tuple[bool, Any]:

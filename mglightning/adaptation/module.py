@@ -84,7 +84,11 @@ class FastAdaptation(L.LightningModule):
             raise ValueError(
                 f"method.adaptation.rule={rule!r} is unknown: choose {sorted(ADAPTERS)}"
             )
-        self.rule, self.lr, self.rule_options = rule, lr, rule_options
+        # A null option is unset: the rule's own default (rules without a Stage I state
+        # method.adaptation.gate_lr and stage1_steps as null).
+        self.rule, self.lr = rule, lr
+        self.rule_options = {key: value for key, value in rule_options.items()
+                             if value is not None}
         self.meta_network: GatedNetwork | None = None
         self.task_rows: list[dict] = []
 
