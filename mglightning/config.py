@@ -36,6 +36,7 @@ from mglightning.adaptation.module import ADAPTERS
 from mglightning.data.datasets import DATASET_NAMES
 from mglightning.data.partition import PARTITIONER_KEYS, SIZE_DISTRIBUTIONS
 from mglightning.federated.faults import FAULT_KINDS
+from mglightning.federated.schedules import GATE_NOISE_SCALES
 from mglightning.models.backbones import BACKBONES
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -101,6 +102,11 @@ def number(above: float | None = None, at_least: float | None = None,
     )
 
 
+def optional(rule: Rule) -> Rule:
+    """``rule``, or null (the option's documented default)."""
+    return Rule(lambda value: value is None or rule.check(value), f"{rule.allowed} or null")
+
+
 def one_of(*choices) -> Rule:
     return Rule(lambda value: value in choices, f"one of {list(choices)}")
 
@@ -150,10 +156,14 @@ RULES: dict[str, Rule] = {
     "model.gated_layers": integer_list(1),
     "model.gate_hidden": integer(1),
     "model.temperature": number(above=0),
+    "model.gate_bias_init": optional(Rule(_is_number, "a number")),
     "method.clients_per_round": integer(1),
+    "method.gate_noise": one_of(*GATE_NOISE_SCALES),
+    "method.temperature_end": optional(number(above=0)),
     "method.local.steps": integer(1),
     "method.local.lr": number(above=0),
     "method.local.prox_lambda": number(at_least=0),
+    "method.local.gate_lr": optional(number(at_least=0)),
     "method.local.batch_size": integer(1),
     "method.server.prox_lambda": number(at_least=0),
     "method.server.beta": number(above=0),
@@ -162,6 +172,8 @@ RULES: dict[str, Rule] = {
     "method.regularizer.gamma": number(at_least=0),
     "method.adaptation.rule": one_of(*ADAPTERS),
     "method.adaptation.lr": number(above=0),
+    "method.adaptation.gate_lr": optional(number(at_least=0)),
+    "method.adaptation.stage1_steps": optional(integer(1)),
     "logger.name": one_of("wandb", "csv", "none"),
     "logger.mode": one_of(None, "online", "offline", "disabled"),
 }
@@ -184,6 +196,7 @@ def validate(cfg: DictConfig) -> None:
         *_unknown_and_mistyped(values, reference_kinds(), ""),
         *_out_of_range(values),
         *_backbone_layers(values),
+        *_adaptation_options(values),
         *_set_by_run(values),
     ]
     if problems:
@@ -309,6 +322,19 @@ def _backbone_layers(values: Mapping) -> Iterator[str]:
     if missing:
         yield (f"model.gated_layers={gated}: {model['name']} has layers 1..{len(layers)}, "
                f"not {missing}")
+
+
+def _adaptation_options(values: Mapping) -> Iterator[str]:
+    """An adaptation option that is set (not null) must be one its rule takes."""
+    adaptation = (values.get("method") or {}).get("adaptation") or {}
+    rule = ADAPTERS.get(adaptation.get("rule"))
+    if rule is None:
+        return
+    takes = inspect.signature(rule).parameters
+    for key, value in adaptation.items():
+        if key != "rule" and value is not None and key not in takes:
+            yield (f"method.adaptation.{key}={_show(value)}: the {adaptation['rule']} rule does "
+                   f"not take it; set it to null")
 
 
 def _lookup(values: Mapping, path: str) -> tuple[bool, Any]:

@@ -114,7 +114,7 @@ def _sliced_gate(block: GatedBlock, in_keep, area: int, out_keep) -> ExportedGat
 
 def channel_decisions(network: GatedNetwork, images: torch.Tensor) -> list[tuple]:
     """Per gated layer: (kept channel indices, whether any kept channel varies per input)."""
-    network.set_gate_noise(False)
+    network.set_gate_noise(0.0)
     with torch.no_grad():
         masks = network.forward_with_masks(images).masks
     decisions = []

@@ -38,6 +38,7 @@ from mglightning.data.partition import PartitionError
 from mglightning.federated.distributed import ClientParallelStrategy
 from mglightning.federated.learner import FederatedMetaLearner, TrainingFault
 from mglightning.federated.prox import L1, GroupLasso
+from mglightning.federated.schedules import gate_noise_schedule, temperature_schedule
 from mglightning.loggers import build_logger, finish_wandb_run, quiet_lightning
 from mglightning.models.backbones import build_network as build_backbone
 from mglightning.models.network import GatedNetwork
@@ -70,6 +71,7 @@ def build_network(cfg: DictConfig, datamodule: FederatedDataModule) -> GatedNetw
             gated_layers,
             cfg.model.gate_hidden,
             cfg.model.temperature,
+            cfg.model.get("gate_bias_init"),
         )
 
 
@@ -80,7 +82,10 @@ def build_learner(cfg: DictConfig, network: GatedNetwork) -> FederatedMetaLearne
         local_solver=instantiate(cfg.method.local),
         clients_per_round=cfg.method.clients_per_round,
         seed=cfg.seed,
-        gate_noise=cfg.method.get("gate_noise", False),
+        gate_noise=gate_noise_schedule(cfg.method.get("gate_noise", "none"), cfg.rounds),
+        temperature=temperature_schedule(
+            cfg.model.temperature, cfg.method.get("temperature_end"), cfg.rounds
+        ),
         max_failed_rounds=cfg.faults.max_failed_rounds,
     )
     if cfg.faults.inject.clients:

@@ -74,6 +74,17 @@ def config_error(*overrides: str) -> str:
         ("method.adaptation.rule=three_stage", "method.adaptation.rule='three_stage': must be "
                                                "one of"),
         ("faults.inject.kind=hang", "faults.inject.kind='hang': must be one of ['raise', 'nan']"),
+        ("method.gate_noise=true", "method.gate_noise=True: must be one of ['none', 'logistic', "
+                                   "'annealed']"),
+        ("method.temperature_end=0", "method.temperature_end=0: must be a number > 0 or null"),
+        ("model.gate_bias_init=high", "model.gate_bias_init='high': must be a number or null"),
+        ("method.local.gate_lr=-1", "method.local.gate_lr=-1: must be a number >= 0 or null"),
+        ("method.adaptation.gate_lr=-1", "method.adaptation.gate_lr=-1: must be a number >= 0 "
+                                         "or null"),
+        ("method.adaptation.stage1_steps=0", "method.adaptation.stage1_steps=0: must be an "
+                                             "integer >= 1 or null"),
+        ("method=metagater_nogate method.adaptation.stage1_steps=2",
+         "method.adaptation.stage1_steps=2: the one_step rule does not take it; set it to null"),
         ("faults.max_failed_rounds=0", "faults.max_failed_rounds=0: must be an integer >= 1"),
         ("model.gated_layers=[4]", "model.gated_layers=[4]: cnn4 has layers 1..3"),
         ("resume=maybe", "resume='maybe': must be true or false"),
@@ -83,7 +94,7 @@ def config_error(*overrides: str) -> str:
     ],
 )
 def test_bad_value_names_key_value_and_what_is_allowed(override, expected):
-    assert expected in config_error(override)
+    assert expected in config_error(*override.split())
 
 
 @pytest.mark.parametrize(
@@ -104,7 +115,7 @@ def test_bad_value_names_key_value_and_what_is_allowed(override, expected):
     ],
 )
 def test_unknown_keys_added_with_plus_are_rejected(override, expected):
-    assert expected in config_error(override)
+    assert expected in config_error(*override.split())
 
 
 def test_keys_of_other_options_and_declared_keys_are_accepted():

@@ -28,6 +28,17 @@ def test_tiny_run_adapts_and_writes_per_task_results(tiny_config):
         "executed_macs",
         "flops_skipped",
         "learning_seconds",
+        # what gating does (issue #14)
+        "accuracy_stage1",
+        "accuracy_gates_on",
+        "mask_flip_rate",
+        "gate_logit_abs_mean",
+        "always_off_layer3",
+        "always_on_layer3",
+        "input_dependent_layer3",
+        "input_jaccard_layer3",
+        "majority_on_layer3",
+        "zeroed_groups_layer3",
     } <= set(rows[0])
     # Adaptation helps: the adapted networks beat the meta-initialization on the query sets.
     assert summary["accuracy_mean"] > summary["accuracy_meta_mean"]
@@ -35,6 +46,8 @@ def test_tiny_run_adapts_and_writes_per_task_results(tiny_config):
     assert [int(row["round"]) for row in curve] == [4, 8]
     saved = json.loads(open(f"{cfg.output_dir}/summary.json").read())
     assert saved["rounds"] == 8 and saved["accuracy_mean"] == summary["accuracy_mean"]
+    assert {"task_jaccard_layer3", "input_jaccard_layer3_mean", "zeroed_groups_layer3",
+            "accuracy_gates_on_mean", "mask_flip_rate_mean"} <= set(saved)
     assert "target accuracy" in format_summary(summary)
 
 
@@ -57,3 +70,32 @@ def test_trainer_rounds_equal_direct_rounds(tiny_config):
         learner.run_round(datamodule.train_clients)
     assert not torch.allclose(learner.x_ag, start)
     torch.testing.assert_close(meta_state(cfg), learner.x_ag)
+
+
+def test_gate_options_at_todays_values_reproduce_the_default_run_bit_for_bit(
+    tiny_config, tmp_path
+):
+    """Issue #14's gate training options, set explicitly to values that mean "as before"
+    (and through their own code paths: a gate step equal to η, τ_end equal to τ), leave the
+    run unchanged bit for bit; a real change of one of them does change it."""
+    common = ("rounds=4", "eval_every=0")
+    default_cfg = tiny_config(*common, f"output_root={tmp_path / 'default'}")
+    explicit_cfg = tiny_config(
+        *common, f"output_root={tmp_path / 'explicit'}",
+        "method.gate_noise=logistic", "method.temperature_end=1.0", "model.gate_bias_init=null",
+        "method.local.gate_lr=0.05", "method.adaptation.gate_lr=0.05",
+        "method.adaptation.stage1_steps=1",
+    )
+    annealed_cfg = tiny_config(*common, f"output_root={tmp_path / 'annealed'}",
+                               "method.gate_noise=annealed")
+    for cfg in (default_cfg, explicit_cfg, annealed_cfg):
+        run(cfg)
+    assert torch.equal(meta_state(explicit_cfg), meta_state(default_cfg))
+    timing = {"learning_seconds"}
+    default_rows, explicit_rows = (
+        [{k: v for k, v in row.items() if k not in timing}
+         for row in read_csv(f"{cfg.output_dir}/tasks.csv")]
+        for cfg in (default_cfg, explicit_cfg)
+    )
+    assert explicit_rows == default_rows
+    assert not torch.equal(meta_state(annealed_cfg), meta_state(default_cfg))

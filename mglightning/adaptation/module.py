@@ -10,17 +10,69 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from mglightning.adaptation.gating_stats import (
+    channel_set_text,
+    channel_shares,
+    flip_rate,
+    majority_on,
+    mean_pairwise_jaccard_distance,
+    zeroed_groups,
+)
 from mglightning.adaptation.snip import snip
 from mglightning.adaptation.steps import one_step, two_stage
 from mglightning.models.cost import forward_cost
 from mglightning.models.network import GatedNetwork
 
 ADAPTERS: dict[str, Callable] = {"two_stage": two_stage, "one_step": one_step, "snip": snip}
+
+
+@dataclass
+class QueryForward:
+    """A sliced, noise-free forward over a query set: logits and, per gated layer, the
+    (B, C_out) masks and gate logits."""
+
+    logits: torch.Tensor
+    masks: list[torch.Tensor]
+    gate_logits: list[torch.Tensor]
+
+
+@torch.no_grad()
+def query_forward(network: GatedNetwork, images: torch.Tensor) -> QueryForward:
+    """The evaluation forward (SPEC §1: no noise; §4: only the active subnet computed); the
+    gate logits are read by hooks on each gate's last Linear, the forward itself unchanged."""
+    network.set_gate_noise(0.0)
+    gate_logits: list[torch.Tensor] = []
+    hooks = [
+        network.blocks[layer].gate.out.register_forward_hook(
+            lambda module, inputs, output: gate_logits.append(output)
+        )
+        for layer in network.gated_layers
+    ]
+    try:
+        output = network.forward_with_masks(images, sliced=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return QueryForward(output.logits, output.masks, gate_logits)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(multiclass_accuracy(logits, labels, logits.shape[1], average="micro"))
+
+
+def stage1_network(meta_network: GatedNetwork, adapted: GatedNetwork) -> GatedNetwork:
+    """The meta-model's backbone with the adapted network's gates: (θ*, φ_t), the network
+    after Stage I of ``two_stage``, whose Stage II changes θ alone (SPEC §4)."""
+    network = copy.deepcopy(meta_network)
+    for layer in network.gated_layers:
+        network.blocks[layer].gate.load_state_dict(adapted.blocks[layer].gate.state_dict())
+    return network
 
 
 class FastAdaptation(L.LightningModule):
@@ -32,7 +84,11 @@ class FastAdaptation(L.LightningModule):
             raise ValueError(
                 f"method.adaptation.rule={rule!r} is unknown: choose {sorted(ADAPTERS)}"
             )
-        self.rule, self.lr, self.rule_options = rule, lr, rule_options
+        # A null option is unset: the rule's own default (rules without a Stage I state
+        # method.adaptation.gate_lr and stage1_steps as null).
+        self.rule, self.lr = rule, lr
+        self.rule_options = {key: value for key, value in rule_options.items()
+                             if value is not None}
         self.meta_network: GatedNetwork | None = None
         self.task_rows: list[dict] = []
 
@@ -44,7 +100,7 @@ class FastAdaptation(L.LightningModule):
         measured (SNIP: the share of weights it pruned), and the seconds it took."""
         support_images, support_labels = client.support_set()
         network = copy.deepcopy(self.meta_network)
-        network.set_gate_noise(False)
+        network.set_gate_noise(0.0)
         start = time.perf_counter()
         measured = ADAPTERS[self.rule](
             network, support_images, support_labels, self.lr, **self.rule_options
@@ -52,32 +108,72 @@ class FastAdaptation(L.LightningModule):
         return network, measured or {}, time.perf_counter() - start
 
     def adapt_and_evaluate(self, client, task_index: int) -> dict:
-        """One target task: accuracy before/after adaptation, sparsity, MACs, learning time."""
+        """One target task: accuracy before/after adaptation, sparsity, MACs, learning time;
+        for a gated network also what the gates do (:meth:`gating_measures`)."""
         query_images, query_labels = client.query_set()
-        before = self.evaluate(self.meta_network, query_images, query_labels)
+        meta_forward = query_forward(self.meta_network, query_images)
         network, measured, learning_seconds = self.adapt(client)
-        after = self.evaluate(network, query_images, query_labels) | measured
-        return {
+        adapted_forward = query_forward(network, query_images)
+        row = {
             "task": task_index,
             "node_id": client.node_id,
             "classes": "-".join(str(c) for c in client.classes),
             "support_size": len(client.support_idx),
             "query_size": len(client.query_idx),
-            "accuracy_meta": before["accuracy"],
-            **after,
+            "accuracy_meta": accuracy(meta_forward.logits, query_labels),
+            **self.measure(network, adapted_forward, query_labels),
+            **measured,
             "learning_seconds": learning_seconds,
         }
+        if network.gated_layers:
+            row |= self.gating_measures(network, meta_forward, adapted_forward, query_images,
+                                        query_labels)
+        return row
+
+    @torch.no_grad()
+    def gating_measures(
+        self,
+        network: GatedNetwork,
+        meta_forward: QueryForward,
+        adapted_forward: QueryForward,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> dict:
+        """What gating does at this task, over its query inputs (issue #14): accuracy after
+        Stage I and with every gate on; the share of mask entries Stage I flipped; the mean
+        |gate logit|; per gated layer the shares of channels always off / always on / input-
+        dependent, the mean Jaccard distance between inputs' channel sets, the majority-on
+        channel set (compared across tasks in the summary) and the meta-model's zeroed Group
+        Lasso groups. Two forwards beyond the meta-model's and the adapted network's."""
+        stage1_forward = query_forward(stage1_network(self.meta_network, network), images)
+        row = {
+            "accuracy_stage1": accuracy(stage1_forward.logits, labels),
+            "accuracy_gates_on": accuracy(network.without_gates()(images), labels),
+            "mask_flip_rate": flip_rate(torch.cat(meta_forward.masks, dim=1),
+                                        torch.cat(stage1_forward.masks, dim=1)),
+            "gate_logit_abs_mean": float(torch.cat(adapted_forward.gate_logits, dim=1)
+                                         .abs().mean()),
+        }
+        for layer, masks in zip(network.gated_layers, adapted_forward.masks, strict=True):
+            suffix = f"_layer{layer + 1}"
+            row |= {f"{share}{suffix}": value for share, value in channel_shares(masks).items()}
+            row[f"input_jaccard{suffix}"] = mean_pairwise_jaccard_distance(masks)
+            row[f"majority_on{suffix}"] = channel_set_text(majority_on(masks))
+            meta_gate = self.meta_network.blocks[layer].gate.out
+            row[f"zeroed_groups{suffix}"] = zeroed_groups(meta_gate.weight, meta_gate.bias)
+        return row
 
     @torch.no_grad()
     def evaluate(self, network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor) -> dict:
         """Query-set accuracy and per-task means of the per-input sparsity and MACs."""
-        network.set_gate_noise(False)
-        output = network.forward_with_masks(images, sliced=True)
-        num_classes = network.head.out_features
-        accuracy = multiclass_accuracy(output.logits, labels, num_classes, average="micro")
-        cost = forward_cost(network, output.masks)
+        return self.measure(network, query_forward(network, images), labels)
+
+    @staticmethod
+    def measure(network: GatedNetwork, forward: QueryForward, labels: torch.Tensor) -> dict:
+        """:meth:`evaluate` from a forward already made."""
+        cost = forward_cost(network, forward.masks)
         row = {
-            "accuracy": float(accuracy),
+            "accuracy": accuracy(forward.logits, labels),
             "sparsity": float(cost.gated_sparsity.mean()),
             "flops_skipped": float(cost.flops_skipped.mean()),
             "dense_macs": cost.dense_macs,

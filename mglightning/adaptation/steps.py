@@ -57,15 +57,22 @@ def adapt_backbone(
     _gradient_step(theta, F.cross_entropy(logits, labels), lr)
 
 
-def two_stage(network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float) -> None:
+def two_stage(
+    network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float,
+    gate_lr: float | None = None, stage1_steps: int = 1,
+) -> None:
     """MetaGater's fast adaptation (SPEC §4): Stage I, then Stage II with the new masks.
 
+    Stage I takes ``stage1_steps`` gradient steps of size ``gate_lr`` (None: ``lr``) on the
+    gates; SPEC §4 is one step of η_a. Stage II takes one step of ``lr`` on the backbone.
     The blocks before the first gated one depend on θ alone, which Stage I leaves as it is:
     their output is computed once and serves both stages (Stage I reads it detached)."""
     gated = network.gated_layers
     first = gated[0] if gated else len(network.blocks)
     features = network.features(images, first)  # input of the first gated block
-    adapt_gates(network, features.detach(), labels, lr, first_block=first)
+    for _ in range(stage1_steps):
+        adapt_gates(network, features.detach(), labels, lr if gate_lr is None else gate_lr,
+                    first_block=first)
     adapt_backbone(network, features, labels, lr, first_block=first)
 
 

@@ -1,8 +1,22 @@
-"""Across-task summaries of the per-task rows (SPEC §4: the "sparsity diversity")."""
+"""Across-task summaries of the per-task rows (SPEC §4: the "sparsity diversity"; issue #14:
+what gating does)."""
 
 from __future__ import annotations
 
 import statistics
+
+import torch
+
+from mglightning.adaptation.gating_stats import (
+    channel_set_from_text,
+    mean_pairwise_jaccard_distance,
+)
+
+SPREAD_KEYS = ("accuracy", "accuracy_meta", "sparsity", "flops_skipped", "learning_seconds")
+# Rows of a gated network only (FastAdaptation.gating_measures): absent for ungated methods.
+GATING_SPREAD_KEYS = ("accuracy_stage1", "accuracy_gates_on", "mask_flip_rate",
+                      "gate_logit_abs_mean")
+GATING_LAYER_MEAN_KEYS = ("always_off", "always_on", "input_dependent", "input_jaccard")
 
 
 def _spread(values: list[float], prefix: str) -> dict[str, float]:
@@ -15,8 +29,30 @@ def _spread(values: list[float], prefix: str) -> dict[str, float]:
 
 
 def summarize_tasks(task_rows: list[dict]) -> dict[str, float]:
-    """Mean, std, min and max over target tasks of accuracy, sparsity and learning time."""
+    """Mean, std, min and max over target tasks of accuracy, sparsity and learning time, and
+    for a gated network the gating measures (:func:`summarize_gating`)."""
     summary = {"num_tasks": float(len(task_rows))}
-    for key in ("accuracy", "accuracy_meta", "sparsity", "flops_skipped", "learning_seconds"):
+    for key in (*SPREAD_KEYS, *(key for key in GATING_SPREAD_KEYS if key in task_rows[0])):
         summary |= _spread([row[key] for row in task_rows], key)
+    return summary | summarize_gating(task_rows)
+
+
+def summarize_gating(task_rows: list[dict]) -> dict[str, float]:
+    """Per gated layer l: the means over tasks of the channel shares and of the input-to-input
+    Jaccard distance (``input_jaccard_layer<l>_mean``); the mean pairwise Jaccard distance
+    between the tasks' majority-on channel sets (``task_jaccard_layer<l>``) — gating is
+    task-specific only if it is well above the input-to-input one; and the Group Lasso groups
+    the prox zeroed in the meta-model (``zeroed_groups_layer<l>``, one meta-model for all
+    rows). Empty for an ungated network."""
+    layers = [key.removeprefix("majority_on_layer") for key in task_rows[0]
+              if key.startswith("majority_on_layer")]
+    summary = {}
+    for layer in layers:
+        for measure in GATING_LAYER_MEAN_KEYS:
+            key = f"{measure}_layer{layer}"
+            summary[f"{key}_mean"] = statistics.fmean(row[key] for row in task_rows)
+        task_sets = torch.stack([channel_set_from_text(row[f"majority_on_layer{layer}"])
+                                 for row in task_rows])  # (tasks, C_out)
+        summary[f"task_jaccard_layer{layer}"] = mean_pairwise_jaccard_distance(task_sets)
+        summary[f"zeroed_groups_layer{layer}"] = float(task_rows[0][f"zeroed_groups_layer{layer}"])
     return summary

@@ -48,7 +48,7 @@ def bench_adaptation(
     keep_fraction: float, repeats: int,
 ) -> dict:
     """Learning-time ratios against MetaGater w/ gating, which every other rule divides."""
-    gated.set_gate_noise(False)
+    gated.set_gate_noise(0.0)
     candidates = {
         "with_gating": TimedAdaptation(gated, two_stage, images, labels, lr),
         "without_gating": TimedAdaptation(ungated, one_step, images, labels, lr),

@@ -84,7 +84,7 @@ def client_batches(clients, count: int, batch_size: int, seed: int):
 def bench_alternatives(network: GatedNetwork, clients, count: int, batch_size: int,
                        repeats: int, seed: int, compile_network: bool = True) -> dict:
     """Time ratios candidate ÷ loop (above 1: slower than the loop), side by side."""
-    network.set_gate_noise(False)
+    network.set_gate_noise(0.0)
     images, labels = client_batches(clients, count, batch_size, seed)
     candidates = {"loop": ClientPasses(network, images, labels),
                   "loop_nchw": ClientPasses(network, images, labels, nchw=True),

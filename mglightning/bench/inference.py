@@ -101,7 +101,7 @@ def bench_inference(gated: GatedNetwork, dense: GatedNetwork, images: torch.Tens
                     batch_sizes: tuple[int, ...], repeats: int, exported=None,
                     calls_per_timing: dict[int, int] | None = None) -> dict:
     """Per batch size: whole-network and per-gated-layer speedups, measured and ideal."""
-    gated.set_gate_noise(False)
+    gated.set_gate_noise(0.0)
     results = {}
     for batch_size in batch_sizes:
         x = images[:batch_size]

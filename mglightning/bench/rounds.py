@@ -65,8 +65,11 @@ class ReferenceRound:
                                         round_generator(learner.seed, round_index))
         global_model = copy.deepcopy(learner.network)
         torch.nn.utils.vector_to_parameters(x_md, global_model.parameters())
+        global_model.temperature = learner.temperature(round_index)
+        noise_scale = learner.gate_noise(round_index)
         results = [self.train_client(global_model, i, client_streams(learner.seed, round_index,
-                                                                     position, x_md.device))
+                                                                     position, x_md.device),
+                                     noise_scale)
                    for position, i in enumerate(chosen)]
         x, x_ag = learner.strategy.aggregate_fit(learner.x, learner.x_ag, x_md, results,
                                                  round_index)
@@ -75,11 +78,11 @@ class ReferenceRound:
         learner.rounds_done += 1
         return x, x_ag
 
-    def train_client(self, global_model, index: int, streams) -> ClientResult:
+    def train_client(self, global_model, index: int, streams, noise_scale: float) -> ClientResult:
         solver, support = self.solver, self.support_sets[index]
         sampling, noise = streams
         local_model = copy.deepcopy(global_model)
-        local_model.set_gate_noise(self.learner.gate_noise, noise)
+        local_model.set_gate_noise(noise_scale, noise)
         optimizer = torch.optim.SGD(local_model.parameters(), lr=solver.lr)
         batches = StepBatches(len(support), solver.batch_size, solver.steps, sampling)
         loss_sum = 0.0
@@ -114,10 +117,10 @@ class BareRound:
         self.noise_generator = generator
 
     def __call__(self) -> None:
-        self.network.set_gate_noise(True, self.noise_generator)
+        self.network.set_gate_noise(1.0, self.noise_generator)
         for images, labels in self.batches:
             F.cross_entropy(self.network(images), labels).backward()
-        self.network.set_gate_noise(False)
+        self.network.set_gate_noise(0.0)
 
 
 def step_macs(network: GatedNetwork, batch_size: int) -> float:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import lightning as L
 import torch
@@ -26,6 +26,7 @@ import torch
 from mglightning.federated.distributed import gather_results, own_positions
 from mglightning.federated.faults import FaultInjection
 from mglightning.federated.flat import FlatParameters
+from mglightning.federated.schedules import gate_noise_schedule, temperature_schedule
 from mglightning.federated.server import ClientResult
 from mglightning.federated.streams import client_streams, round_generator
 from mglightning.models.network import GatedNetwork
@@ -48,14 +49,20 @@ class FederatedMetaLearner(L.LightningModule):
         local_solver,
         clients_per_round: int,
         seed: int,
-        gate_noise: bool = True,
+        gate_noise: Callable[[int], float] | None = None,
+        temperature: Callable[[int], float] | None = None,
         max_failed_rounds: int = 3,
     ) -> None:
+        """``gate_noise`` and ``temperature`` map a round to the gate noise scale and τ of its
+        local steps (:mod:`~mglightning.federated.schedules`); None: no noise, and the
+        network's own τ in every round."""
         super().__init__()
         self.automatic_optimization = False
         self.network = network
         self.strategy, self.local_solver = strategy, local_solver
-        self.clients_per_round, self.seed, self.gate_noise = clients_per_round, seed, gate_noise
+        self.clients_per_round, self.seed = clients_per_round, seed
+        self.gate_noise = gate_noise or gate_noise_schedule("none", 1)
+        self.temperature = temperature or temperature_schedule(network.temperature, None, 1)
         self.max_failed_rounds = max_failed_rounds
         self.flat = FlatParameters(network, network.is_gate_parameter)
         self.register_buffer("x", self.flat.vector.clone())
@@ -109,6 +116,7 @@ class FederatedMetaLearner(L.LightningModule):
         x_md = self.strategy.configure_fit(self.x, self.x_ag, round_index)
         chosen = [clients[i] for i in
                   self.sample_clients(len(clients), round_generator(self.seed, round_index))]
+        self.network.temperature = self.temperature(round_index)
         own = [(position, chosen[position]) for position in own_positions(len(chosen))]
         solved, failures = self.solve_clients(own, x_md, round_index)
         solved_at = time.perf_counter()
@@ -163,11 +171,11 @@ class FederatedMetaLearner(L.LightningModule):
     ) -> ClientResult:
         """The local solve of ``client``, the ``position``-th chosen in round ``round_index``."""
         sampling, noise = client_streams(self.seed, round_index, position, x_md.device)
-        self.network.set_gate_noise(self.gate_noise, noise)
+        self.network.set_gate_noise(self.gate_noise(round_index), noise)
         try:
             return self.local_solver(self.flat, x_md, client, sampling)
         finally:
-            self.network.set_gate_noise(False)
+            self.network.set_gate_noise(0.0)
 
     def commit(self, x: torch.Tensor, x_ag: torch.Tensor, round_index: int) -> None:
         """Take the new server state, unless it is non-finite: then stop, keeping the old."""
@@ -191,7 +199,9 @@ class FederatedMetaLearner(L.LightningModule):
         self.failed_rounds_in_a_row += 1
 
     def meta_network(self) -> GatedNetwork:
-        """A detached copy of the network carrying the meta-model x_ag (SPEC §3 step 6)."""
+        """A detached copy of the network carrying the meta-model x_ag (SPEC §3 step 6), and
+        the τ of the last round done, with which fast adaptation's gradients are taken."""
         network = copy.deepcopy(self.network)
+        network.temperature = self.temperature(int(self.rounds_done))
         torch.nn.utils.vector_to_parameters(self.x_ag.clone(), network.parameters())
         return network

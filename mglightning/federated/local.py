@@ -22,17 +22,20 @@ def batch_loss(flat: FlatParameters, images: torch.Tensor, labels: torch.Tensor)
 @dataclass
 class ProximalSGD:
     """Inexact solve of problem (5) (SPEC §3 step 3): m gradient steps of step η on
-    L_i(x_i; batch) + (λ/2)‖x_i − x_start‖². With λ = 0 it is FedAvg's local SGD."""
+    L_i(x_i; batch) + (λ/2)‖x_i − x_start‖². With λ = 0 it is FedAvg's local SGD.
+    ``gate_lr`` is the step of the gate parameters φ (None: η, as for θ)."""
 
     steps: int
     lr: float
     prox_lambda: float
     batch_size: int
+    gate_lr: float | None = None
 
     def __call__(
         self, flat: FlatParameters, start: torch.Tensor, client, generator
     ) -> ClientResult:
         flat.load(start)
+        step_sizes = self.step_sizes(flat)
         total_loss = 0.0
         for _ in range(self.steps):
             images, labels = client.sample_support_batch(self.batch_size, generator)
@@ -41,11 +44,20 @@ class ProximalSGD:
             loss.backward()
             if self.prox_lambda:
                 flat.grad.add_(flat.vector - start, alpha=self.prox_lambda)
-            flat.vector.add_(flat.grad, alpha=-self.lr)
+            if step_sizes is None:
+                flat.vector.add_(flat.grad, alpha=-self.lr)
+            else:
+                flat.vector.addcmul_(flat.grad, step_sizes, value=-1.0)
             total_loss += loss.item()
         return ClientResult(
             client.node_id, flat.vector.clone(), len(client.support_idx), total_loss / self.steps
         )
+
+    def step_sizes(self, flat: FlatParameters) -> torch.Tensor | None:
+        """Per-entry steps: ``gate_lr`` on φ, ``lr`` on θ; None when they are one step."""
+        if self.gate_lr is None:
+            return None
+        return torch.full_like(flat.vector, self.lr).masked_fill_(flat.gate_mask, self.gate_lr)
 
 
 @dataclass

@@ -34,6 +34,7 @@ def build_network(
     gated_layers: Sequence[int] = (),
     gate_hidden: int = 16,
     temperature: float = 1.0,
+    gate_bias_init: float | None = None,
 ) -> GatedNetwork:
     """Build backbone ``name`` with gates on ``gated_layers`` (1-based, as "conv3" in the paper)."""
     if name not in BACKBONES:
@@ -49,4 +50,6 @@ def build_network(
         LayerSpec(spec.kind, spec.out, spec.pool, gated=i + 1 in gated_layers)
         for i, spec in enumerate(layers)
     ]
-    return GatedNetwork(tuple(input_shape), num_classes, specs, gate_hidden, temperature)
+    return GatedNetwork(
+        tuple(input_shape), num_classes, specs, gate_hidden, temperature, gate_bias_init
+    )

@@ -9,20 +9,23 @@ from torch import nn
 def binarize(
     gate_logits: torch.Tensor,
     temperature: float,
-    noise: bool,
+    noise_scale: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Gumbel-sigmoid straight-through binarization (SPEC §1).
 
-    Forward: ``1[z + eps > 0]`` (strict, so an all-zero gate is off). Backward: the gradient
-    of ``sigmoid((z + eps) / temperature)``. ``eps ~ Logistic(0, 1)`` when ``noise`` is set,
-    else 0 (evaluation and fast adaptation are noise-free and deterministic).
+    Forward: ``1[z + s·eps > 0]`` (strict, so an all-zero gate is off). Backward: the
+    gradient of ``sigmoid((z + s·eps) / temperature)``. ``eps ~ Logistic(0, 1)``, ``s`` the
+    ``noise_scale`` of the round (1: reading (b); annealed: 1 → 0); with ``s = 0`` no noise is
+    drawn (evaluation and fast adaptation are noise-free and deterministic).
     """
-    if noise:
+    if noise_scale:
         uniform = torch.rand(
             gate_logits.shape, generator=generator, device=gate_logits.device
         ).clamp_(1e-6, 1 - 1e-6)
-        gate_logits = gate_logits + torch.log(uniform) - torch.log1p(-uniform)
+        # s·log u − s·log(1 − u): at s = 1 exactly the unscaled sum, bit for bit
+        gate_logits = (gate_logits + noise_scale * torch.log(uniform)
+                       - noise_scale * torch.log1p(-uniform))
     hard = (gate_logits > 0).to(gate_logits.dtype)
     if not (gate_logits.requires_grad and torch.is_grad_enabled()):
         return hard  # no gradient wanted (inference): the soft term would add exactly 0
@@ -34,13 +37,19 @@ class ChannelGate(nn.Module):
     """Global average pool of the layer input → Linear(C_in, hidden) → ReLU → Linear(hidden, C_out).
 
     The last Linear's rows are the Group Lasso groups of SPEC §3: row c with its bias entry
-    decides channel c for every input.
+    decides channel c for every input. ``bias_init`` sets that bias to a constant (a positive
+    one starts every channel on); None keeps PyTorch's default initialization.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 16) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden: int = 16,
+        bias_init: float | None = None,
+    ) -> None:
         super().__init__()
         self.hidden = nn.Linear(in_channels, hidden)
         self.out = nn.Linear(hidden, out_channels)
+        if bias_init is not None:  # after the default init: the random draws stay the same
+            nn.init.constant_(self.out.bias, bias_init)
 
     def logits(
         self, layer_input: torch.Tensor, in_keep: torch.Tensor | None = None

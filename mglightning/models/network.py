@@ -9,6 +9,7 @@ gate's straight-through gradient needs: it flows through channels that are off.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,7 +43,10 @@ class GatedOutput:
 class GatedBlock(nn.Module):
     """conv/linear → ReLU → channel mask (from the gate reading the block input) → pool."""
 
-    def __init__(self, spec: LayerSpec, in_channels: int, gate_hidden: int) -> None:
+    def __init__(
+        self, spec: LayerSpec, in_channels: int, gate_hidden: int,
+        gate_bias_init: float | None = None,
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.op = (
@@ -50,7 +54,8 @@ class GatedBlock(nn.Module):
             if spec.kind == "conv"
             else nn.Linear(in_channels, spec.out)
         )
-        self.gate = ChannelGate(in_channels, spec.out, gate_hidden) if spec.gated else None
+        self.gate = (ChannelGate(in_channels, spec.out, gate_hidden, gate_bias_init)
+                     if spec.gated else None)
 
     def forward(
         self,
@@ -58,7 +63,7 @@ class GatedBlock(nn.Module):
         in_keep: torch.Tensor | None,
         sliced: bool,
         temperature: float,
-        noise: bool,
+        noise_scale: float,
         generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns (output, indices of the output channels present or None for all, mask)."""
@@ -68,7 +73,7 @@ class GatedBlock(nn.Module):
         mask = out_keep = None
         all_present_on = False  # whether every computed channel is on for every input
         if self.gate is not None:
-            mask = binarize(self.gate.logits(x, in_keep), temperature, noise, generator)
+            mask = binarize(self.gate.logits(x, in_keep), temperature, noise_scale, generator)
             if sliced:
                 mask = mask.detach()
                 out_keep, any_on = _active_channels(mask)
@@ -133,16 +138,17 @@ class GatedNetwork(nn.Module):
         layers: list[LayerSpec],
         gate_hidden: int = 16,
         temperature: float = 1.0,
+        gate_bias_init: float | None = None,
     ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.temperature = temperature
-        self.gate_noise = False
+        self.gate_noise = 0.0  # the scale of the Logistic gate noise; 0: none
         self.noise_generator: torch.Generator | None = None
         blocks, shapes = [], [self.input_shape]
         for spec in layers:
             in_channels = shapes[-1][0] if spec.kind == "conv" else _numel(shapes[-1])
-            blocks.append(GatedBlock(spec, in_channels, gate_hidden))
+            blocks.append(GatedBlock(spec, in_channels, gate_hidden, gate_bias_init))
             shapes.append(_block_output_shape(spec, shapes[-1]))
         self.blocks = nn.ModuleList(blocks)
         self.layer_shapes = shapes  # input shape of block i is shapes[i]; head reads shapes[-1]
@@ -157,9 +163,16 @@ class GatedNetwork(nn.Module):
     def is_gate_parameter(name: str) -> bool:
         return ".gate." in name
 
-    def set_gate_noise(self, enabled: bool, generator: torch.Generator | None = None) -> None:
-        """Switch the Logistic gate noise of training on/off (SPEC §1)."""
-        self.gate_noise, self.noise_generator = enabled, generator
+    def without_gates(self) -> GatedNetwork:
+        """A copy with every gate removed: the same backbone with every channel on."""
+        network = copy.deepcopy(self)
+        for block in network.blocks:
+            block.gate = None
+        return network
+
+    def set_gate_noise(self, scale: float, generator: torch.Generator | None = None) -> None:
+        """Set the scale of the Logistic gate noise of training (SPEC §1); 0 switches it off."""
+        self.gate_noise, self.noise_generator = scale, generator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_masks(x).logits

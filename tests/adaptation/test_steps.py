@@ -90,3 +90,35 @@ def test_two_stage_sharing_the_gate_free_prefix_equals_the_two_stages_in_turn():
     assert changed(network, shared) == changed(network, in_turn)
     for (name, p), q in zip(shared.named_parameters(), in_turn.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def assert_same_parameters(a, b):
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_two_stage_with_two_stage_one_steps_equals_two_gate_steps_by_hand():
+    network, images, labels = gated_cnn4_with_dead_channels()
+    shared, by_hand = copy.deepcopy(network), copy.deepcopy(network)
+    two_stage(shared, images, labels, 0.1, stage1_steps=2)
+    adapt_gates(by_hand, images, labels, 0.1)
+    adapt_gates(by_hand, images, labels, 0.1)
+    adapt_backbone(by_hand, images, labels, 0.1)
+    assert_same_parameters(shared, by_hand)
+    once = copy.deepcopy(network)
+    two_stage(once, images, labels, 0.1)
+    assert not torch.equal(once.blocks[2].gate.out.bias, shared.blocks[2].gate.out.bias)
+
+
+def test_two_stage_gate_lr_is_stage_ones_step_and_zero_skips_it():
+    network, images, labels = gated_cnn4_with_dead_channels()
+    adapted, by_hand = copy.deepcopy(network), copy.deepcopy(network)
+    two_stage(adapted, images, labels, 0.1, gate_lr=0.4)
+    adapt_gates(by_hand, images, labels, 0.4)
+    adapt_backbone(by_hand, images, labels, 0.1)
+    assert_same_parameters(adapted, by_hand)
+    frozen, stage_two_only = copy.deepcopy(network), copy.deepcopy(network)
+    two_stage(frozen, images, labels, 0.1, gate_lr=0.0)
+    adapt_backbone(stage_two_only, images, labels, 0.1)
+    assert not any(".gate." in name for name in changed(network, frozen))
+    assert_same_parameters(frozen, stage_two_only)

@@ -70,3 +70,31 @@ def test_flat_views_share_memory_with_the_module():
     assert float(flat.grad.abs().sum()) > 0
     gate_entries = sum(p.numel() for n, p in network.named_parameters() if ".gate." in n)
     assert int(flat.gate_mask.sum()) == gate_entries
+
+
+def gated_flat_and_client():
+    torch.manual_seed(0)
+    network = build_network("cnn4", (1, 8, 8), 3, gated_layers=[3])
+    flat = FlatParameters(network, network.is_gate_parameter)
+    client = FixedBatchClient(torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,)))
+    return flat, client
+
+
+def test_gate_lr_zero_keeps_the_gates_while_the_backbone_moves():
+    flat, client = gated_flat_and_client()
+    start = flat.vector.clone()
+    moved = ProximalSGD(2, 0.1, 1.0, 8, gate_lr=0.0)(flat, start, client, None).params
+    assert torch.equal(moved[flat.gate_mask], start[flat.gate_mask])
+    assert not torch.equal(moved[~flat.gate_mask], start[~flat.gate_mask])
+
+
+def test_gate_lr_scales_only_the_gate_step():
+    flat, client = gated_flat_and_client()
+    start = flat.vector.clone()
+    plain = ProximalSGD(1, 0.1, 1.0, 8)(flat, start, client, None).params
+    same = ProximalSGD(1, 0.1, 1.0, 8, gate_lr=0.1)(flat, start, client, None).params
+    fast = ProximalSGD(1, 0.1, 1.0, 8, gate_lr=0.3)(flat, start, client, None).params
+    torch.testing.assert_close(same, plain, rtol=0, atol=1e-7)
+    gates = flat.gate_mask
+    assert torch.equal(fast[~gates], plain[~gates])  # one step: θ's step ignores φ's size
+    torch.testing.assert_close(fast[gates] - start[gates], 3 * (plain[gates] - start[gates]))

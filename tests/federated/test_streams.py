@@ -49,7 +49,7 @@ def solved(learner, pairs, x_md) -> dict[int, torch.Tensor]:
 @pytest.mark.parametrize("method", ["metagater", "perfedavg_hf"])
 def test_a_clients_result_does_not_depend_on_the_others_nor_their_order(tiny_config, method):
     learner, pairs, x_md = round_clients(tiny_config, method)
-    assert learner.gate_noise == (method == "metagater")
+    assert (learner.gate_noise(1) > 0) == (method == "metagater")
     in_order = solved(learner, pairs, x_md)
     in_reverse = solved(learner, pairs[::-1], x_md)
     alone = solved(learner, pairs[2:3], x_md)
