@@ -30,7 +30,8 @@ from mglightning.results import MethodRuns, write_results
 from mglightning.train import CONF_DIR, run
 
 log = logging.getLogger(__name__)
-RUN_DEFAULTS = ["logger=none"]  # the caller's overrides come after (logger=wandb to log)
+# The caller's overrides come after (logger=wandb to log, deterministic=false for speed).
+RUN_DEFAULTS = ["logger=none", "deterministic=true"]
 IDENTITY_KEYS = ("seed", "rounds", "eval_every", "dataset", "model", "method")
 
 

@@ -139,7 +139,8 @@ def run(cfg: DictConfig) -> dict:
     last = checkpoint_dir / "last.ckpt"
     meta_checkpoint = cfg.method.get("meta_checkpoint")
     if meta_checkpoint:  # MetaSNIP: adapt another run's meta-model, train nothing (SPEC §5)
-        learner.load_state_dict(torch.load(meta_checkpoint, weights_only=False)["state_dict"])
+        learner.load_state_dict(torch.load(meta_checkpoint, map_location="cpu",
+                                           weights_only=False)["state_dict"])
     else:
         trainer.fit(
             learner,

@@ -20,6 +20,7 @@ TINY = [
     "checkpoint.every_n_rounds=2",
     "progress_bar=false",
     "method.clients_per_round=4",
+    "trainer.accelerator=cpu",  # the default suite runs on the CPU; tests marked cuda use a GPU
 ]
 
 
