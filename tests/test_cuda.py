@@ -10,7 +10,9 @@ import time
 import pytest
 import torch
 
+from mglightning.adaptation.module import FastAdaptation
 from mglightning.devices import device_clock
+from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.train import build_datamodule, build_learner, build_network, run
 
 pytestmark = pytest.mark.cuda
@@ -28,25 +30,48 @@ def task_rows(cfg) -> list[dict]:
                 for row in csv.DictReader(handle)]
 
 
+def record_devices(monkeypatch) -> dict[str, set[str]]:
+    """The device types the rounds and the target adaptations ran on, recorded as they run.
+    (Lightning moves the model back to the CPU when fit ends: the checkpoint cannot tell.)"""
+    seen = {"rounds": set(), "adaptation": set()}
+    run_round, adapt = FederatedMetaLearner.run_round, FastAdaptation.adapt
+
+    def recording_round(self, clients):
+        seen["rounds"].add(self.x.device.type)
+        return run_round(self, clients)
+
+    def recording_adapt(self, client):
+        seen["adaptation"].add(next(self.meta_network.parameters()).device.type)
+        return adapt(self, client)
+
+    monkeypatch.setattr(FederatedMetaLearner, "run_round", recording_round)
+    monkeypatch.setattr(FastAdaptation, "adapt", recording_adapt)
+    return seen
+
+
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_trains_and_adapts_on_the_gpu(tiny_config, method):
+def test_every_method_trains_and_adapts_on_the_gpu(tiny_config, monkeypatch, method):
+    seen = record_devices(monkeypatch)
     cfg = tiny_config(f"method={method}", "trainer.accelerator=gpu", "rounds=2",
                       "eval_every=2")
     summary = run(cfg)
-    assert final_state(cfg)["x_ag"].is_cuda
+    assert seen == {"rounds": {"cuda"}, "adaptation": {"cuda"}}
     assert len(task_rows(cfg)) == cfg.dataset.partition.num_target_nodes
     assert 0.0 <= summary["accuracy_mean"] <= 1.0 and summary["training_seconds"] > 0
 
 
-def test_metasnip_adapts_a_gpu_meta_model_on_the_cpu(tiny_config, tmp_path):
-    """A checkpoint written on the GPU loads where there is none (map_location)."""
+def test_metasnip_adapts_a_gpu_trained_meta_model_on_the_gpu(tiny_config, monkeypatch,
+                                                               tmp_path):
+    """MetaSNIP trains nothing: its learner is never moved, the tester moves the adapter."""
     nogate = tiny_config("method=metagater_nogate", "trainer.accelerator=gpu", "rounds=2",
                          "eval_every=0")
     run(nogate)
-    snip = tiny_config("method=metasnip", "trainer.accelerator=cpu",
+    seen = record_devices(monkeypatch)
+    snip = tiny_config("method=metasnip", "trainer.accelerator=gpu",
                        f"method.meta_checkpoint={nogate.output_dir}/checkpoints/last.ckpt",
                        f"output_dir={tmp_path / 'snip'}")
     assert 0.0 <= run(snip)["accuracy_mean"] <= 1.0
+    assert seen == {"rounds": set(), "adaptation": {"cuda"}}
 
 
 def test_deterministic_gpu_runs_repeat_bit_for_bit(tiny_config, tmp_path):
