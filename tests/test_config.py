@@ -24,7 +24,7 @@ from mglightning.train import CONF_DIR, build_datamodule, run
 
 REPO_ROOT = CONF_DIR.parent
 TINY_CLI = ["dataset=synthetic", "logger=none", "progress_bar=false", "method.clients_per_round=4",
-            "rounds=2", "eval_every=0"]
+            "rounds=2", "eval_every=0", "trainer.accelerator=cpu"]
 
 
 def compose_train(*overrides: str):

@@ -25,7 +25,7 @@ from mglightning.train import CONF_DIR, build_datamodule, build_learner, build_n
 
 REPO_ROOT = CONF_DIR.parent
 TINY_CLI = ["dataset=synthetic", "logger=none", "progress_bar=false", "method.clients_per_round=4",
-            "checkpoint.every_n_rounds=1"]
+            "checkpoint.every_n_rounds=1", "trainer.accelerator=cpu"]
 TIMING_KEYS = {"training_seconds", "rounds_per_second"}
 
 
