@@ -9,7 +9,8 @@ TARGET ?= 0
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint train train-cifar10 reproduce sweep deploy bench clean
+GPU_OUT ?= outputs/gpu-check
+.PHONY: help install test test-all gpu-check lint train train-cifar10 reproduce sweep deploy bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -28,6 +29,11 @@ test: ## Run the test suite (slow tests excluded)
 
 test-all: ## Run every test, the slow end-to-end ones too
 	$(PY) -m pytest -q -m "slow or not slow"
+
+gpu-check: ## On a GPU (<= 8 min): the cuda tests, host syncs reported; round time GPU vs CPU → GPU_OUT/
+	MG_CUDA_SYNC_DEBUG=warn CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 360 \
+		$(PY) -m pytest -q -rs -m cuda --junitxml=$(GPU_OUT)/cuda-tests.xml
+	timeout 120 $(PY) -m mglightning.bench.devices --skip-without-gpu --output-dir $(GPU_OUT)
 
 lint: ## Lint with ruff
 	$(VENV)/bin/ruff check mglightning tests

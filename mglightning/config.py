@@ -64,6 +64,10 @@ TRAINER_ARGS_SET_BY_RUN = {
 IGNORED_TOP_KEYS = {"hydra", "reproduce"}
 
 
+# ``${not:${deterministic}}`` in conf/train.yaml: cudnn autotuning on unless deterministic.
+OmegaConf.register_new_resolver("not", lambda value: not value, replace=True)
+
+
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key, the value and the remedy."""
 
@@ -131,6 +135,7 @@ SIZE_RANGE = Rule(
 # Ranges and choices. A method or data set with new keys adds its lines here.
 RULES: dict[str, Rule] = {
     "seed": integer(0),
+    "deterministic": one_of(False, True, "warn"),
     "rounds": integer(1),
     "eval_every": integer(0),
     "checkpoint.every_n_rounds": integer(1),

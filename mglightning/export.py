@@ -122,7 +122,7 @@ def channel_decisions(network: GatedNetwork, images: torch.Tensor) -> list[tuple
         on_some, on_all = mask.amax(dim=0) > 0, mask.amin(dim=0) > 0
         kept = on_some.nonzero().squeeze(1)
         if kept.numel() == 0:  # all off: keep one channel, gated (it stays 0 on this data)
-            decisions.append((torch.zeros(1, dtype=torch.long), True))
+            decisions.append((torch.zeros(1, dtype=torch.long, device=mask.device), True))
         else:
             decisions.append((kept, bool((on_some & ~on_all).any())))
     return decisions

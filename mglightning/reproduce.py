@@ -31,7 +31,8 @@ from mglightning.run_folder import RunFolder
 from mglightning.train import CONF_DIR, run
 
 log = logging.getLogger(__name__)
-RUN_DEFAULTS = ["logger=none"]  # the caller's overrides come after (logger=wandb to log)
+# The caller's overrides come after (logger=wandb to log, deterministic=false for speed).
+RUN_DEFAULTS = ["logger=none", "deterministic=true"]
 
 
 @dataclass(frozen=True)

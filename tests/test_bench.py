@@ -11,6 +11,8 @@ from mglightning.bench.alternatives import (
     client_batches,
     nchw_pooling,
 )
+from mglightning.bench.devices import CIFAR10_STAND_IN, bench_devices
+from mglightning.bench.devices import render as render_devices
 from mglightning.bench.inference import (
     bench_inference,
     block_input,
@@ -29,7 +31,8 @@ from mglightning.bench.rounds import (
 )
 from mglightning.bench.suite import BenchConfig, run_suite
 from mglightning.bench.timing import alternate, ratio
-from mglightning.bench.workload import sparsify_gates
+from mglightning.bench.workload import compose_config, sparsify_gates
+from mglightning.config import validate
 from mglightning.models import build_network, forward_cost
 from mglightning.models import network as network_module
 from mglightning.models.network import pool_relu as channels_last_pool
@@ -202,3 +205,24 @@ def test_process_bench_times_both_counts_and_renders():
     assert 0 < processes["gather_share_two"] < 1
     json_like = json.loads(json.dumps(processes))  # as BENCHMARKS.json stores it
     assert "2 processes" in "".join(_processes_summary(json_like))
+
+
+def test_device_bench_workload_is_the_cifar10_job_on_cifar_shaped_data():
+    cfg = compose_config(CIFAR10_STAND_IN)
+    validate(cfg)
+    paper = compose_config(["experiment=table1_cifar10"])
+    assert cfg.dataset.name == "synthetic" and list(cfg.dataset.synthetic.shape) == [3, 32, 32]
+    assert cfg.dataset.synthetic.num_classes * cfg.dataset.synthetic.samples_per_class == 60000
+    assert cfg.dataset.partition == paper.dataset.partition and cfg.model == paper.model
+    assert cfg.method.clients_per_round == 20 and cfg.method.local.steps == 1
+
+
+def test_device_bench_times_rounds_on_each_device_it_is_given():
+    shrink = ["dataset.synthetic.samples_per_class=200", "dataset.partition.size_range=[20,60]",
+              "method.clients_per_round=2"]
+    results = bench_devices(rounds=2, warmup=1, overrides=shrink,
+                            devices=[torch.device("cpu")])
+    times = results["round_seconds"]["cpu"]
+    assert times["rounds"] == 2 and 0 < times["min"] <= times["median"] <= times["max"]
+    assert "cpu_over_gpu" not in results  # one device: no ratio
+    assert "| cpu |" in render_devices(results)

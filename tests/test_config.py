@@ -24,7 +24,7 @@ from mglightning.train import CONF_DIR, build_datamodule, run
 
 REPO_ROOT = CONF_DIR.parent
 TINY_CLI = ["dataset=synthetic", "logger=none", "progress_bar=false", "method.clients_per_round=4",
-            "rounds=2", "eval_every=0"]
+            "rounds=2", "eval_every=0", "trainer.accelerator=cpu"]
 
 
 def compose_train(*overrides: str):
@@ -89,6 +89,7 @@ def config_error(*overrides: str) -> str:
         ("model.gated_layers=[4]", "model.gated_layers=[4]: cnn4 has layers 1..3"),
         ("resume=maybe", "resume='maybe': must be true or false"),
         ("progress_bar=3", "progress_bar=3: must be true or false"),
+        ("deterministic=always", "deterministic='always': must be one of [False, True, 'warn']"),
         ("output_root=5", "output_root=5: must be a string"),
         ("output_root=${nowhere}", "output_root: cannot be resolved"),
     ],
@@ -116,6 +117,14 @@ def test_bad_value_names_key_value_and_what_is_allowed(override, expected):
 )
 def test_unknown_keys_added_with_plus_are_rejected(override, expected):
     assert expected in config_error(*override.split())
+
+
+@pytest.mark.parametrize("deterministic, benchmark", [(False, True), (True, False),
+                                                      ("warn", False)])
+def test_deterministic_switches_cudnn_autotuning_off(deterministic, benchmark):
+    cfg = compose_train(f"deterministic={str(deterministic).lower()}")
+    validate(cfg)
+    assert cfg.trainer.deterministic == deterministic and cfg.trainer.benchmark is benchmark
 
 
 def test_keys_of_other_options_and_declared_keys_are_accepted():

@@ -22,6 +22,7 @@ from mglightning.data.partition import (
     split_support_query,
     split_train_target,
 )
+from mglightning.devices import from_host
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class ClientDataModule(lightning.LightningDataModule):
     """One federated node: support (train) and query (test) index views into shared data.
 
     ``seed`` seeds the shuffling of :meth:`train_dataloader`; the training hot path,
-    :meth:`sample_support_batch`, takes the caller's generator instead.
+    :meth:`sample_support_batch`, takes the caller's generator instead. The index views live
+    on the data's device (:meth:`FederatedDataModule.to_device`).
     """
 
     def __init__(
@@ -84,10 +86,20 @@ class ClientDataModule(lightning.LightningDataModule):
     def sample_support_batch(
         self, batch_size: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A random support mini-batch of min(batch_size, support size) distinct samples."""
+        """A random support mini-batch of min(batch_size, support size) distinct samples,
+        drawn on the generator's device (the CPU: the same batches on every device) and
+        gathered on the data's."""
         num_support = len(self.support_idx)
-        positions = torch.randperm(num_support, generator=generator)[: min(batch_size, num_support)]
-        return self.data.batch(self.support_idx[positions])
+        positions = torch.randperm(num_support, generator=generator, device=generator.device)
+        chosen = from_host(positions[: min(batch_size, num_support)], self.support_idx.device)
+        return self.data.batch(self.support_idx[chosen])
+
+    def to_device(self, data: ImageData) -> None:
+        """Point at ``data`` (the pooled data set moved to a device) and move the index views
+        there too."""
+        self.data = data
+        self.support_idx = self.support_idx.to(data.images.device)
+        self.query_idx = self.query_idx.to(data.images.device)
 
     def support_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole support part as (images, labels)."""
@@ -158,9 +170,23 @@ class FederatedDataModule(lightning.LightningDataModule):
         return self.data
 
     def setup(self, stage: str | None = None) -> None:
-        """Load, partition and split once; later calls (one per Lightning stage) do nothing."""
-        if self.data is not None:
-            return
+        """Load, partition and split once; on every call (one per Lightning stage) with a
+        Trainer attached, put the data on the Trainer's device, where the model is."""
+        if self.data is None:
+            self._load_and_split()
+        if self.trainer is not None:
+            self.to_device(self.trainer.strategy.root_device)
+
+    def to_device(self, device: torch.device | str) -> None:
+        """Put the pooled data set and every node's index views on ``device``, once for the
+        whole federation: batches are then gathered and normalized there."""
+        data = self._loaded_data().to(device)
+        self.data = data
+        for client in self.train_clients + self.target_clients:
+            client.to_device(data)
+
+    def _load_and_split(self) -> None:
+        """Load the data set, cut it into nodes, split nodes and their samples (on the CPU)."""
         partition_cfg = self.dataset_cfg["partition"]
         partition_seed, nodes_seed, support_seed = _independent_seeds(self.seed, 3)
         partitioner = build_partitioner(partition_cfg, partition_seed)

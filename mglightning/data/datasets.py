@@ -81,7 +81,8 @@ class ImageData:
     """One pooled data set: uint8 images (N, C, H, W) and int64 labels (N,) (SPEC §2).
 
     ``mean`` and ``std`` are per-channel statistics on the [0, 1] scale; :meth:`batch`
-    normalizes with them, so model code never sees raw pixels.
+    normalizes with them, so model code never sees raw pixels. Batches are made on the device
+    the images are on (see :meth:`to`).
     """
 
     images: torch.Tensor
@@ -99,8 +100,19 @@ class ImageData:
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels must have shape ({self.images.shape[0]},), "
                              f"got {tuple(self.labels.shape)}")
-        self._mean_tensor = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self._std_tensor = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        device = self.images.device
+        self._mean_tensor = torch.tensor(self.mean, dtype=torch.float32, device=device).view(
+            1, -1, 1, 1)
+        self._std_tensor = torch.tensor(self.std, dtype=torch.float32, device=device).view(
+            1, -1, 1, 1)
+
+    def to(self, device: torch.device | str) -> ImageData:
+        """This data set on ``device`` (itself when already there): a run's device holds the
+        pooled images once, and every batch is gathered and normalized there."""
+        if self.images.device == torch.device(device):
+            return self
+        return ImageData(self.images.to(device), self.labels.to(device), self.num_classes,
+                         self.mean, self.std)
 
     @classmethod
     def from_images(cls, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> ImageData:
@@ -129,7 +141,7 @@ def channel_statistics(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[f
 
     Counted from a 256-bin histogram per channel, so CIFAR's 184 M pixels never become floats.
     """
-    values = torch.arange(256, dtype=torch.float64) / 255.0
+    values = torch.arange(256, dtype=torch.float64, device=images.device) / 255.0
     means, stds = [], []
     for channel in range(images.shape[1]):
         counts = torch.bincount(images[:, channel].reshape(-1), minlength=256).to(torch.float64)

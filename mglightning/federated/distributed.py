@@ -57,15 +57,18 @@ def gather_results(
     status = torch.zeros((num_positions, 3), dtype=torch.float64, device=like.device)
     for position, result in own:
         params[position] = result.params
-        status[position] = torch.tensor([1.0, result.num_samples, result.loss])
+        status[position, 0] = 1.0
+        status[position, 1] = result.num_samples
+        status[position, 2] = result.loss
     all_params, all_status = module.all_gather(params), module.all_gather(status)  # (ranks, …)
-    results = []
-    for position, node_id in enumerate(node_ids):
-        ok, num_samples, loss = all_status[position % size, position].tolist()
-        if ok:
-            results.append(ClientResult(node_id, all_params[position % size, position],
-                                        int(num_samples), loss))
-    return results
+    positions = torch.arange(num_positions, device=like.device)
+    owners = positions % size  # the rank that solved each position
+    gathered = all_status[owners, positions]  # (positions, 3)
+    flags = gathered[:, :2].tolist()  # one read back: (ok, number of samples) per position
+    return [ClientResult(node_id, all_params[position % size, position], int(samples),
+                         gathered[position, 2])
+            for position, (node_id, (solved, samples))
+            in enumerate(zip(node_ids, flags, strict=True)) if solved]
 
 
 def gather_rows(rows: list[dict], key: str) -> list[dict]:

@@ -18,7 +18,12 @@ from mglightning.federated.server import ClientResult
 FAULT_KINDS = ("raise", "nan")
 
 
-class InjectedFault(RuntimeError):
+class ClientError(RuntimeError):
+    """A failure of one client's own making: its round goes on without it (see
+    :mod:`mglightning.federated.learner`). Client code raises a subclass of it."""
+
+
+class InjectedFault(ClientError):
     """The failure a :class:`FaultInjection` raises for ``kind="raise"``."""
 
 

@@ -56,13 +56,13 @@ class FlatParameters:
         ``group_parameters`` lists (weight name, bias name) pairs. Returns (ids, count) with
         ids[k] the group of flat entry k, or -1 for entries outside every group.
         """
-        ids = torch.full((len(self),), -1, dtype=torch.long)
+        ids = torch.full((len(self),), -1, dtype=torch.long, device=self.vector.device)
         count = 0
         for weight_name, bias_name in group_parameters:
             weight_span, bias_span = self.slices[weight_name], self.slices[bias_name]
             rows = bias_span.stop - bias_span.start
             row_width = (weight_span.stop - weight_span.start) // rows
-            channel = torch.arange(count, count + rows)
+            channel = torch.arange(count, count + rows, device=self.vector.device)
             ids[weight_span] = channel.repeat_interleave(row_width)
             ids[bias_span] = channel
             count += rows

@@ -7,24 +7,28 @@ its clients from a generator seeded by (seed, t), and the client at position k d
 own streams seeded by (seed, t, k) (:mod:`mglightning.federated.streams`): the round counter
 is the whole RNG state, and a resumed run draws exactly what an uninterrupted one would.
 
-Faults: a node whose local solve raises or returns non-finite parameters is left out of its
-round (and counted); a round in which every node failed leaves the server state as it was;
-``max_failed_rounds`` such rounds in a row, or a non-finite server state, stop training with a
-:class:`TrainingFault` before anything is written, so the last checkpoint stays the last good one.
+Faults: a node whose local solve fails on its own account (a :class:`ClientError`, such as a
+drill's :class:`InjectedFault`, or a :class:`DataError`) or returns non-finite parameters is
+left out of its round (and counted); any other exception (a device error, CUDA running out of
+memory, a bug) is no client's doing and propagates. A round in which every node failed leaves
+the server state as it was; ``max_failed_rounds`` such rounds in a row, or a non-finite server
+state, stop training with a :class:`TrainingFault` before anything is written, so the last
+checkpoint stays the last good one.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections.abc import Callable, Collection
 
 import lightning as L
 import torch
 
+from mglightning.data.datasets import DataError
+from mglightning.devices import device_clock
 from mglightning.federated.distributed import gather_results, own_positions
-from mglightning.federated.faults import FaultInjection
+from mglightning.federated.faults import ClientError, FaultInjection
 from mglightning.federated.flat import FlatParameters
 from mglightning.federated.schedules import gate_noise_schedule, temperature_schedule
 from mglightning.federated.server import ClientResult
@@ -32,6 +36,11 @@ from mglightning.federated.streams import client_streams, round_generator
 from mglightning.models.network import GatedNetwork
 
 log = logging.getLogger(__name__)
+
+# What a client can do wrong on its own: the round goes on without it. Nothing broader: a
+# device error, an out-of-memory error or a bug would fail every client alike, and hiding it
+# as "client failures" would only end the run later with the wrong reason.
+CLIENT_ERRORS = (ClientError, DataError)
 
 
 class TrainingFault(RuntimeError):
@@ -90,7 +99,8 @@ class FederatedMetaLearner(L.LightningModule):
                 f"method.clients_per_round={self.clients_per_round} exceeds the "
                 f"{num_clients} training nodes"
             )
-        return torch.randperm(num_clients, generator=generator)[: self.clients_per_round].tolist()
+        order = torch.randperm(num_clients, generator=generator, device=generator.device)
+        return order[: self.clients_per_round].tolist()
 
     def training_step(self, batch, batch_idx: int) -> None:
         clients = self.trainer.datamodule.train_clients
@@ -112,16 +122,16 @@ class FederatedMetaLearner(L.LightningModule):
         """Algorithm 1, one round: configure, local solves on K sampled nodes, aggregate over
         the nodes that did not fail."""
         round_index = self.current_round()
-        start = time.perf_counter()
+        start = device_clock(self.x.device)
         x_md = self.strategy.configure_fit(self.x, self.x_ag, round_index)
         chosen = [clients[i] for i in
                   self.sample_clients(len(clients), round_generator(self.seed, round_index))]
         self.network.temperature = self.temperature(round_index)
         own = [(position, chosen[position]) for position in own_positions(len(chosen))]
         solved, failures = self.solve_clients(own, x_md, round_index)
-        solved_at = time.perf_counter()
+        solved_at = device_clock(self.x.device)
         results = gather_results(self, solved, [client.node_id for client in chosen], x_md)
-        local_done = time.perf_counter()
+        local_done = device_clock(self.x.device)
         if results:
             self.commit(*self.strategy.aggregate_fit(self.x, self.x_ag, x_md, results,
                                                      round_index), round_index)
@@ -129,11 +139,11 @@ class FederatedMetaLearner(L.LightningModule):
             self.count_failed_round(failures, round_index)
         self.rounds_done += 1
         self.flat.load(self.x_ag)  # between rounds the network holds the meta-model
-        end = time.perf_counter()
+        end = device_clock(self.x.device)
         self.training_seconds += end - start
         return {
             "round": round_index,
-            "train_loss": (sum(result.loss for result in results) / len(results)
+            "train_loss": (float(torch.stack([result.loss for result in results]).mean())
                            if results else float("nan")),
             "failed_clients": len(chosen) - len(results),
             "local_seconds": local_done - start,
@@ -147,23 +157,30 @@ class FederatedMetaLearner(L.LightningModule):
     ) -> tuple[list[tuple[int, ClientResult]], list[str]]:
         """Local solves of the (position, client) pairs ``chosen``, each from its own streams
         (so any order, or any subset, gives each client the same result): (position, result)
-        pairs; a node that raises or returns non-finite parameters is left out, and its
-        failure described."""
-        results, failures = [], []
+        pairs; a node that fails on its own account or returns non-finite parameters is left
+        out, and its failure described. Finiteness is read back once for the whole round, not
+        once per client."""
+        outcomes: list[tuple[int, ClientResult] | str] = []  # in the order solved
         for position, client in chosen:
             try:
-                result = self.solve_client(x_md, client, round_index, position)
-            except Exception as error:  # any client-side failure: the round goes on without it
+                outcomes.append((position, self.solve_client(x_md, client, round_index, position)))
+            except CLIENT_ERRORS as error:  # the client's own failure: the round goes on
                 log.debug("node %d failed", client.node_id, exc_info=error)
                 message = " ".join(str(error).split())
-                failures.append(f"node {client.node_id}: {type(error).__name__}: {message}")
-                continue
-            if not torch.isfinite(result.params).all():
-                failures.append(f"node {client.node_id}: non-finite parameters")
-                continue
-            results.append((position, result))
+                outcomes.append(f"node {client.node_id}: {type(error).__name__}: {message}")
+        solved = [outcome[1] for outcome in outcomes if not isinstance(outcome, str)]
+        finite = iter(torch.stack([result.params.isfinite().all() for result in solved]).tolist()
+                      if solved else [])
+        results, failures = [], []
+        for outcome in outcomes:
+            if isinstance(outcome, str):
+                failures.append(outcome)
+            elif next(finite):
+                results.append(outcome)
+            else:
+                failures.append(f"node {outcome[1].node_id}: non-finite parameters")
         for failure in failures:
-            log.warning("round %d: %s; left out of the round", self.current_round(), failure)
+            log.warning("round %d: %s; left out of the round", round_index, failure)
         return results, failures
 
     def solve_client(

@@ -2,6 +2,8 @@
 
 They run in place on one shared :class:`FlatParameters` (no model copy per client, no
 optimizer objects): load the start point, take the steps, hand back a copy of the result.
+Losses are summed on the parameters' device and never read back inside a solve: a GPU runs
+the steps of every client of a round without waiting for the host.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from mglightning.federated.server import ClientResult
 
 def batch_loss(flat: FlatParameters, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(flat.module(images), labels)
+
+
+def loss_accumulator(like: torch.Tensor) -> torch.Tensor:
+    """A float64 zero on ``like``'s device, to sum a solve's step losses in without a sync."""
+    return torch.zeros((), dtype=torch.float64, device=like.device)
 
 
 @dataclass
@@ -36,7 +43,7 @@ class ProximalSGD:
     ) -> ClientResult:
         flat.load(start)
         step_sizes = self.step_sizes(flat)
-        total_loss = 0.0
+        total_loss = loss_accumulator(start)
         for _ in range(self.steps):
             images, labels = client.sample_support_batch(self.batch_size, generator)
             flat.zero_grad()
@@ -48,7 +55,7 @@ class ProximalSGD:
                 flat.vector.add_(flat.grad, alpha=-self.lr)
             else:
                 flat.vector.addcmul_(flat.grad, step_sizes, value=-1.0)
-            total_loss += loss.item()
+            total_loss += loss.detach()
         return ClientResult(
             client.node_id, flat.vector.clone(), len(client.support_idx), total_loss / self.steps
         )
@@ -83,7 +90,7 @@ class PerFedAvg:
         self, flat: FlatParameters, start: torch.Tensor, client, generator
     ) -> ClientResult:
         theta = start.clone()
-        total_loss = 0.0
+        total_loss = loss_accumulator(start)
         for _ in range(self.steps):
             inner_grad, loss = self._gradient(flat, theta, client, generator)
             adapted = theta - self.alpha * inner_grad
@@ -100,14 +107,14 @@ class PerFedAvg:
 
     def _gradient(
         self, flat: FlatParameters, point: torch.Tensor, client, generator
-    ) -> tuple[torch.Tensor, float]:
-        """∇f(point; batch) on a fresh support batch, and the batch loss."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """∇f(point; batch) on a fresh support batch, and the batch loss (0-dim, detached)."""
         images, labels = client.sample_support_batch(self.batch_size, generator)
         flat.load(point)
         flat.zero_grad()
         loss = batch_loss(flat, images, labels)
         loss.backward()
-        return flat.grad.clone(), loss.item()
+        return flat.grad.clone(), loss.detach()
 
     def _hessian_vector(
         self, flat: FlatParameters, point: torch.Tensor, vector: torch.Tensor, client, generator

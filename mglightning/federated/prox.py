@@ -1,4 +1,9 @@
-"""The non-smooth regularizer h(φ) of SPEC §3 and its proximal operator."""
+"""The non-smooth regularizer h(φ) of SPEC §3 and its proximal operator.
+
+A regularizer is built once, from the flat parameter vector as it is then (usually on the
+CPU); its index tensors follow the vector they are applied to onto its device the first time
+they meet it there, so a strategy holding one works wherever the run puts the parameters.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,17 @@ class GroupLasso:
         self.members = (group_ids >= 0).nonzero().squeeze(1)  # flat positions inside a group
         self.member_group = group_ids[self.members]  # their group ids
 
+    def _indices(self, vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(members, their groups) on ``vector``'s device, moved there once."""
+        if self.members.device != vector.device:
+            self.members, self.member_group = (self.members.to(vector.device),
+                                               self.member_group.to(vector.device))
+        return self.members, self.member_group
+
     def group_norms(self, vector: torch.Tensor) -> torch.Tensor:
+        members, member_group = self._indices(vector)
         squares = torch.zeros(self.num_groups, dtype=vector.dtype, device=vector.device)
-        return squares.index_add_(0, self.member_group, vector[self.members] ** 2).sqrt()
+        return squares.index_add_(0, member_group, vector[members] ** 2).sqrt()
 
     def value(self, vector: torch.Tensor) -> torch.Tensor:
         return self.gamma * self.group_norms(vector).sum()
@@ -26,9 +39,10 @@ class GroupLasso:
         if self.gamma == 0 or self.num_groups == 0:
             return vector
         norms = self.group_norms(vector)
+        members, member_group = self._indices(vector)
         scale = torch.clamp(1 - step * self.gamma / norms.clamp_min(1e-30), min=0.0)
         out = vector.clone()
-        out[self.members] *= scale[self.member_group]
+        out[members] *= scale[member_group]
         return out
 
 
@@ -39,13 +53,20 @@ class L1:
         self.gamma = gamma
         self.members = gate_mask.nonzero().squeeze(1)
 
+    def _indices(self, vector: torch.Tensor) -> torch.Tensor:
+        """The gate entries' positions on ``vector``'s device, moved there once."""
+        if self.members.device != vector.device:
+            self.members = self.members.to(vector.device)
+        return self.members
+
     def value(self, vector: torch.Tensor) -> torch.Tensor:
-        return self.gamma * vector[self.members].abs().sum()
+        return self.gamma * vector[self._indices(vector)].abs().sum()
 
     def prox(self, vector: torch.Tensor, step: float) -> torch.Tensor:
         if self.gamma == 0:
             return vector
+        members = self._indices(vector)
         out = vector.clone()
-        entries = out[self.members]
-        out[self.members] = entries.sign() * (entries.abs() - step * self.gamma).clamp_min(0.0)
+        entries = out[members]
+        out[members] = entries.sign() * (entries.abs() - step * self.gamma).clamp_min(0.0)
         return out

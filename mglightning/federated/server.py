@@ -11,17 +11,19 @@ from dataclasses import dataclass
 
 import torch
 
+from mglightning.devices import from_host
 from mglightning.federated.prox import L1, GroupLasso
 
 
 @dataclass
 class ClientResult:
-    """What a node sends back: its local parameters, its support size and mean local loss."""
+    """What a node sends back: its local parameters, its support size and mean local loss
+    (a 0-dim tensor on the parameters' device, read once per round, not once per client)."""
 
     node_id: int
     params: torch.Tensor
     num_samples: int
-    loss: float
+    loss: torch.Tensor
 
 
 def client_mean(results: list[ClientResult], weighted: bool) -> torch.Tensor:
@@ -29,7 +31,8 @@ def client_mean(results: list[ClientResult], weighted: bool) -> torch.Tensor:
     stacked = torch.stack([result.params for result in results])  # (clients, P)
     if not weighted:
         return stacked.mean(dim=0)
-    sizes = torch.tensor([float(result.num_samples) for result in results], dtype=stacked.dtype)
+    sizes = from_host(torch.tensor([float(result.num_samples) for result in results],
+                                   dtype=stacked.dtype, device="cpu"), stacked.device)
     return (sizes / sizes.sum()) @ stacked
 
 

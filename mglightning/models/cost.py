@@ -43,15 +43,16 @@ def layer_macs(network: GatedNetwork, index: int, in_channels, out_channels):
 def forward_cost(network: GatedNetwork, masks: list[torch.Tensor]) -> ForwardCost:
     """Cost of the inputs whose gate ``masks`` (one (B, C_out) per gated layer) are given."""
     batch = masks[0].shape[0] if masks else 1
+    device = network.head.weight.device  # where the masks are, and the counts go
     masks = [mask.detach() for mask in masks]
     active_out = iter(mask.sum(dim=1) for mask in masks)
-    dense, executed = 0.0, torch.zeros(batch)
-    in_active = torch.full((batch,), float(network.input_shape[0]))
+    dense, executed = 0.0, torch.zeros(batch, device=device)
+    in_active = torch.full((batch,), float(network.input_shape[0]), device=device)
     for index, block in enumerate(network.blocks):
         in_shape, out = network.layer_shapes[index], block.spec.out
         dense += layer_macs(network, index, in_shape[0], out)
         out_active = (next(active_out).float() if block.gate is not None
-                      else torch.full((batch,), float(out)))
+                      else torch.full((batch,), float(out), device=device))
         executed += layer_macs(network, index, in_active, out_active)
         if block.gate is not None:  # a conv's gate reads pooled channels, a linear's the inputs
             gate_inputs = in_active * (1 if block.spec.kind == "conv" else _numel(in_shape[1:]))
@@ -66,6 +67,6 @@ def forward_cost(network: GatedNetwork, masks: list[torch.Tensor]) -> ForwardCos
     gated_sparsity = (
         1.0 - sum(mask.float().sum(dim=1) for mask in masks) / total_channels
         if masks
-        else torch.zeros(batch)
+        else torch.zeros(batch, device=device)
     )
     return ForwardCost(dense, executed, layer_sparsity, gated_sparsity)

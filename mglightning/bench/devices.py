@@ -1,0 +1,133 @@
+"""Seconds per communication round on each device there is: the GPU section of the bench.
+
+The workload is the paper's main job on a CIFAR-10-shaped synthetic stand-in (3×32×32, 10
+classes, 6,000 images a class, so no download): the partition of
+``conf/experiment/table1_cifar10.yaml``, cnn4 gated at conv3, K = 20, m = 1. Each device gets
+its own learner, built at x_0 on that device, and the whole federation moved there; the same
+rounds (same clients, same batches) then run on each. A round's time is the learner's own
+``round_seconds``, read from clocks that wait for the device (:mod:`mglightning.devices`).
+
+    python -m mglightning.bench.devices [--rounds 20] [--output-dir DIR] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+from pathlib import Path
+
+import torch
+
+from mglightning.bench.workload import compose_config
+from mglightning.devices import device_clock
+from mglightning.io import atomic_write_text, write_json
+from mglightning.train import build_datamodule, build_learner, build_network
+
+CIFAR10_STAND_IN = [  # the table1_cifar10 job, synthetic images of CIFAR-10's shape and size
+    "experiment=table1_cifar10",
+    "dataset.name=synthetic",
+    "dataset.download=false",
+    "+dataset.synthetic.num_classes=10",
+    "+dataset.synthetic.shape=[3,32,32]",
+    "+dataset.synthetic.samples_per_class=6000",
+    "+dataset.synthetic.seed=0",
+    "method.clients_per_round=20",
+    "method.local.steps=1",
+]
+
+
+def available_devices() -> list[torch.device]:
+    """The CPU, and the current GPU when there is one."""
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda", torch.cuda.current_device()))
+    return devices
+
+
+def round_seconds(cfg, datamodule, device: torch.device, rounds: int, warmup: int) -> dict:
+    """Median, min and max seconds of ``rounds`` rounds on ``device``, after ``warmup``
+    rounds (cuDNN autotuning, allocator growth), from x_0 on a fresh learner."""
+    datamodule.to_device(device)
+    learner = build_learner(cfg, build_network(cfg, datamodule).to(device))
+    clients = datamodule.train_clients
+    started = device_clock(device)
+    seconds = [learner.run_round(clients)["round_seconds"] for _ in range(warmup + rounds)]
+    timed = seconds[warmup:]
+    return {"median": statistics.median(timed), "min": min(timed), "max": max(timed),
+            "rounds": rounds, "warmup_rounds": warmup,
+            "wall_seconds": device_clock(device) - started}
+
+
+def bench_devices(rounds: int, warmup: int, overrides: list[str] | tuple[str, ...] = (),
+                  devices: list[torch.device] | None = None) -> dict:
+    """Round times on every device (the CPU first), and the CPU ÷ GPU ratio when both ran;
+    ``overrides`` come after the stand-in's (tests shrink it with them)."""
+    cfg = compose_config([*CIFAR10_STAND_IN, *overrides])
+    synthetic = cfg.dataset.synthetic
+    datamodule = build_datamodule(cfg)
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = not cfg.deterministic  # as the Trainer sets it for training
+    try:
+        per_device = {str(device): round_seconds(cfg, datamodule, device, rounds, warmup)
+                      for device in devices or available_devices()}
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    results = {"round_seconds": per_device, "context": {
+        "workload": f"{cfg.experiment} partition ({cfg.dataset.partition.num_nodes} nodes), "
+                    f"synthetic {'×'.join(map(str, synthetic.shape))} images, "
+                    f"{synthetic.num_classes} classes, {synthetic.samples_per_class} a class; "
+                    f"{cfg.model.name} gated at {list(cfg.model.gated_layers)}, K = "
+                    f"{cfg.method.clients_per_round}, m = {cfg.method.local.steps}, batch "
+                    f"{cfg.dataset.batch_size}",
+        "overrides": list(overrides),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }}
+    gpu = [name for name in per_device if name != "cpu"]
+    if gpu and "cpu" in per_device:
+        results["cpu_over_gpu"] = (per_device["cpu"]["median"]
+                                   / per_device[gpu[0]]["median"])
+    return results
+
+
+def render(results: dict) -> str:
+    """A short Markdown table of the round times."""
+    context = results["context"]
+    lines = ["# Round time per device", "",
+             f"{context['workload']}; torch {context['torch']}, {context['cpu_threads']} CPU "
+             f"thread(s), {context['processor']}; GPU: {context['gpu'] or 'none'}.", "",
+             "| device | median s/round | min | max | timed rounds (after warm-up) |",
+             "|---|---|---|---|---|"]
+    for device, times in results["round_seconds"].items():
+        lines.append(f"| {device} | {times['median']:.4f} | {times['min']:.4f} | "
+                     f"{times['max']:.4f} | {times['rounds']} (+{times['warmup_rounds']}) |")
+    if "cpu_over_gpu" in results:
+        lines += ["", f"CPU ÷ GPU, median round time: {results['cpu_over_gpu']:.1f}×"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mglightning.bench.devices",
+                                     description=__doc__)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/gpu-check"))
+    parser.add_argument("--skip-without-gpu", action="store_true",
+                        help="measure nothing (and say so) where there is no CUDA GPU")
+    parser.add_argument("overrides", nargs="*", help="config overrides, after the stand-in's")
+    args = parser.parse_args(argv)
+    if args.skip_without_gpu and not torch.cuda.is_available():
+        print("no CUDA GPU (torch.cuda.is_available() is false): round times not measured")
+        return
+    results = bench_devices(args.rounds, args.warmup, args.overrides)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(args.output_dir / "round_seconds.json", results)
+    atomic_write_text(args.output_dir / "round_seconds.md", render(results))
+    print(render(results))
+
+
+if __name__ == "__main__":
+    main()
