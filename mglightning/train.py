@@ -15,6 +15,7 @@ import hydra
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -22,13 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from mglightning.adaptation.module import FastAdaptation
 from mglightning.callbacks import RoundProgress, TargetEvaluation, TaskResultsWriter
 from mglightning.checkpoint import AtomicCheckpointIO, CheckpointError, RoundCheckpoint
-from mglightning.config import (
-    CONF_DIR,
-    RUN_CONFIG,
-    ConfigError,
-    validate,
-    validate_against_data,
-)
+from mglightning.config import CONF_DIR, RUN_CONFIG, ConfigError, validate
 from mglightning.data.datamodule import FederatedDataModule
 from mglightning.data.datasets import DataError
 from mglightning.data.partition import PartitionError
@@ -115,7 +110,6 @@ def run(cfg: DictConfig) -> dict:
     atomic_write_text(output_dir / RUN_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
-    validate_against_data(cfg, [client.node_id for client in datamodule.train_clients])
     learner = build_learner(cfg, build_network(cfg, datamodule))
     adapter = FastAdaptation(**cfg.method.adaptation)
     logger = build_logger(cfg)
@@ -208,15 +202,34 @@ def main(cfg: DictConfig) -> None:
 def check_overrides(overrides: list[str]) -> None:
     """Compose once before Hydra runs, so that an override Hydra cannot apply (an unknown key
     without ``+``, a malformed value) ends, like every other bad input, in one line and exit 2
-    rather than in Hydra's multi-line report. Multirun and ``hydra.*`` arguments go to Hydra."""
+    rather than in Hydra's multi-line report. An unknown key is named by :func:`validate` (with
+    the closest known key), which checks the config composed with that key force-added; Hydra's
+    own line (``use +key=value``) stays for a key that is valid once added. Multirun and
+    ``hydra.*`` arguments go to Hydra."""
     if any(arg.startswith(("-", "hydra")) for arg in overrides):
         return
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        try:
             compose("train", overrides=overrides)
-    except HydraException as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(2)
+            return
+        except HydraException as error:
+            message = " ".join(str(error).split())
+        try:
+            parsed = OverridesParser.create().parse_overrides(overrides)
+            values_forced = [
+                override.input_line
+                if override.is_add() or override.is_force_add() or override.is_delete()
+                or (CONF_DIR / override.key_or_group).is_dir()  # a group choice, e.g. dataset=
+                else f"++{override.input_line}"
+                for override in parsed
+            ]
+            validate(compose("train", overrides=values_forced))
+        except ConfigError as error:
+            message = str(error)
+        except HydraException:
+            pass  # Hydra's message says it
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":
