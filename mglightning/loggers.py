@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import re
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,11 +29,35 @@ def drop_advertisements(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("💡 Tip")
 
 
+class DeviceInfoOnce(logging.Filter):
+    """Lightning reports the devices ("GPU available: False, used: False") for every Trainer,
+    and a run builds two (fit, then test): each such line is said once per process."""
+
+    DEVICE_INFO = re.compile(r"[A-Z]+ available: ")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not self.DEVICE_INFO.match(message):
+            return True
+        repeated = message in self.said
+        self.said.add(message)
+        return not repeated
+
+
+DEVICE_INFO_ONCE = DeviceInfoOnce()
+
+
 def quiet_lightning() -> None:
-    """Keep a run's console to what it says about the run: no package advertisements, no
-    deprecation notices that Lightning raises about its own use of torch internals."""
-    if drop_advertisements not in LIGHTNING_INFO.filters:
-        LIGHTNING_INFO.addFilter(drop_advertisements)
+    """Keep a run's console to what it says about the run: no package advertisements, the
+    devices said once, no deprecation notices that Lightning raises about its own use of torch
+    internals."""
+    for log_filter in (drop_advertisements, DEVICE_INFO_ONCE):
+        if log_filter not in LIGHTNING_INFO.filters:
+            LIGHTNING_INFO.addFilter(log_filter)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
@@ -141,6 +166,9 @@ def wandb_or_csv_logger(cfg: DictConfig, output_dir: Path) -> Logger:
             mode=mode,
             settings=wandb.Settings(init_timeout=cfg.logger.init_timeout),
         )
+        # Lightning always passes anonymous=None, which W&B >= 0.23 warns about on every run
+        # (its setting is gone: wandb/wandb#10909); unset, W&B says nothing.
+        logger._wandb_init.pop("anonymous", None)
         logger.experiment  # noqa: B018 -- starts the run now, inside the guard
     except Exception as error:  # any W&B failure must not stop training
         return fall_back_to_csv(output_dir, f"{type(error).__name__}: {error}")

@@ -15,8 +15,11 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
 from mglightning.loggers import (
+    DEVICE_INFO_ONCE,
     LIGHTNING_INFO,
+    DeviceInfoOnce,
     build_logger,
+    drop_advertisements,
     flat_config,
     has_wandb_credentials,
     quiet_lightning,
@@ -173,10 +176,24 @@ def test_offline_run_is_written_organized_and_read_back(isolated_wandb, tiny_con
 
 def test_a_quiet_run_drops_lightning_advertisements_but_not_its_news(caplog):
     quiet_lightning()
-    quiet_lightning()  # idempotent: one filter
+    quiet_lightning()  # idempotent: one filter each
     with caplog.at_level(logging.INFO, logger=LIGHTNING_INFO.name):
         LIGHTNING_INFO.info("💡 Tip: try installing something")
-        LIGHTNING_INFO.info("GPU available: False, used: False")
+        LIGHTNING_INFO.info("`Trainer.fit` stopped: `max_epochs=2` reached.")
     assert [record.getMessage() for record in caplog.records] == [
-        "GPU available: False, used: False"]
-    assert len(LIGHTNING_INFO.filters) == 1
+        "`Trainer.fit` stopped: `max_epochs=2` reached."]
+    assert LIGHTNING_INFO.filters == [drop_advertisements, DEVICE_INFO_ONCE]
+
+
+def test_device_info_is_said_once_and_a_changed_device_again():
+    device_info_once = DeviceInfoOnce()
+
+    def said(message: str) -> bool:
+        return device_info_once.filter(logging.makeLogRecord({"msg": message}))
+
+    assert said("GPU available: False, used: False")
+    assert said("TPU available: False, using: 0 TPU cores")
+    assert not said("GPU available: False, used: False")  # the test Trainer's repeat
+    assert said("GPU available: True (cuda), used: True")
+    assert said("`Trainer.fit` stopped: `max_epochs=2` reached.")
+    assert said("`Trainer.fit` stopped: `max_epochs=2` reached.")  # not device info
