@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import wandb
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
@@ -127,6 +128,19 @@ def test_misconfigured_wandb_falls_back_to_csv_with_one_warning(
     assert isinstance(logger, CSVLogger)
     assert len(logger_warnings(caplog)) == 1
     assert time.monotonic() - started < 60  # init_timeout=1: wandb gives up within seconds
+
+
+def test_wandb_init_gets_no_anonymous_setting(isolated_wandb, tiny_config, monkeypatch):
+    """W&B warns on every run that the ``anonymous`` Lightning always passes has no effect."""
+    received = {}
+
+    def recording_init(**kwargs):
+        received.update(kwargs)
+        raise RuntimeError("recorded")  # and the run falls back to CSV
+
+    monkeypatch.setattr(wandb, "init", recording_init)
+    build_logger(tiny_config("logger=wandb", "logger.mode=offline"))
+    assert received["mode"] == "offline" and "anonymous" not in received
 
 
 def test_a_run_with_wandb_unreachable_finishes_with_csv_metrics(
