@@ -200,36 +200,39 @@ def main(cfg: DictConfig) -> None:
 
 
 def check_overrides(overrides: list[str]) -> None:
-    """Compose once before Hydra runs, so that an override Hydra cannot apply (an unknown key
-    without ``+``, a malformed value) ends, like every other bad input, in one line and exit 2
-    rather than in Hydra's multi-line report. An unknown key is named by :func:`validate` (with
-    the closest known key), which checks the config composed with that key force-added; Hydra's
-    own line (``use +key=value``) stays for a key that is valid once added. Multirun and
-    ``hydra.*`` arguments go to Hydra."""
+    """Compose and validate once before Hydra runs, so that bad input ends, in one line and
+    exit 2, before Hydra makes the run folder; and an override Hydra cannot apply (an unknown
+    key without ``+``, a malformed value) in one line rather than in Hydra's report. An unknown
+    key is named by :func:`validate` (with the closest known key) on the config composed with
+    that key force-added; Hydra's own line (``use +key=value``) stays for a key that is valid
+    once added. Multirun and ``hydra.*`` arguments go to Hydra."""
     if any(arg.startswith(("-", "hydra")) for arg in overrides):
         return
+    message = None
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         try:
-            compose("train", overrides=overrides)
-            return
+            cfg = compose("train", overrides=overrides)
         except HydraException as error:
             message = " ".join(str(error).split())
-        try:
-            parsed = OverridesParser.create().parse_overrides(overrides)
-            values_forced = [
-                override.input_line
-                if override.is_add() or override.is_force_add() or override.is_delete()
-                or (CONF_DIR / override.key_or_group).is_dir()  # a group choice, e.g. dataset=
-                else f"++{override.input_line}"
-                for override in parsed
-            ]
-            validate(compose("train", overrides=values_forced))
-        except ConfigError as error:
-            message = str(error)
-        except HydraException:
-            pass  # Hydra's message says it
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+            try:
+                forced = [
+                    override.input_line
+                    if override.is_add() or override.is_force_add() or override.is_delete()
+                    or (CONF_DIR / override.key_or_group).is_dir()  # a group: dataset=...
+                    else f"++{override.input_line}"
+                    for override in OverridesParser.create().parse_overrides(overrides)
+                ]
+                cfg = compose("train", overrides=forced)
+            except HydraException:
+                cfg = None  # Hydra's message says it
+    try:
+        if cfg is not None:
+            validate(cfg)
+    except ConfigError as error:
+        message = str(error)
+    if message:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
