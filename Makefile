@@ -4,7 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXP    ?= table1_fmnist
 SWEEP  ?= metagater_fmnist
-RUN    ?= outputs/default/fmnist-cnn4-metagater-seed0
+# make deploy's run folder; default: the newest `make train` run (run names end in a fingerprint)
+RUN    ?= $(firstword $(shell ls -td outputs/default/fmnist-cnn4-metagater-seed0-* 2>/dev/null))
 TARGET ?= 0
 ARGS   ?=
 
@@ -14,6 +15,7 @@ GPU_OUT ?= outputs/gpu-check
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+	@echo 'Config overrides go in ARGS, e.g. make train ARGS="rounds=50 seed=1 logger=csv"'
 
 install: ## Create .venv with torch 2.14.1 + torchvision 0.29.1 and the package (dev extra); Fashion-MNIST from Debian when root
 	$(PYTHON) -m venv $(VENV)
@@ -38,22 +40,23 @@ gpu-check: ## On a GPU (<= 8 min): the cuda tests, host syncs reported; round ti
 lint: ## Lint with ruff
 	$(VENV)/bin/ruff check mglightning tests
 
-train: ## MetaGater w/ gating on Fashion-MNIST, offline, ~minutes on 2 CPU cores
+train: ## MetaGater w/ gating on Fashion-MNIST, offline, ~minutes on 2 CPU cores; overrides: ARGS="rounds=50 seed=1"
 	$(PY) -m mglightning.train dataset=fmnist model=cnn4 method=metagater $(ARGS)
 
-train-cifar10: ## The paper's main job: CIFAR-10, cnn4 gated at conv3, K=20, 20 targets (downloads CIFAR-10)
+train-cifar10: ## The paper's main job: CIFAR-10, cnn4 gated at conv3, K=20, 20 targets (downloads CIFAR-10); overrides: ARGS="key=value ..."
 	$(PY) -m mglightning.train experiment=table1_cifar10 $(ARGS)
 
-reproduce: ## Every method of EXP over 5 seeds → results/EXP/ (e.g. make reproduce EXP=table1_fmnist)
+reproduce: ## Every method of EXP over 5 seeds → results/EXP/ (e.g. make reproduce EXP=table1_fmnist ARGS="--seeds 0,1 rounds=50")
 	$(PY) -m mglightning.reproduce $(EXP) $(ARGS)
 
-sweep: ## Create and run the W&B sweep conf/sweep/SWEEP.yaml (offline: prints the Hydra multirun)
+sweep: ## Create and run the W&B sweep conf/sweep/SWEEP.yaml (offline: prints the Hydra multirun); ARGS="--count N"
 	$(PY) -m mglightning.sweep $(SWEEP) $(ARGS)
 
-deploy: ## RUN's network adapted at target node TARGET, exported → RUN/deployed/targetTARGET.pt
+deploy: ## RUN's network adapted at target node TARGET, exported → RUN/deployed/targetTARGET.pt + .json; ARGS="--output PATH"
+	$(if $(RUN),,$(error no run to deploy: run `make train` first, or set RUN=<run folder>))
 	$(PY) -m mglightning.deploy $(RUN) --target $(TARGET) $(ARGS)
 
-bench: ## Benchmarks → BENCHMARKS.md and BENCHMARKS.json
+bench: ## Benchmarks → BENCHMARKS.md and BENCHMARKS.json; ARGS="--repeats 5" (ARGS="--help": options)
 	$(PY) -m mglightning.bench $(ARGS)
 
 clean: ## Remove caches and run outputs (keeps .venv and data)

@@ -12,10 +12,10 @@ Where the rules come from, so that a new method or data set needs no edit here:
 * ranges and choices: the :data:`RULES` table below (a rule also declares its key known).
 
 Hydra itself already rejects ``key=value`` for a key the composed config lacks; this catches
-what Hydra lets through: ``+key=value``, keys an experiment file adds, types, ranges.
-Checks that need the data (K against the training nodes) run in :func:`validate_against_data`
-right after the data module is set up; whether a partition fits is the partitioner's own
-check (:class:`~mglightning.data.partition.PartitionError`).
+what Hydra lets through: ``+key=value``, keys an experiment file adds, types, ranges, and K
+and the fault-injected nodes against the training nodes (which the partition config and the
+seed fix without loading data). Whether a partition fits the data set's classes and samples
+is the partitioner's own check, after loading (:class:`~mglightning.data.partition.PartitionError`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mglightning.adaptation.module import ADAPTERS
+from mglightning.data.datamodule import node_split
 from mglightning.data.datasets import DATASET_NAMES
 from mglightning.data.partition import PARTITIONER_KEYS, SIZE_DISTRIBUTIONS
 from mglightning.federated.faults import FAULT_KINDS
@@ -203,28 +204,10 @@ def validate(cfg: DictConfig) -> None:
         *_backbone_layers(values),
         *_adaptation_options(values),
         *_set_by_run(values),
+        *_clients_against_nodes(values),
     ]
     if problems:
         raise ConfigError("; ".join(problems))
-
-
-def validate_against_data(cfg: DictConfig, train_node_ids: list[int]) -> None:
-    """Checks that need the partition: K and the fault-injected nodes against the training
-    nodes. (Classes per node and node sizes are checked by the partitioner itself.)"""
-    clients_per_round = cfg.method.clients_per_round
-    if clients_per_round > len(train_node_ids):
-        partition = cfg.dataset.partition
-        raise ConfigError(
-            f"method.clients_per_round={clients_per_round}: must be at most the "
-            f"{len(train_node_ids)} training nodes (dataset.partition.num_nodes="
-            f"{partition.num_nodes} minus num_target_nodes={partition.num_target_nodes})"
-        )
-    not_training = sorted(set(cfg.faults.inject.clients) - set(train_node_ids))
-    if not_training:
-        raise ConfigError(
-            f"faults.inject.clients={list(cfg.faults.inject.clients)}: nodes {not_training} are "
-            f"not training nodes; the training nodes are {train_node_ids}"
-        )
 
 
 def _resolved(cfg: DictConfig) -> dict:
@@ -308,6 +291,31 @@ def _out_of_range(values: Mapping) -> Iterator[str]:
         found, value = _lookup(values, path)
         if found and not rule.check(value):
             yield f"{path}={_show(value)}: must be {rule.allowed}"
+
+
+def _clients_against_nodes(values: Mapping) -> Iterator[str]:
+    """K and the fault-injected nodes must be among the training nodes (SPEC §2, §3); the
+    split is the data module's own (:func:`~mglightning.data.datamodule.node_split`)."""
+    keys = ("seed", "dataset.partition.num_nodes", "dataset.partition.num_target_nodes",
+            "method.clients_per_round", "faults.inject.clients")
+    looked_up = [_lookup(values, key) for key in keys]
+    if not all(found and RULES[key].check(value)
+               for key, (found, value) in zip(keys, looked_up, strict=True)):
+        return  # a missing key or a bad value is reported by the other checks
+    seed, num_nodes, num_targets, clients_per_round, injected = (value for _, value in looked_up)
+    if num_targets >= num_nodes:
+        yield (f"dataset.partition.num_target_nodes={num_targets}: must be less than "
+               f"dataset.partition.num_nodes={num_nodes}, so that a training node remains")
+        return
+    train_ids, _ = node_split(values["dataset"]["partition"], seed)
+    if clients_per_round > len(train_ids):
+        yield (f"method.clients_per_round={clients_per_round}: must be at most the "
+               f"{len(train_ids)} training nodes (dataset.partition.num_nodes={num_nodes} minus "
+               f"num_target_nodes={num_targets})")
+    not_training = sorted(set(injected) - set(train_ids))
+    if not_training:
+        yield (f"faults.inject.clients={injected}: nodes {not_training} are not training "
+               f"nodes; the training nodes are {train_ids}")
 
 
 def _set_by_run(values: Mapping) -> Iterator[str]:

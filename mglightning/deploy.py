@@ -6,7 +6,9 @@ nodes), loads its meta-model, adapts it on target N's support set with the run's
 (SPEC §4), and exports it with :func:`mglightning.export.export_task_network`: channels the
 gates switch off for every image of the node removed at rest. The saved module takes uint8
 images (B, C, H, W) as the data set stores them and normalizes them itself; it is saved only if
-it predicts exactly as the adapted network on all of the node's images.
+it predicts exactly as the adapted network on all of the node's images. Beside it,
+``target<N>.json`` says what the module itself cannot: the node's classes, the input format and
+normalization, the run it came from, its query accuracy and size.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from mglightning.adaptation.module import FastAdaptation
 from mglightning.config import RUN_CONFIG
+from mglightning.data.datamodule import ClientDataModule
 from mglightning.data.datasets import DataError
-from mglightning.export import export_task_network
+from mglightning.export import RawImageInput, task_network
+from mglightning.identity import fingerprint
+from mglightning.io import write_json
 from mglightning.train import build_datamodule, build_learner, build_network
 
 
@@ -32,29 +36,12 @@ class DeployError(ValueError):
     """A run folder or target that cannot be deployed; the message says what to change."""
 
 
-class RawImageInput(nn.Module):
-    """uint8 images (B, C, H, W) normalized exactly as ``ImageData.batch`` normalizes them (the
-    equality check in :func:`deploy` holds it to that), then the task network."""
-
-    def __init__(self, network: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
-        super().__init__()
-        self.network = network
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network(images.to(torch.float32).div(255.0).sub(self.mean).div(self.std))
-
-
 @dataclass
 class Deployment:
-    """The exported module and what a reader wants to know about it."""
+    """The exported module and what a reader wants to know about it (:func:`metadata`)."""
 
     module: torch.jit.ScriptModule
-    node_id: int
-    accuracy: float  # on the node's query set
-    parameters: int
-    gated_parameters: int  # the adapted gated network's
+    metadata: dict
 
 
 def run_config(run_dir: Path) -> DictConfig:
@@ -92,8 +79,8 @@ def deploy(run_dir: Path, target: int) -> Deployment:
     images, labels = client.data.batch(rows)
     with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated; it still works
         warnings.simplefilter("ignore", FutureWarning)
-        task_network = export_task_network(network, images)
-        module = torch.jit.script(RawImageInput(task_network, client.data.mean, client.data.std))
+        module = torch.jit.script(RawImageInput(task_network(network, images), client.data.mean,
+                                                client.data.std))
     with torch.no_grad():
         expected = network.forward_with_masks(images, sliced=True).logits.argmax(1)
         predicted = module(client.data.images[rows]).argmax(1)
@@ -102,13 +89,39 @@ def deploy(run_dir: Path, target: int) -> Deployment:
                            f"{int((predicted != expected).sum())} of {len(rows)} images: nothing "
                            f"saved (a bug: please report it with this run's config.yaml)")
     query = slice(len(client.support_idx), None)
-    return Deployment(
-        module=module,
-        node_id=client.node_id,
+    return Deployment(module, metadata(
+        run_dir, cfg, target, client,
         accuracy=float((predicted[query] == labels[query]).float().mean()),
         parameters=sum(p.numel() for p in module.parameters()),
         gated_parameters=sum(p.numel() for p in network.parameters()),
-    )
+    ))
+
+
+def metadata(run_dir: Path, cfg: DictConfig, target: int, client: ClientDataModule,
+             accuracy: float, parameters: int, gated_parameters: int) -> dict:
+    """What a user of the saved module needs and cannot read from it."""
+    data = client.data
+    labels = data.labels[torch.cat([client.support_idx, client.query_idx])]
+    classes = [{"id": label} if data.class_names is None
+               else {"id": label, "name": data.class_names[label]}
+               for label in sorted(set(labels.tolist()))]
+    return {
+        "run": {"dir": str(run_dir.resolve()), "name": cfg.run_name, "config": RUN_CONFIG,
+                "fingerprint": fingerprint(cfg)},
+        "target": target,
+        "node_id": client.node_id,
+        "classes": classes,
+        "outputs": f"logits over the {data.num_classes} classes of {cfg.dataset.name}; "
+                   "argmax is the class id",
+        "input": {"dtype": "uint8", "shape": ["B", *data.shape], "range": [0, 255]},
+        "normalization": {"mean": list(data.mean), "std": list(data.std),
+                          "applied": "by the module: (images / 255 - mean) / std per channel"},
+        "query_accuracy": accuracy,
+        "query_images": len(client.query_idx),
+        "parameters": parameters,
+        "gated_network_parameters": gated_parameters,
+        "format": "TorchScript: torch.jit.load(path)",
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,10 +140,13 @@ def main(argv: list[str] | None = None) -> None:
     output = args.output or args.run_dir / "deployed" / f"target{args.target}.pt"
     output.parent.mkdir(parents=True, exist_ok=True)
     deployment.module.save(str(output))
-    print(f"target {args.target} (node {deployment.node_id}): query accuracy "
-          f"{100 * deployment.accuracy:.2f} %, {deployment.parameters} parameters "
-          f"(adapted gated network: {deployment.gated_parameters})")
-    print(f"saved {output}: torch.jit.load it and call it on uint8 images (B, C, H, W)")
+    write_json(output.with_suffix(".json"), deployment.metadata)
+    about = deployment.metadata
+    print(f"target {args.target} (node {about['node_id']}): query accuracy "
+          f"{100 * about['query_accuracy']:.2f} %, {about['parameters']} parameters "
+          f"(adapted gated network: {about['gated_network_parameters']})")
+    print(f"saved {output}: torch.jit.load it and call it on uint8 images (B, C, H, W); "
+          f"classes, normalization and source in {output.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

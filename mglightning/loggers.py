@@ -32,10 +32,13 @@ def drop_advertisements(record: logging.LogRecord) -> bool:
 
 def quiet_lightning() -> None:
     """Keep a run's console to what it says about the run: no package advertisements, no
-    deprecation notices that Lightning raises about its own use of torch internals."""
+    deprecation notices that Lightning raises about its own use of torch internals. (A run
+    builds one Trainer, so Lightning names the devices once.)"""
     if drop_advertisements not in LIGHTNING_INFO.filters:
         LIGHTNING_INFO.addFilter(drop_advertisements)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning's all_gather (multi-device rounds) calls a torch function torch now deprecates.
+    warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather")
 
 
 def has_wandb_credentials() -> bool:
@@ -154,6 +157,9 @@ def wandb_or_csv_logger(cfg: DictConfig, output_dir: Path) -> Logger:
             settings=wandb.Settings(init_timeout=cfg.logger.init_timeout),
             **wandb_run_identity(cfg),
         )
+        # Lightning always passes anonymous=None, which W&B >= 0.23 warns about on every run
+        # (its setting is gone: wandb/wandb#10909); unset, W&B says nothing.
+        logger._wandb_init.pop("anonymous", None)
         logger.experiment  # noqa: B018 -- starts the run now, inside the guard
     except Exception as error:  # any W&B failure must not stop training
         return fall_back_to_csv(output_dir, f"{type(error).__name__}: {error}")

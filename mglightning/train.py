@@ -14,6 +14,7 @@ import hydra
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
@@ -31,7 +32,7 @@ from mglightning.checkpoint import (
     RunInterrupted,
     StopRequest,
 )
-from mglightning.config import CONF_DIR, ConfigError, validate, validate_against_data
+from mglightning.config import CONF_DIR, ConfigError, validate
 from mglightning.data.datamodule import FederatedDataModule
 from mglightning.data.datasets import DataError
 from mglightning.data.partition import PartitionError
@@ -166,7 +167,6 @@ def run(cfg: DictConfig) -> dict:
         ])
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = build_datamodule(cfg)
-        validate_against_data(cfg, [client.node_id for client in datamodule.train_clients])
         first_process = rank_zero_only.rank == 0  # processes launched for more devices: no files
         if first_process:
             folder.write_config(cfg)
@@ -253,16 +253,38 @@ def main(cfg: DictConfig) -> None:
 
 
 def check_overrides(overrides: list[str]) -> None:
-    """Compose once before Hydra runs, so that an override Hydra cannot apply (an unknown key
-    without ``+``, a malformed value) ends, like every other bad input, in one line and exit 2
-    rather than in Hydra's multi-line report. Multirun and ``hydra.*`` arguments go to Hydra."""
+    """Compose and validate once before Hydra runs, so that bad input ends, in one line and
+    exit 2, before Hydra makes the run folder; and an override Hydra cannot apply (an unknown
+    key without ``+``, a malformed value) in one line rather than in Hydra's report. An unknown
+    key is named by :func:`validate` (with the closest known key) on the config composed with
+    that key force-added; Hydra's own line (``use +key=value``) stays for a key that is valid
+    once added. Multirun and ``hydra.*`` arguments go to Hydra."""
     if any(arg.startswith(("-", "hydra")) for arg in overrides):
         return
+    message = None
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        try:
+            cfg = compose("train", overrides=overrides)
+        except HydraException as error:
+            message = " ".join(str(error).split())
+            try:
+                forced = [
+                    override.input_line
+                    if override.is_add() or override.is_force_add() or override.is_delete()
+                    or (CONF_DIR / override.key_or_group).is_dir()  # a group: dataset=...
+                    else f"++{override.input_line}"
+                    for override in OverridesParser.create().parse_overrides(overrides)
+                ]
+                cfg = compose("train", overrides=forced)
+            except HydraException:
+                cfg = None  # Hydra's message says it
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            compose("train", overrides=overrides)
-    except HydraException as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        if cfg is not None:
+            validate(cfg)
+    except ConfigError as error:
+        message = str(error)
+    if message:
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -13,6 +13,12 @@ from mglightning.bench.alternatives import (
 )
 from mglightning.bench.devices import CIFAR10_STAND_IN, bench_devices
 from mglightning.bench.devices import render as render_devices
+from mglightning.bench.export_format import (
+    SAME_SPEED,
+    bench_export_formats,
+    holds_up,
+    saved_and_loaded_export,
+)
 from mglightning.bench.inference import (
     bench_inference,
     block_input,
@@ -33,6 +39,7 @@ from mglightning.bench.suite import BenchConfig, run_suite
 from mglightning.bench.timing import alternate, ratio
 from mglightning.bench.workload import compose_config, sparsify_gates
 from mglightning.config import validate
+from mglightning.export import RawImageInput, task_network
 from mglightning.models import build_network, forward_cost
 from mglightning.models import network as network_module
 from mglightning.models.network import pool_relu as channels_last_pool
@@ -152,6 +159,48 @@ def test_suite_on_tiny_sizes_renders_every_goal():
     table = render(results, "make bench")
     for goal in ("| 1 |", "| 2 |", "| 3 |", "| 4 |"):
         assert goal in table
+    assert results["export_format"]["predictions_equal"]
+    assert "Saved format of a deployed task module, time of the loaded `torch.export`" in table
+
+
+@pytest.fixture
+def deployable_module():
+    """A deployed task module (uint8 in, logits out) and raw images of its task."""
+    torch.manual_seed(0)
+    gated = build_network("cnn4", (1, 16, 16), 5, gated_layers=[3])
+    sparsify_gates(gated, off_fraction=0.5, varying_fraction=0.25, seed=0)
+    images = torch.randint(0, 256, (6, 1, 16, 16), dtype=torch.uint8)
+    mean, std = (0.5,), (0.25,)
+    normalized = (images / 255.0 - 0.5) / 0.25
+    return RawImageInput(task_network(gated, normalized), mean, std), images
+
+
+def test_the_exported_program_serves_every_batch_size(deployable_module):
+    """Exported at batch 2 with a dynamic batch dimension; run at other sizes."""
+    module, images = deployable_module
+    loaded = saved_and_loaded_export(module, images[:2])
+    with torch.no_grad():
+        for batch_size in (1, 5):
+            torch.testing.assert_close(loaded(images[:batch_size]), module(images[:batch_size]))
+
+
+def test_export_format_bench_compares_both_loaded_formats(deployable_module):
+    module, images = deployable_module
+    results = bench_export_formats(module, images, (1, 8), repeats=1,
+                                   calls_per_timing={1: 1, 8: 1})
+    assert results["predictions_equal"] and results["max_logit_difference"] < 1e-4
+    assert results["batch8"]["repeats"] == 1 and results["batch8"]["ratio_median"] == (
+        results["batch8"]["numerator_seconds"] / results["batch8"]["denominator_seconds"])
+
+
+def test_torch_export_holds_up_only_if_as_fast_and_alike():
+    def figures(equal: bool, *medians: float) -> dict:
+        return {"predictions_equal": equal, "max_logit_difference": 0.0,
+                **{f"batch{i}": {"ratio_median": median} for i, median in enumerate(medians)}}
+
+    assert holds_up(figures(True, 0.5, SAME_SPEED))
+    assert not holds_up(figures(True, 0.5, SAME_SPEED + 0.01))  # too slow at one batch size
+    assert not holds_up(figures(False, 0.5, 0.5))  # faster, but predicts otherwise
 
 
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])

@@ -14,12 +14,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import open_dict
 
-from mglightning.config import (
-    TRAINER_ARGS_SET_BY_RUN,
-    ConfigError,
-    validate,
-    validate_against_data,
-)
+from mglightning.config import TRAINER_ARGS_SET_BY_RUN, ConfigError, validate
+from mglightning.data.datamodule import FederatedDataModule
 from mglightning.train import CONF_DIR, build_datamodule, run
 
 REPO_ROOT = CONF_DIR.parent
@@ -129,9 +125,9 @@ def test_deterministic_switches_cudnn_autotuning_off(deterministic, benchmark):
 
 def test_keys_of_other_options_and_declared_keys_are_accepted():
     """A partitioner switch needs its own key (declared by a rule), and a Lightning Trainer
-    option is a Trainer parameter."""
+    option is a Trainer parameter. (Nodes 1 and 3 are training nodes at seed 0.)"""
     validate(compose_train("dataset.partition.name=dirichlet", "+dataset.partition.alpha=0.5",
-                           "+trainer.precision=32", "faults.inject.clients=[0,3]",
+                           "+trainer.precision=32", "faults.inject.clients=[1,3]",
                            "faults.inject.rounds=[2]"))
 
 
@@ -155,29 +151,47 @@ def test_hydra_rejects_unknown_keys_without_plus():
         compose_train("roundz=3")
 
 
-def test_clients_per_round_above_the_training_nodes_fails_after_setup(tiny_config):
-    cfg = tiny_config("method.clients_per_round=9")
-    validate(cfg)  # the count of training nodes needs the partition
-    train_ids = [client.node_id for client in build_datamodule(cfg).train_clients]
-    assert len(train_ids) == 8  # 12 nodes, 4 of them targets
-    with pytest.raises(ConfigError, match=r"method.clients_per_round=9: must be at most the 8 "
-                                          "training nodes"):
-        validate_against_data(cfg, train_ids)
-    validate_against_data(tiny_config("method.clients_per_round=8"), train_ids)
+def test_clients_per_round_is_checked_against_the_training_nodes_the_data_module_makes(
+        tiny_config):
+    """validate() counts the training nodes from the config; the data module, which loads the
+    data, must agree: K equal to its count passes, one more fails."""
+    datamodule = build_datamodule(tiny_config())
+    num_train = len(datamodule.train_clients)
+    validate(tiny_config(f"method.clients_per_round={num_train}"))
+    with pytest.raises(ConfigError, match=rf"method.clients_per_round={num_train + 1}: must be "
+                                          rf"at most the {num_train} training nodes"):
+        validate(tiny_config(f"method.clients_per_round={num_train + 1}"))
+
+
+def test_synthetic_runs_with_every_method_s_default_clients_per_round():
+    for method in sorted(path.stem for path in (CONF_DIR / "method").glob("*.yaml")):
+        validate(compose_train("dataset=synthetic", f"method={method}"))
 
 
 def test_fault_injection_into_a_target_node_is_rejected(tiny_config):
-    cfg = tiny_config()
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(tiny_config())
     target_id = datamodule.target_clients[0].node_id
-    cfg = tiny_config(f"faults.inject.clients=[{target_id}]")
+    train_ids = [client.node_id for client in datamodule.train_clients]
+    validate(tiny_config(f"faults.inject.clients=[{train_ids[0]}]"))
     with pytest.raises(ConfigError, match=rf"nodes \[{target_id}\] are not training nodes"):
-        validate_against_data(cfg, [client.node_id for client in datamodule.train_clients])
+        validate(tiny_config(f"faults.inject.clients=[{target_id}]"))
 
 
-def test_run_validates_before_any_work(tiny_config):
-    cfg = tiny_config("rounds=-2")
-    with pytest.raises(ConfigError, match="rounds=-2"):
+def test_no_training_node_left_is_a_config_error():
+    message = config_error("dataset=synthetic", "dataset.partition.num_target_nodes=24")
+    assert message.startswith("dataset.partition.num_target_nodes=24: must be less than "
+                              "dataset.partition.num_nodes=24")
+
+
+@pytest.mark.parametrize("override", ["rounds=-2", "method.clients_per_round=21"])
+def test_run_validates_before_any_work(tiny_config, monkeypatch, override):
+    """No data loaded, no run folder made: the error comes before both."""
+    def no_data(*args, **kwargs):
+        raise AssertionError("data loaded before the config was validated")
+
+    monkeypatch.setattr(FederatedDataModule, "setup", no_data)
+    cfg = tiny_config(override)
+    with pytest.raises(ConfigError, match=override):
         run(cfg)
     assert not Path(cfg.output_dir).exists()
 
@@ -188,22 +202,39 @@ def run_cli(*overrides: str, env=None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "override, message",
+    "override, message, run_folder_made",
     [
-        ("method.local.steps=-1", "method.local.steps=-1: must be an integer >= 1"),
-        # Hydra's own refusal of an unknown key given without `+`, said in one line.
-        ("roundz=3", "Could not override 'roundz'. To append to your config use +roundz=3"),
+        ("method.local.steps=-1", "method.local.steps=-1: must be an integer >= 1", False),
+        ("method.clients_per_round=21", "method.clients_per_round=21: must be at most the 20 "
+                                        "training nodes (dataset.partition.num_nodes=24 minus "
+                                        "num_target_nodes=4)", False),
+        # A key valid once added: Hydra's own advice, said in one line.
+        ("trainer.precision=32", "Could not override 'trainer.precision'. To append to your "
+                                 "config use +trainer.precision=32", False),
         # Needs the data set's class count: the partitioner's own check, after loading.
         ("dataset.partition.classes_per_node=7", "dataset.partition.classes_per_node=7: must be "
-                                                 "between 1 and the data set's 6 classes"),
+                                                 "between 1 and the data set's 6 classes", True),
     ],
 )
-def test_cli_prints_one_line_and_exits_2_on_config_errors(tmp_path, override, message):
+def test_cli_prints_one_line_and_exits_2_on_config_errors(tmp_path, override, message,
+                                                          run_folder_made):
     result = run_cli(*TINY_CLI, f"output_root={tmp_path}", override)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"error: {message}"
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
+    assert any(tmp_path.iterdir()) == run_folder_made  # config errors end before Hydra makes it
+
+
+@pytest.mark.parametrize("override, hint", [("method.server.betta=0.5", "beta"),
+                                            ("roundz=3", "rounds")])
+def test_cli_names_an_unknown_key_and_the_closest_known_one(tmp_path, override, hint):
+    """Hydra would advise ``+method.server.betta=0.5``, which only moves the typo along."""
+    result = run_cli(*TINY_CLI, f"output_root={tmp_path}", override)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: unknown key {override} (did you mean {hint}?): ")
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
 def test_trainer_arguments_set_by_the_run_are_trainer_parameters():

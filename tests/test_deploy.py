@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,11 +38,38 @@ def test_the_saved_module_reproduces_the_runs_result_at_that_target(finished_run
                          ["accuracy"])
     client = build_datamodule(cfg).target_clients[1]
     raw_images = client.data.images[client.query_idx]  # uint8, as the data set stores them
-    with torch.no_grad():
-        predicted = torch.jit.load(str(output))(raw_images).argmax(1)
-    accuracy = float((predicted == client.data.labels[client.query_idx]).float().mean())
+    logits = torch.jit.load(str(output))(raw_images)  # no torch.no_grad() needed
+    assert logits.grad_fn is None and not logits.requires_grad
+    accuracy = float((logits.argmax(1) == client.data.labels[client.query_idx]).float().mean())
     assert accuracy == pytest.approx(reported)
     assert f"query accuracy {100 * reported:.2f} %" in capsys.readouterr().out
+
+
+def test_the_metadata_beside_the_module_describes_it(finished_run, tmp_path):
+    """target<N>.json: its normalization turns the raw images into exactly what the network
+    was given, its classes are the node's, its accuracy is the run's own for that target."""
+    cfg = finished_run
+    output = tmp_path / "target1.pt"
+    main([cfg.output_dir, "--target", "1", "--output", str(output)])
+    about = json.loads(output.with_suffix(".json").read_text())
+    client = build_datamodule(cfg).target_clients[1]
+    data, rows = client.data, torch.cat([client.support_idx, client.query_idx])
+
+    assert about["node_id"] == client.node_id and about["target"] == 1
+    assert about["run"]["dir"] == str(Path(cfg.output_dir).resolve())
+    class_ids = [entry["id"] for entry in about["classes"]]
+    assert len(class_ids) == cfg.dataset.partition.classes_per_node  # pathological partition
+    assert set(data.labels[rows].tolist()) == set(class_ids)
+    assert about["input"]["dtype"] == str(data.images.dtype).removeprefix("torch.")
+    assert about["input"]["shape"] == ["B", *data.images.shape[1:]]
+    mean, std = (torch.tensor(about["normalization"][key]).view(1, -1, 1, 1)
+                 for key in ("mean", "std"))
+    torch.testing.assert_close(data.images[rows] / 255.0 - mean, data.batch(rows)[0] * std)
+    with open(f"{cfg.output_dir}/tasks.csv") as handle:
+        reported = next(row for row in csv.DictReader(handle) if row["task"] == "1")
+    assert about["query_accuracy"] == pytest.approx(float(reported["accuracy"]))
+    module = torch.jit.load(str(output))
+    assert about["parameters"] == sum(param.numel() for param in module.parameters())
 
 
 def test_a_folder_without_config_or_checkpoint_or_a_bad_target_ends_in_one_line(

@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
+import wandb
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
 from mglightning.loggers import (
     LIGHTNING_INFO,
     build_logger,
+    drop_advertisements,
     flat_config,
     has_wandb_credentials,
     quiet_lightning,
@@ -126,6 +128,19 @@ def test_misconfigured_wandb_falls_back_to_csv_with_one_warning(
     assert time.monotonic() - started < 60  # init_timeout=1: wandb gives up within seconds
 
 
+def test_wandb_init_gets_no_anonymous_setting(isolated_wandb, tiny_config, monkeypatch):
+    """W&B warns on every run that the ``anonymous`` Lightning always passes has no effect."""
+    received = {}
+
+    def recording_init(**kwargs):
+        received.update(kwargs)
+        raise RuntimeError("recorded")  # and the run falls back to CSV
+
+    monkeypatch.setattr(wandb, "init", recording_init)
+    build_logger(tiny_config("logger=wandb", "logger.mode=offline"))
+    assert received["mode"] == "offline" and "anonymous" not in received
+
+
 def test_a_run_with_wandb_unreachable_finishes_with_csv_metrics(
     isolated_wandb, tiny_config, caplog
 ):
@@ -173,10 +188,10 @@ def test_offline_run_is_written_organized_and_read_back(isolated_wandb, tiny_con
 
 def test_a_quiet_run_drops_lightning_advertisements_but_not_its_news(caplog):
     quiet_lightning()
-    quiet_lightning()  # idempotent: one filter
+    quiet_lightning()  # idempotent: one filter each
     with caplog.at_level(logging.INFO, logger=LIGHTNING_INFO.name):
         LIGHTNING_INFO.info("💡 Tip: try installing something")
-        LIGHTNING_INFO.info("GPU available: False, used: False")
+        LIGHTNING_INFO.info("`Trainer.fit` stopped: `max_epochs=2` reached.")
     assert [record.getMessage() for record in caplog.records] == [
-        "GPU available: False, used: False"]
-    assert len(LIGHTNING_INFO.filters) == 1
+        "`Trainer.fit` stopped: `max_epochs=2` reached."]
+    assert LIGHTNING_INFO.filters == [drop_advertisements]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mglightning.bench.export_format import SAME_SPEED, holds_up
+
 GOALS = {  # name → (target text, test on the figure)
     "round_speedup": ("≥ 2× faster than the reference", lambda value: value >= 2.0),
     "round_overhead": ("≤ 1.15", lambda value: value <= 1.15),
@@ -143,6 +145,7 @@ def notes(results: dict) -> list[str]:
         "no per-batch gathers) is the deployment path: "
         + _exported_summary(results["inference"]) + ".",
         *_processes_summary(results.get("processes")),
+        "- " + _export_format_summary(results.get("export_format")),
         "- Timings use one torch thread: with another process busy on one of the two cores, "
         "torch's two OpenMP threads wait on each other; in side-by-side trials a batch-1 "
         "forward was >10× slower and a training round ~30× slower (0.35 s → ~10 s) with two "
@@ -203,6 +206,21 @@ def _floor_summary(inference: dict) -> str:
             f"ideal, against {100 * figure['share_of_ideal']:.0f} % gated: the convolution "
             f"kernels alone stay {'below' if floor < 0.7 else 'above'} the goal's 70 %.")
     return " ".join(parts) or "not measured."
+
+
+def _export_format_summary(figures: dict | None) -> str:
+    """The saved format of a deployed module: torch.export against TorchScript, both loaded."""
+    if not figures:
+        return "Saved format of a deployed task module: not measured."
+    times = "; ".join(f"{name} {_spread(figure)}" for name, figure in figures.items()
+                      if name.startswith("batch"))
+    verdict = (f"torch.export holds the speed (within {SAME_SPEED:.2f}×) and predicts alike, "
+               "so `make deploy` can switch to it" if holds_up(figures)
+               else "TorchScript stays the format of `make deploy`")
+    return (f"Saved format of a deployed task module, time of the loaded `torch.export` program "
+            f"÷ the loaded TorchScript module: {times}; predictions "
+            f"{'equal' if figures['predictions_equal'] else 'differ'} (max |Δ logit| "
+            f"{figures['max_logit_difference']:.1e}): {verdict}.")
 
 
 def _exported_summary(inference: dict) -> str:

@@ -14,12 +14,13 @@ import torch
 from mglightning.adaptation.steps import two_stage
 from mglightning.bench.adaptation import bench_adaptation
 from mglightning.bench.alternatives import bench_alternatives
+from mglightning.bench.export_format import bench_export_formats
 from mglightning.bench.inference import bench_inference
 from mglightning.bench.memory import measure_in_subprocess
 from mglightning.bench.processes import bench_processes
 from mglightning.bench.rounds import bench_rounds
 from mglightning.bench.workload import build_workload, dataset_overrides, sparsify_gates
-from mglightning.export import export_task_network
+from mglightning.export import RawImageInput, task_network
 from mglightning.models.backbones import build_network
 from mglightning.models.network import GatedNetwork
 
@@ -86,12 +87,16 @@ def _run_suite(config: BenchConfig) -> dict:
 
     two_stage(gated, support_images, support_labels, cfg.method.adaptation.lr)  # adapted
     query_images, _ = target.query_set()
+    task = task_network(gated, torch.cat([support_images, query_images]))
     with warnings.catch_warnings():  # torch 2.14: TorchScript is deprecated, still works
         warnings.simplefilter("ignore", FutureWarning)
-        exported = export_task_network(gated, torch.cat([support_images, query_images]))
+        exported = torch.jit.script(task)
     results["inference"] = bench_inference(gated, ungated_copy(gated, cfg.model.name),
                                            query_images, config.inference_batches,
                                            config.repeats, exported)
+    deployed = RawImageInput(task, target.data.mean, target.data.std)  # what deploy saves
+    results["export_format"] = bench_export_formats(
+        deployed, target.data.images[target.query_idx], config.inference_batches, config.repeats)
     if config.memory:
         results["memory"] = measure_in_subprocess(data_overrides)
     if config.processes:

@@ -188,11 +188,9 @@ class FederatedDataModule(lightning.LightningDataModule):
     def _load_and_split(self) -> None:
         """Load the data set, cut it into nodes, split nodes and their samples (on the CPU)."""
         partition_cfg = self.dataset_cfg["partition"]
-        partition_seed, nodes_seed, support_seed = _independent_seeds(self.seed, 3)
+        partition_seed, _, support_seed = _independent_seeds(self.seed, 3)
         partitioner = build_partitioner(partition_cfg, partition_seed)
-        num_target_nodes = int(partition_cfg.get("num_target_nodes", 0))
-        train_ids, target_ids = split_train_target(partitioner.num_nodes, num_target_nodes,
-                                                   nodes_seed)
+        train_ids, target_ids = node_split(partition_cfg, self.seed)
         data = self._load_data()
         node_indices = partitioner.partition(data.labels, data.num_classes)
         clients = self._make_clients(data, node_indices, support_seed)
@@ -250,6 +248,14 @@ class FederatedDataModule(lightning.LightningDataModule):
 
 def _target_index(position: int) -> int:
     return int(position)
+
+
+def node_split(partition: Mapping, seed: int) -> tuple[list[int], list[int]]:
+    """Training and target node ids of the federation that ``dataset.partition`` and ``seed``
+    build (SPEC §2): fixed by the config alone, so known before any data is loaded."""
+    nodes_seed = _independent_seeds(seed, 3)[1]
+    return split_train_target(int(partition["num_nodes"]),
+                              int(partition.get("num_target_nodes", 0)), nodes_seed)
 
 
 def _independent_seeds(seed: int, count: int) -> list[int]:

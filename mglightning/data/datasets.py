@@ -82,7 +82,8 @@ class ImageData:
 
     ``mean`` and ``std`` are per-channel statistics on the [0, 1] scale; :meth:`batch`
     normalizes with them, so model code never sees raw pixels. Batches are made on the device
-    the images are on (see :meth:`to`).
+    the images are on (see :meth:`to`). ``class_names[label]`` names a class where the data
+    set has names (None: ids only).
     """
 
     images: torch.Tensor
@@ -90,6 +91,7 @@ class ImageData:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    class_names: tuple[str, ...] | None = None
     _mean_tensor: torch.Tensor = field(init=False, repr=False)  # (1, C, 1, 1)
     _std_tensor: torch.Tensor = field(init=False, repr=False)  # (1, C, 1, 1)
 
@@ -115,10 +117,12 @@ class ImageData:
                          self.mean, self.std)
 
     @classmethod
-    def from_images(cls, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> ImageData:
+    def from_images(cls, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                    class_names: list[str] | None = None) -> ImageData:
         """Wrap pooled images, computing the per-channel normalization statistics from them."""
         mean, std = channel_statistics(images)
-        return cls(images, labels.to(torch.int64), num_classes, mean, std)
+        return cls(images, labels.to(torch.int64), num_classes, mean, std,
+                   None if class_names is None else tuple(class_names))
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -188,16 +192,17 @@ def _load_real(name: str, data_root: Path, download: bool) -> ImageData:
     ):
         logger.info("loading Fashion-MNIST from the Debian package files in %s", source)
         images, labels = read_idx_pair_folder(source, ".gz", DEBIAN_REMEDY)
+        class_names = TORCHVISION_CLASSES[name].classes
     else:
         source = _torchvision_folder(name, data_root)
         logger.info("loading %s with torchvision from %s", name, source)
-        images, labels = _load_torchvision(name, data_root, download)
+        images, labels, class_names = _load_torchvision(name, data_root, download)
     if len(labels) > 0 and not 0 <= int(labels.min()) <= int(labels.max()) < NUM_CLASSES[name]:
         raise DataError(f"labels in {source} span {int(labels.min())}..{int(labels.max())} but "
                         f"{name} has {NUM_CLASSES[name]} classes: the files are corrupt, delete "
                         "them and re-download (download=true)")
     logger.info("%s: %d images of shape %s", name, len(labels), tuple(images.shape[1:]))
-    return ImageData.from_images(images, labels, NUM_CLASSES[name])
+    return ImageData.from_images(images, labels, NUM_CLASSES[name], class_names)
 
 
 def debian_fmnist_dir() -> Path:
@@ -229,8 +234,9 @@ def _torchvision_files_present(name: str, data_root: Path) -> bool:
 
 def _load_torchvision(
     name: str, data_root: Path, download: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled (images (N, C, H, W), labels (N,)) from torchvision's train and test splits."""
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Pooled (images (N, C, H, W), labels (N,)) from torchvision's train and test splits, and
+    the class names (CIFAR's from its meta file)."""
     dataset_class = TORCHVISION_CLASSES[name]
     try:
         splits = [dataset_class(str(data_root), train=train, download=download)
@@ -239,7 +245,7 @@ def _load_torchvision(
         raise _torchvision_failure(name, data_root, download, error) from error
     images = torch.cat([_images_nchw(split.data) for split in splits])
     labels = torch.cat([torch.as_tensor(split.targets, dtype=torch.int64) for split in splits])
-    return images, labels
+    return images, labels, list(splits[0].classes)
 
 
 def _images_nchw(split_data) -> torch.Tensor:

@@ -107,8 +107,9 @@ def write_cifar10(root: Path, seed: int) -> tuple[np.ndarray, np.ndarray]:
                                                b"filenames": [b"x.png"] * len(labels)})
         all_rows.append(rows)
         all_labels += labels
+    names = [f"class{i}".encode() for i in range(10)]
     write_py2_pickle(folder / "batches.meta", {b"num_cases_per_batch": 3, b"num_vis": 3072,
-                                               b"label_names": [b"class"] * 10})
+                                               b"label_names": names})
     return np.concatenate(all_rows).reshape(-1, 3, 32, 32), np.array(all_labels)
 
 
@@ -127,7 +128,8 @@ def write_cifar100(root: Path, seed: int) -> tuple[np.ndarray, np.ndarray]:
                                                b"data": rows})
         all_rows.append(rows)
         all_labels += fine_labels
-    write_py2_pickle(folder / "meta", {b"fine_label_names": [b"fine"] * 100,
+    names = [f"fine{i}".encode() for i in range(100)]
+    write_py2_pickle(folder / "meta", {b"fine_label_names": names,
                                        b"coarse_label_names": [b"coarse"] * 20})
     return np.concatenate(all_rows).reshape(-1, 3, 32, 32), np.array(all_labels)
 
@@ -149,6 +151,7 @@ def test_debian_fmnist_gz_files_are_read_and_pooled(tmp_path, monkeypatch):
     data = load_dataset("fmnist", root=str(tmp_path / "root"), download=False)
     assert_pooled(data, images[:, None], labels)
     assert data.num_classes == 10 and data.shape == (1, 28, 28)
+    assert data.class_names == tuple(torchvision.datasets.FashionMNIST.classes)
 
 
 @pytest.mark.parametrize("damage", ["short payload", "cut gzip stream", "wrong magic"])
@@ -211,6 +214,8 @@ def test_cifar_python_batches_are_read_as_chw(tmp_path, skip_cifar_md5, name, wr
     data = load_dataset(name, root=str(tmp_path), download=False)
     assert_pooled(data, images, labels)
     assert data.shape == (3, 32, 32) and data.num_classes == (10 if name == "cifar10" else 100)
+    prefix = "class" if name == "cifar10" else "fine"  # the names in the meta file
+    assert data.class_names == tuple(f"{prefix}{i}" for i in range(data.num_classes))
 
 
 def test_truncated_cifar_batch_raises_data_error(tmp_path, skip_cifar_md5):
@@ -309,6 +314,7 @@ def test_synthetic_is_seeded_balanced_and_varied():
     data = load_dataset("synthetic", num_classes=4, shape=(2, 16, 12), samples_per_class=30,
                         seed=3)
     assert data.images.shape == (120, 2, 16, 12) and data.num_classes == 4
+    assert data.class_names is None  # ids only
     assert torch.equal(torch.bincount(data.labels), torch.full((4,), 30))
     same = load_dataset("synthetic", num_classes=4, shape=(2, 16, 12), samples_per_class=30,
                         seed=3)
