@@ -202,28 +202,26 @@ def run_cli(*overrides: str, env=None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "override, message, run_folder_made",
+    "override, message",
     [
-        ("method.local.steps=-1", "method.local.steps=-1: must be an integer >= 1", False),
+        ("method.local.steps=-1", "method.local.steps=-1: must be an integer >= 1"),
         ("method.clients_per_round=21", "method.clients_per_round=21: must be at most the 20 "
                                         "training nodes (dataset.partition.num_nodes=24 minus "
-                                        "num_target_nodes=4)", False),
+                                        "num_target_nodes=4)"),
         # A key valid once added: Hydra's own advice, said in one line.
         ("trainer.precision=32", "Could not override 'trainer.precision'. To append to your "
-                                 "config use +trainer.precision=32", False),
+                                 "config use +trainer.precision=32"),
         # Needs the data set's class count: the partitioner's own check, after loading.
         ("dataset.partition.classes_per_node=7", "dataset.partition.classes_per_node=7: must be "
-                                                 "between 1 and the data set's 6 classes", True),
+                                                 "between 1 and the data set's 6 classes"),
     ],
 )
-def test_cli_prints_one_line_and_exits_2_on_config_errors(tmp_path, override, message,
-                                                          run_folder_made):
+def test_cli_prints_one_line_and_exits_2_on_config_errors(tmp_path, override, message):
     result = run_cli(*TINY_CLI, f"output_root={tmp_path}", override)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"error: {message}"
     assert "Traceback" not in result.stderr
-    assert not list(tmp_path.rglob("*.ckpt"))
-    assert any(tmp_path.iterdir()) == run_folder_made  # config errors end before Hydra makes it
+    assert not any(tmp_path.iterdir())  # bad input ends before the run folder is made
 
 
 @pytest.mark.parametrize("override, hint", [("method.server.betta=0.5", "beta"),
