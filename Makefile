@@ -9,16 +9,17 @@ TARGET ?= 0
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint train train-cifar10 reproduce sweep deploy bench clean
+.PHONY: help install test test-all lint train train-cifar10 reproduce sweep deploy bench \
+        flower-sim flower-deploy-smoke clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
-install: ## Create .venv with torch 2.14.1 + torchvision 0.29.1 and the package (dev extra); Fashion-MNIST from Debian when root
+install: ## Create .venv with torch 2.14.1 + torchvision 0.29.1 and the package (dev, flower extras); Fashion-MNIST from Debian when root
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,flower]"
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "note: dataset-fashion-mnist not installed (offline Fashion-MNIST unavailable)"; \
 	fi
@@ -49,6 +50,12 @@ deploy: ## RUN's network adapted at target node TARGET, exported → RUN/deploye
 
 bench: ## Benchmarks → BENCHMARKS.md and BENCHMARKS.json
 	$(PY) -m mglightning.bench $(ARGS)
+
+flower-sim: ## Federated rounds on Flower's simulation engine (Ray), one SuperNode per training node; ARGS: overrides
+	OMP_NUM_THREADS=1 $(PY) -m mglightning.flower.simulate dataset=synthetic logger=none rounds=3 method.clients_per_round=4 output_root=outputs/flower-sim $(ARGS)
+
+flower-deploy-smoke: ## Loopback deployment: 1 SuperLink + 2 SuperNodes on 127.0.0.1, flwr run 2 rounds, all stopped (bounded in time)
+	VENV=$(VENV) scripts/flower_deploy_smoke.sh
 
 clean: ## Remove caches and run outputs (keeps .venv and data)
 	rm -rf outputs .pytest_cache .ruff_cache lightning_logs wandb

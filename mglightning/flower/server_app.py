@@ -4,7 +4,7 @@ It builds the same learner as ``mglightning.train`` (same seed: same x_0), resto
 state if there is one (``<output_dir>/flower/server_state.ckpt``, written every
 ``checkpoint.every_n_rounds`` rounds and after the last), finds which Flower node holds which
 training node, and runs the remaining rounds with :class:`FederatedRoundStrategy`. Its final
-x_ag, in that file, is the meta-model.
+x_ag, in that file, is the meta-model; ``flower/rounds.csv`` beside it times the rounds.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from mglightning.flower.config import compose_config, run_overrides
 from mglightning.flower.strategy import FederatedRoundStrategy, ServerState, discover_nodes
+from mglightning.io import write_csv
 from mglightning.train import build_datamodule, build_learner, build_network
 
-STATE_FILE = Path("flower") / "server_state.ckpt"  # under the run's output_dir
+FLOWER_FOLDER = Path("flower")  # under the run's output_dir
+STATE_FILE = FLOWER_FOLDER / "server_state.ckpt"
+ROUNDS_FILE = FLOWER_FOLDER / "rounds.csv"  # one row per round run by this server process
 REPLY_TIMEOUT_SECONDS = 600.0  # per round, and for all nodes to connect
 
 
@@ -39,9 +42,11 @@ def make_server_app(overrides: str | None = None) -> ServerApp:
         state.restore(learner)
         node_ids = discover_nodes(grid, len(datamodule.train_clients), REPLY_TIMEOUT_SECONDS)
         strategy = FederatedRoundStrategy(learner, node_ids, cfg.rounds, state)
-        strategy.start(grid, strategy.state_arrays(),
-                       num_rounds=cfg.rounds - int(learner.rounds_done),
-                       timeout=REPLY_TIMEOUT_SECONDS)
+        result = strategy.start(grid, strategy.state_arrays(),
+                                num_rounds=cfg.rounds - int(learner.rounds_done),
+                                timeout=REPLY_TIMEOUT_SECONDS)
+        write_csv(Path(cfg.output_dir) / ROUNDS_FILE,
+                  [dict(metrics) for metrics in result.train_metrics_clientapp.values()])
 
     return app
 

@@ -64,8 +64,9 @@ class LocalGrid:
 
     def reply(self, message: Message) -> Message:
         node_id = message.metadata.dst_node_id
-        context = Context(run_id=1, node_id=node_id, node_config={
-            "partition-id": self.partitions[self.node_ids.index(node_id)]}, state=RecordDict(), run_config={})
+        partition = self.partitions[self.node_ids.index(node_id)]
+        context = Context(run_id=1, node_id=node_id, node_config={"partition-id": partition},
+                          state=RecordDict(), run_config={})
         try:
             return self.client_app(message, context)
         except Exception as error:  # what Flower's runtimes do with a raising ClientApp
