@@ -1,12 +1,13 @@
 """One training node's data for its ClientApp: the node's own rows, cached on disk.
 
 A node's shard is a function of the pooled data set, the partition and the seed (SPEC §2), so
-cutting it needs every label of the pooled set. The first ClientApp to miss its shard builds
-the :class:`FederatedDataModule` once and writes every training node's shard (its images and
-labels, the pooled normalization statistics, its support/query split); from then on a node
-loads its own rows alone. This matters under a SuperNode, which starts a fresh ClientApp
-process per message. A shard gives the node's local solver exactly the batches the pooled
-data would: the same rows, in the same support order, normalized with the same statistics.
+cutting it needs every label of the pooled set. A node's first ClientApp process builds the
+:class:`FederatedDataModule` once and writes the node's shard (its images and labels, the
+pooled normalization statistics, its support/query split); from then on the node loads its own
+rows alone. This matters under a SuperNode, which starts a fresh ClientApp process per
+message. Each node writes only its own file, so nodes sharing a disk never race. A shard gives
+the node's local solver exactly the batches the pooled data would: the same rows, in the same
+support order, normalized with the same statistics.
 """
 
 from __future__ import annotations
@@ -48,21 +49,18 @@ def load_node_shard(cfg: DictConfig, partition_id: int) -> NodeShard:
     """Training node ``partition_id`` (an index into ``FederatedDataModule.train_clients``)."""
     path = shard_folder(cfg) / f"node{partition_id}.pt"
     if not path.exists():
-        write_node_shards(cfg, partition_id)
+        write_node_shard(cfg, partition_id, path)
     return read_node_shard(path, cfg.dataset.batch_size)
 
 
-def write_node_shards(cfg: DictConfig, partition_id: int) -> None:
-    """Cut the pooled data set into every training node's shard and write them atomically."""
+def write_node_shard(cfg: DictConfig, partition_id: int, path: Path) -> None:
+    """Cut training node ``partition_id``'s rows out of the pooled data set; write atomically."""
     datamodule = build_datamodule(cfg)
     clients = datamodule.train_clients
     if not 0 <= partition_id < len(clients):
         raise ConfigError(f"node config partition-id={partition_id}: the config has "
                           f"{len(clients)} training nodes, use 0..{len(clients) - 1}")
-    folder = shard_folder(cfg)
-    for index, client in enumerate(clients):
-        AtomicCheckpointIO().save_checkpoint(shard_payload(datamodule, client),
-                                             folder / f"node{index}.pt")
+    AtomicCheckpointIO().save_checkpoint(shard_payload(datamodule, clients[partition_id]), path)
 
 
 def shard_payload(datamodule: FederatedDataModule, client: ClientDataModule) -> dict:
