@@ -10,7 +10,7 @@ ARGS   ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-all lint train train-cifar10 reproduce sweep deploy bench \
-        flower-sim flower-deploy-smoke clean
+        test-flower flower-sim flower-deploy-smoke clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ test: ## Run the test suite (slow tests excluded)
 
 test-all: ## Run every test, the slow end-to-end ones too
 	$(PY) -m pytest -q -m "slow or not slow"
+
+test-flower: ## The Flower tests, the simulation's bit-for-bit equality (slow, ~30 s) included
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "slow or not slow" tests/flower
 
 lint: ## Lint with ruff
 	$(VENV)/bin/ruff check mglightning tests
