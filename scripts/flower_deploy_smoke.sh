@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Loopback Flower deployment, end to end: 1 SuperLink + 2 SuperNodes on 127.0.0.1 (insecure),
-# `flwr run` of 2 rounds of the tiny synthetic config, then a check of the server's saved state.
+# `flwr run` of 2 rounds of the tiny synthetic config, then a check of the server's saved state:
+# its x_ag must equal, bit for bit, the in-process learner's after the same rounds.
 # Every wait is bounded; every process started here is stopped by its PID (its process group,
 # which holds the SuperExec and ClientApp processes it spawned) when the script exits.
 #   VENV=.venv scripts/flower_deploy_smoke.sh      (make flower-deploy-smoke)
@@ -79,18 +80,25 @@ timeout "$RUN_TIMEOUT" flwr run . loopback --stream \
     || { tail -20 "$work/flwr-run.log" >&2; exit 1; }
 echo "flwr run: $ROUNDS rounds in $((SECONDS - t1)) s"
 
-"$VENV/bin/python" - "$work/outputs" "$ROUNDS" <<'PY'
+"$VENV/bin/python" - "$overrides" "$ROUNDS" <<'PY'
 import csv, sys
 from pathlib import Path
 import torch
-outputs, rounds = Path(sys.argv[1]), int(sys.argv[2])
-state_file, = outputs.glob("*/*/flower/server_state.ckpt")
-state = torch.load(state_file, weights_only=True)["state_dict"]
+from mglightning.flower.config import compose_config
+from mglightning.flower.server_app import ROUNDS_FILE, STATE_FILE
+from mglightning.train import build_datamodule, build_learner, build_network
+cfg, rounds = compose_config(sys.argv[1]), int(sys.argv[2])
+state = torch.load(Path(cfg.output_dir) / STATE_FILE, weights_only=True)["state_dict"]
 assert int(state["rounds_done"]) == rounds, f"rounds_done={int(state['rounds_done'])}"
-assert torch.isfinite(state["x_ag"]).all()
-rows = list(csv.DictReader(open(state_file.parent / "rounds.csv")))
+rows = list(csv.DictReader(open(Path(cfg.output_dir) / ROUNDS_FILE)))
 assert [int(float(row["failed-clients"])) for row in rows] == [0] * rounds, rows
+torch.set_num_threads(1)  # as the ClientApp processes (OMP_NUM_THREADS=1)
+datamodule = build_datamodule(cfg)
+learner = build_learner(cfg, build_network(cfg, datamodule))
+for _ in range(rounds):
+    learner.run_round(datamodule.train_clients)
+assert torch.equal(state["x_ag"], learner.x_ag), "x_ag differs from the in-process run"
 print("round seconds:", ", ".join(f"{float(row['round-seconds']):.1f}" for row in rows))
-print(f"ok: {rounds} rounds, no failed node, x_ag finite in {state_file.name}")
+print(f"ok: {rounds} rounds, no failed node, x_ag equal to the in-process run bit for bit")
 PY
 echo "total $((SECONDS - t0)) s"
