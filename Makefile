@@ -11,17 +11,18 @@ ARGS   ?=
 
 .DEFAULT_GOAL := help
 GPU_OUT ?= outputs/gpu-check
-.PHONY: help install test test-all gpu-check lint train train-cifar10 reproduce sweep deploy bench clean
+.PHONY: help install test test-all gpu-check lint train train-cifar10 reproduce sweep deploy bench \
+        test-flower flower-sim flower-deploy-smoke clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 	@echo 'Config overrides go in ARGS, e.g. make train ARGS="rounds=50 seed=1 logger=csv"'
 
-install: ## Create .venv with torch 2.14.1 + torchvision 0.29.1 and the package (dev extra); Fashion-MNIST from Debian when root
+install: ## Create .venv with torch 2.14.1 + torchvision 0.29.1 and the package (dev, flower extras); Fashion-MNIST from Debian when root
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,flower]"
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "note: dataset-fashion-mnist not installed (offline Fashion-MNIST unavailable)"; \
 	fi
@@ -36,6 +37,9 @@ gpu-check: ## On a GPU (<= 8 min): the cuda tests, host syncs reported; round ti
 	MG_CUDA_SYNC_DEBUG=warn CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 360 \
 		$(PY) -m pytest -q -rs -m cuda --junitxml=$(GPU_OUT)/cuda-tests.xml
 	timeout 120 $(PY) -m mglightning.bench.devices --skip-without-gpu --output-dir $(GPU_OUT)
+
+test-flower: ## The Flower tests, the simulation's bit-for-bit equality (slow, ~30 s) included
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "slow or not slow" tests/flower
 
 lint: ## Lint with ruff
 	$(VENV)/bin/ruff check mglightning tests
@@ -58,6 +62,12 @@ deploy: ## RUN's network adapted at target node TARGET, exported → RUN/deploye
 
 bench: ## Benchmarks → BENCHMARKS.md and BENCHMARKS.json; ARGS="--repeats 5" (ARGS="--help": options)
 	$(PY) -m mglightning.bench $(ARGS)
+
+flower-sim: ## Federated rounds on Flower's simulation engine (Ray), one SuperNode per training node; ARGS: overrides
+	OMP_NUM_THREADS=1 $(PY) -m mglightning.flower.simulate dataset=synthetic logger=none rounds=3 method.clients_per_round=4 output_root=outputs/flower-sim $(ARGS)
+
+flower-deploy-smoke: ## Loopback deployment: 1 SuperLink + 2 SuperNodes on 127.0.0.1, flwr run 2 rounds, all stopped (bounded in time)
+	VENV=$(VENV) scripts/flower_deploy_smoke.sh
 
 clean: ## Remove caches and run outputs (keeps .venv and data)
 	rm -rf outputs .pytest_cache .ruff_cache lightning_logs wandb

@@ -1,0 +1,8 @@
+"""Federated meta-learning across real Flower clients (the ``flower`` extra, flwr 1.41).
+
+A ``ServerApp`` (:mod:`.server_app`) runs our server step, unchanged, behind a Flower Message
+API strategy (:mod:`.strategy`); a ``ClientApp`` (:mod:`.client_app`) runs our local solver on
+its node's data shard (:mod:`.shard`). The two speak the record format of :mod:`.protocol`.
+Same seed, same rounds: the meta-model x_ag equals the in-process run's bit for bit.
+Nothing here is imported by the rest of the package, so flwr stays optional.
+"""

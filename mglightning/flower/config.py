@@ -1,0 +1,43 @@
+"""The run's config on both sides of a Flower app: our Hydra config, composed from overrides.
+
+The ServerApp and every ClientApp compose the same ``conf/train.yaml`` with the same overrides,
+so they agree on seed, data, partition, method and rounds without shipping a config around.
+Under ``flwr run`` the overrides come from the run config (``[tool.flwr.app.config]``,
+``overrides = "..."``, changeable with ``flwr run --run-config``); ``run_simulation`` has no run
+config, so its apps carry the overrides themselves.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from functools import lru_cache
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from mglightning.config import CONF_DIR, ConfigError, validate
+
+OVERRIDES_KEY = "overrides"  # the run config key holding the Hydra overrides
+
+
+@lru_cache(maxsize=8)
+def compose_config(overrides: str) -> DictConfig:
+    """``conf/train.yaml`` with ``overrides`` (shell-quoted ``key=value`` words), validated.
+
+    Composed once per process (a Ray actor serves many nodes; Hydra takes ~0.5 s): treat the
+    result as read-only."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=shlex.split(overrides))
+    validate(cfg)
+    return cfg
+
+
+def run_overrides(fixed: str | None, run_config: Mapping) -> str:
+    """The overrides an app was built with, else those of the run config."""
+    if fixed is not None:
+        return fixed
+    if OVERRIDES_KEY not in run_config:
+        raise ConfigError(f"run config has no {OVERRIDES_KEY!r}: set it in pyproject.toml "
+                          f"[tool.flwr.app.config] or with flwr run --run-config")
+    return str(run_config[OVERRIDES_KEY])

@@ -1,0 +1,76 @@
+"""What the ServerApp and the ClientApps send each other: Flower records around our tensors.
+
+A train message carries x_md and, in its config, the round, the node's position in the round
+and its partition-id: the client draws from the streams of (seed, round, position)
+(:mod:`mglightning.federated.streams`), exactly as the in-process learner's client at that
+position. The reply carries the local parameters, the support size (``num-examples``, Flower's
+weighting key) and the mean local loss, and the position again, so that the server can put the
+replies back into the round's order whatever order they arrive in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+from mglightning.federated.server import ClientResult
+
+ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
+PARTITION_ID = "partition-id"  # node config key: the node's index into the training nodes
+
+
+@dataclass
+class TrainTask:
+    """One local solve: start point x_md, round (1-based), position in the round (0-based)."""
+
+    x_md: torch.Tensor
+    round_index: int
+    position: int
+    partition_id: int
+
+
+def train_message(task: TrainTask, node_id: int) -> Message:
+    config = ConfigRecord({"server-round": task.round_index, "position": task.position,
+                           PARTITION_ID: task.partition_id})
+    content = RecordDict({ARRAYS: ArrayRecord({"x_md": task.x_md}), CONFIG: config})
+    return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id)
+
+
+def read_train_message(message: Message) -> TrainTask:
+    config = message.content[CONFIG]
+    x_md = message.content[ARRAYS].to_torch_state_dict()["x_md"]
+    return TrainTask(x_md, int(config["server-round"]), int(config["position"]),
+                     int(config[PARTITION_ID]))
+
+
+def result_reply(message: Message, task: TrainTask, result: ClientResult) -> Message:
+    metrics = MetricRecord({"num-examples": result.num_samples, "loss": result.loss,
+                            "position": task.position, PARTITION_ID: task.partition_id,
+                            "node-id": result.node_id})
+    content = RecordDict({ARRAYS: ArrayRecord({"params": result.params}), METRICS: metrics})
+    return Message(content=content, reply_to=message)
+
+
+def read_result(reply: Message) -> tuple[int, ClientResult]:
+    """(position in the round, the node's result) of a reply without error."""
+    metrics = reply.content[METRICS]
+    params = reply.content[ARRAYS].to_torch_state_dict()["params"]
+    result = ClientResult(int(metrics["node-id"]), params, int(metrics["num-examples"]),
+                          float(metrics["loss"]))
+    return int(metrics["position"]), result
+
+
+def query_message(node_id: int) -> Message:
+    """Asks a node which training node (partition-id) it holds."""
+    return Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=node_id)
+
+
+def partition_reply(message: Message, partition_id: int) -> Message:
+    return Message(content=RecordDict({CONFIG: ConfigRecord({PARTITION_ID: partition_id})}),
+                   reply_to=message)
+
+
+def read_partition(reply: Message) -> int:
+    return int(reply.content[CONFIG][PARTITION_ID])

@@ -1,0 +1,171 @@
+"""Our server step behind a Flower strategy (flwr 1.41 Message API): the in-process round,
+split at the network.
+
+:class:`FederatedRoundStrategy` keeps the server state in a :class:`FederatedMetaLearner`
+(x, x_ag, rounds done, failed rounds in a row) and runs its ``strategy`` object
+(:class:`AcceleratedProximalStrategy` or :class:`FedAvgStrategy`) unchanged:
+``configure_train`` is ``configure_fit`` plus the learner's own choice of K nodes,
+``aggregate_train`` is ``aggregate_fit`` over the replies that did not fail, then ``commit`` —
+or, if every node failed, ``count_failed_round`` — exactly as ``FederatedMetaLearner.run_round``.
+
+Node choice: it subclasses Flower's ``FedAvg`` with ``fraction_train = K / N`` (what it does)
+but does not let it sample: ``FedAvg`` samples with Python's ``random``, unseeded. Instead the
+learner's ``sample_clients`` with ``round_generator(seed, round)`` chooses K training-node
+indices, and the message for the k-th goes to the Flower node holding that partition-id
+(``node_ids[partition]``, found once by a query round, :func:`discover_nodes`). Replies come
+back in any order; they are put back into position order before aggregating, because the
+in-process learner sums the clients in that order and float sums depend on it.
+
+Rounds are numbered by the learner (``rounds_done + 1``), not by Flower's ``server_round``: a
+server restored from its saved state (:class:`ServerState`) starts Flower's loop at 1 again
+but continues our rounds where they stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from mglightning.checkpoint import AtomicCheckpointIO
+from mglightning.config import ConfigError
+from mglightning.federated.learner import FederatedMetaLearner
+from mglightning.federated.streams import round_generator
+from mglightning.flower.protocol import (
+    TrainTask,
+    query_message,
+    read_partition,
+    read_result,
+    train_message,
+)
+
+log = logging.getLogger(__name__)
+
+NODE_POLL_SECONDS = 1.0
+
+
+@dataclass
+class ServerState:
+    """The learner's state (x, x_ag, rounds done, …) saved every ``every_n_rounds`` rounds and
+    after the last, atomically, so that a killed ServerApp resumes where it was."""
+
+    path: Path
+    every_n_rounds: int
+
+    def restore(self, learner: FederatedMetaLearner) -> None:
+        if self.path.exists():
+            learner.load_state_dict(torch.load(self.path, weights_only=True)["state_dict"])
+            log.info("resumed from %s after %d rounds", self.path, int(learner.rounds_done))
+
+    def save(self, learner: FederatedMetaLearner) -> None:
+        AtomicCheckpointIO().save_checkpoint({"state_dict": learner.state_dict()}, self.path)
+
+    def due(self, rounds_done: int, last_round: int) -> bool:
+        return rounds_done % self.every_n_rounds == 0 or rounds_done == last_round
+
+
+class FederatedRoundStrategy(FedAvg):
+    """A Flower strategy running ``learner``'s rounds on the Flower nodes ``node_ids``
+    (``node_ids[p]`` holds training node p); ``state`` (optional) saves the learner."""
+
+    def __init__(self, learner: FederatedMetaLearner, node_ids: list[int],
+                 last_round: int, state: ServerState | None = None) -> None:
+        num_nodes, per_round = len(node_ids), learner.clients_per_round
+        super().__init__(fraction_train=per_round / num_nodes, fraction_evaluate=0.0,
+                         min_train_nodes=per_round, min_available_nodes=num_nodes)
+        self.learner, self.node_ids = learner, node_ids
+        self.partition_of = {node_id: index for index, node_id in enumerate(node_ids)}
+        self.last_round, self.state = last_round, state
+        self.round_start: tuple[int, torch.Tensor, float] | None = None
+
+    def state_arrays(self) -> ArrayRecord:
+        """The server state as Flower's "global model": x and x_ag."""
+        return ArrayRecord({"x": self.learner.x.clone(), "x_ag": self.learner.x_ag.clone()})
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        learner = self.learner
+        round_index = learner.current_round()
+        x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, round_index)
+        chosen = learner.sample_clients(len(self.node_ids),
+                                        round_generator(learner.seed, round_index))
+        self.round_start = (round_index, x_md, time.perf_counter())
+        return [train_message(TrainTask(x_md, round_index, position, partition),
+                              self.node_ids[partition])
+                for position, partition in enumerate(chosen)]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        learner = self.learner
+        round_index, x_md, start = self.round_start
+        results, failures = self.sorted_results(list(replies))
+        for failure in failures:
+            log.warning("round %d: %s; left out of the round", round_index, failure)
+        if results:
+            learner.commit(*learner.strategy.aggregate_fit(learner.x, learner.x_ag, x_md,
+                                                           results, round_index), round_index)
+        else:
+            learner.count_failed_round(failures, round_index)
+        learner.rounds_done += 1
+        round_seconds = time.perf_counter() - start
+        learner.training_seconds += round_seconds
+        if self.state is not None and self.state.due(int(learner.rounds_done), self.last_round):
+            self.state.save(learner)
+        metrics = MetricRecord({
+            "round": round_index,
+            "train-loss": (sum(result.loss for result in results) / len(results)
+                           if results else float("nan")),
+            "failed-clients": len(failures),
+            "round-seconds": round_seconds,
+        })
+        return self.state_arrays(), metrics
+
+    def sorted_results(self, replies: list[Message]) -> tuple[list, list[str]]:
+        """The results of the replies without error and with finite parameters, in position
+        order; a line for each node that failed or did not answer."""
+        by_position, failures = {}, []
+        for reply in replies:
+            partition = self.partition_of.get(reply.metadata.src_node_id)
+            if reply.has_error():
+                failures.append(f"training node {partition}: {reply.error.reason}")
+                continue
+            position, result = read_result(reply)
+            if not torch.isfinite(result.params).all():
+                failures.append(f"node {result.node_id}: non-finite parameters")
+                continue
+            by_position[position] = result
+        missing = self.learner.clients_per_round - len(replies)
+        if missing > 0:
+            failures.append(f"{missing} node(s) sent no reply")
+        return [by_position[position] for position in sorted(by_position)], failures
+
+
+def discover_nodes(grid: Grid, num_nodes: int, timeout: float) -> list[int]:
+    """The Flower node id of each training node, in partition-id order: wait for ``num_nodes``
+    nodes, ask each its partition-id, and check that they are 0..num_nodes-1, once each."""
+    deadline = time.monotonic() + timeout
+    while len(node_ids := list(grid.get_node_ids())) < num_nodes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(node_ids)} of {num_nodes} nodes connected after "
+                               f"{timeout:.0f} s")
+        time.sleep(NODE_POLL_SECONDS)
+    replies = grid.send_and_receive([query_message(node_id) for node_id in node_ids],
+                                    timeout=max(deadline - time.monotonic(), 1.0))
+    partitions = {}
+    for reply in replies:
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id} did not say its "
+                               f"partition-id: {reply.error.reason}")
+        partitions.setdefault(read_partition(reply), []).append(reply.metadata.src_node_id)
+    if sorted(partitions) != list(range(num_nodes)) or len(replies) != num_nodes:
+        raise ConfigError(f"node config partition-id: the {len(node_ids)} nodes hold "
+                          f"{sorted(partitions)}; the config has {num_nodes} training nodes, "
+                          f"each must be held by one node with partition-id 0..{num_nodes - 1}")
+    return [partitions[index][0] for index in range(num_nodes)]
