@@ -46,7 +46,7 @@ def read_train_message(message: Message) -> TrainTask:
 
 
 def result_reply(message: Message, task: TrainTask, result: ClientResult) -> Message:
-    metrics = MetricRecord({"num-examples": result.num_samples, "loss": result.loss,
+    metrics = MetricRecord({"num-examples": result.num_samples, "loss": float(result.loss),
                             "position": task.position, PARTITION_ID: task.partition_id,
                             "node-id": result.node_id})
     content = RecordDict({ARRAYS: ArrayRecord({"params": result.params}), METRICS: metrics})
@@ -58,7 +58,7 @@ def read_result(reply: Message) -> tuple[int, ClientResult]:
     metrics = reply.content[METRICS]
     params = reply.content[ARRAYS].to_torch_state_dict()["params"]
     result = ClientResult(int(metrics["node-id"]), params, int(metrics["num-examples"]),
-                          float(metrics["loss"]))
+                          torch.tensor(float(metrics["loss"]), dtype=torch.float64))
     return int(metrics["position"]), result
 
 

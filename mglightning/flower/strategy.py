@@ -120,7 +120,7 @@ class FederatedRoundStrategy(FedAvg):
             self.state.save(learner)
         metrics = MetricRecord({
             "round": round_index,
-            "train-loss": (sum(result.loss for result in results) / len(results)
+            "train-loss": (float(torch.stack([result.loss for result in results]).mean())
                            if results else float("nan")),
             "failed-clients": len(failures),
             "round-seconds": round_seconds,

@@ -28,7 +28,7 @@ from mglightning.flower.strategy import (  # noqa: E402
 from mglightning.train import build_datamodule, build_learner, build_network  # noqa: E402
 
 ROUNDS = 3
-FLOWER_NODE_IDS = [9001, 17, 4242, 5, 77, 123456, 3, 64, 2048, 11]  # any ids, any order
+FLOWER_NODE_IDS = [9001, 17, 4242, 5, 77, 123456, 3, 64, 2048, 11, *range(30_000, 30_040)]  # any
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +150,8 @@ def test_failed_nodes_are_left_out_and_counted_as_in_process(tmp_path):
 
 
 def test_a_round_where_every_node_fails_leaves_the_state(tmp_path):
-    every_node = "[" + ",".join(str(i) for i in range(12)) + "]"
+    training = build_datamodule(compose_config(overrides(tmp_path))).train_clients
+    every_node = "[" + ",".join(str(client.node_id) for client in training) + "]"
     text = overrides(tmp_path, f"faults.inject.clients={every_node}", 'faults.inject.kind="nan"',
                      "faults.inject.rounds=[2]")
     reference, failed = in_process(compose_config(text), ROUNDS)
