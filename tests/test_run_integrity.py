@@ -198,9 +198,9 @@ def test_evaluations_are_shown_and_the_last_round_is_not_adapted_twice(
     calls = []
     adapt_and_evaluate = FastAdaptation.adapt_and_evaluate
 
-    def counted(self, client, task_index):
+    def counted(self, client, task_index, measure_gating=True):
         calls.append(task_index)
-        return adapt_and_evaluate(self, client, task_index)
+        return adapt_and_evaluate(self, client, task_index, measure_gating)
 
     monkeypatch.setattr(FastAdaptation, "adapt_and_evaluate", counted)
     with caplog.at_level("INFO", logger="mglightning.callbacks.evaluation"):
@@ -220,3 +220,8 @@ def test_evaluations_are_shown_and_the_last_round_is_not_adapted_twice(
     assert task_values(Path(tested.output_dir)) == task_values(Path(evaluated.output_dir))
     summary = json.loads((Path(evaluated.output_dir) / "summary.json").read_text())
     assert summary["num_tasks"] == tasks
+    # The gating measures are taken where they are reported: the final results, not round 3.
+    with open(Path(evaluated.output_dir) / "curve.csv") as handle:
+        curve_rows = list(csv.DictReader(handle))
+    assert not curve_rows[0]["task_jaccard_layer3"] and curve_rows[1]["task_jaccard_layer3"]
+    assert "task_jaccard_layer3" in summary

@@ -108,9 +108,10 @@ class FastAdaptation(L.LightningModule):
         )
         return network, measured or {}, device_clock(device) - start
 
-    def adapt_and_evaluate(self, client, task_index: int) -> dict:
+    def adapt_and_evaluate(self, client, task_index: int, measure_gating: bool = True) -> dict:
         """One target task: accuracy before/after adaptation, sparsity, MACs, learning time;
-        for a gated network also what the gates do (:meth:`gating_measures`)."""
+        for a gated network also what the gates do (:meth:`gating_measures`), unless
+        ``measure_gating`` is off (evaluations for the accuracy curve alone)."""
         query_images, query_labels = client.query_set()
         meta_forward = query_forward(self.meta_network, query_images)
         network, measured, learning_seconds = self.adapt(client)
@@ -126,7 +127,7 @@ class FastAdaptation(L.LightningModule):
             **measured,
             "learning_seconds": learning_seconds,
         }
-        if network.gated_layers:
+        if network.gated_layers and measure_gating:
             row |= self.gating_measures(network, meta_forward, adapted_forward, query_images,
                                         query_labels)
         return row
@@ -185,12 +186,13 @@ class FastAdaptation(L.LightningModule):
         return row
 
     def evaluate_targets(self, clients, tasks: Iterable[int] | None = None,
-                         on_task_done: Callable[[], None] | None = None) -> list[dict]:
+                         on_task_done: Callable[[], None] | None = None,
+                         measure_gating: bool = True) -> list[dict]:
         """The target tasks ``tasks`` (indices into ``clients``; default all) in turn;
         ``on_task_done`` after each (e.g. a progress bar)."""
         rows = []
         for task_index in range(len(clients)) if tasks is None else tasks:
-            rows.append(self.adapt_and_evaluate(clients[task_index], task_index))
+            rows.append(self.adapt_and_evaluate(clients[task_index], task_index, measure_gating))
             if on_task_done is not None:
                 on_task_done()
         return rows

@@ -21,7 +21,9 @@ class TargetEvaluation(L.Callback):
     """Adapts the current meta-model at every target node each ``every_n_rounds`` rounds,
     logs the across-task summary (and one line on the console) and rewrites ``curve.csv`` in
     the run folder. The last evaluation's per-task rows are kept (``rows_at``), so that a run
-    whose last round was just evaluated does not adapt its targets a second time."""
+    whose last round was just evaluated does not adapt its targets a second time; the gating
+    measures (two more forwards a task) are taken at that last round only, as the curve does
+    not need them."""
 
     def __init__(self, adapter: FastAdaptation, every_n_rounds: int, output_dir: str | Path,
                  show_bar: bool = True) -> None:
@@ -42,7 +44,9 @@ class TargetEvaluation(L.Callback):
         start = time.perf_counter()
         show = self.show_bar and trainer.is_global_zero
         with task_bar(len(tasks), f"round {round_index}: adapting targets", show) as bar:
-            rows = self.adapter.evaluate_targets(targets, tasks, on_task_done=lambda: bar.update(1))
+            rows = self.adapter.evaluate_targets(
+                targets, tasks, on_task_done=lambda: bar.update(1),
+                measure_gating=round_index == trainer.max_epochs)  # final results reuse it
         rows = gather_rows(rows, key="task")
         summary = summarize_tasks(rows)
         if trainer.is_global_zero:
