@@ -151,10 +151,6 @@ def run(cfg: DictConfig) -> dict:
     quiet_lightning()
     folder = RunFolder(cfg.output_dir)
     folder.check_config(cfg)
-    if folder.finished and not cfg.reevaluate:
-        log.info("%s holds this config's finished run: nothing to do (reevaluate=true adapts "
-                 "its targets again)", folder.path)
-        return folder.read_summary()
     with StopRequest() as stop_request, logging_redirect_tqdm():
         adapter = FastAdaptation(**cfg.method.adaptation)
         evaluation = TargetEvaluation(adapter, cfg.eval_every, folder.path, cfg.progress_bar)
@@ -165,6 +161,10 @@ def run(cfg: DictConfig) -> dict:
             RoundCheckpoint(folder.checkpoint_path.parent, cfg.checkpoint.every_n_rounds,
                             stop_request),
         ])
+        if folder.finished and not cfg.reevaluate:
+            log.info("%s holds this config's finished run: nothing to do (reevaluate=true "
+                     "adapts its targets again)", folder.path)
+            return folder.read_summary()
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = build_datamodule(cfg)
         first_process = rank_zero_only.rank == 0  # processes launched for more devices: no files

@@ -83,6 +83,10 @@ def test_changed_key_gets_its_own_folder_a_finished_run_is_left_alone(tmp_path):
     assert "target accuracy" in again.stdout and "nothing to do" in again.stdout
     assert snapshot(old) == before
 
+    machine = cli("rounds=2", "eval_every=0", "trainer.accelerator=gpu", f"output_root={tmp_path}")
+    if not torch.cuda.is_available():  # a finished run too: the setting is checked first
+        assert machine.returncode == 2 and machine.stderr.startswith("error: trainer.")
+
     pinned = cli("rounds=20", "eval_every=0", "method.server.beta=0.5", f"output_dir={old}")
     assert pinned.returncode == 2
     assert pinned.stderr.count("\n") == 1 and pinned.stderr.startswith("error: ")
