@@ -138,8 +138,9 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
             **cfg.trainer,
         )
     except MisconfigurationException as error:
-        settings = " ".join(f"trainer.{key}={value}" for key, value in cfg.trainer.items())
-        raise ConfigError(f"{settings}: {' '.join(str(error).split())}") from error
+        raise ConfigError(f"trainer.accelerator={cfg.trainer.get('accelerator')} "
+                          f"trainer.devices={cfg.trainer.get('devices')}: "
+                          f"{' '.join(str(error).split())}") from error
 
 
 def run(cfg: DictConfig) -> dict:
