@@ -4,8 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXP    ?= table1_fmnist
 SWEEP  ?= metagater_fmnist
-# make deploy's run folder; default: the newest `make train` run (run names end in a fingerprint)
-RUN    ?= $(firstword $(shell ls -td outputs/default/fmnist-cnn4-metagater-seed0-* 2>/dev/null))
+RUN    ?=   # make deploy's run folder; empty: the run `make train` makes
 TARGET ?= 0
 ARGS   ?=
 
@@ -57,7 +56,6 @@ sweep: ## Create and run the W&B sweep conf/sweep/SWEEP.yaml (offline: prints th
 	$(PY) -m mglightning.sweep $(SWEEP) $(ARGS)
 
 deploy: ## RUN's network adapted at target node TARGET, exported → RUN/deployed/targetTARGET.pt + .json; ARGS="--output PATH"
-	$(if $(RUN),,$(error no run to deploy: run `make train` first, or set RUN=<run folder>))
 	$(PY) -m mglightning.deploy $(RUN) --target $(TARGET) $(ARGS)
 
 bench: ## Benchmarks → BENCHMARKS.md and BENCHMARKS.json; ARGS="--repeats 5" (ARGS="--help": options)

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from mglightning.adaptation.module import FastAdaptation
-from mglightning.config import RUN_CONFIG
+from mglightning.config import CONF_DIR, RUN_CONFIG
 from mglightning.data.datamodule import ClientDataModule
 from mglightning.data.datasets import DataError
 from mglightning.export import RawImageInput, task_network
@@ -124,14 +125,23 @@ def metadata(run_dir: Path, cfg: DictConfig, target: int, client: ClientDataModu
     }
 
 
+def default_run_dir() -> Path:
+    """The folder of the run the default config makes (``make train``): its run name carries
+    the config's fingerprint, so it is composed, not guessed."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return Path(compose("train").output_dir)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mglightning.deploy",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="a finished run's folder")
+    parser.add_argument("run_dir", type=Path, nargs="?",
+                        help="a finished run's folder (default: the one `make train` makes)")
     parser.add_argument("--target", type=int, default=0, help="target node index (default 0)")
     parser.add_argument("--output", type=Path,
                         help="where to save (default RUN_DIR/deployed/target<N>.pt)")
     args = parser.parse_args(argv)
+    args.run_dir = args.run_dir or default_run_dir()
     try:
         deployment = deploy(args.run_dir, args.target)
     except (DeployError, DataError) as error:
