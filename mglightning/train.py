@@ -207,12 +207,12 @@ def train_and_adapt(cfg: DictConfig, folder: RunFolder, trainer: L.Trainer,
         "rounds_per_second": rounds_done / max(float(learner.training_seconds), 1e-9),
         **summarize_tasks(rows),
     }
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # the processes launched for more devices neither write nor log
         folder.write_results(rows, summary)
-    log_task_results(trainer.loggers, rows, summary, step=rounds_done)
-    if logger is not None:
-        logger.finalize("success")
-        finish_wandb_run(logger, summary)
+        log_task_results(trainer.loggers, rows, summary, step=rounds_done)
+        if logger is not None:
+            logger.finalize("success")
+            finish_wandb_run(logger, summary)
     return summary
 
 
