@@ -123,10 +123,10 @@ class RoundCheckpoint(Checkpoint):
         self.stop_request = stop_request
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        signum = self.stop_request.signum if self.stop_request is not None else None
-        # Every process stops at the same round, for the signal any of them received.
-        signum = int(trainer.strategy.reduce(torch.tensor(signum or 0, device=pl_module.device),
-                                            reduce_op="max"))
+        signum = (self.stop_request.signum if self.stop_request is not None else None) or 0
+        if trainer.world_size > 1:  # every process stops at the same round, for any one's signal
+            signum = int(trainer.strategy.reduce(torch.tensor(signum, device=pl_module.device),
+                                                reduce_op="max"))
         if signum or (trainer.current_epoch + 1) % self.every_n_rounds == 0:
             trainer.save_checkpoint(self.last_path, weights_only=False)  # callbacks too
         if signum:
