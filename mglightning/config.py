@@ -180,6 +180,7 @@ RULES: dict[str, Rule] = {
     "method.adaptation.lr": number(above=0),
     "method.adaptation.gate_lr": optional(number(at_least=0)),
     "method.adaptation.stage1_steps": optional(integer(1)),
+    "method.adaptation.layers": integer_list(1),
     "logger.name": one_of("wandb", "csv", "none"),
     "logger.mode": one_of(None, "online", "offline", "disabled"),
 }

@@ -31,12 +31,14 @@ METHOD_TITLES = {
     "perfedavg_hf": "Per-FedAvg (HF)",
     "metagater_nogate": "MetaGater w/o gating",
     "metasnip": "MetaSNIP",
+    "metasnip_structured": "MetaSNIP (structured)",
     "metagater": "MetaGater w/ gating",
 }
 # (column, summary.json key, scale for display, header)
 COLUMNS = [
     ("accuracy", "accuracy_mean", 100.0, "target accuracy (%)"),
     ("sparsity", "sparsity_mean", 100.0, "sparsity (%)"),
+    ("macs_skipped", "flops_skipped_mean", 100.0, "MACs skipped (%)"),
     ("training_seconds", "training_seconds", 1.0, "training time (s)"),
     ("learning_seconds", "learning_seconds_mean", 1000.0, "learning time (ms/task)"),
     ("task_sparsity_spread", "sparsity_std", 100.0, "per-task sparsity std (%)"),

@@ -15,7 +15,9 @@ def read_tasks(cfg):
 
 
 @pytest.mark.parametrize(
-    "method", ["fedavg", "perfedavg_fo", "perfedavg_hf", "metagater_nogate", "metasnip"]
+    "method",
+    ["fedavg", "perfedavg_fo", "perfedavg_hf", "metagater_nogate", "metasnip",
+     "metasnip_structured"],
 )
 def test_method_runs_end_to_end_and_writes_its_rows(tiny_config, method):
     cfg = tiny_config(f"method={method}", "rounds=2", "eval_every=2")
@@ -26,7 +28,8 @@ def test_method_runs_end_to_end_and_writes_its_rows(tiny_config, method):
     assert 0.0 <= summary["accuracy_mean"] <= 1.0
     saved = json.loads(open(f"{cfg.output_dir}/summary.json").read())
     assert saved["accuracy_mean"] == summary["accuracy_mean"]
-    if method == "metasnip":  # the share of conv+linear weights pruned, the same for every task
+    if method.startswith("metasnip"):  # the share of weights (structured: of the gated
+        # layer's channels) pruned, the same for every task
         assert [float(row["sparsity"]) for row in rows] == pytest.approx(
             [0.5] * len(rows), abs=1e-4
         )

@@ -22,6 +22,7 @@ def fake_run(run_dir, accuracy, sparsity, training, learning):
     summary = {
         "accuracy_mean": accuracy,
         "sparsity_mean": sparsity,
+        "flops_skipped_mean": sparsity / 2,
         "training_seconds": training,
         "learning_seconds_mean": learning,
         "sparsity_std": sparsity / 10,
@@ -43,18 +44,21 @@ def test_table_is_mean_and_sample_std_over_seeds(tmp_path):
     assert entry["task_sparsity_spread_mean"] == pytest.approx(0.03)
     assert entry["seeds"] == 3 and entry["local_steps"] == 2
     line = markdown_table([entry]).splitlines()[2]
-    assert line.startswith("| MetaGater w/ gating | 2 | 3 | 85.00 ± 5.00 | 30.00 ± 20.00 |")
+    assert line.startswith(
+        "| MetaGater w/ gating | 2 | 3 | 85.00 ± 5.00 | 30.00 ± 20.00 | 15.00 ± 10.00 |"
+    )
 
 
 def test_reproduce_table2_tiny(tmp_path, capsys):
-    """Table 2's three runs on the tiny config: MetaSNIP reuses the w/o-gating meta-model and
-    MetaGater's sparsity; a second call reuses the runs."""
+    """Table 2's four runs on the tiny config: MetaSNIP and its structured twin reuse the
+    w/o-gating meta-model and MetaGater's sparsity; a second call reuses the runs."""
     overrides = [*TINY, "rounds=2", "eval_every=2"]
     main(["table2_fmnist", *overrides, "--seeds", "0", "--results-root", str(tmp_path)])
     runs = tmp_path / "fmnist" / "runs"  # the runs group shared with table1_fmnist
     summary = {
         label: json.loads((runs / f"{label}-seed0" / "summary.json").read_text())
-        for label in ("metagater_nogate-m1", "metagater-m1", "metasnip-m1")
+        for label in ("metagater_nogate-m1", "metagater-m1", "metasnip-m1",
+                      "metasnip_structured-m1")
     }
     snip, gater, nogate = (
         summary["metasnip-m1"],
@@ -63,8 +67,13 @@ def test_reproduce_table2_tiny(tmp_path, capsys):
     )
     assert snip["training_seconds"] == nogate["training_seconds"]
     assert snip["sparsity_mean"] == pytest.approx(gater["sparsity_mean"], abs=1e-3)
+    structured = summary["metasnip_structured-m1"]  # whole channels: within one of conv3's
+    assert structured["sparsity_mean"] == pytest.approx(gater["sparsity_mean"], abs=0.5 / 128)
+    assert structured["accuracy_meta_mean"] == nogate["accuracy_meta_mean"]
+    assert structured["flops_skipped_mean"] > 0  # real MACs skipped, unlike MetaSNIP's
     table = read_csv(tmp_path / "table2_fmnist" / "table.csv")
-    assert [row["method"] for row in table] == ["metagater_nogate", "metagater", "metasnip"]
+    assert [row["method"] for row in table] == ["metagater_nogate", "metagater", "metasnip",
+                                                "metasnip_structured"]
     assert float(table[2]["accuracy_mean"]) == pytest.approx(snip["accuracy_mean"])
     for name in ("table.md", "convergence.png", "sparsity_histogram.png", "curve.csv"):
         assert (tmp_path / "table2_fmnist" / name).stat().st_size > 0

@@ -23,13 +23,15 @@ from mglightning.adaptation.gating_stats import (
     mean_pairwise_jaccard_distance,
     zeroed_groups,
 )
-from mglightning.adaptation.snip import snip
+from mglightning.adaptation.snip import snip, snip_channels
 from mglightning.adaptation.steps import one_step, two_stage
 from mglightning.devices import device_clock
 from mglightning.models.cost import forward_cost
 from mglightning.models.network import GatedNetwork
 
-ADAPTERS: dict[str, Callable] = {"two_stage": two_stage, "one_step": one_step, "snip": snip}
+ADAPTERS: dict[str, Callable] = {
+    "two_stage": two_stage, "one_step": one_step, "snip": snip, "snip_channels": snip_channels,
+}
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""MetaSNIP's fast adaptation at a target node (SPEC §5; Lee et al. 2019 SNIP).
+"""MetaSNIP's fast adaptation at a target node (SPEC §5; Lee et al. 2019 SNIP), and its
+structured twin (issue #14).
 
 From the meta-backbone of MetaGater w/o gating: score every conv and linear weight by its
 connection sensitivity |w · ∂L/∂w| on the support set, keep the top fraction over all of
@@ -6,6 +7,11 @@ them together (one global threshold, as SNIP does), zero the rest, then take one
 step in which only the kept weights (and the biases, never pruned) move. Pruning is
 unstructured: it shrinks the model but, unlike MetaGater's channel gates, skips no dense
 computation.
+
+``snip_channels`` is the same idea in MetaGater's unit: it scores the output channels of the
+layers MetaGater gates by the sensitivity of a channel mask, |∂L/∂m_c| at m = 1, and switches
+the lowest off for every input of the task, so its sparsity and MACs skipped compare with the
+gates' directly.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mglightning.models.cost import forward_cost
 from mglightning.models.network import GatedNetwork
 
 
@@ -52,16 +59,86 @@ def snip(
     """Prune to ``keep_fraction`` of the conv+linear weights by SNIP, then one gradient step
     on the kept weights. Returns the row's ``sparsity``: the share of those weights pruned."""
     masks = snip_masks(network, images, labels, keep_fraction)
-    weights = prunable_weights(network)
+    _pruned_step(network, images, labels, lr, dict(zip(prunable_weights(network), masks,
+                                                        strict=True)))
+    kept = sum(int(mask.sum()) for mask in masks)
+    return {"sparsity": 1.0 - kept / sum(mask.numel() for mask in masks)}
+
+
+def _pruned_step(
+    network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float,
+    masks: dict[nn.Parameter, torch.Tensor],
+) -> None:
+    """Zero each parameter of ``masks`` where its (broadcastable) 0/1 mask is 0, then one
+    gradient step in which the pruned entries stay zero."""
     with torch.no_grad():
-        for weight, mask in zip(weights, masks, strict=True):
-            weight.mul_(mask)
+        for param, mask in masks.items():
+            param.mul_(mask)
     params = list(network.parameters())
     grads = torch.autograd.grad(F.cross_entropy(network(images), labels), params, allow_unused=True)
-    masked = {id(weight): mask for weight, mask in zip(weights, masks, strict=True)}
     with torch.no_grad():
         for param, grad in zip(params, grads, strict=True):
             if grad is not None:
-                param.sub_(grad * masked.get(id(param), 1.0), alpha=lr)
-    kept = sum(int(mask.sum()) for mask in masks)
-    return {"sparsity": 1.0 - kept / sum(mask.numel() for mask in masks)}
+                param.sub_(grad * masks.get(param, 1.0), alpha=lr)
+
+
+def channel_saliency(
+    network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, blocks: list[int]
+) -> list[torch.Tensor]:
+    """Per block of ``blocks``, the (C_out,) saliency |∂L/∂m_c| at m = 1 of a mask m scaling
+    the block's output channel c: SNIP's connection sensitivity of a whole channel."""
+    like = network.head.weight  # the parameters' device and dtype
+    scales = [torch.ones(network.blocks[block].spec.out, device=like.device, dtype=like.dtype,
+                         requires_grad=True) for block in blocks]
+
+    def scaling(scale: torch.Tensor):
+        def hook(module, inputs, output):
+            features, *rest = output  # (B, C, H, W) or (B, C), then the block's keep and mask
+            return (features * (scale[:, None, None] if features.dim() == 4 else scale), *rest)
+        return hook
+
+    hooks = [network.blocks[block].register_forward_hook(scaling(scale))
+             for block, scale in zip(blocks, scales, strict=True)]
+    try:
+        loss = F.cross_entropy(network(images), labels)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [grad.abs() for grad in torch.autograd.grad(loss, scales)]
+
+
+def snip_channels(
+    network: GatedNetwork,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lr: float,
+    keep_fraction: float,
+    layers: list[int],
+) -> dict[str, float]:
+    """Structured SNIP: in each layer of ``layers`` (1-based, as ``model.gated_layers``) keep
+    the max(1, round(keep_fraction · C)) output channels of highest :func:`channel_saliency`,
+    switch the rest off for every input (filter and bias zeroed: ReLU(0) = 0), then one
+    gradient step on what is left. Returns sparsity, MACs skipped and executed in the units
+    of MetaGater's rows (channels off in those layers; the pruned layer and its reader)."""
+    if not 0.0 < keep_fraction <= 1.0:
+        raise ValueError(f"method.adaptation.keep_fraction={keep_fraction} must lie in (0, 1]")
+    blocks = [layer - 1 for layer in layers]
+    keeps = []
+    for saliency in channel_saliency(network, images, labels, blocks):
+        keep = torch.zeros_like(saliency)
+        keep[saliency.topk(max(1, round(keep_fraction * saliency.numel()))).indices] = 1.0
+        keeps.append(keep)
+    masks = {}
+    for block, keep in zip(blocks, keeps, strict=True):
+        op = network.blocks[block].op
+        masks[op.weight] = keep.view(-1, *[1] * (op.weight.dim() - 1))
+        masks[op.bias] = keep
+    _pruned_step(network, images, labels, lr, masks)
+    cost = forward_cost(network, [keep[None] for keep in keeps], blocks)
+    return {
+        "sparsity": float(cost.gated_sparsity.mean()),
+        "flops_skipped": float(cost.flops_skipped.mean()),
+        "executed_macs": float(cost.executed_macs.mean()),
+        **{f"sparsity_layer{layer}": float(sparsity.mean())
+           for layer, sparsity in zip(layers, cost.layer_sparsity, strict=True)},
+    }

@@ -40,18 +40,23 @@ def layer_macs(network: GatedNetwork, index: int, in_channels, out_channels):
     return out_channels * in_channels * per_pair
 
 
-def forward_cost(network: GatedNetwork, masks: list[torch.Tensor]) -> ForwardCost:
-    """Cost of the inputs whose gate ``masks`` (one (B, C_out) per gated layer) are given."""
+def forward_cost(
+    network: GatedNetwork, masks: list[torch.Tensor], blocks: list[int] | None = None
+) -> ForwardCost:
+    """Cost of the inputs whose channel ``masks`` (one (B, C_out) per block of ``blocks``;
+    default: the gated blocks, masks from their gates) are given. A mask on an ungated block
+    is a fixed channel pruning (structured SNIP): its channels are skipped, no gate is paid."""
+    blocks = network.gated_layers if blocks is None else list(blocks)
     batch = masks[0].shape[0] if masks else 1
     device = network.head.weight.device  # where the masks are, and the counts go
     masks = [mask.detach() for mask in masks]
-    active_out = iter(mask.sum(dim=1) for mask in masks)
+    active_out = {block: mask.sum(dim=1) for block, mask in zip(blocks, masks, strict=True)}
     dense, executed = 0.0, torch.zeros(batch, device=device)
     in_active = torch.full((batch,), float(network.input_shape[0]), device=device)
     for index, block in enumerate(network.blocks):
         in_shape, out = network.layer_shapes[index], block.spec.out
         dense += layer_macs(network, index, in_shape[0], out)
-        out_active = (next(active_out).float() if block.gate is not None
+        out_active = (active_out[index].float() if index in active_out
                       else torch.full((batch,), float(out), device=device))
         executed += layer_macs(network, index, in_active, out_active)
         if block.gate is not None:  # a conv's gate reads pooled channels, a linear's the inputs

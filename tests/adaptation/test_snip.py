@@ -1,9 +1,16 @@
-"""MetaSNIP's adaptation (SPEC §5): exact keep fraction, highest saliency, pruned stay zero."""
+"""MetaSNIP's adaptation (SPEC §5): exact keep fraction, highest saliency, pruned stay zero;
+its structured twin: channel saliency against finite differences, channels off for every input."""
 
 import torch
 import torch.nn.functional as F
 
-from mglightning.adaptation.snip import prunable_weights, snip, snip_masks
+from mglightning.adaptation.snip import (
+    channel_saliency,
+    prunable_weights,
+    snip,
+    snip_channels,
+    snip_masks,
+)
 from mglightning.models import build_network
 
 
@@ -66,3 +73,49 @@ def test_one_step_moves_only_kept_weights_and_pruned_ones_stay_zero():
     torch.testing.assert_close(network.head.bias, (head_bias - lr * head_bias.grad).detach())
     total = sum(mask.numel() for mask in masks)
     assert measured["sparsity"] == 1 - round(0.2 * total) / total
+
+
+def loss_with_channel_scale(network, images, labels, block, scale):
+    """The loss with block ``block``'s output channels multiplied by ``scale`` (C,), by hand:
+    the blocks, the scaling, then the rest of the network."""
+    x = images
+    for index, layer in enumerate(network.blocks):
+        if layer.spec.kind == "linear" and x.dim() > 2:
+            x = x.flatten(1)
+        x = layer(x, None, False, 1.0, 0.0, None)[0]
+        if index == block:
+            x = x * scale[:, None, None]
+    return F.cross_entropy(network.head(x.flatten(1)), labels)
+
+
+def test_channel_saliency_is_the_mask_gradient_by_finite_differences():
+    network, images, labels = network_and_batch()
+    (saliency,) = channel_saliency(network, images, labels, blocks=[2])
+    step = 1e-6
+    for channel in (0, 5, 17):
+        up, down = torch.ones(saliency.numel(), dtype=torch.float64), torch.ones(
+            saliency.numel(), dtype=torch.float64)
+        up[channel] += step
+        down[channel] -= step
+        with torch.no_grad():
+            slope = (loss_with_channel_scale(network, images, labels, 2, up)
+                     - loss_with_channel_scale(network, images, labels, 2, down)) / (2 * step)
+        torch.testing.assert_close(saliency[channel], slope.abs(), rtol=1e-5, atol=1e-9)
+
+
+def test_snip_channels_switches_the_least_salient_channels_off_for_every_input():
+    network, images, labels = network_and_batch()
+    (saliency,) = channel_saliency(network, images, labels, blocks=[2])
+    channels = saliency.numel()
+    measured = snip_channels(network, images, labels, lr=0.1, keep_fraction=0.25, layers=[3])
+    conv3 = network.blocks[2].op
+    off = (conv3.weight.flatten(1).abs().sum(dim=1) == 0) & (conv3.bias == 0)
+    assert int(off.sum()) == channels - round(0.25 * channels)  # they stayed zero after the step
+    assert saliency[~off].min() >= saliency[off].max()
+    with torch.no_grad():
+        features = images
+        for layer in network.blocks[:3]:
+            features = layer(features, None, False, 1.0, 0.0, None)[0]
+    assert torch.all(features[:, off] == 0)  # off for every input, not on average
+    assert measured["sparsity"] == measured["sparsity_layer3"] == int(off.sum()) / channels
+    assert 0 < measured["flops_skipped"] < 1

@@ -43,6 +43,16 @@ def test_cnn4_executed_macs_and_sparsity_follow_the_masks():
     torch.testing.assert_close(cost.flops_skipped, 1 - expected / CNN4_HAND)
 
 
+def test_a_fixed_channel_pruning_of_an_ungated_network_costs_no_gate():
+    network = build_network("cnn4", (3, 32, 32), 10)  # no gates: structured SNIP's network
+    mask = torch.zeros(1, 128)
+    mask[0, :40] = 1  # 88 of conv3's channels pruned
+    cost = forward_cost(network, [mask], blocks=[2])
+    expected = CNN4_HAND - 88 * (64 * 9 * 8 * 8 + 10 * 4 * 4)
+    torch.testing.assert_close(cost.executed_macs, torch.tensor([float(expected)]))
+    torch.testing.assert_close(cost.gated_sparsity, torch.tensor([88 / 128]))
+
+
 def test_cnn7_next_gated_layer_reads_only_active_channels():
     network = build_network("cnn7", (3, 32, 32), 10, gated_layers=[5, 6])
     conv5, conv6 = torch.zeros(1, 128), torch.zeros(1, 128)
