@@ -105,6 +105,28 @@ def plot_accuracy_vs_sparsity(tasks: pd.DataFrame) -> Figure:
     return figure
 
 
+def plot_accuracy_vs_macs(table: pd.DataFrame) -> Figure:
+    """The accuracy–sparsity front (issue #14): each row of a reproduced table (columns
+    ``title``, ``method``, ``accuracy_*`` and ``macs_skipped_*``, as fractions) as a point,
+    target accuracy against the share of the dense network's MACs skipped, ± one std over
+    seeds on both axes; one colour a method, each point labelled by its row's settings."""
+    figure, axis = plt.subplots(figsize=(7, 5))
+    for method, rows in table.groupby("method", sort=False):
+        axis.errorbar(100 * rows["macs_skipped_mean"], 100 * rows["accuracy_mean"],
+                      xerr=100 * rows["macs_skipped_std"], yerr=100 * rows["accuracy_std"],
+                      fmt="o", capsize=3, label=method)
+        for row in rows.itertuples():
+            settings = row.title.partition(" (")[2].rstrip(")")
+            if settings:
+                axis.annotate(settings, (100 * row.macs_skipped_mean, 100 * row.accuracy_mean),
+                              fontsize=6, xytext=(3, 3), textcoords="offset points")
+    axis.set_xlabel("MACs skipped (% of the dense network)")
+    axis.set_ylabel("target accuracy (%)")
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
 def accuracy_curves(curves: pd.DataFrame) -> pd.DataFrame:
     """Target accuracy (%) against rounds per group: mean and sample std over its seeds of the
     mean over target tasks (SPEC §6, Fig. 4; the std of the tables, empty for one seed)."""

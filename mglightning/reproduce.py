@@ -37,18 +37,21 @@ RUN_DEFAULTS = ["logger=none", "deterministic=true"]
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One row of a table. ``meta_from`` names the run (label) whose meta-model this one
-    adapts instead of training; ``sparsity_from`` the run whose mean sparsity sets its keep
-    fraction (MetaSNIP, SPEC §5)."""
+    """One row of a table. ``overrides`` set keys beyond the method's defaults (the points of
+    the accuracy–sparsity front); such a row has a ``name`` of its own in its label.
+    ``meta_from`` names the run (label) whose meta-model this one adapts instead of training;
+    ``sparsity_from`` the run whose mean sparsity sets its keep fraction (MetaSNIP, SPEC §5)."""
 
     method: str
     local_steps: int
+    name: str | None = None
+    overrides: tuple[str, ...] = ()
     meta_from: str | None = None
     sparsity_from: str | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.method}-m{self.local_steps}"
+        return f"{self.method}-m{self.local_steps}" + (f"-{self.name}" if self.name else "")
 
 
 def compose_run(experiment: str, overrides: list[str]) -> DictConfig:
@@ -60,9 +63,14 @@ def run_specs(cfg: DictConfig) -> list[RunSpec]:
     """The experiment's runs, checked: every run another builds on comes before it."""
     if "reproduce" not in cfg:
         raise SystemExit(f"experiment {cfg.experiment!r} has no `reproduce:` section")
-    specs = [RunSpec(**spec) for spec in OmegaConf.to_container(cfg.reproduce.runs)]
+    specs = [RunSpec(**spec | {"overrides": tuple(spec.get("overrides", ()))})
+             for spec in OmegaConf.to_container(cfg.reproduce.runs)]
     seen: set[str] = set()
     for spec in specs:
+        if spec.overrides and not spec.name:
+            raise SystemExit(f"run {spec.label} has overrides: give it a name for its label")
+        if spec.label in seen:
+            raise SystemExit(f"run {spec.label} is listed twice: give one a name of its own")
         for needed in (spec.meta_from, spec.sparsity_from):
             if needed is not None and needed not in seen:
                 raise SystemExit(f"run {spec.label} needs {needed}, which must be listed before it")
@@ -92,6 +100,7 @@ class Reproduction:
             f"method.local.steps={spec.local_steps}",
             f"seed={seed}",
             f"output_dir={self.run_dir(spec.label, seed)}",
+            *spec.overrides,
         ]
         if spec.meta_from:
             checkpoint = self.run_dir(spec.meta_from, seed) / "checkpoints" / "last.ckpt"
@@ -133,7 +142,8 @@ class Reproduction:
                     time.perf_counter() - started,
                 )
         rows = [
-            MethodRuns(s.method, s.local_steps, tuple(self.run_dir(s.label, x) for x in seeds))
+            MethodRuns(s.method, s.local_steps, tuple(self.run_dir(s.label, x) for x in seeds),
+                       s.name, s.overrides)
             for s in self.specs
         ]
         return write_results(rows, self.output_dir)

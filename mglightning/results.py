@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
 from matplotlib.figure import Figure
 
 from mglightning.analysis import (
     accuracy_curves,
     plot_accuracy_curves,
+    plot_accuracy_vs_macs,
     plot_sparsity_histograms,
     runs_table,
     sparse_groups,
@@ -48,11 +50,22 @@ SPARSITY_BINS = 40  # per-task sparsity varies little within a seed: fine bins s
 
 @dataclass(frozen=True)
 class MethodRuns:
-    """One row of a table: a method with m local updates, and its run folder per seed."""
+    """One row of a table: a method with m local updates, and its run folder per seed; a
+    named row sets ``overrides`` beyond the method's defaults (a point of a front)."""
 
     method: str
     local_steps: int
     run_dirs: tuple[Path, ...]
+    name: str | None = None
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def title(self) -> str:
+        """The method's name in tables and figures, with the row's overrides (``method.``
+        dropped) when it has some."""
+        title = METHOD_TITLES.get(self.method, self.method)
+        settings = ", ".join(item.removeprefix("method.") for item in self.overrides)
+        return f"{title} ({settings})" if settings else title
 
     def summaries(self) -> list[dict]:
         return [json.loads((run_dir / "summary.json").read_text()) for run_dir in self.run_dirs]
@@ -67,7 +80,8 @@ def table_rows(rows: list[MethodRuns]) -> list[dict]:
     table = []
     for row in rows:
         summaries = row.summaries()
-        entry = {"method": row.method, "local_steps": row.local_steps, "seeds": len(summaries)}
+        entry = {"method": row.method, "title": row.title, "local_steps": row.local_steps,
+                 "seeds": len(summaries)}
         for column, key, _, _ in COLUMNS:
             mean, std = _spread([float(summary[key]) for summary in summaries])
             entry |= {f"{column}_mean": mean, f"{column}_std": std}
@@ -79,7 +93,7 @@ def markdown_table(table: list[dict]) -> str:
     header = ["Method", "local updates", "seeds"] + [title for _, _, _, title in COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for entry in table:
-        cells = [METHOD_TITLES.get(entry["method"], entry["method"])]
+        cells = [entry["title"]]
         cells += [str(entry["local_steps"]), str(entry["seeds"])]
         for column, _, scale, _ in COLUMNS:
             mean, std = scale * entry[f"{column}_mean"], scale * entry[f"{column}_std"]
@@ -95,8 +109,9 @@ def row_runs(rows: list[MethodRuns]) -> list[tuple[Path, dict]]:
     runs = []
     for row in rows:
         several = sum(method == row.method for method, _ in steps) > 1
+        group = f"{row.method}-m{row.local_steps}" if several else row.method
         labels = dict.fromkeys(LABELS) | {
-            "group": f"{row.method}-m{row.local_steps}" if several else row.method,
+            "group": f"{group}-{row.name}" if row.name else group,
             "method": row.method,
         }
         runs += [(run_dir, labels | {"run": str(run_dir)}) for run_dir in row.run_dirs]
@@ -110,12 +125,15 @@ def _save(figure: Figure, path: Path) -> None:
 
 
 def write_results(rows: list[MethodRuns], output_dir: Path) -> dict[str, Path]:
-    """table.md, table.csv, and from the runs' curves and tasks (through the notebooks'
-    :mod:`mglightning.analysis`): curve.csv, convergence.png and sparsity_histogram.png."""
+    """table.md, table.csv, accuracy_vs_macs.png (the accuracy–sparsity front), and from the
+    runs' curves and tasks (through the notebooks' :mod:`mglightning.analysis`): curve.csv,
+    convergence.png and sparsity_histogram.png."""
     table = table_rows(rows)
-    paths = {"table_md": output_dir / "table.md", "table_csv": output_dir / "table.csv"}
+    paths = {"table_md": output_dir / "table.md", "table_csv": output_dir / "table.csv",
+             "front": output_dir / "accuracy_vs_macs.png"}
     atomic_write_text(paths["table_md"], markdown_table(table))
     write_csv(paths["table_csv"], table)
+    _save(plot_accuracy_vs_macs(pd.DataFrame(table)), paths["front"])
     runs = row_runs(rows)
     curves = runs_table(runs, "curve.csv")  # MetaSNIP trains nothing: no curve
     if not curves.empty:

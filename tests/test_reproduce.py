@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY
+from omegaconf import OmegaConf
 
-from mglightning.reproduce import Reproduction, main
+from mglightning.reproduce import Reproduction, main, run_specs
 from mglightning.results import MethodRuns, markdown_table, table_rows
 
 
@@ -75,7 +76,8 @@ def test_reproduce_table2_tiny(tmp_path, capsys):
     assert [row["method"] for row in table] == ["metagater_nogate", "metagater", "metasnip",
                                                 "metasnip_structured"]
     assert float(table[2]["accuracy_mean"]) == pytest.approx(snip["accuracy_mean"])
-    for name in ("table.md", "convergence.png", "sparsity_histogram.png", "curve.csv"):
+    for name in ("table.md", "convergence.png", "sparsity_histogram.png", "curve.csv",
+                 "accuracy_vs_macs.png"):
         assert (tmp_path / "table2_fmnist" / name).stat().st_size > 0
     curve_methods = {row["method"] for row in read_csv(tmp_path / "table2_fmnist" / "curve.csv")}
     assert curve_methods == {"metagater_nogate", "metagater"}  # MetaSNIP trains nothing
@@ -102,3 +104,29 @@ def test_a_run_made_with_another_config_is_redone(tmp_path, monkeypatch):
     changed = Reproduction("table2_fmnist", [*overrides, "method.local.lr=0.01"], tmp_path)
     assert changed.ensure_run(changed.specs[0], 0) == "redone (stale)"
     assert len(calls) == 2 and calls[0] == calls[1]
+
+
+def test_a_named_row_sets_its_overrides_in_a_folder_of_its_own(tmp_path):
+    reproduction = Reproduction("front_fmnist", TINY, tmp_path)
+    spec = next(s for s in reproduction.specs if s.name == "gamma0.005-annealed")
+    cfg = reproduction.run_config(spec, 1)
+    assert (cfg.method.name, cfg.method.regularizer.gamma, cfg.method.gate_noise) == (
+        "metagater", 0.005, "annealed")
+    runs = tmp_path / "fmnist" / "runs"
+    assert cfg.output_dir == str(runs / "metagater-m1-gamma0.005-annealed-seed1")
+    snip = next(s for s in reproduction.specs if s.label == "metasnip_structured-m1-keep0.25")
+    assert snip.meta_from == "metagater_nogate-m1"
+    row = MethodRuns(spec.method, 1, (), spec.name, spec.overrides)
+    assert row.title == "MetaGater w/ gating (regularizer.gamma=0.005, gate_noise=annealed)"
+
+
+@pytest.mark.parametrize(
+    ("runs", "refusal"),
+    [
+        ([{"method": "metagater", "local_steps": 1, "overrides": ["seed=3"]}], "give it a name"),
+        ([{"method": "fedavg", "local_steps": 1}] * 2, "listed twice"),
+    ],
+)
+def test_rows_without_a_label_of_their_own_are_refused(runs, refusal):
+    with pytest.raises(SystemExit, match=refusal):
+        run_specs(OmegaConf.create({"experiment": "x", "reproduce": {"runs": runs}}))
