@@ -192,6 +192,65 @@ def timing_table(summaries: pd.DataFrame) -> pd.DataFrame:
     return table.assign(runs=summaries.groupby("group").size())
 
 
+# Accuracy (%) of a gated run's network at each point of the adaptation (issue #14).
+ADAPTATION_ACCURACIES = {
+    "accuracy_meta_mean": "meta-model",
+    "accuracy_stage1_mean": "after Stage I",
+    "accuracy_mean": "adapted",
+    "accuracy_gates_on_mean": "adapted, every gate on",
+}
+# What the gates do, per gated layer <l> (issue #14; shares and distances in %).
+GATING_MEASURES = {
+    "flops_skipped_mean": "MACs skipped",
+    "always_off_layer{l}_mean": "always off",
+    "always_on_layer{l}_mean": "always on",
+    "input_dependent_layer{l}_mean": "input-dependent",
+    "input_jaccard_layer{l}_mean": "Jaccard between inputs",
+    "task_jaccard_layer{l}": "Jaccard between tasks",
+    "mask_flip_rate_mean": "Stage I flips",
+    "gate_logit_abs_mean_mean": "mean |gate logit|",
+    "zeroed_groups_layer{l}": "groups zeroed",
+}
+UNSCALED = ("mean |gate logit|", "groups zeroed")
+
+
+def _seed_means(summaries: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """Per group of the runs that have every column (gated runs, for the gating measures):
+    the mean over its seeds of ``columns`` (renamed; fractions in %), and the number of seeds."""
+    if not all(column in summaries.columns for column in columns):
+        return pd.DataFrame(columns=[*columns.values(), "seeds"])
+    runs = summaries.dropna(subset=list(columns))
+    table = runs.groupby("group")[list(columns)].mean().rename(columns=columns)
+    scaled = [column for column in table.columns if column not in UNSCALED]
+    table[scaled] *= 100
+    return table.assign(seeds=runs.groupby("group").size())
+
+
+def adaptation_accuracies(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Per group of gated runs, target accuracy (%) of the meta-model, after Stage I, after
+    Stage II and with every gate switched on: where the two stages and the gates earn or
+    lose accuracy. Mean over the group's seeds."""
+    return _seed_means(summaries, ADAPTATION_ACCURACIES)
+
+
+def gating_measures(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Per group of gated runs and gated layer, what the gates do on the target tasks, mean
+    over seeds: MACs skipped; channels always off, always on, input-dependent; the Jaccard
+    distance of channel sets between inputs of a task and between tasks (the gating is task-
+    specific only if the second is well above the first); Stage I's mask flips; the mean
+    |gate logit|; the Group Lasso groups the prox zeroed."""
+    layers = sorted({int(c.removeprefix("task_jaccard_layer")) for c in summaries.columns
+                     if c.startswith("task_jaccard_layer")})
+    tables = [
+        _seed_means(summaries, {key.format(l=layer): name
+                                for key, name in GATING_MEASURES.items()}).assign(layer=layer)
+        for layer in layers
+    ]
+    if not tables:
+        return pd.DataFrame(columns=["layer", *GATING_MEASURES.values(), "seeds"])
+    return pd.concat(tables).set_index("layer", append=True)
+
+
 def plot_round_timings(curves: pd.DataFrame) -> Figure:
     """Cumulative training seconds against rounds, one line a run."""
     figure, axis = plt.subplots(figsize=(5.5, 4))

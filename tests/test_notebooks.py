@@ -9,6 +9,7 @@ from pathlib import Path
 
 import matplotlib
 import nbformat
+import pandas as pd
 import pytest
 from conftest import compose_config
 from nbclient import NotebookClient
@@ -313,3 +314,28 @@ def test_curves_average_over_seeds_and_round_seconds_divide_intervals(tmp_path):
     assert averaged["accuracy_std"].tolist() == pytest.approx([statistics.stdev([50, 70])] * 2)
     assert averaged["seeds"].tolist() == [2, 2]
     assert analysis.round_seconds(curves)["seconds_per_round"].tolist() == [1.5, 2.0] * 2
+
+
+def test_gating_tables_show_gated_groups_only_and_average_their_seeds(runs_root, monkeypatch):
+    runs = finished_runs.select_runs(runs_root, {})
+    summaries = analysis.load_summaries(runs)
+    gated = summaries[summaries["method"] == "metagater"].iloc[0]
+    accuracies = analysis.adaptation_accuracies(summaries)
+    assert list(accuracies.index) == [gated["group"]]  # the w/o-gating group has no Stage I
+    assert accuracies.loc[gated["group"], "after Stage I"] == pytest.approx(
+        100 * gated["accuracy_stage1_mean"])
+    measures = analysis.gating_measures(summaries)
+    row = measures.loc[(gated["group"], 3)]
+    assert row["Jaccard between tasks"] == pytest.approx(100 * gated["task_jaccard_layer3"])
+    assert row["groups zeroed"] == gated["zeroed_groups_layer3"]  # a count, not a share
+    shares = row[["always off", "always on", "input-dependent"]]
+    assert shares.sum() == pytest.approx(100)
+    # Two seeds of one group: their mean.
+    both = analysis.gating_measures(pd.concat([summaries, summaries.assign(seed=1)]))
+    assert both.loc[(gated["group"], 3), "seeds"] == 2
+    # The notebooks show both tables.
+    for path in NOTEBOOKS:
+        notebook = execute(path, runs_root, monkeypatch)
+        html = "".join(html_outputs(notebook))
+        title = "after Stage I" if path.stem == "convergence" else "Jaccard between tasks"
+        assert title in html, path.stem
