@@ -49,7 +49,8 @@ from mglightning.train import build_network as build_model
 
 @pytest.fixture
 def tiny_learner(tiny_config):
-    cfg = tiny_config("method.clients_per_round=2", "method.local.steps=2")
+    cfg = tiny_config("method.clients_per_round=2", "method.local.steps=2",
+                      "method.gate_noise=logistic")  # the noise path too
     datamodule = build_datamodule(cfg)
     return build_learner(cfg, build_model(cfg, datamodule)), datamodule.train_clients
 

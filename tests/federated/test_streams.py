@@ -29,9 +29,10 @@ def test_client_streams_put_the_noise_generator_on_the_given_device():
 
 
 def round_clients(tiny_config, method: str):
-    """A tiny learner of ``method``, the clients of its round 1 as (position, client) pairs,
-    and x_md."""
-    cfg = tiny_config(f"method={method}", "method.local.steps=2")
+    """A tiny learner of ``method`` (MetaGater with gate noise, a stream of its own), the
+    clients of its round 1 as (position, client) pairs, and x_md."""
+    noise = ["method.gate_noise=logistic"] if method == "metagater" else []
+    cfg = tiny_config(f"method={method}", "method.local.steps=2", *noise)
     datamodule = build_datamodule(cfg)
     learner = build_learner(cfg, build_network(cfg, datamodule))
     clients = datamodule.train_clients
