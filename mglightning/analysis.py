@@ -107,19 +107,19 @@ def plot_accuracy_vs_sparsity(tasks: pd.DataFrame) -> Figure:
 
 def plot_accuracy_vs_macs(table: pd.DataFrame) -> Figure:
     """The accuracy–sparsity front (issue #14): each row of a reproduced table (columns
-    ``title``, ``method``, ``accuracy_*`` and ``macs_skipped_*``, as fractions) as a point,
+    ``method``, ``settings``, ``accuracy_*`` and ``macs_skipped_*``, as fractions) as a point,
     target accuracy against the share of the dense network's MACs skipped, ± one std over
-    seeds on both axes; one colour a method, each point labelled by its row's settings."""
+    seeds on both axes; one colour a method, each point labelled by its settings' values."""
     figure, axis = plt.subplots(figsize=(7, 5))
     for method, rows in table.groupby("method", sort=False):
         axis.errorbar(100 * rows["macs_skipped_mean"], 100 * rows["accuracy_mean"],
                       xerr=100 * rows["macs_skipped_std"], yerr=100 * rows["accuracy_std"],
                       fmt="o", capsize=3, label=method)
         for row in rows.itertuples():
-            settings = row.title.partition(" (")[2].rstrip(")")
-            if settings:
-                axis.annotate(settings, (100 * row.macs_skipped_mean, 100 * row.accuracy_mean),
-                              fontsize=6, xytext=(3, 3), textcoords="offset points")
+            if row.settings:  # "regularizer.gamma=0.002, gate_noise=none" → "0.002, none"
+                values = ", ".join(item.split("=")[-1] for item in row.settings.split(", "))
+                axis.annotate(values, (100 * row.macs_skipped_mean, 100 * row.accuracy_mean),
+                              fontsize=7, xytext=(3, 3), textcoords="offset points")
     axis.set_xlabel("MACs skipped (% of the dense network)")
     axis.set_ylabel("target accuracy (%)")
     axis.legend(fontsize="small")

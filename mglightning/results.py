@@ -60,12 +60,15 @@ class MethodRuns:
     overrides: tuple[str, ...] = ()
 
     @property
+    def settings(self) -> str:
+        """The row's overrides, ``method.`` dropped: what sets it apart in a front."""
+        return ", ".join(item.removeprefix("method.") for item in self.overrides)
+
+    @property
     def title(self) -> str:
-        """The method's name in tables and figures, with the row's overrides (``method.``
-        dropped) when it has some."""
+        """The method's name in tables and figures, with the row's settings if any."""
         title = METHOD_TITLES.get(self.method, self.method)
-        settings = ", ".join(item.removeprefix("method.") for item in self.overrides)
-        return f"{title} ({settings})" if settings else title
+        return f"{title} ({self.settings})" if self.settings else title
 
     def summaries(self) -> list[dict]:
         return [json.loads((run_dir / "summary.json").read_text()) for run_dir in self.run_dirs]
@@ -80,8 +83,8 @@ def table_rows(rows: list[MethodRuns]) -> list[dict]:
     table = []
     for row in rows:
         summaries = row.summaries()
-        entry = {"method": row.method, "title": row.title, "local_steps": row.local_steps,
-                 "seeds": len(summaries)}
+        entry = {"method": row.method, "title": row.title, "settings": row.settings,
+                 "local_steps": row.local_steps, "seeds": len(summaries)}
         for column, key, _, _ in COLUMNS:
             mean, std = _spread([float(summary[key]) for summary in summaries])
             entry |= {f"{column}_mean": mean, f"{column}_std": std}

@@ -80,11 +80,12 @@ def test_gate_options_at_todays_values_reproduce_the_default_run_bit_for_bit(
     run unchanged bit for bit; a real change of one of them does change it."""
     common = ("rounds=4", "eval_every=0")
     default_cfg = tiny_config(*common, f"output_root={tmp_path / 'default'}")
+    method = default_cfg.method
     explicit_cfg = tiny_config(
         *common, f"output_root={tmp_path / 'explicit'}",
-        "method.gate_noise=logistic", "method.temperature_end=1.0", "model.gate_bias_init=null",
-        "method.local.gate_lr=0.05", "method.adaptation.gate_lr=0.05",
-        "method.adaptation.stage1_steps=1",
+        f"method.gate_noise={method.gate_noise}", "method.temperature_end=1.0",
+        "model.gate_bias_init=null", f"method.local.gate_lr={method.local.lr}",
+        f"method.adaptation.gate_lr={method.adaptation.lr}", "method.adaptation.stage1_steps=1",
     )
     annealed_cfg = tiny_config(*common, f"output_root={tmp_path / 'annealed'}",
                                "method.gate_noise=annealed")
