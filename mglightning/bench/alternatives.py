@@ -5,8 +5,7 @@ what wins. Each candidate computes the K clients' gradients at the parameters ev
 starts a round from (vmap holds one copy per client, as later local steps would need) on the
 same K batches (gate noise off: vmap cannot draw from a seeded generator). vmap cannot batch
 channels-last tensors (torch 2.14 raises "NYI: Tensor.clone(memory_format)"), so it runs
-with NCHW pooling, and the loop is timed with NCHW pooling too, to tell the layout's cost
-from vmap's.
+in NCHW layout, and the loop is timed in NCHW too, to tell the layout's cost from vmap's.
 """
 
 from __future__ import annotations
@@ -25,14 +24,16 @@ from mglightning.models.network import GatedNetwork, _pool
 
 
 @contextmanager
-def nchw_pooling() -> Iterator[None]:
-    """Blocks pool in NCHW (ReLU, then pool) instead of channels-last, while inside."""
-    channels_last = network_module.pool_relu
+def nchw_layout() -> Iterator[None]:
+    """While inside, the network keeps its input in NCHW and its blocks pool in NCHW (ReLU,
+    then pool) instead of channels-last."""
+    channels_last = network_module.pool_relu, network_module._channels_last
     network_module.pool_relu = lambda y, pool: _pool(torch.relu(y), pool)
+    network_module._channels_last = lambda x: x
     try:
         yield
     finally:
-        network_module.pool_relu = channels_last
+        network_module.pool_relu, network_module._channels_last = channels_last
 
 
 class ClientPasses:
@@ -44,7 +45,7 @@ class ClientPasses:
         self.parameters = [p for p in network.parameters() if p.requires_grad]
 
     def __call__(self) -> list[list[torch.Tensor]]:
-        with nchw_pooling() if self.nchw else nullcontext():
+        with nchw_layout() if self.nchw else nullcontext():
             gradients = []
             for images, labels in zip(self.images, self.labels, strict=True):
                 loss = F.cross_entropy(self.network(images), labels)
@@ -67,7 +68,7 @@ class VmappedPasses:
         self.gradients = vmap(grad(loss))
 
     def __call__(self) -> dict[str, torch.Tensor]:
-        with nchw_pooling():
+        with nchw_layout():
             return self.gradients(self.parameters, self.images, self.labels)
 
 

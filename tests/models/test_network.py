@@ -97,6 +97,27 @@ def test_sliced_forward_equals_masked_dense_forward(name, shape, gated):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("sliced", [False, True])
+def test_conv_blocks_run_channels_last_from_the_input_on(sliced):
+    """The input is made channels-last once, so no block copies its (wider) output to that
+    layout before pooling; the logits are the same bits as from an NCHW-held network."""
+    torch.manual_seed(0)
+    network = build_network("cnn4", (3, 32, 32), 10, gated_layers=[3])  # 1-based: conv3
+    layouts = []
+    for block in network.blocks:
+        block.register_forward_hook(lambda module, inputs, output: layouts.append(
+            (inputs[0].is_contiguous(memory_format=torch.channels_last),
+             output[0].is_contiguous(memory_format=torch.channels_last))))
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        logits = network.forward_with_masks(x, sliced=sliced).logits
+        features = network.features(x, 2)
+    assert layouts[:4] == [(True, True)] * 4
+    assert features.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(logits, network.forward_with_masks(
+        x.contiguous(memory_format=torch.channels_last), sliced=sliced).logits)
+
+
 def test_backbones_fit_any_input_shape_and_class_count():
     for name in ("mlp2", "cnn4", "cnn7"):
         for shape, classes in [((1, 28, 28), 10), ((3, 32, 32), 100), ((1, 16, 16), 3)]:
