@@ -9,7 +9,7 @@ from mglightning.bench.alternatives import (
     VmappedPasses,
     bench_alternatives,
     client_batches,
-    nchw_pooling,
+    nchw_layout,
 )
 from mglightning.bench.devices import CIFAR10_STAND_IN, bench_devices
 from mglightning.bench.devices import render as render_devices
@@ -30,6 +30,7 @@ from mglightning.bench.memory import measure
 from mglightning.bench.processes import bench_processes
 from mglightning.bench.report import _alternatives_summary, _processes_summary, render
 from mglightning.bench.rounds import (
+    ConcatenatedRound,
     ReferenceRound,
     RoundState,
     max_update_difference,
@@ -71,6 +72,42 @@ def test_reference_differs_when_its_draws_differ(tiny_learner):
     learner.seed += 1  # other batches and gate noise: the comparison must notice
     ReferenceRound(learner, clients)()
     assert (learner.x_ag - ours).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("overrides", [
+    ("method=metagater",),                              # plain mean, accelerated prox server
+    ("method=metagater", "method.local.gate_lr=0.3"),   # per-entry steps on φ
+    ("method=fedavg",),                                 # size-weighted mean
+])
+def test_concatenated_round_leaves_the_server_state_a_loop_round_does(tiny_config, overrides):
+    """m = 1: one pass over the K batches concatenated gives the clients' (weighted) mean
+    model, so the new (x, x_ag) equal run_round's up to float summation order."""
+    cfg = tiny_config("method.local.steps=1", "method.gate_noise=none", *overrides)
+    datamodule = build_datamodule(cfg)
+    learner = build_learner(cfg, build_model(cfg, datamodule))
+    clients = datamodule.train_clients
+    learner.run_round(clients)  # x ≠ x_ag from here on
+    assert max_update_difference(learner, clients, ConcatenatedRound) < 1e-7
+    state = RoundState(learner)
+    learner.seed += 1  # other clients and batches: the comparison must notice
+    other = torch.cat(ConcatenatedRound(learner, clients)())
+    state.restore()
+    learner.seed -= 1
+    learner.run_round(clients)
+    assert (torch.cat([learner.x, learner.x_ag]) - other).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("overrides, refusal", [
+    (("method.local.steps=2",), "m = 1"),
+    (("method=perfedavg_fo", "method.local.steps=1"), "m = 1"),
+    (("method.local.steps=1", "method.gate_noise=logistic"), "gate_noise=none"),
+])
+def test_concatenated_round_refuses_what_it_cannot_compute(tiny_config, overrides, refusal):
+    cfg = tiny_config(*overrides)
+    datamodule = build_datamodule(cfg)
+    learner = build_learner(cfg, build_model(cfg, datamodule))
+    with pytest.raises(ValueError, match=refusal):
+        ConcatenatedRound(learner, datamodule.train_clients)()
 
 
 def test_alternate_times_each_candidate_and_ratio_divides_them():
@@ -217,14 +254,30 @@ def test_tried_alternatives_compute_the_loops_gradients(tiny_learner, compiled):
         for name, gradient in zip(names, gradients, strict=True):
             torch.testing.assert_close(vmapped[name][client], gradient, atol=1e-5, rtol=1e-4)
     assert loop[0][0].abs().sum() > 0 and not torch.equal(loop[0][0], loop[1][0])
-    with nchw_pooling():
+    with nchw_layout():
         assert network_module.pool_relu is not channels_last_pool
+        x = torch.randn(2, 3, 8, 8)
+        assert network_module._channels_last(x).is_contiguous()  # NCHW kept
     assert network_module.pool_relu is channels_last_pool
+    assert network_module._channels_last(x).is_contiguous(memory_format=torch.channels_last)
     if compiled:
         compiled_grads = ClientPasses(torch.compile(network), images, labels)()
         for ours, theirs in zip(loop, compiled_grads, strict=True):
             for a, b in zip(ours, theirs, strict=True):
                 torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_vmap_candidate_runs_a_colour_network():
+    """vmap cannot batch a channels-last copy: with 3 input channels (1 is both layouts at
+    once) the candidate must keep the input in NCHW."""
+    torch.manual_seed(0)
+    network = build_network("cnn4", (3, 8, 8), 4, gated_layers=[3])
+    network.set_gate_noise(0.0)
+    images, labels = torch.randn(2, 3, 3, 8, 8), torch.randint(0, 4, (2, 3))
+    vmapped = VmappedPasses(network, images, labels)()
+    loop = ClientPasses(network, images, labels)()
+    first = next(name for name, _ in network.named_parameters())
+    torch.testing.assert_close(vmapped[first][1], loop[1][0], atol=1e-5, rtol=1e-4)
 
 
 class NoCompiler(torch.nn.Module):
@@ -274,5 +327,7 @@ def test_device_bench_times_rounds_on_each_device_it_is_given():
                             devices=[torch.device("cpu")])
     times = results["round_seconds"]["cpu"]
     assert times["rounds"] == 2 and 0 < times["min"] <= times["median"] <= times["max"]
+    assert times["concatenated"]["rounds"] == 2 and times["loop_over_concatenated"] > 0
+    assert times["max_meta_model_difference"] < 1e-6  # the same 3 rounds, two ways
     assert "cpu_over_gpu" not in results  # one device: no ratio
     assert "| cpu |" in render_devices(results)

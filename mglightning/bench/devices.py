@@ -3,9 +3,13 @@
 The workload is the paper's main job on a CIFAR-10-shaped synthetic stand-in (3×32×32, 10
 classes, 6,000 images a class, so no download): the partition of
 ``conf/experiment/table1_cifar10.yaml``, cnn4 gated at conv3, K = 20, m = 1. Each device gets
-its own learner, built at x_0 on that device, and the whole federation moved there; the same
-rounds (same clients, same batches) then run on each. A round's time is the learner's own
-``round_seconds``, read from clocks that wait for the device (:mod:`mglightning.devices`).
+its own learners, built at x_0 on that device, and the whole federation moved there; the same
+rounds (same clients, same batches) then run on each, two ways in alternation: the learner's
+loop over the clients (``round_seconds``, read from clocks that wait for the device, see
+:mod:`mglightning.devices`) and the concatenated round (one pass for the K clients, m = 1:
+:class:`~mglightning.bench.rounds.ConcatenatedRound`). Whether the learner should run the
+concatenated round on a GPU is decided by these figures; the difference of the two meta-models
+after the timed rounds says how far float summation order moves them apart.
 
     python -m mglightning.bench.devices [--rounds 20] [--output-dir DIR] [key=value ...]
 """
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from mglightning.bench.rounds import ConcatenatedRound
 from mglightning.bench.workload import compose_config
 from mglightning.devices import device_clock
 from mglightning.io import atomic_write_text, write_json
@@ -45,17 +50,34 @@ def available_devices() -> list[torch.device]:
     return devices
 
 
-def round_seconds(cfg, datamodule, device: torch.device, rounds: int, warmup: int) -> dict:
-    """Median, min and max seconds of ``rounds`` rounds on ``device``, after ``warmup``
-    rounds (cuDNN autotuning, allocator growth), from x_0 on a fresh learner."""
-    datamodule.to_device(device)
-    learner = build_learner(cfg, build_network(cfg, datamodule).to(device))
-    clients = datamodule.train_clients
-    started = device_clock(device)
-    seconds = [learner.run_round(clients)["round_seconds"] for _ in range(warmup + rounds)]
+def summary(seconds: list[float], warmup: int) -> dict:
+    """Median, min and max of the timed rounds, those after ``warmup``."""
     timed = seconds[warmup:]
     return {"median": statistics.median(timed), "min": min(timed), "max": max(timed),
-            "rounds": rounds, "warmup_rounds": warmup,
+            "rounds": len(timed), "warmup_rounds": warmup}
+
+
+def round_seconds(cfg, datamodule, device: torch.device, rounds: int, warmup: int) -> dict:
+    """Seconds a round on ``device`` of the loop and of the concatenated round, alternating,
+    each on its own learner from x_0, after ``warmup`` rounds (cuDNN autotuning, allocator
+    growth); and the largest |difference| of their meta-models x_ag after the last round."""
+    datamodule.to_device(device)
+    clients = datamodule.train_clients
+    loop, concatenated = (build_learner(cfg, build_network(cfg, datamodule).to(device))
+                          for _ in range(2))
+    one_pass = ConcatenatedRound(concatenated, clients)
+    seconds: dict[str, list[float]] = {"loop": [], "concatenated": []}
+    started = device_clock(device)
+    for _ in range(warmup + rounds):
+        seconds["loop"].append(loop.run_round(clients)["round_seconds"])
+        start = device_clock(device)
+        one_pass()
+        seconds["concatenated"].append(device_clock(device) - start)
+    return {**summary(seconds["loop"], warmup),
+            "concatenated": summary(seconds["concatenated"], warmup),
+            "loop_over_concatenated": (statistics.median(seconds["loop"][warmup:])
+                                       / statistics.median(seconds["concatenated"][warmup:])),
+            "max_meta_model_difference": float((loop.x_ag - concatenated.x_ag).abs().max()),
             "wall_seconds": device_clock(device) - started}
 
 
@@ -99,13 +121,17 @@ def render(results: dict) -> str:
     lines = ["# Round time per device", "",
              f"{context['workload']}; torch {context['torch']}, {context['cpu_threads']} CPU "
              f"thread(s), {context['processor']}; GPU: {context['gpu'] or 'none'}.", "",
-             "| device | median s/round | min | max | timed rounds (after warm-up) |",
-             "|---|---|---|---|---|"]
+             "| device | loop: median s/round | min | max | concatenated: median s/round | "
+             "loop ÷ concatenated | max \\|Δ x_ag\\| after | timed rounds (after warm-up) |",
+             "|---|---|---|---|---|---|---|---|"]
     for device, times in results["round_seconds"].items():
         lines.append(f"| {device} | {times['median']:.4f} | {times['min']:.4f} | "
-                     f"{times['max']:.4f} | {times['rounds']} (+{times['warmup_rounds']}) |")
+                     f"{times['max']:.4f} | {times['concatenated']['median']:.4f} | "
+                     f"{times['loop_over_concatenated']:.2f}× | "
+                     f"{times['max_meta_model_difference']:.1e} | "
+                     f"{times['rounds']} (+{times['warmup_rounds']}) |")
     if "cpu_over_gpu" in results:
-        lines += ["", f"CPU ÷ GPU, median round time: {results['cpu_over_gpu']:.1f}×"]
+        lines += ["", f"CPU ÷ GPU, median loop round time: {results['cpu_over_gpu']:.1f}×"]
     return "\n".join(lines) + "\n"
 
 

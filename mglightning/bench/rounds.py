@@ -102,6 +102,65 @@ class ReferenceRound:
                             loss_sum / solver.steps)
 
 
+class ConcatenatedRound:
+    """Algorithm 1's round for m = 1 as one forward and one backward pass: the GPU candidate.
+
+    With one local step every client starts at x_md, where the proximal term is zero, so its
+    model is x_md − η ∇L_k(x_md), and the server reads only the (weighted) mean of the models:
+    x_md − η ∇(Σ_k w_k L_k)(x_md). That is one pass over the K support batches concatenated,
+    sample j of client k weighted w_k / B_k (the network couples no inputs: no batch norm).
+    It draws each client's batch from the client's own stream, as :meth:`run_round` does,
+    and leaves the server state where a loop round would (up to float summation order).
+    It cannot run gate noise (one draw for the batch is no client's own), per-client
+    failures, or m ≥ 2; on a GPU it replaces K small, launch-bound passes by one.
+    """
+
+    def __init__(self, learner: FederatedMetaLearner, clients) -> None:
+        solver = learner.local_solver
+        if not isinstance(solver, ProximalSGD) or solver.steps != 1:
+            raise ValueError("a concatenated round needs one proximal-SGD local step (m = 1)")
+        self.learner, self.clients, self.solver = learner, clients, solver
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        learner, solver = self.learner, self.solver
+        round_index = learner.current_round()
+        if learner.gate_noise(round_index):
+            raise ValueError("a concatenated round draws no per-client gate noise: set "
+                             "method.gate_noise=none")
+        x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, round_index)
+        chosen = [self.clients[i] for i in learner.sample_clients(
+            len(self.clients), round_generator(learner.seed, round_index))]
+        batches = [client.sample_support_batch(
+                       solver.batch_size, client_streams(learner.seed, round_index, position)[0])
+                   for position, client in enumerate(chosen)]
+        sizes = torch.tensor([float(len(client.support_idx)) for client in chosen])
+        client_weights = (sizes / sizes.sum() if learner.strategy.weighted
+                          else torch.full_like(sizes, 1 / len(chosen)))
+        sample_weights = torch.cat([torch.full((len(labels),), float(weight) / len(labels))
+                                    for weight, (_, labels) in zip(client_weights, batches,
+                                                                   strict=True)])
+        learner.network.temperature = learner.temperature(round_index)
+        flat = learner.flat
+        flat.load(x_md)
+        flat.zero_grad()
+        losses = F.cross_entropy(flat.module(torch.cat([images for images, _ in batches])),
+                                 torch.cat([labels for _, labels in batches]), reduction="none")
+        (losses @ sample_weights.to(losses.device)).backward()
+        step_sizes = solver.step_sizes(flat)
+        mean_model = x_md - (flat.grad * solver.lr if step_sizes is None
+                             else flat.grad * step_sizes)
+        # The mean model as the one result of the round: the strategy's (weighted) mean of
+        # one model is that model.
+        mean_result = ClientResult(-1, mean_model, 1, losses.detach().mean())
+        x, x_ag = learner.strategy.aggregate_fit(learner.x, learner.x_ag, x_md, [mean_result],
+                                                 round_index)
+        learner.x.copy_(x)
+        learner.x_ag.copy_(x_ag)
+        learner.rounds_done += 1
+        flat.load(x_ag)
+        return x, x_ag
+
+
 class BareRound:
     """The K·m forward and backward passes of a round, back to back: same network, batch
     shapes and gate noise, none of the federated bookkeeping (no sampling, no normalizing,
@@ -159,15 +218,17 @@ class RoundState:
             buffers[name].copy_(value)
 
 
-def max_update_difference(learner: FederatedMetaLearner, clients) -> float:
-    """Largest |difference| between ours and the reference in the new (x, x_ag), from one state."""
+def max_update_difference(learner: FederatedMetaLearner, clients,
+                          other: type = ReferenceRound) -> float:
+    """Largest |difference| between ours and ``other``'s round (the reference, or the
+    concatenated one) in the new (x, x_ag), from one state."""
     state = RoundState(learner)
     learner.run_round(clients)
     ours = torch.cat([learner.x, learner.x_ag]).clone()
     state.restore()
-    reference = torch.cat(ReferenceRound(learner, clients)())
+    theirs = torch.cat(other(learner, clients)())
     state.restore()
-    return float((ours - reference).abs().max())
+    return float((ours - theirs).abs().max())
 
 
 def bench_rounds(learner: FederatedMetaLearner, clients, repeats: int) -> dict:
