@@ -189,7 +189,10 @@ def test_memory_measure_counts_the_pooled_images():
 def test_suite_on_tiny_sizes_renders_every_goal():
     config = BenchConfig(clients_per_round=2, repeats=1, inference_batches=(1, 4),
                          memory=False, processes=False, compile_network=False,
-                         data_overrides=("dataset=synthetic",))
+                         data_overrides=("dataset=synthetic",), device_rounds=1,
+                         device_overrides=("dataset.synthetic.samples_per_class=200",
+                                           "dataset.partition.size_range=[20,60]",
+                                           "method.clients_per_round=2"))
     threads = torch.get_num_threads()
     results = run_suite(config)
     assert torch.get_num_threads() == threads
@@ -199,6 +202,7 @@ def test_suite_on_tiny_sizes_renders_every_goal():
         assert goal in table
     assert results["export_format"]["predictions_equal"]
     assert "Saved format of a deployed task module, time of the loaded `torch.export`" in table
+    assert "cpu: loop" in table and "on cpu" in table  # the concatenated round, per device
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import torch
 from mglightning.adaptation.steps import two_stage
 from mglightning.bench.adaptation import bench_adaptation
 from mglightning.bench.alternatives import bench_alternatives
+from mglightning.bench.devices import bench_devices
 from mglightning.bench.export_format import bench_export_formats
 from mglightning.bench.inference import bench_inference
 from mglightning.bench.memory import measure_in_subprocess
@@ -39,6 +40,8 @@ class BenchConfig:
     memory: bool = True
     processes: bool = True  # 1 vs 2 training processes (trainer.devices), four short runs
     compile_network: bool = True  # time torch.compile among the tried alternatives (~20 s)
+    device_rounds: int = 10  # CIFAR-10 stand-in rounds, loop vs concatenated, per device; 0: skip
+    device_overrides: tuple[str, ...] = ()  # after the stand-in's (tests shrink it)
     data_overrides: tuple[str, ...] | None = None  # None: Fashion-MNIST if present, else stand-in
 
 
@@ -97,6 +100,8 @@ def _run_suite(config: BenchConfig) -> dict:
     deployed = RawImageInput(task, target.data.mean, target.data.std)  # what deploy saves
     results["export_format"] = bench_export_formats(
         deployed, target.data.images[target.query_idx], config.inference_batches, config.repeats)
+    if config.device_rounds:
+        results["devices"] = bench_devices(config.device_rounds, 2, config.device_overrides)
     if config.memory:
         results["memory"] = measure_in_subprocess(data_overrides)
     if config.processes:
