@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mglightning.adaptation.module import FastAdaptation
+from mglightning.bench.rounds import ConcatenatedRound
 from mglightning.federated.faults import InjectedFault
 from mglightning.federated.prox import L1, GroupLasso
 from mglightning.federated.server import AcceleratedProximalStrategy, ClientResult
@@ -45,6 +46,18 @@ def test_a_round_makes_every_tensor_on_the_parameters_device(tiny_config, method
     for name, buffer in learner.named_buffers():
         assert buffer.device == CPU, name
     assert learner.flat.vector.device == CPU
+
+
+@pytest.mark.parametrize("method", ["metagater", "fedavg"])
+def test_a_concatenated_round_makes_every_tensor_on_the_parameters_device(tiny_config, method):
+    """The GPU candidate of make gpu-check (bench/rounds.py) keeps to the same rule."""
+    cfg = tiny_config(f"method={method}", "method.clients_per_round=2", "method.local.steps=1")
+    datamodule = build_datamodule(cfg)
+    learner = build_learner(cfg, build_model(cfg, datamodule))
+    learner.run_round(datamodule.train_clients)
+    with defaults_to_meta():
+        x, x_ag = ConcatenatedRound(learner, datamodule.train_clients)()
+    assert x.device == x_ag.device == learner.flat.vector.device == CPU
 
 
 def test_regularizers_and_weighted_mean_make_tensors_on_the_vectors_device(tiny_config):

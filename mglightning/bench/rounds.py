@@ -23,6 +23,7 @@ from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from mglightning.bench.timing import alternate, ratio
+from mglightning.devices import from_host
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.federated.local import ProximalSGD
 from mglightning.federated.server import ClientResult
@@ -133,10 +134,11 @@ class ConcatenatedRound:
         batches = [client.sample_support_batch(
                        solver.batch_size, client_streams(learner.seed, round_index, position)[0])
                    for position, client in enumerate(chosen)]
-        sizes = torch.tensor([float(len(client.support_idx)) for client in chosen])
-        client_weights = (sizes / sizes.sum() if learner.strategy.weighted
-                          else torch.full_like(sizes, 1 / len(chosen)))
-        sample_weights = torch.cat([torch.full((len(labels),), float(weight) / len(labels))
+        sizes = [float(len(client.support_idx)) for client in chosen]
+        client_weights = ([size / sum(sizes) for size in sizes] if learner.strategy.weighted
+                          else [1 / len(chosen)] * len(chosen))
+        sample_weights = torch.cat([torch.full((len(labels),), weight / len(labels),
+                                               device="cpu")
                                     for weight, (_, labels) in zip(client_weights, batches,
                                                                    strict=True)])
         learner.network.temperature = learner.temperature(round_index)
@@ -145,7 +147,7 @@ class ConcatenatedRound:
         flat.zero_grad()
         losses = F.cross_entropy(flat.module(torch.cat([images for images, _ in batches])),
                                  torch.cat([labels for _, labels in batches]), reduction="none")
-        (losses @ sample_weights.to(losses.device)).backward()
+        (losses @ from_host(sample_weights, losses.device)).backward()
         step_sizes = solver.step_sizes(flat)
         mean_model = x_md - (flat.grad * solver.lr if step_sizes is None
                              else flat.grad * step_sizes)
