@@ -202,7 +202,7 @@ def test_suite_on_tiny_sizes_renders_every_goal():
         assert goal in table
     assert results["export_format"]["predictions_equal"]
     assert "Saved format of a deployed task module, time of the loaded `torch.export`" in table
-    assert "cpu: loop" in table and "on cpu" in table  # the concatenated round, per device
+    assert "stand-in of `make gpu-check` on cpu" in table  # loop, concatenated, deterministic
 
 
 @pytest.fixture
@@ -330,8 +330,13 @@ def test_device_bench_times_rounds_on_each_device_it_is_given():
     results = bench_devices(rounds=2, warmup=1, overrides=shrink,
                             devices=[torch.device("cpu")])
     times = results["round_seconds"]["cpu"]
-    assert times["rounds"] == 2 and 0 < times["min"] <= times["median"] <= times["max"]
-    assert times["concatenated"]["rounds"] == 2 and times["loop_over_concatenated"] > 0
-    assert times["max_meta_model_difference"] < 1e-6  # the same 3 rounds, two ways
+    assert times["rounds"] == 2 and set(times["ways"]) == {"loop", "concatenated",
+                                                           "deterministic"}
+    for figures in times["ways"].values():
+        assert 0 < figures["min"] <= figures["median"] <= figures["max"]
+    assert times["ways"]["loop"]["over_loop"] == 1
+    assert times["ways"]["concatenated"]["max_meta_model_difference"] < 1e-6  # 3 rounds
+    assert times["ways"]["deterministic"]["max_meta_model_difference"] == 0  # CPU kernels
+    assert not torch.are_deterministic_algorithms_enabled()  # the setting is given back
     assert "cpu_over_gpu" not in results  # one device: no ratio
     assert "| cpu |" in render_devices(results)

@@ -4,12 +4,18 @@ The workload is the paper's main job on a CIFAR-10-shaped synthetic stand-in (3�
 classes, 6,000 images a class, so no download): the partition of
 ``conf/experiment/table1_cifar10.yaml``, cnn4 gated at conv3, K = 20, m = 1. Each device gets
 its own learners, built at x_0 on that device, and the whole federation moved there; the same
-rounds (same clients, same batches) then run on each, two ways in alternation: the learner's
-loop over the clients (``round_seconds``, read from clocks that wait for the device, see
-:mod:`mglightning.devices`) and the concatenated round (one pass for the K clients, m = 1:
-:class:`~mglightning.bench.rounds.ConcatenatedRound`). Whether the learner should run the
-concatenated round on a GPU is decided by these figures; the difference of the two meta-models
-after the timed rounds says how far float summation order moves them apart.
+rounds (same clients, same batches) then run on each, three ways in alternation:
+
+- ``loop``: the learner's loop over the clients, as training runs it (``round_seconds``, read
+  from clocks that wait for the device, see :mod:`mglightning.devices`);
+- ``concatenated``: the round for m = 1 as one pass for the K clients
+  (:class:`~mglightning.bench.rounds.ConcatenatedRound`): whether the learner should run it on a
+  GPU is decided by these figures;
+- ``deterministic``: the loop with deterministic kernels only and cuDNN autotuning off, as
+  ``deterministic=true`` (``make reproduce``) trains: the cost of that key.
+
+Each way's meta-model after the rounds is compared with the loop's: float summation order
+alone moves them apart, and more as the rounds go on.
 
     python -m mglightning.bench.devices [--rounds 20] [--output-dir DIR] [key=value ...]
 """
@@ -17,8 +23,11 @@ after the timed rounds says how far float summation order moves them apart.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -57,27 +66,62 @@ def summary(seconds: list[float], warmup: int) -> dict:
             "rounds": len(timed), "warmup_rounds": warmup}
 
 
+@contextmanager
+def deterministic_kernels() -> Iterator[None]:
+    """Deterministic kernels only, cuDNN autotuning off, as the Trainer sets them for
+    ``deterministic=true``; the previous settings back on leaving."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[2])
+        torch.backends.cudnn.benchmark = previous[1]
+
+
+WAYS = ("loop", "concatenated", "deterministic")
+
+
 def round_seconds(cfg, datamodule, device: torch.device, rounds: int, warmup: int) -> dict:
-    """Seconds a round on ``device`` of the loop and of the concatenated round, alternating,
-    each on its own learner from x_0, after ``warmup`` rounds (cuDNN autotuning, allocator
-    growth); and the largest |difference| of their meta-models x_ag after the last round."""
+    """Seconds a round on ``device``, each of :data:`WAYS` on its own learner from x_0, the
+    ways alternating round by round, ``warmup`` rounds (cuDNN autotuning, allocator growth)
+    left out; per way the ratio to the loop and the largest |difference| of its meta-model
+    x_ag from the loop's after the last round."""
     datamodule.to_device(device)
     clients = datamodule.train_clients
-    loop, concatenated = (build_learner(cfg, build_network(cfg, datamodule).to(device))
-                          for _ in range(2))
-    one_pass = ConcatenatedRound(concatenated, clients)
-    seconds: dict[str, list[float]] = {"loop": [], "concatenated": []}
-    started = device_clock(device)
-    for _ in range(warmup + rounds):
-        seconds["loop"].append(loop.run_round(clients)["round_seconds"])
+    learners = {way: build_learner(cfg, build_network(cfg, datamodule).to(device))
+                for way in WAYS}
+    one_pass = ConcatenatedRound(learners["concatenated"], clients)
+
+    def concatenated() -> float:
         start = device_clock(device)
         one_pass()
-        seconds["concatenated"].append(device_clock(device) - start)
-    return {**summary(seconds["loop"], warmup),
-            "concatenated": summary(seconds["concatenated"], warmup),
-            "loop_over_concatenated": (statistics.median(seconds["loop"][warmup:])
-                                       / statistics.median(seconds["concatenated"][warmup:])),
-            "max_meta_model_difference": float((loop.x_ag - concatenated.x_ag).abs().max()),
+        return device_clock(device) - start
+
+    def deterministic() -> float:
+        with deterministic_kernels():
+            return learners["deterministic"].run_round(clients)["round_seconds"]
+
+    runs = {"loop": lambda: learners["loop"].run_round(clients)["round_seconds"],
+            "concatenated": concatenated, "deterministic": deterministic}
+    seconds: dict[str, list[float]] = {way: [] for way in WAYS}
+    started = device_clock(device)
+    for _ in range(warmup + rounds):
+        for way in WAYS:
+            seconds[way].append(runs[way]())
+    loop_median = statistics.median(seconds["loop"][warmup:])
+    per_way = {}
+    for way in WAYS:
+        timed = seconds[way][warmup:]
+        per_way[way] = {
+            "median": statistics.median(timed), "min": min(timed), "max": max(timed),
+            "over_loop": statistics.median(timed) / loop_median,
+            "max_meta_model_difference": float(
+                (learners[way].x_ag - learners["loop"].x_ag).abs().max()),
+        }
+    return {"ways": per_way, "rounds": rounds, "warmup_rounds": warmup,
             "wall_seconds": device_clock(device) - started}
 
 
@@ -85,6 +129,8 @@ def bench_devices(rounds: int, warmup: int, overrides: list[str] | tuple[str, ..
                   devices: list[torch.device] | None = None) -> dict:
     """Round times on every device (the CPU first), and the CPU ÷ GPU ratio when both ran;
     ``overrides`` come after the stand-in's (tests shrink it with them)."""
+    # Deterministic cuBLAS needs this before its first call (Lightning sets it alike).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     cfg = compose_config([*CIFAR10_STAND_IN, *overrides])
     synthetic = cfg.dataset.synthetic
     datamodule = build_datamodule(cfg)
@@ -110,8 +156,8 @@ def bench_devices(rounds: int, warmup: int, overrides: list[str] | tuple[str, ..
     }}
     gpu = [name for name in per_device if name != "cpu"]
     if gpu and "cpu" in per_device:
-        results["cpu_over_gpu"] = (per_device["cpu"]["median"]
-                                   / per_device[gpu[0]]["median"])
+        results["cpu_over_gpu"] = (per_device["cpu"]["ways"]["loop"]["median"]
+                                   / per_device[gpu[0]]["ways"]["loop"]["median"])
     return results
 
 
@@ -121,15 +167,16 @@ def render(results: dict) -> str:
     lines = ["# Round time per device", "",
              f"{context['workload']}; torch {context['torch']}, {context['cpu_threads']} CPU "
              f"thread(s), {context['processor']}; GPU: {context['gpu'] or 'none'}.", "",
-             "| device | loop: median s/round | min | max | concatenated: median s/round | "
-             "loop ÷ concatenated | max \\|Δ x_ag\\| after | timed rounds (after warm-up) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| device | round | median s | min | max | ÷ loop | max \\|Δ x_ag\\| from the loop's "
+             "after the rounds |",
+             "|---|---|---|---|---|---|---|"]
     for device, times in results["round_seconds"].items():
-        lines.append(f"| {device} | {times['median']:.4f} | {times['min']:.4f} | "
-                     f"{times['max']:.4f} | {times['concatenated']['median']:.4f} | "
-                     f"{times['loop_over_concatenated']:.2f}× | "
-                     f"{times['max_meta_model_difference']:.1e} | "
-                     f"{times['rounds']} (+{times['warmup_rounds']}) |")
+        for way, figures in times["ways"].items():
+            lines.append(f"| {device} | {way} | {figures['median']:.4f} | {figures['min']:.4f} | "
+                         f"{figures['max']:.4f} | {figures['over_loop']:.2f}× | "
+                         f"{figures['max_meta_model_difference']:.1e} |")
+    lines += ["", f"{next(iter(results['round_seconds'].values()))['rounds']} timed rounds "
+              "per way and device, after warm-up rounds left out; the ways alternate."]
     if "cpu_over_gpu" in results:
         lines += ["", f"CPU ÷ GPU, median loop round time: {results['cpu_over_gpu']:.1f}×"]
     return "\n".join(lines) + "\n"

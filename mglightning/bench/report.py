@@ -154,7 +154,7 @@ def notes(results: dict) -> list[str]:
         "## What the measurements led to",
         "",
         "- " + _alternatives_summary(results["alternatives"]),
-        *_concatenated_summary(results.get("devices")),
+        *_devices_summary(results.get("devices")),
         "- Max-pooling (with the indices its backward keeps) took a quarter of a training "
         "step in NCHW: blocks now max-pool in channels-last layout, before the ReLU (they "
         "commute), and the convolutions after it stay channels-last: a cnn4 step at batch 32 "
@@ -196,25 +196,29 @@ def _alternatives_summary(tried: dict) -> str:
     return text + f". {best} is {1 / medians[best]:.2f}× faster here than the plain loop."
 
 
-def _concatenated_summary(devices: dict | None) -> list[str]:
-    """The m = 1 round as one pass for all clients, against the loop, per device."""
+def _devices_summary(devices: dict | None) -> list[str]:
+    """The CIFAR-10 stand-in's round per device: the m = 1 round as one pass for all clients,
+    and deterministic kernels, against the loop training runs."""
     if devices is None:
         return []
-    figures = "; ".join(
-        f"{device}: loop {1000 * times['median']:.0f} ms, concatenated "
-        f"{1000 * times['concatenated']['median']:.0f} ms a round, loop ÷ concatenated "
-        f"{times['loop_over_concatenated']:.2f}×, meta-models "
-        f"{times['max_meta_model_difference']:.0e} apart after "
-        f"{times['rounds'] + times['warmup_rounds']} rounds"
-        for device, times in devices["round_seconds"].items())
-    worth = {device: times["loop_over_concatenated"] >= 1 / (1 - WORTH_ADOPTING)
-             for device, times in devices["round_seconds"].items()}
-    verdict = ", ".join(f"{'worth adopting' if wins else 'the loop stays'} on {device}"
-                        for device, wins in worth.items())
-    return [f"- The round for m = 1 as one forward and backward pass over the K clients' batches "
+    lines = []
+    for device, times in devices["round_seconds"].items():
+        ways = times["ways"]
+        concatenated, deterministic = ways["concatenated"], ways["deterministic"]
+        adopt = concatenated["over_loop"] <= 1 - WORTH_ADOPTING
+        lines.append(
+            f"- CIFAR-10 stand-in of `make gpu-check` on {device}, {times['rounds']} rounds each "
+            f"way, alternating: the loop takes {1000 * ways['loop']['median']:.0f} ms a round. "
+            f"The round for m = 1 as one forward and backward pass over the K clients' batches "
             f"concatenated (`bench/rounds.py: ConcatenatedRound`, equal to a loop round within "
-            f"1e-7), on the CIFAR-10 stand-in of `make gpu-check`: {figures}: {verdict} (float "
-            "summation order alone moves the meta-models apart over the rounds)."]
+            f"1e-7) takes {concatenated['over_loop']:.2f}× the loop's time: "
+            f"{'worth adopting' if adopt else 'the loop stays'} on {device}. Deterministic "
+            f"kernels (`deterministic=true`, as `make reproduce` runs) take "
+            f"{deterministic['over_loop']:.2f}× the loop's time; their meta-model is "
+            f"{deterministic['max_meta_model_difference']:.0e} from the loop's after "
+            f"{times['rounds'] + times['warmup_rounds']} rounds (the concatenated one "
+            f"{concatenated['max_meta_model_difference']:.0e}: summation order alone).")
+    return lines
 
 
 def _floor_summary(inference: dict) -> str:
