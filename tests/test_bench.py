@@ -1,5 +1,6 @@
 import json
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from mglightning.bench.alternatives import (
     client_batches,
     nchw_layout,
 )
-from mglightning.bench.devices import CIFAR10_STAND_IN, bench_devices
+from mglightning.bench.devices import CIFAR10_STAND_IN, bench_devices, projected_run_seconds
 from mglightning.bench.devices import render as render_devices
 from mglightning.bench.export_format import (
     SAME_SPEED,
@@ -338,5 +339,21 @@ def test_device_bench_times_rounds_on_each_device_it_is_given():
     assert times["ways"]["concatenated"]["max_meta_model_difference"] < 1e-6  # 3 rounds
     assert times["ways"]["deterministic"]["max_meta_model_difference"] == 0  # CPU kernels
     assert not torch.are_deterministic_algorithms_enabled()  # the setting is given back
+    evaluation = times["evaluation"]
+    assert 0 < evaluation["curve_seconds"] and 0 < evaluation["final_seconds"]
+    assert times["projected_run_seconds"] > times["ways"]["loop"]["median"]
+    assert "projected job s" in render_devices(results)
     assert "cpu_over_gpu" not in results  # one device: no ratio
     assert "| cpu |" in render_devices(results)
+
+
+@pytest.mark.parametrize("rounds, every, curve_evaluations", [
+    (500, 50, 9),   # make train-cifar10: rounds 50, ..., 450 for the curve; 500 is the final
+    (500, 0, 0),    # no curve: the final evaluation alone
+    (7, 3, 2),      # rounds 3 and 6, then the final one at 7
+])
+def test_projected_job_counts_the_evaluations_training_makes(rounds, every, curve_evaluations):
+    cfg = SimpleNamespace(rounds=rounds, eval_every=every)
+    evaluation = {"curve_seconds": 10.0, "final_seconds": 1000.0}
+    assert projected_run_seconds(cfg, 0.5, evaluation) == (
+        rounds * 0.5 + curve_evaluations * 10.0 + 1000.0)

@@ -208,7 +208,11 @@ def _devices_summary(devices: dict | None) -> list[str]:
         adopt = concatenated["over_loop"] <= 1 - WORTH_ADOPTING
         lines.append(
             f"- CIFAR-10 stand-in of `make gpu-check` on {device}, {times['rounds']} rounds each "
-            f"way, alternating: the loop takes {1000 * ways['loop']['median']:.0f} ms a round. "
+            f"way, alternating: the loop takes {1000 * ways['loop']['median']:.0f} ms a round, "
+            f"an evaluation of the {times['evaluation']['targets']} targets "
+            f"{times['evaluation']['curve_seconds']:.1f} s (the last, with the gating measures, "
+            f"{times['evaluation']['final_seconds']:.1f} s): the whole job projected "
+            f"{times['projected_run_seconds']:.0f} s. "
             f"The round for m = 1 as one forward and backward pass over the K clients' batches "
             f"concatenated (`bench/rounds.py: ConcatenatedRound`, equal to a loop round within "
             f"1e-7) takes {concatenated['over_loop']:.2f}× the loop's time: "
