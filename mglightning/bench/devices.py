@@ -88,8 +88,9 @@ WAYS = ("loop", "concatenated", "deterministic")
 def round_seconds(cfg, datamodule, device: torch.device, rounds: int, warmup: int) -> dict:
     """Seconds a round on ``device``, each of :data:`WAYS` on its own learner from x_0, the
     ways alternating round by round, ``warmup`` rounds (cuDNN autotuning, allocator growth)
-    left out; per way the ratio to the loop and the largest |difference| of its meta-model
-    x_ag from the loop's after the last round."""
+    left out; per way the median (and range) of its rounds' ratios to the loop's round of
+    the same turn, and the largest |difference| of its meta-model x_ag from the loop's after
+    the last round."""
     datamodule.to_device(device)
     clients = datamodule.train_clients
     learners = {way: build_learner(cfg, build_network(cfg, datamodule).to(device))
@@ -112,13 +113,15 @@ def round_seconds(cfg, datamodule, device: torch.device, rounds: int, warmup: in
     for _ in range(warmup + rounds):
         for way in WAYS:
             seconds[way].append(runs[way]())
-    loop_median = statistics.median(seconds["loop"][warmup:])
     per_way = {}
     for way in WAYS:
         timed = seconds[way][warmup:]
+        # each round's time over the loop's round next to it: load falls on both alike
+        over_loop = [a / b for a, b in zip(timed, seconds["loop"][warmup:], strict=True)]
         per_way[way] = {
             "median": statistics.median(timed), "min": min(timed), "max": max(timed),
-            "over_loop": statistics.median(timed) / loop_median,
+            "over_loop": statistics.median(over_loop),
+            "over_loop_range": [min(over_loop), max(over_loop)],
             "max_meta_model_difference": float(
                 (learners[way].x_ag - learners["loop"].x_ag).abs().max()),
         }
@@ -200,13 +203,15 @@ def render(results: dict) -> str:
     lines = ["# Round time per device", "",
              f"{context['workload']}; torch {context['torch']}, {context['cpu_threads']} CPU "
              f"thread(s), {context['processor']}; GPU: {context['gpu'] or 'none'}.", "",
-             "| device | round | median s | min | max | ÷ loop | max \\|Δ x_ag\\| from the loop's "
-             "after the rounds |",
+             "| device | round | median s | min | max | ÷ loop (median, range of the rounds) | "
+             "max \\|Δ x_ag\\| from the loop's after the rounds |",
              "|---|---|---|---|---|---|---|"]
     for device, times in results["round_seconds"].items():
         for way, figures in times["ways"].items():
             lines.append(f"| {device} | {way} | {figures['median']:.4f} | {figures['min']:.4f} | "
-                         f"{figures['max']:.4f} | {figures['over_loop']:.2f}× | "
+                         f"{figures['max']:.4f} | {figures['over_loop']:.2f}× "
+                         f"({figures['over_loop_range'][0]:.2f}–"
+                         f"{figures['over_loop_range'][1]:.2f}) | "
                          f"{figures['max_meta_model_difference']:.1e} |")
     lines += ["", f"{next(iter(results['round_seconds'].values()))['rounds']} timed rounds "
               "per way and device, after warm-up rounds left out; the ways alternate."]

@@ -214,14 +214,17 @@ def _devices_summary(devices: dict | None) -> list[str]:
             f"{times['evaluation']['final_seconds']:.1f} s): the whole job projected "
             f"{times['projected_run_seconds']:.0f} s. "
             f"The round for m = 1 as one forward and backward pass over the K clients' batches "
-            f"concatenated (`bench/rounds.py: ConcatenatedRound`, equal to a loop round within "
-            f"1e-7) takes {concatenated['over_loop']:.2f}× the loop's time: "
+            f"concatenated (`bench/rounds.py: ConcatenatedRound`, a loop round's result up "
+            f"to float32 rounding) takes {concatenated['over_loop']:.2f}× the loop's time "
+            f"(median of the rounds' ratios, range {concatenated['over_loop_range'][0]:.2f}–"
+            f"{concatenated['over_loop_range'][1]:.2f}): "
             f"{'worth adopting' if adopt else 'the loop stays'} on {device}. Deterministic "
             f"kernels (`deterministic=true`, as `make reproduce` runs) take "
             f"{deterministic['over_loop']:.2f}× the loop's time; their meta-model is "
             f"{deterministic['max_meta_model_difference']:.0e} from the loop's after "
             f"{times['rounds'] + times['warmup_rounds']} rounds (the concatenated one "
-            f"{concatenated['max_meta_model_difference']:.0e}: summation order alone).")
+            f"{concatenated['max_meta_model_difference']:.0e}: summation order alone, which "
+            "grows round by round).")
     return lines
 
 
