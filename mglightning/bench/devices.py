@@ -60,13 +60,6 @@ def available_devices() -> list[torch.device]:
     return devices
 
 
-def summary(seconds: list[float], warmup: int) -> dict:
-    """Median, min and max of the timed rounds, those after ``warmup``."""
-    timed = seconds[warmup:]
-    return {"median": statistics.median(timed), "min": min(timed), "max": max(timed),
-            "rounds": len(timed), "warmup_rounds": warmup}
-
-
 @contextmanager
 def deterministic_kernels() -> Iterator[None]:
     """Deterministic kernels only, cuDNN autotuning off, as the Trainer sets them for

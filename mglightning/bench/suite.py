@@ -1,4 +1,4 @@
-"""The whole benchmark suite: builds the workload once and runs the five measurements."""
+"""The whole benchmark suite: builds the workload once and runs every measurement."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class BenchConfig:
     memory: bool = True
     processes: bool = True  # 1 vs 2 training processes (trainer.devices), four short runs
     compile_network: bool = True  # time torch.compile among the tried alternatives (~20 s)
-    device_rounds: int = 20  # CIFAR-10 stand-in rounds, loop vs concatenated, per device; 0: skip
+    device_rounds: int = 20  # CIFAR-10 stand-in rounds per way and device (bench.devices); 0: skip
     device_overrides: tuple[str, ...] = ()  # after the stand-in's (tests shrink it)
     data_overrides: tuple[str, ...] | None = None  # None: Fashion-MNIST if present, else stand-in
 
