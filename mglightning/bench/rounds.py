@@ -27,7 +27,7 @@ from mglightning.devices import from_host
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.federated.local import ProximalSGD
 from mglightning.federated.server import ClientResult
-from mglightning.federated.streams import client_streams, round_generator
+from mglightning.federated.streams import client_streams
 from mglightning.models.cost import forward_cost, layer_macs
 from mglightning.models.network import GatedNetwork
 
@@ -62,8 +62,7 @@ class ReferenceRound:
         learner = self.learner
         round_index = int(learner.rounds_done) + 1
         x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, round_index)
-        chosen = learner.sample_clients(len(self.clients),
-                                        round_generator(learner.seed, round_index))
+        chosen = learner.round_clients(len(self.clients), round_index)
         global_model = copy.deepcopy(learner.network)
         torch.nn.utils.vector_to_parameters(x_md, global_model.parameters())
         global_model.temperature = learner.temperature(round_index)
@@ -129,8 +128,8 @@ class ConcatenatedRound:
             raise ValueError("a concatenated round draws no per-client gate noise: set "
                              "method.gate_noise=none")
         x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, round_index)
-        chosen = [self.clients[i] for i in learner.sample_clients(
-            len(self.clients), round_generator(learner.seed, round_index))]
+        chosen = [self.clients[i] for i in learner.round_clients(len(self.clients),
+                                                                 round_index)]
         batches = [client.sample_support_batch(
                        solver.batch_size, client_streams(learner.seed, round_index, position)[0])
                    for position, client in enumerate(chosen)]

@@ -102,6 +102,11 @@ class FederatedMetaLearner(L.LightningModule):
         order = torch.randperm(num_clients, generator=generator, device=generator.device)
         return order[: self.clients_per_round].tolist()
 
+    def round_clients(self, num_clients: int, round_index: int) -> list[int]:
+        """The indices, among ``num_clients`` training nodes, that round ``round_index``
+        chooses: a function of (seed, round) alone, so every caller chooses alike."""
+        return self.sample_clients(num_clients, round_generator(self.seed, round_index))
+
     def training_step(self, batch, batch_idx: int) -> None:
         clients = self.trainer.datamodule.train_clients
         self.last_round = self.run_round(clients)
@@ -124,8 +129,7 @@ class FederatedMetaLearner(L.LightningModule):
         round_index = self.current_round()
         start = device_clock(self.x.device)
         x_md = self.strategy.configure_fit(self.x, self.x_ag, round_index)
-        chosen = [clients[i] for i in
-                  self.sample_clients(len(clients), round_generator(self.seed, round_index))]
+        chosen = [clients[i] for i in self.round_clients(len(clients), round_index)]
         self.network.temperature = self.temperature(round_index)
         own = [(position, chosen[position]) for position in own_positions(len(chosen))]
         solved, failures = self.solve_clients(own, x_md, round_index)

@@ -10,7 +10,7 @@ or, if every node failed, ``count_failed_round`` — exactly as ``FederatedMetaL
 
 Node choice: it subclasses Flower's ``FedAvg`` with ``fraction_train = K / N`` (what it does)
 but does not let it sample: ``FedAvg`` samples with Python's ``random``, unseeded. Instead the
-learner's ``sample_clients`` with ``round_generator(seed, round)`` chooses K training-node
+learner's ``round_clients`` (from ``round_generator(seed, round)``) chooses K training-node
 indices, and the message for the k-th goes to the Flower node holding that partition-id
 (``node_ids[partition]``, found once by a query round, :func:`discover_nodes`). Replies come
 back in any order; they are put back into position order before aggregating, because the
@@ -37,7 +37,6 @@ from flwr.serverapp.strategy import FedAvg
 from mglightning.checkpoint import AtomicCheckpointIO
 from mglightning.config import ConfigError
 from mglightning.federated.learner import FederatedMetaLearner
-from mglightning.federated.streams import round_generator
 from mglightning.flower.protocol import (
     TrainTask,
     query_message,
@@ -94,8 +93,7 @@ class FederatedRoundStrategy(FedAvg):
         learner = self.learner
         round_index = learner.current_round()
         x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, round_index)
-        chosen = learner.sample_clients(len(self.node_ids),
-                                        round_generator(learner.seed, round_index))
+        chosen = learner.round_clients(len(self.node_ids), round_index)
         self.round_start = (round_index, x_md, time.perf_counter())
         return [train_message(TrainTask(x_md, round_index, position, partition),
                               self.node_ids[partition])
