@@ -20,6 +20,7 @@ from mglightning.bench.export_format import (
     holds_up,
     saved_and_loaded_export,
 )
+from mglightning.bench.huge_pages import bench_huge_pages
 from mglightning.bench.inference import (
     bench_inference,
     block_input,
@@ -29,7 +30,12 @@ from mglightning.bench.inference import (
 )
 from mglightning.bench.memory import measure
 from mglightning.bench.processes import bench_processes
-from mglightning.bench.report import _alternatives_summary, _processes_summary, render
+from mglightning.bench.report import (
+    _alternatives_summary,
+    _huge_pages_summary,
+    _processes_summary,
+    render,
+)
 from mglightning.bench.rounds import (
     ConcatenatedRound,
     ReferenceRound,
@@ -190,7 +196,7 @@ def test_memory_measure_counts_the_pooled_images():
 def test_suite_on_tiny_sizes_renders_every_goal():
     config = BenchConfig(clients_per_round=2, repeats=1, inference_batches=(1, 4),
                          memory=False, processes=False, compile_network=False,
-                         data_overrides=("dataset=synthetic",), device_rounds=1,
+                         huge_pages=False, data_overrides=("dataset=synthetic",), device_rounds=1,
                          device_overrides=("dataset.synthetic.samples_per_class=200",
                                            "dataset.partition.size_range=[20,60]",
                                            "method.clients_per_round=2"))
@@ -313,6 +319,19 @@ def test_process_bench_times_both_counts_and_renders():
     assert 0 < processes["gather_share_two"] < 1
     json_like = json.loads(json.dumps(processes))  # as BENCHMARKS.json stores it
     assert "2 processes" in "".join(_processes_summary(json_like))
+
+
+def test_huge_pages_bench_runs_both_settings_to_the_same_results_and_renders():
+    figures = bench_huge_pages(["dataset.synthetic.samples_per_class=200",
+                                "dataset.partition.size_range=[20,60]",
+                                "method.clients_per_round=2"], rounds=1, targets=2)
+    assert figures["children_per_setting"] == 2
+    assert figures["same_accuracies"]  # every child adapted the same targets to the same bits
+    for setting in ("on", "off"):
+        assert figures[setting]["evaluation_seconds"] > 0
+        assert figures[setting]["evaluation_page_faults"] > 0
+    line = "".join(_huge_pages_summary(json.loads(json.dumps(figures))))
+    assert "evaluation of 2 targets" in line and "equal in every process" in line
 
 
 def test_device_bench_workload_is_the_cifar10_job_on_cifar_shaped_data():

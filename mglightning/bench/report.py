@@ -145,6 +145,7 @@ def notes(results: dict) -> list[str]:
         "no per-batch gathers) is the deployment path: "
         + _exported_summary(results["inference"]) + ".",
         *_processes_summary(results.get("processes")),
+        *_huge_pages_summary(results.get("huge_pages")),
         "- " + _export_format_summary(results.get("export_format")),
         "- Timings use one torch thread: with another process busy on one of the two cores, "
         "torch's two OpenMP threads wait on each other; in side-by-side trials a batch-1 "
@@ -266,6 +267,27 @@ def _exported_summary(inference: dict) -> str:
              f"the per-input ideal for the whole network"
              for batch_name, row in inference.items() if "exported_whole_network" in row]
     return "; ".join(parts) or "not measured"
+
+
+def _huge_pages_summary(huge_pages: dict | None) -> list[str]:
+    """Transparent huge pages for large CPU tensors (set by importing the package), on and off
+    in alternating processes: one line, when measured."""
+    if huge_pages is None:
+        return []
+    on, off = huge_pages["on"], huge_pages["off"]
+    return [
+        f"- Huge pages (`THP_MEM_ALLOC_ENABLE=1`, which importing `mglightning` sets) on the "
+        f"CIFAR-10 stand-in, {huge_pages['children_per_setting']} processes per setting, "
+        f"alternating: an evaluation of {huge_pages['targets']} targets takes "
+        f"{on['evaluation_seconds']:.1f} s against {off['evaluation_seconds']:.1f} s without "
+        f"({huge_pages['evaluation_off_over_on']:.2f}×; "
+        f"{on['evaluation_page_faults'] / 1e3:.0f}k page faults against "
+        f"{off['evaluation_page_faults'] / 1e3:.0f}k), a round {1000 * on['round_seconds']:.0f} "
+        f"against {1000 * off['round_seconds']:.0f} ms ({huge_pages['round_off_over_on']:.2f}×: "
+        "its batch-32 buffers are reused, not faulted in); target accuracies "
+        + ("equal in every process." if huge_pages["same_accuracies"] else
+           "**differ between processes**."),
+    ]
 
 
 def _processes_summary(processes: dict | None) -> list[str]:

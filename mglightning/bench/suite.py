@@ -16,6 +16,7 @@ from mglightning.bench.adaptation import bench_adaptation
 from mglightning.bench.alternatives import bench_alternatives
 from mglightning.bench.devices import bench_devices
 from mglightning.bench.export_format import bench_export_formats
+from mglightning.bench.huge_pages import bench_huge_pages
 from mglightning.bench.inference import bench_inference
 from mglightning.bench.memory import measure_in_subprocess
 from mglightning.bench.processes import bench_processes
@@ -42,6 +43,7 @@ class BenchConfig:
     compile_network: bool = True  # time torch.compile among the tried alternatives (~20 s)
     device_rounds: int = 20  # CIFAR-10 stand-in rounds per way and device (bench.devices); 0: skip
     device_overrides: tuple[str, ...] = ()  # after the stand-in's (tests shrink it)
+    huge_pages: bool = True  # stand-in round and evaluation with and without THP, 4 processes
     data_overrides: tuple[str, ...] | None = None  # None: Fashion-MNIST if present, else stand-in
 
 
@@ -102,6 +104,8 @@ def _run_suite(config: BenchConfig) -> dict:
         deployed, target.data.images[target.query_idx], config.inference_batches, config.repeats)
     if config.device_rounds:
         results["devices"] = bench_devices(config.device_rounds, 2, config.device_overrides)
+    if config.huge_pages:
+        results["huge_pages"] = bench_huge_pages(config.device_overrides)
     if config.memory:
         results["memory"] = measure_in_subprocess(data_overrides)
     if config.processes:
