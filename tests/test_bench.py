@@ -40,6 +40,7 @@ from mglightning.bench.rounds import (
     ConcatenatedRound,
     ReferenceRound,
     RoundState,
+    VmappedRound,
     max_update_difference,
     step_macs,
 )
@@ -115,6 +116,44 @@ def test_concatenated_round_refuses_what_it_cannot_compute(tiny_config, override
     learner = build_learner(cfg, build_model(cfg, datamodule))
     with pytest.raises(ValueError, match=refusal):
         ConcatenatedRound(learner, datamodule.train_clients)()
+
+
+@pytest.mark.parametrize("overrides", [
+    ("method=metagater", "method.local.steps=2"),                          # prox term at step 2
+    ("method=metagater", "method.local.steps=3", "method.local.gate_lr=0.3"),  # per-entry steps
+    ("method=fedavg", "method.local.steps=2"),                             # size-weighted mean
+    ("method=metagater", "method.local.steps=1", "model=cnn7"),            # cnn7, two gates
+])
+def test_vmapped_round_leaves_the_server_state_a_loop_round_does(tiny_config, overrides):
+    """The K clients' m local steps taken together (vmap over their parameter rows) give each
+    client the model its own solve gives, so the new (x, x_ag) equal run_round's up to float
+    summation order (vmap runs the K convolutions as one grouped convolution)."""
+    cfg = tiny_config("method.gate_noise=none", *overrides)
+    datamodule = build_datamodule(cfg)
+    learner = build_learner(cfg, build_model(cfg, datamodule))
+    clients = datamodule.train_clients
+    learner.run_round(clients)  # x ≠ x_ag from here on
+    assert max_update_difference(learner, clients, VmappedRound) < 1e-6
+    state = RoundState(learner)
+    learner.seed += 1  # other clients and batches: the comparison must notice
+    other = torch.cat(VmappedRound(learner, clients)())
+    state.restore()
+    learner.seed -= 1
+    learner.run_round(clients)
+    assert (torch.cat([learner.x, learner.x_ag]) - other).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("overrides, refusal", [
+    (("method=perfedavg_fo",), "proximal-SGD"),
+    (("method.gate_noise=logistic",), "gate_noise=none"),
+    (("dataset.batch_size=64",), "batch full"),  # tiny nodes hold 30-60 support images
+])
+def test_vmapped_round_refuses_what_it_cannot_compute(tiny_config, overrides, refusal):
+    cfg = tiny_config(*overrides)
+    datamodule = build_datamodule(cfg)
+    learner = build_learner(cfg, build_model(cfg, datamodule))
+    with pytest.raises(ValueError, match=refusal):
+        VmappedRound(learner, datamodule.train_clients)()
 
 
 def test_alternate_times_each_candidate_and_ratio_divides_them():
@@ -199,6 +238,7 @@ def test_suite_on_tiny_sizes_renders_every_goal():
                          huge_pages=False, data_overrides=("dataset=synthetic",), device_rounds=1,
                          device_overrides=("dataset.synthetic.samples_per_class=200",
                                            "dataset.partition.size_range=[20,60]",
+                                           "dataset.batch_size=8",  # vmap: full batches
                                            "method.clients_per_round=2"))
     threads = torch.get_num_threads()
     results = run_suite(config)
@@ -346,16 +386,17 @@ def test_device_bench_workload_is_the_cifar10_job_on_cifar_shaped_data():
 
 def test_device_bench_times_rounds_on_each_device_it_is_given():
     shrink = ["dataset.synthetic.samples_per_class=200", "dataset.partition.size_range=[20,60]",
-              "method.clients_per_round=2"]
+              "dataset.batch_size=8", "method.clients_per_round=2"]  # vmap: full batches
     results = bench_devices(rounds=2, warmup=1, overrides=shrink,
                             devices=[torch.device("cpu")])
     times = results["round_seconds"]["cpu"]
-    assert times["rounds"] == 2 and set(times["ways"]) == {"loop", "concatenated",
+    assert times["rounds"] == 2 and set(times["ways"]) == {"loop", "concatenated", "vmapped",
                                                            "deterministic"}
     for figures in times["ways"].values():
         assert 0 < figures["min"] <= figures["median"] <= figures["max"]
     assert times["ways"]["loop"]["over_loop"] == 1
     assert times["ways"]["concatenated"]["max_meta_model_difference"] < 1e-6  # 3 rounds
+    assert times["ways"]["vmapped"]["max_meta_model_difference"] < 1e-6
     assert times["ways"]["deterministic"]["max_meta_model_difference"] == 0  # CPU kernels
     assert not torch.are_deterministic_algorithms_enabled()  # the setting is given back
     evaluation = times["evaluation"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mglightning.adaptation.module import FastAdaptation
-from mglightning.bench.rounds import ConcatenatedRound
+from mglightning.bench.rounds import ConcatenatedRound, VmappedRound
 from mglightning.federated.faults import InjectedFault
 from mglightning.federated.prox import L1, GroupLasso
 from mglightning.federated.server import AcceleratedProximalStrategy, ClientResult
@@ -48,15 +48,18 @@ def test_a_round_makes_every_tensor_on_the_parameters_device(tiny_config, method
     assert learner.flat.vector.device == CPU
 
 
+@pytest.mark.parametrize("candidate, steps", [(ConcatenatedRound, 1), (VmappedRound, 2)])
 @pytest.mark.parametrize("method", ["metagater", "fedavg"])
-def test_a_concatenated_round_makes_every_tensor_on_the_parameters_device(tiny_config, method):
-    """The GPU candidate of make gpu-check (bench/rounds.py) keeps to the same rule."""
-    cfg = tiny_config(f"method={method}", "method.clients_per_round=2", "method.local.steps=1")
+def test_a_batched_round_makes_every_tensor_on_the_parameters_device(tiny_config, method,
+                                                                     candidate, steps):
+    """The GPU candidates of make gpu-check (bench/rounds.py) keep to the same rule."""
+    cfg = tiny_config(f"method={method}", "method.clients_per_round=2",
+                      f"method.local.steps={steps}", "method.gate_noise=none")
     datamodule = build_datamodule(cfg)
     learner = build_learner(cfg, build_model(cfg, datamodule))
     learner.run_round(datamodule.train_clients)
     with defaults_to_meta():
-        x, x_ag = ConcatenatedRound(learner, datamodule.train_clients)()
+        x, x_ag = candidate(learner, datamodule.train_clients)()
     assert x.device == x_ag.device == learner.flat.vector.device == CPU
 
 

@@ -11,6 +11,9 @@ rounds (same clients, same batches) then run on each, three ways in alternation:
 - ``concatenated``: the round for m = 1 as one pass for the K clients
   (:class:`~mglightning.bench.rounds.ConcatenatedRound`): whether the learner should run it on a
   GPU is decided by these figures;
+- ``vmapped``: the K clients' local steps taken together, one ``vmap`` call a step
+  (:class:`~mglightning.bench.rounds.VmappedRound`), the candidate for m ≥ 2, timed here at
+  the job's m = 1: its cost per local step against the loop's;
 - ``deterministic``: the loop with deterministic kernels only and cuDNN autotuning off, as
   ``deterministic=true`` (``make reproduce``) trains: the cost of that key.
 
@@ -33,7 +36,7 @@ from pathlib import Path
 import torch
 
 from mglightning.adaptation.module import FastAdaptation
-from mglightning.bench.rounds import ConcatenatedRound
+from mglightning.bench.rounds import ConcatenatedRound, VmappedRound
 from mglightning.bench.workload import compose_config
 from mglightning.devices import device_clock
 from mglightning.io import atomic_write_text, write_json
@@ -75,7 +78,7 @@ def deterministic_kernels() -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous[1]
 
 
-WAYS = ("loop", "concatenated", "deterministic")
+WAYS = ("loop", "concatenated", "vmapped", "deterministic")
 
 
 def round_seconds(cfg, datamodule, device: torch.device, rounds: int, warmup: int) -> dict:
@@ -88,11 +91,12 @@ def round_seconds(cfg, datamodule, device: torch.device, rounds: int, warmup: in
     clients = datamodule.train_clients
     learners = {way: build_learner(cfg, build_network(cfg, datamodule).to(device))
                 for way in WAYS}
-    one_pass = ConcatenatedRound(learners["concatenated"], clients)
+    candidates = {"concatenated": ConcatenatedRound(learners["concatenated"], clients),
+                  "vmapped": VmappedRound(learners["vmapped"], clients)}
 
-    def concatenated() -> float:
+    def candidate_seconds(way: str) -> float:
         start = device_clock(device)
-        one_pass()
+        candidates[way]()
         return device_clock(device) - start
 
     def deterministic() -> float:
@@ -100,7 +104,9 @@ def round_seconds(cfg, datamodule, device: torch.device, rounds: int, warmup: in
             return learners["deterministic"].run_round(clients)["round_seconds"]
 
     runs = {"loop": lambda: learners["loop"].run_round(clients)["round_seconds"],
-            "concatenated": concatenated, "deterministic": deterministic}
+            "concatenated": lambda: candidate_seconds("concatenated"),
+            "vmapped": lambda: candidate_seconds("vmapped"),
+            "deterministic": deterministic}
     seconds: dict[str, list[float]] = {way: [] for way in WAYS}
     started = device_clock(device)
     for _ in range(warmup + rounds):

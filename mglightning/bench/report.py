@@ -199,13 +199,14 @@ def _alternatives_summary(tried: dict) -> str:
 
 def _devices_summary(devices: dict | None) -> list[str]:
     """The CIFAR-10 stand-in's round per device: the m = 1 round as one pass for all clients,
-    and deterministic kernels, against the loop training runs."""
+    the clients' steps vmapped, and deterministic kernels, against the loop training runs."""
     if devices is None:
         return []
     lines = []
     for device, times in devices["round_seconds"].items():
         ways = times["ways"]
-        concatenated, deterministic = ways["concatenated"], ways["deterministic"]
+        concatenated, vmapped = ways["concatenated"], ways["vmapped"]
+        deterministic = ways["deterministic"]
         adopt = concatenated["over_loop"] <= 1 - WORTH_ADOPTING
         lines.append(
             f"- CIFAR-10 stand-in of `make gpu-check` on {device}, {times['rounds']} rounds each "
@@ -220,12 +221,16 @@ def _devices_summary(devices: dict | None) -> list[str]:
             f"(median of the rounds' ratios, range {concatenated['over_loop_range'][0]:.2f}–"
             f"{concatenated['over_loop_range'][1]:.2f}): "
             f"{'more' if adopt else 'not more'} than {100 * WORTH_ADOPTING:.0f} % faster than "
-            f"the loop on {device} in this run. Deterministic "
+            f"the loop on {device} in this run. The clients' local steps taken together, "
+            f"one `vmap` call a step (`VmappedRound`, the candidate for m ≥ 2), take "
+            f"{vmapped['over_loop']:.2f}× (range {vmapped['over_loop_range'][0]:.2f}–"
+            f"{vmapped['over_loop_range'][1]:.2f}). Deterministic "
             f"kernels (`deterministic=true`, as `make reproduce` runs) take "
             f"{deterministic['over_loop']:.2f}× the loop's time; their meta-model is "
             f"{deterministic['max_meta_model_difference']:.0e} from the loop's after "
             f"{times['rounds'] + times['warmup_rounds']} rounds (the concatenated one "
-            f"{concatenated['max_meta_model_difference']:.0e}: summation order alone, which "
+            f"{concatenated['max_meta_model_difference']:.0e}, the vmapped one "
+            f"{vmapped['max_meta_model_difference']:.0e}: summation order alone, which "
             "grows round by round).")
     return lines
 

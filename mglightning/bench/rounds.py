@@ -19,9 +19,11 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call, grad_and_value, vmap
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from mglightning.bench.alternatives import nchw_layout
 from mglightning.bench.timing import alternate, ratio
 from mglightning.devices import from_host
 from mglightning.federated.learner import FederatedMetaLearner
@@ -32,6 +34,18 @@ from mglightning.models.cost import forward_cost, layer_macs
 from mglightning.models.network import GatedNetwork
 
 MATMUL_SIZE = 1024  # one (n × n) @ (n × n) product: n³ MACs, ~20 ms on one core here
+
+
+def finish_round(learner: FederatedMetaLearner, x_md: torch.Tensor, results: list[ClientResult],
+                 round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The server step of a bench round: (x, x_ag) from the results, taken as the learner's
+    state, the round counted, the network left holding x_ag, as ``run_round`` leaves it."""
+    x, x_ag = learner.strategy.aggregate_fit(learner.x, learner.x_ag, x_md, results, round_index)
+    learner.x.copy_(x)
+    learner.x_ag.copy_(x_ag)
+    learner.rounds_done += 1
+    learner.flat.load(x_ag)
+    return x, x_ag
 
 
 class StepBatches(Sampler[list[int]]):
@@ -71,12 +85,7 @@ class ReferenceRound:
                                                                      position, x_md.device),
                                      noise_scale)
                    for position, i in enumerate(chosen)]
-        x, x_ag = learner.strategy.aggregate_fit(learner.x, learner.x_ag, x_md, results,
-                                                 round_index)
-        learner.x.copy_(x)
-        learner.x_ag.copy_(x_ag)
-        learner.rounds_done += 1
-        return x, x_ag
+        return finish_round(learner, x_md, results, round_index)
 
     def train_client(self, global_model, index: int, streams, noise_scale: float) -> ClientResult:
         solver, support = self.solver, self.support_sets[index]
@@ -153,13 +162,74 @@ class ConcatenatedRound:
         # The mean model as the one result of the round: the strategy's (weighted) mean of
         # one model is that model.
         mean_result = ClientResult(-1, mean_model, 1, losses.detach().mean())
-        x, x_ag = learner.strategy.aggregate_fit(learner.x, learner.x_ag, x_md, [mean_result],
-                                                 round_index)
-        learner.x.copy_(x)
-        learner.x_ag.copy_(x_ag)
-        learner.rounds_done += 1
-        flat.load(x_ag)
-        return x, x_ag
+        return finish_round(learner, x_md, [mean_result], round_index)
+
+
+class VmappedRound:
+    """Algorithm 1's round with the K clients' local steps taken together: the GPU candidate
+    for m ≥ 2, where the concatenated round does not apply.
+
+    Each client's parameters are a row of a (K, P) matrix that starts at x_md; step s takes
+    every client's gradient on its s-th batch in one ``vmap(grad)`` call (the network run on
+    each row's parameters), adds λ (x_k − x_md) and steps, as :class:`ProximalSGD` does for
+    one client; the server step then reads the K rows as K results. Each client draws its
+    batches from its own stream, as ``run_round`` does. vmap needs full batches of one size
+    (every support set at least a batch), draws no per-client gate noise, and runs in NCHW
+    layout (it cannot batch channels-last tensors, see :func:`nchw_layout`).
+    """
+
+    def __init__(self, learner: FederatedMetaLearner, clients) -> None:
+        solver = learner.local_solver
+        if not isinstance(solver, ProximalSGD):
+            raise ValueError("a vmapped round takes proximal-SGD local steps (not Per-FedAvg's)")
+        self.learner, self.clients, self.solver = learner, clients, solver
+        network, flat = learner.network, learner.flat
+        views = {name: (flat.slices[name], param.shape)
+                 for name, param in network.named_parameters()}
+
+        def loss(vector: torch.Tensor, images: torch.Tensor, labels: torch.Tensor):
+            parameters = {name: vector[span].view(shape) for name, (span, shape) in views.items()}
+            return F.cross_entropy(functional_call(network, parameters, (images,)), labels)
+
+        self.gradients_and_losses = vmap(grad_and_value(loss))
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        learner, solver = self.learner, self.solver
+        round_index = learner.current_round()
+        if learner.gate_noise(round_index):
+            raise ValueError("a vmapped round draws no per-client gate noise: set "
+                             "method.gate_noise=none")
+        x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, round_index)
+        chosen = [self.clients[i] for i in learner.round_clients(len(self.clients),
+                                                                 round_index)]
+        steps: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(solver.steps)]
+        for position, client in enumerate(chosen):  # each client's m draws, in solve order
+            sampling = client_streams(learner.seed, round_index, position)[0]
+            for batches in steps:
+                batches.append(client.sample_support_batch(solver.batch_size, sampling))
+        if len({len(labels) for batches in steps for _, labels in batches}) > 1:
+            raise ValueError("a vmapped round needs every client's batch full: a support set "
+                             "is smaller than dataset.batch_size")
+        learner.network.temperature = learner.temperature(round_index)
+        step_sizes = solver.step_sizes(learner.flat)
+        models = x_md.expand(len(chosen), -1).clone()
+        loss_sums = torch.zeros(len(chosen), dtype=torch.float64, device=x_md.device)
+        with nchw_layout():
+            for batches in steps:
+                gradients, losses = self.gradients_and_losses(
+                    models, torch.stack([images for images, _ in batches]),
+                    torch.stack([labels for _, labels in batches]))
+                if solver.prox_lambda:
+                    gradients.add_(models - x_md, alpha=solver.prox_lambda)
+                if step_sizes is None:
+                    models.add_(gradients, alpha=-solver.lr)
+                else:
+                    models.addcmul_(gradients, step_sizes, value=-1.0)
+                loss_sums += losses.detach()
+        results = [ClientResult(client.node_id, models[k], len(client.support_idx),
+                                loss_sums[k] / solver.steps)
+                   for k, client in enumerate(chosen)]
+        return finish_round(learner, x_md, results, round_index)
 
 
 class BareRound:
