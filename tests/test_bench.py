@@ -82,78 +82,53 @@ def test_reference_differs_when_its_draws_differ(tiny_learner):
     assert (learner.x_ag - ours).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("overrides", [
-    ("method=metagater",),                              # plain mean, accelerated prox server
-    ("method=metagater", "method.local.gate_lr=0.3"),   # per-entry steps on φ
-    ("method=fedavg",),                                 # size-weighted mean
+@pytest.mark.parametrize("candidate, overrides, tolerance", [
+    # m = 1, one pass over the K batches concatenated: the clients' (weighted) mean model
+    (ConcatenatedRound, ("method=metagater", "method.local.steps=1"), 1e-7),  # accelerated prox
+    (ConcatenatedRound, ("method=metagater", "method.local.steps=1",
+                         "method.local.gate_lr=0.3"), 1e-7),                 # per-entry steps
+    (ConcatenatedRound, ("method=fedavg", "method.local.steps=1"), 1e-7),     # size-weighted
+    # the K clients' m steps together (vmap over their parameter rows, grouped convolutions)
+    (VmappedRound, ("method=metagater", "method.local.steps=2"), 1e-6),      # prox at step 2
+    (VmappedRound, ("method=metagater", "method.local.steps=3",
+                    "method.local.gate_lr=0.3"), 1e-6),
+    (VmappedRound, ("method=fedavg", "method.local.steps=2"), 1e-6),
+    (VmappedRound, ("method=metagater", "method.local.steps=1", "model=cnn7"), 1e-6),  # 2 gates
 ])
-def test_concatenated_round_leaves_the_server_state_a_loop_round_does(tiny_config, overrides):
-    """m = 1: one pass over the K batches concatenated gives the clients' (weighted) mean
-    model, so the new (x, x_ag) equal run_round's up to float summation order."""
-    cfg = tiny_config("method.local.steps=1", "method.gate_noise=none", *overrides)
-    datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_model(cfg, datamodule))
-    clients = datamodule.train_clients
-    learner.run_round(clients)  # x ≠ x_ag from here on
-    assert max_update_difference(learner, clients, ConcatenatedRound) < 1e-7
-    state = RoundState(learner)
-    learner.seed += 1  # other clients and batches: the comparison must notice
-    other = torch.cat(ConcatenatedRound(learner, clients)())
-    state.restore()
-    learner.seed -= 1
-    learner.run_round(clients)
-    assert (torch.cat([learner.x, learner.x_ag]) - other).abs().max() > 1e-4
-
-
-@pytest.mark.parametrize("overrides, refusal", [
-    (("method.local.steps=2",), "m = 1"),
-    (("method=perfedavg_fo", "method.local.steps=1"), "m = 1"),
-    (("method.local.steps=1", "method.gate_noise=logistic"), "gate_noise=none"),
-])
-def test_concatenated_round_refuses_what_it_cannot_compute(tiny_config, overrides, refusal):
-    cfg = tiny_config(*overrides)
-    datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_model(cfg, datamodule))
-    with pytest.raises(ValueError, match=refusal):
-        ConcatenatedRound(learner, datamodule.train_clients)()
-
-
-@pytest.mark.parametrize("overrides", [
-    ("method=metagater", "method.local.steps=2"),                          # prox term at step 2
-    ("method=metagater", "method.local.steps=3", "method.local.gate_lr=0.3"),  # per-entry steps
-    ("method=fedavg", "method.local.steps=2"),                             # size-weighted mean
-    ("method=metagater", "method.local.steps=1", "model=cnn7"),            # cnn7, two gates
-])
-def test_vmapped_round_leaves_the_server_state_a_loop_round_does(tiny_config, overrides):
-    """The K clients' m local steps taken together (vmap over their parameter rows) give each
-    client the model its own solve gives, so the new (x, x_ag) equal run_round's up to float
-    summation order (vmap runs the K convolutions as one grouped convolution)."""
+def test_a_batched_round_leaves_the_server_state_a_loop_round_does(tiny_config, candidate,
+                                                                   overrides, tolerance):
+    """Each client's model, or the mean the server reads of them, is what its own solve gives,
+    so the new (x, x_ag) equal run_round's up to float summation order."""
     cfg = tiny_config("method.gate_noise=none", *overrides)
     datamodule = build_datamodule(cfg)
     learner = build_learner(cfg, build_model(cfg, datamodule))
     clients = datamodule.train_clients
     learner.run_round(clients)  # x ≠ x_ag from here on
-    assert max_update_difference(learner, clients, VmappedRound) < 1e-6
+    assert max_update_difference(learner, clients, candidate) < tolerance
     state = RoundState(learner)
     learner.seed += 1  # other clients and batches: the comparison must notice
-    other = torch.cat(VmappedRound(learner, clients)())
+    other = torch.cat(candidate(learner, clients)())
     state.restore()
     learner.seed -= 1
     learner.run_round(clients)
     assert (torch.cat([learner.x, learner.x_ag]) - other).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("overrides, refusal", [
-    (("method=perfedavg_fo",), "proximal-SGD"),
-    (("method.gate_noise=logistic",), "gate_noise=none"),
-    (("dataset.batch_size=64",), "batch full"),  # tiny nodes hold 30-60 support images
+@pytest.mark.parametrize("candidate, overrides, refusal", [
+    (ConcatenatedRound, ("method.local.steps=2",), "m = 1"),
+    (ConcatenatedRound, ("method=perfedavg_fo", "method.local.steps=1"), "m = 1"),
+    (ConcatenatedRound, ("method.local.steps=1", "method.gate_noise=logistic"), "gate_noise=none"),
+    (VmappedRound, ("method=perfedavg_fo",), "proximal-SGD"),
+    (VmappedRound, ("method.gate_noise=logistic",), "gate_noise=none"),
+    (VmappedRound, ("dataset.batch_size=64",), "batch full"),  # tiny nodes: 30-60 support images
 ])
-def test_vmapped_round_refuses_what_it_cannot_compute(tiny_config, overrides, refusal):
+def test_a_batched_round_refuses_what_it_cannot_compute(tiny_config, candidate, overrides,
+                                                       refusal):
     cfg = tiny_config(*overrides)
     datamodule = build_datamodule(cfg)
     learner = build_learner(cfg, build_model(cfg, datamodule))
     with pytest.raises(ValueError, match=refusal):
-        VmappedRound(learner, datamodule.train_clients)()
+        candidate(learner, datamodule.train_clients)()
 
 
 def test_alternate_times_each_candidate_and_ratio_divides_them():

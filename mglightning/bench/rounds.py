@@ -36,6 +36,21 @@ from mglightning.models.network import GatedNetwork
 MATMUL_SIZE = 1024  # one (n × n) @ (n × n) product: n³ MACs, ~20 ms on one core here
 
 
+def start_batched_round(learner: FederatedMetaLearner, clients, name: str
+                        ) -> tuple[int, torch.Tensor, list]:
+    """The start of a round whose clients are computed together, as ``run_round`` starts one:
+    its index, x_md, its clients, the round's temperature set. Refused with gate noise: one
+    batched pass cannot draw each client's noise from the client's own stream."""
+    round_index = learner.current_round()
+    if learner.gate_noise(round_index):
+        raise ValueError(f"a {name} round draws no per-client gate noise: set "
+                         "method.gate_noise=none")
+    x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, round_index)
+    chosen = [clients[i] for i in learner.round_clients(len(clients), round_index)]
+    learner.network.temperature = learner.temperature(round_index)
+    return round_index, x_md, chosen
+
+
 def finish_round(learner: FederatedMetaLearner, x_md: torch.Tensor, results: list[ClientResult],
                  round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The server step of a bench round: (x, x_ag) from the results, taken as the learner's
@@ -132,13 +147,7 @@ class ConcatenatedRound:
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         learner, solver = self.learner, self.solver
-        round_index = learner.current_round()
-        if learner.gate_noise(round_index):
-            raise ValueError("a concatenated round draws no per-client gate noise: set "
-                             "method.gate_noise=none")
-        x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, round_index)
-        chosen = [self.clients[i] for i in learner.round_clients(len(self.clients),
-                                                                 round_index)]
+        round_index, x_md, chosen = start_batched_round(learner, self.clients, "concatenated")
         batches = [client.sample_support_batch(
                        solver.batch_size, client_streams(learner.seed, round_index, position)[0])
                    for position, client in enumerate(chosen)]
@@ -149,7 +158,6 @@ class ConcatenatedRound:
                                                device="cpu")
                                     for weight, (_, labels) in zip(client_weights, batches,
                                                                    strict=True)])
-        learner.network.temperature = learner.temperature(round_index)
         flat = learner.flat
         flat.load(x_md)
         flat.zero_grad()
@@ -195,13 +203,7 @@ class VmappedRound:
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         learner, solver = self.learner, self.solver
-        round_index = learner.current_round()
-        if learner.gate_noise(round_index):
-            raise ValueError("a vmapped round draws no per-client gate noise: set "
-                             "method.gate_noise=none")
-        x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, round_index)
-        chosen = [self.clients[i] for i in learner.round_clients(len(self.clients),
-                                                                 round_index)]
+        round_index, x_md, chosen = start_batched_round(learner, self.clients, "vmapped")
         steps: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(solver.steps)]
         for position, client in enumerate(chosen):  # each client's m draws, in solve order
             sampling = client_streams(learner.seed, round_index, position)[0]
@@ -210,7 +212,6 @@ class VmappedRound:
         if len({len(labels) for batches in steps for _, labels in batches}) > 1:
             raise ValueError("a vmapped round needs every client's batch full: a support set "
                              "is smaller than dataset.batch_size")
-        learner.network.temperature = learner.temperature(round_index)
         step_sizes = solver.step_sizes(learner.flat)
         models = x_md.expand(len(chosen), -1).clone()
         loss_sums = torch.zeros(len(chosen), dtype=torch.float64, device=x_md.device)
