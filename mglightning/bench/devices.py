@@ -4,7 +4,7 @@ The workload is the paper's main job on a CIFAR-10-shaped synthetic stand-in (3Ã
 classes, 6,000 images a class, so no download): the partition of
 ``conf/experiment/table1_cifar10.yaml``, cnn4 gated at conv3, K = 20, m = 1. Each device gets
 its own learners, built at x_0 on that device, and the whole federation moved there; the same
-rounds (same clients, same batches) then run on each, three ways in alternation:
+rounds (same clients, same batches) then run on each, four ways in alternation:
 
 - ``loop``: the learner's loop over the clients, as training runs it (``round_seconds``, read
   from clocks that wait for the device, see :mod:`mglightning.devices`);
