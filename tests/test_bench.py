@@ -211,10 +211,10 @@ def test_suite_on_tiny_sizes_renders_every_goal():
     config = BenchConfig(clients_per_round=2, repeats=1, inference_batches=(1, 4),
                          memory=False, processes=False, compile_network=False,
                          huge_pages=False, data_overrides=("dataset=synthetic",), device_rounds=1,
-                         device_overrides=("dataset.synthetic.samples_per_class=200",
-                                           "dataset.partition.size_range=[20,60]",
-                                           "dataset.batch_size=8",  # vmap: full batches
-                                           "method.clients_per_round=2"))
+                         stand_in_overrides=("dataset.synthetic.samples_per_class=200",
+                                             "dataset.partition.size_range=[20,60]",
+                                             "dataset.batch_size=8",  # vmap: full batches
+                                             "method.clients_per_round=2"))
     threads = torch.get_num_threads()
     results = run_suite(config)
     assert torch.get_num_threads() == threads

@@ -42,7 +42,8 @@ class BenchConfig:
     processes: bool = True  # 1 vs 2 training processes (trainer.devices), four short runs
     compile_network: bool = True  # time torch.compile among the tried alternatives (~20 s)
     device_rounds: int = 20  # CIFAR-10 stand-in rounds per way and device (bench.devices); 0: skip
-    device_overrides: tuple[str, ...] = ()  # after the stand-in's (tests shrink it)
+    # after the CIFAR-10 stand-in's, in the device and huge-pages benches (tests shrink it)
+    stand_in_overrides: tuple[str, ...] = ()
     huge_pages: bool = True  # stand-in round and evaluation with and without THP, 4 processes
     data_overrides: tuple[str, ...] | None = None  # None: Fashion-MNIST if present, else stand-in
 
@@ -103,9 +104,9 @@ def _run_suite(config: BenchConfig) -> dict:
     results["export_format"] = bench_export_formats(
         deployed, target.data.images[target.query_idx], config.inference_batches, config.repeats)
     if config.device_rounds:
-        results["devices"] = bench_devices(config.device_rounds, 2, config.device_overrides)
+        results["devices"] = bench_devices(config.device_rounds, 2, config.stand_in_overrides)
     if config.huge_pages:
-        results["huge_pages"] = bench_huge_pages(config.device_overrides)
+        results["huge_pages"] = bench_huge_pages(config.stand_in_overrides)
     if config.memory:
         results["memory"] = measure_in_subprocess(data_overrides)
     if config.processes:
