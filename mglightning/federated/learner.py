@@ -169,14 +169,15 @@ class FederatedMetaLearner(L.LightningModule):
 
     def finish_round(
         self, plan: RoundPlan, results: list[ClientResult], failures: list[str],
-        solved_at: float | None = None,
+        solved_at: float | None = None, clients_per_result: int = 1,
     ) -> dict[str, float]:
         """The end of round ``plan``, Flower's aggregate step: the server step over
         ``results`` (in position order) less the non-finite ones, or, if none is left, a
         failed round counted; the round counted, the network left holding x_ag. ``failures``
         describe the clients that failed on their own account; ``solved_at`` (device clock),
-        when given, splits gathering from solving in the timings. Returns the round's
-        metrics."""
+        when given, splits gathering from solving in the timings; ``clients_per_result``: how
+        many chosen clients a result stands for (all of them for a round that sends one mean
+        model). Returns the round's metrics."""
         local_done = device_clock(self.x.device)
         results, non_finite = finite_results(results)
         failures = [*failures, *non_finite]
@@ -195,7 +196,7 @@ class FederatedMetaLearner(L.LightningModule):
             "round": plan.index,
             "train_loss": (float(torch.stack([result.loss for result in results]).mean())
                            if results else float("nan")),
-            "failed_clients": len(plan.chosen) - len(results),
+            "failed_clients": len(plan.chosen) - clients_per_result * len(results),
             "local_seconds": local_done - plan.start,
             # with several processes: waits included
             "gather_seconds": 0.0 if solved_at is None else local_done - solved_at,
