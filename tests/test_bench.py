@@ -5,13 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mglightning.bench.alternatives import (
-    ClientPasses,
-    VmappedPasses,
-    bench_alternatives,
-    client_batches,
-    nchw_layout,
-)
+from mglightning.bench.alternatives import bench_alternatives
 from mglightning.bench.devices import CIFAR10_STAND_IN, bench_devices, projected_run_seconds
 from mglightning.bench.devices import render as render_devices
 from mglightning.bench.export_format import (
@@ -36,22 +30,13 @@ from mglightning.bench.report import (
     _processes_summary,
     render,
 )
-from mglightning.bench.rounds import (
-    ConcatenatedRound,
-    ReferenceRound,
-    RoundState,
-    VmappedRound,
-    max_update_difference,
-    step_macs,
-)
+from mglightning.bench.rounds import ReferenceRound, RoundState, max_update_difference, step_macs
 from mglightning.bench.suite import BenchConfig, run_suite
 from mglightning.bench.timing import alternate, ratio
 from mglightning.bench.workload import compose_config, sparsify_gates
 from mglightning.config import validate
 from mglightning.export import RawImageInput, task_network
 from mglightning.models import build_network, forward_cost
-from mglightning.models import network as network_module
-from mglightning.models.network import pool_relu as channels_last_pool
 from mglightning.train import build_datamodule, build_learner
 from mglightning.train import build_network as build_model
 
@@ -80,55 +65,6 @@ def test_reference_differs_when_its_draws_differ(tiny_learner):
     learner.seed += 1  # other batches and gate noise: the comparison must notice
     ReferenceRound(learner, clients)()
     assert (learner.x_ag - ours).abs().max() > 1e-4
-
-
-@pytest.mark.parametrize("candidate, overrides, tolerance", [
-    # m = 1, one pass over the K batches concatenated: the clients' (weighted) mean model
-    (ConcatenatedRound, ("method=metagater", "method.local.steps=1"), 1e-7),  # accelerated prox
-    (ConcatenatedRound, ("method=metagater", "method.local.steps=1",
-                         "method.local.gate_lr=0.3"), 1e-7),                 # per-entry steps
-    (ConcatenatedRound, ("method=fedavg", "method.local.steps=1"), 1e-7),     # size-weighted
-    # the K clients' m steps together (vmap over their parameter rows, grouped convolutions)
-    (VmappedRound, ("method=metagater", "method.local.steps=2"), 1e-6),      # prox at step 2
-    (VmappedRound, ("method=metagater", "method.local.steps=3",
-                    "method.local.gate_lr=0.3"), 1e-6),
-    (VmappedRound, ("method=fedavg", "method.local.steps=2"), 1e-6),
-    (VmappedRound, ("method=metagater", "method.local.steps=1", "model=cnn7"), 1e-6),  # 2 gates
-])
-def test_a_batched_round_leaves_the_server_state_a_loop_round_does(tiny_config, candidate,
-                                                                   overrides, tolerance):
-    """Each client's model, or the mean the server reads of them, is what its own solve gives,
-    so the new (x, x_ag) equal run_round's up to float summation order."""
-    cfg = tiny_config("method.gate_noise=none", *overrides)
-    datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_model(cfg, datamodule))
-    clients = datamodule.train_clients
-    learner.run_round(clients)  # x ≠ x_ag from here on
-    assert max_update_difference(learner, clients, candidate) < tolerance
-    state = RoundState(learner)
-    learner.seed += 1  # other clients and batches: the comparison must notice
-    other = torch.cat(candidate(learner, clients)())
-    state.restore()
-    learner.seed -= 1
-    learner.run_round(clients)
-    assert (torch.cat([learner.x, learner.x_ag]) - other).abs().max() > 1e-4
-
-
-@pytest.mark.parametrize("candidate, overrides, refusal", [
-    (ConcatenatedRound, ("method.local.steps=2",), "m = 1"),
-    (ConcatenatedRound, ("method=perfedavg_fo", "method.local.steps=1"), "m = 1"),
-    (ConcatenatedRound, ("method.local.steps=1", "method.gate_noise=logistic"), "gate_noise=none"),
-    (VmappedRound, ("method=perfedavg_fo",), "proximal-SGD"),
-    (VmappedRound, ("method.gate_noise=logistic",), "gate_noise=none"),
-    (VmappedRound, ("dataset.batch_size=64",), "batch full"),  # tiny nodes: 30-60 support images
-])
-def test_a_batched_round_refuses_what_it_cannot_compute(tiny_config, candidate, overrides,
-                                                       refusal):
-    cfg = tiny_config(*overrides)
-    datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_model(cfg, datamodule))
-    with pytest.raises(ValueError, match=refusal):
-        candidate(learner, datamodule.train_clients)()
 
 
 def test_alternate_times_each_candidate_and_ratio_divides_them():
@@ -268,42 +204,32 @@ def test_torch_export_holds_up_only_if_as_fast_and_alike():
 
 
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_tried_alternatives_compute_the_loops_gradients(tiny_learner, compiled):
-    """vmap over clients (and torch.compile) give each client's gradient as the loop does."""
-    learner, clients = tiny_learner
-    network = learner.network
-    images, labels = client_batches(clients, 3, 8, seed=0)
-    loop = ClientPasses(network, images, labels)()
-    vmapped = VmappedPasses(network, images, labels)()
-    names = [name for name, _ in network.named_parameters()]
-    for client, gradients in enumerate(loop):
-        for name, gradient in zip(names, gradients, strict=True):
-            torch.testing.assert_close(vmapped[name][client], gradient, atol=1e-5, rtol=1e-4)
-    assert loop[0][0].abs().sum() > 0 and not torch.equal(loop[0][0], loop[1][0])
-    with nchw_layout():
-        assert network_module.pool_relu is not channels_last_pool
-        x = torch.randn(2, 3, 8, 8)
-        assert network_module._channels_last(x).is_contiguous()  # NCHW kept
-    assert network_module.pool_relu is channels_last_pool
-    assert network_module._channels_last(x).is_contiguous(memory_format=torch.channels_last)
-    if compiled:
-        compiled_grads = ClientPasses(torch.compile(network), images, labels)()
-        for ours, theirs in zip(loop, compiled_grads, strict=True):
-            for a, b in zip(ours, theirs, strict=True):
-                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+def test_tried_alternatives_time_whole_rounds_from_one_state(tiny_config, compiled):
+    """Every candidate runs, and leaves the learner as it found it: state, gate noise, layout."""
+    cfg = tiny_config("method.clients_per_round=2", "method.local.steps=2",
+                      "method.gate_noise=logistic", "dataset.batch_size=8")
+    datamodule = build_datamodule(cfg)
+    learner = build_learner(cfg, build_model(cfg, datamodule))
+    buffers = {name: value.clone() for name, value in learner.named_buffers()}
+    schedule, module = learner.gate_noise, learner.flat.module
+    tried = bench_alternatives(learner, datamodule.train_clients, repeats=1,
+                               compile_network=compiled)
+    assert {"loop_nchw_over_loop", "vmap_over_loop", "vmap_over_loop_nchw"} <= set(tried)
+    assert ("compiled_over_loop" in tried) == compiled and tried["vmap_error"] is None
+    assert tried["clients"] == 2 and tried["local_steps"] == 2 and tried["batch_size"] == 8
+    for name, value in learner.named_buffers():
+        assert torch.equal(value, buffers[name]), name
+    assert learner.gate_noise is schedule and learner.flat.module is module
+    assert learner.network.channels_last
+    assert "VmappedRound" in _alternatives_summary(tried)
 
 
-def test_vmap_candidate_runs_a_colour_network():
-    """vmap cannot batch a channels-last copy: with 3 input channels (1 is both layouts at
-    once) the candidate must keep the input in NCHW."""
-    torch.manual_seed(0)
-    network = build_network("cnn4", (3, 8, 8), 4, gated_layers=[3])
-    network.set_gate_noise(0.0)
-    images, labels = torch.randn(2, 3, 3, 8, 8), torch.randint(0, 4, (2, 3))
-    vmapped = VmappedPasses(network, images, labels)()
-    loop = ClientPasses(network, images, labels)()
-    first = next(name for name, _ in network.named_parameters())
-    torch.testing.assert_close(vmapped[first][1], loop[1][0], atol=1e-5, rtol=1e-4)
+def test_an_alternative_that_cannot_run_is_reported(tiny_learner):
+    learner, clients = tiny_learner  # support sets smaller than the batch: vmap refuses
+    learner.local_solver.batch_size = 64
+    tried = bench_alternatives(learner, clients, repeats=1, compile_network=False)
+    assert "vmap_over_loop" not in tried and "batch full" in tried["vmap_error"]
+    assert "could not run here" in _alternatives_summary(tried)
 
 
 class NoCompiler(torch.nn.Module):
@@ -320,7 +246,7 @@ class NoCompiler(torch.nn.Module):
 def test_a_failing_compile_is_reported_not_fatal(tiny_learner, monkeypatch):
     learner, clients = tiny_learner
     monkeypatch.setattr(torch, "compile", NoCompiler)
-    tried = bench_alternatives(learner.network, clients, 2, 4, repeats=1, seed=0)
+    tried = bench_alternatives(learner, clients, repeats=1)
     assert "compiled_over_loop" not in tried
     assert tried["compile_error"] == ("RuntimeError: InvalidCxxCompiler: no working C++ "
                                       "compiler found")

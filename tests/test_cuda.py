@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from mglightning.adaptation.module import FastAdaptation
-from mglightning.bench.rounds import ConcatenatedRound, VmappedRound, max_update_difference
 from mglightning.devices import device_clock
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.train import build_datamodule, build_learner, build_network, run
@@ -103,20 +102,6 @@ def test_a_gpu_round_computes_the_cpu_round(tiny_config, monkeypatch):
         learner.run_round(datamodule.train_clients)
         states.append(learner.x_ag.cpu())
     torch.testing.assert_close(states[1], states[0], rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("candidate, steps", [(ConcatenatedRound, 1), (VmappedRound, 2)])
-@pytest.mark.parametrize("method", ["metagater", "fedavg"])
-def test_a_batched_round_on_the_gpu_leaves_the_loops_server_state(tiny_config, monkeypatch,
-                                                                  method, candidate, steps):
-    """The candidates make gpu-check times (bench/rounds.py) compute the loop's round there
-    too, up to the order of float sums."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    cfg = tiny_config(f"method={method}", f"method.local.steps={steps}",
-                      "method.gate_noise=none")
-    learner, datamodule = learner_on(cfg, torch.device("cuda"))
-    learner.run_round(datamodule.train_clients)
-    assert max_update_difference(learner, datamodule.train_clients, candidate) < 1e-6
 
 
 @pytest.mark.parametrize("method", ["metagater", "perfedavg_hf"])

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from mglightning.adaptation.module import FastAdaptation
-from mglightning.bench.rounds import ConcatenatedRound, VmappedRound
 from mglightning.federated.faults import InjectedFault
 from mglightning.federated.prox import L1, GroupLasso
 from mglightning.federated.server import AcceleratedProximalStrategy, ClientResult
@@ -46,21 +45,6 @@ def test_a_round_makes_every_tensor_on_the_parameters_device(tiny_config, method
     for name, buffer in learner.named_buffers():
         assert buffer.device == CPU, name
     assert learner.flat.vector.device == CPU
-
-
-@pytest.mark.parametrize("candidate, steps", [(ConcatenatedRound, 1), (VmappedRound, 2)])
-@pytest.mark.parametrize("method", ["metagater", "fedavg"])
-def test_a_batched_round_makes_every_tensor_on_the_parameters_device(tiny_config, method,
-                                                                     candidate, steps):
-    """The GPU candidates of make gpu-check (bench/rounds.py) keep to the same rule."""
-    cfg = tiny_config(f"method={method}", "method.clients_per_round=2",
-                      f"method.local.steps={steps}", "method.gate_noise=none")
-    datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_model(cfg, datamodule))
-    learner.run_round(datamodule.train_clients)
-    with defaults_to_meta():
-        x, x_ag = candidate(learner, datamodule.train_clients)()
-    assert x.device == x_ag.device == learner.flat.vector.device == CPU
 
 
 def test_regularizers_and_weighted_mean_make_tensors_on_the_vectors_device(tiny_config):

@@ -8,11 +8,11 @@ same support set, each from the same starting parameters at every call.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 
 import torch
 
+from mglightning.adaptation.snip import snip
 from mglightning.adaptation.steps import one_step, two_stage
 from mglightning.bench.timing import alternate, ratio
 from mglightning.models.network import GatedNetwork
@@ -34,15 +34,6 @@ class TimedAdaptation:
         self.rule(self.network, self.images, self.labels, self.lr, **self.options)
 
 
-def snip_rule() -> Callable | None:
-    """MetaSNIP's rule when ``mglightning.adaptation.snip`` exists, else None."""
-    if importlib.util.find_spec("mglightning.adaptation.snip") is None:
-        return None
-    from mglightning.adaptation.snip import snip
-
-    return snip
-
-
 def bench_adaptation(
     gated: GatedNetwork, ungated: GatedNetwork, images, labels, lr: float,
     keep_fraction: float, repeats: int,
@@ -52,11 +43,9 @@ def bench_adaptation(
     candidates = {
         "with_gating": TimedAdaptation(gated, two_stage, images, labels, lr),
         "without_gating": TimedAdaptation(ungated, one_step, images, labels, lr),
+        "metasnip": TimedAdaptation(ungated, snip, images, labels, lr,
+                                    keep_fraction=keep_fraction),
     }
-    snip = snip_rule()
-    if snip is not None:
-        candidates["metasnip"] = TimedAdaptation(ungated, snip, images, labels, lr,
-                                                 keep_fraction=keep_fraction)
     seconds = alternate(candidates, repeats)
     with torch.no_grad():
         masks = gated.forward_with_masks(images, sliced=True).masks
@@ -66,6 +55,5 @@ def bench_adaptation(
         "keep_fraction": keep_fraction,
         "without_gating_over_with_gating": ratio(seconds, "without_gating",
                                                  "with_gating").summary(),
-        "metasnip_over_with_gating": (ratio(seconds, "metasnip", "with_gating").summary()
-                                      if snip is not None else None),
+        "metasnip_over_with_gating": ratio(seconds, "metasnip", "with_gating").summary(),
     }

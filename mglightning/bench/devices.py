@@ -9,10 +9,10 @@ rounds (same clients, same batches) then run on each, four ways in alternation:
 - ``loop``: the learner's loop over the clients, as training runs it (``round_seconds``, read
   from clocks that wait for the device, see :mod:`mglightning.devices`);
 - ``concatenated``: the round for m = 1 as one pass for the K clients
-  (:class:`~mglightning.bench.rounds.ConcatenatedRound`): whether the learner should run it on a
-  GPU is decided by these figures;
+  (:class:`~mglightning.federated.batched.ConcatenatedRound`): whether the learner should run
+  it on a GPU is decided by these figures;
 - ``vmapped``: the K clients' local steps taken together, one ``vmap`` call a step
-  (:class:`~mglightning.bench.rounds.VmappedRound`), the candidate for m ≥ 2, timed here at
+  (:class:`~mglightning.federated.batched.VmappedRound`), the candidate for m ≥ 2, timed here at
   the job's m = 1: its cost per local step against the loop's;
 - ``deterministic``: the loop with deterministic kernels only and cuDNN autotuning off, as
   ``deterministic=true`` (``make reproduce``) trains: the cost of that key.
@@ -30,15 +30,15 @@ import os
 import platform
 import statistics
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
 from mglightning.adaptation.module import FastAdaptation
-from mglightning.bench.rounds import ConcatenatedRound, VmappedRound
 from mglightning.bench.workload import compose_config
 from mglightning.devices import device_clock
+from mglightning.federated.batched import ConcatenatedRound, VmappedRound
 from mglightning.io import atomic_write_text, write_json
 from mglightning.train import build_datamodule, build_learner, build_network
 
@@ -91,27 +91,21 @@ def round_seconds(cfg, datamodule, device: torch.device, rounds: int, warmup: in
     clients = datamodule.train_clients
     learners = {way: build_learner(cfg, build_network(cfg, datamodule).to(device))
                 for way in WAYS}
-    candidates = {"concatenated": ConcatenatedRound(learners["concatenated"], clients),
-                  "vmapped": VmappedRound(learners["vmapped"], clients)}
+    rounds_of = {"loop": lambda: learners["loop"].run_round(clients),
+                 "concatenated": ConcatenatedRound(learners["concatenated"], clients),
+                 "vmapped": VmappedRound(learners["vmapped"], clients),
+                 "deterministic": lambda: learners["deterministic"].run_round(clients)}
 
-    def candidate_seconds(way: str) -> float:
-        start = device_clock(device)
-        candidates[way]()
-        return device_clock(device) - start
+    def seconds_of(way: str) -> float:
+        """One round of ``way``: its own ``round_seconds``, as training reads them."""
+        with deterministic_kernels() if way == "deterministic" else nullcontext():
+            return rounds_of[way]()["round_seconds"]
 
-    def deterministic() -> float:
-        with deterministic_kernels():
-            return learners["deterministic"].run_round(clients)["round_seconds"]
-
-    runs = {"loop": lambda: learners["loop"].run_round(clients)["round_seconds"],
-            "concatenated": lambda: candidate_seconds("concatenated"),
-            "vmapped": lambda: candidate_seconds("vmapped"),
-            "deterministic": deterministic}
     seconds: dict[str, list[float]] = {way: [] for way in WAYS}
     started = device_clock(device)
     for _ in range(warmup + rounds):
         for way in WAYS:
-            seconds[way].append(runs[way]())
+            seconds[way].append(seconds_of(way))
     per_way = {}
     for way in WAYS:
         timed = seconds[way][warmup:]

@@ -12,18 +12,14 @@ context, the exported task module (channels off for the whole task removed at re
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mglightning.bench.timing import alternate, ratio
 from mglightning.export import input_columns
 from mglightning.models.cost import forward_cost, layer_macs
-from mglightning.models.network import (
-    GatedNetwork,
-    LayerSpec,
-    _active_channels,
-    _feature_indices,
-    _numel,
-)
+from mglightning.models.network import GatedNetwork, LayerSpec, active_channels
 
 CALLS_PER_TIMING = {1: 200, 64: 8}  # batch size → calls per timed repeat (~0.1 s each)
 
@@ -49,26 +45,18 @@ def pair_macs(network: GatedNetwork, index: int, active: torch.Tensor) -> tuple[
 
 
 def block_input(network: GatedNetwork, index: int, images: torch.Tensor) -> torch.Tensor:
-    """The dense input of block ``index`` (the blocks before it run unsliced), flattened if
-    the block is linear."""
-    x = images
-    for block in network.blocks[:index]:
-        if block.spec.kind == "linear" and x.dim() > 2:
-            x = x.flatten(1)
-        x = block(x, None, False, network.temperature, False, None)[0]
+    """The dense input of block ``index`` of the ungated ``network``, flattened if the block
+    is linear."""
+    x = network.features(images, index)
     return x.flatten(1) if network.blocks[index].spec.kind == "linear" and x.dim() > 2 else x
 
 
 def run_pair(network: GatedNetwork, index: int, x: torch.Tensor, sliced: bool) -> torch.Tensor:
-    """Block ``index`` and the layer reading it; sliced: only the active channels."""
-    blocks = network.blocks
-    y, keep, _ = blocks[index](x, None, sliced, network.temperature, False, None)
-    if index + 1 < len(blocks):
-        following = blocks[index + 1]
-        if following.spec.kind == "linear" and y.dim() > 2:
-            y, keep = y.flatten(1), _feature_indices(keep, y.shape[2:])
-        return following(y, keep, sliced, network.temperature, False, None)[0]
-    return network.head_logits(y, keep)
+    """Block ``index`` and the layer reading it (the next block, or the head); sliced: only
+    the active channels."""
+    following = index + 1
+    y, keep, _ = network.run_blocks(x, index, following + 1, sliced)
+    return y if following < len(network.blocks) else network.head_logits(y, keep)
 
 
 def pruned_copy(dense: GatedNetwork, index: int, keep: torch.Tensor) -> GatedNetwork:
@@ -83,7 +71,7 @@ def pruned_copy(dense: GatedNetwork, index: int, keep: torch.Tensor) -> GatedNet
     following = (f"blocks.{index + 1}.op.weight" if index + 1 < len(dense.blocks)
                  else "head.weight")
     reads_flattened = following == "head.weight" or dense.blocks[index + 1].spec.kind == "linear"
-    area = _numel(dense.layer_shapes[index + 1][1:]) if reads_flattened else 0
+    area = math.prod(dense.layer_shapes[index + 1][1:]) if reads_flattened else 0
     state[following] = input_columns(state[following], keep, area)
     pruned.load_state_dict(state)
     return pruned
@@ -126,7 +114,7 @@ def bench_inference(gated: GatedNetwork, dense: GatedNetwork, images: torch.Tens
             macs = pair_macs(gated, index, mask.sum(dim=1))
             row[f"layer{index + 1}_and_next"] = _speedup(pair, *macs)
             if batch_size == 1:
-                keep, _ = _active_channels(mask[:1])
+                keep, _ = active_channels(mask[:1])
                 pruned = pruned_copy(dense, index, torch.arange(mask.shape[1]) if keep is None
                                      else keep)
                 floor = alternate(

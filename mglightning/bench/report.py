@@ -45,8 +45,8 @@ def goal_rows(results: dict) -> list[str]:
     ]
     without = adaptation["without_gating_over_with_gating"]
     snip = adaptation["metasnip_over_with_gating"]
-    snip_text = ("MetaSNIP ÷ w/ gating: " + _spread(snip) + f", MetaSNIP "
-                 f"{1000 * snip['numerator_seconds']:.1f} ms" if snip else "MetaSNIP: not measured")
+    snip_text = (f"MetaSNIP ÷ w/ gating: {_spread(snip)}, MetaSNIP "
+                 f"{1000 * snip['numerator_seconds']:.1f} ms")
     rows.append(
         f"| 3 | Learning time, w/o gating ÷ w/ gating: {_spread(without)} (w/ gating "
         f"{1000 * without['denominator_seconds']:.1f} ms, w/o "
@@ -152,35 +152,28 @@ def notes(results: dict) -> list[str]:
         "forward was >10× slower and a training round ~30× slower (0.35 s → ~10 s) with two "
         "threads than with one. Training on a shared machine wants `OMP_NUM_THREADS=1`.",
         "",
-        "## What the measurements led to",
+        "## Tried for speed",
         "",
         "- " + _alternatives_summary(results["alternatives"]),
         *_devices_summary(results.get("devices")),
-        "- Max-pooling (with the indices its backward keeps) took a quarter of a training "
-        "step in NCHW: blocks now max-pool in channels-last layout, before the ReLU (they "
-        "commute), and the convolutions after it stay channels-last: a cnn4 step at batch 32 "
-        "is ~25–35 % faster (this speeds the reference too, as it runs the same network). "
-        "The input is made channels-last once, so the first block's output (32 channels) is "
-        "not copied before pooling: on the CIFAR-10 stand-in a round went from 0.75 to 0.67 s "
-        "and an evaluation of its 20 targets from 23–25 to 18–20 s, results equal bit for bit.",
-        "- Two-stage adaptation computes the gate-free prefix (the blocks before the first "
-        "gated one) once for both stages: w/ gating went from slower than w/o gating to faster.",
-        "- Sliced inference: no straight-through term when no gradient is wanted, no mask "
-        "multiply when one input's present channels are all on, `index_select` gathers, and "
-        "the head reads the kept channels' columns without building a feature index.",
-        "- `mglightning/export.py` exports a task network with always-off channels removed.",
         "",
     ]
 
 
 def _alternatives_summary(tried: dict) -> str:
     """The speed tricks the issue asked to try, as time ratios against the plain loop."""
-    vmap, layout = tried["vmap_over_loop"], tried["loop_nchw_over_loop"]
-    text = (f"Tried for a round's passes ({tried['clients']} clients' forward and backward at "
-            f"batch {tried['batch_size']}, gate noise off), time ÷ the plain loop's: "
-            f"`torch.func.vmap` over the clients {_spread(vmap)} (it cannot batch channels-last "
-            f"tensors, so it pools in NCHW: {_spread(tried['vmap_over_loop_nchw'])} against the "
-            f"loop in NCHW, which itself takes {layout['ratio_median']:.2f}× ours)")
+    layout = tried["loop_nchw_over_loop"]
+    text = (f"Tried for a whole round ({tried['clients']} clients, {tried['local_steps']} "
+            f"local step(s) at batch {tried['batch_size']}, gate noise off), time ÷ the plain "
+            "loop's: ")
+    if tried.get("vmap_over_loop"):
+        text += (f"the clients' steps vmapped (`federated/batched.py: VmappedRound`) "
+                 f"{_spread(tried['vmap_over_loop'])} (vmap cannot batch channels-last "
+                 f"tensors, so it runs in NCHW: {_spread(tried['vmap_over_loop_nchw'])} against "
+                 f"the loop in NCHW, which itself takes {layout['ratio_median']:.2f}× ours)")
+    else:
+        text += (f"the clients' steps vmapped could not run here ({tried['vmap_error']}); the "
+                 f"loop in NCHW takes {layout['ratio_median']:.2f}× ours")
     if tried.get("compiled_over_loop"):
         text += (f"; `torch.compile` of the network {_spread(tried['compiled_over_loop'])}, "
                  f"after a one-off {tried['compile_seconds']:.0f} s compile (less with torch's "
@@ -190,6 +183,8 @@ def _alternatives_summary(tried: dict) -> str:
     medians = {name.removesuffix("_over_loop"): figure["ratio_median"]
                for name, figure in tried.items()
                if name in ("vmap_over_loop", "compiled_over_loop")}
+    if not medians:
+        return text + ". The plain loop stays."
     best = min(medians, key=medians.get)
     if medians[best] > 1 - WORTH_ADOPTING:
         return text + (f". Neither is {100 * WORTH_ADOPTING:.0f} % faster than the plain loop, "
@@ -216,7 +211,7 @@ def _devices_summary(devices: dict | None) -> list[str]:
             f"{times['evaluation']['final_seconds']:.1f} s): the whole job projected "
             f"{times['projected_run_seconds']:.0f} s. "
             f"The round for m = 1 as one forward and backward pass over the K clients' batches "
-            f"concatenated (`bench/rounds.py: ConcatenatedRound`, a loop round's result up "
+            f"concatenated (`federated/batched.py: ConcatenatedRound`, a loop round's result up "
             f"to float32 rounding) takes {concatenated['over_loop']:.2f}× the loop's time "
             f"(median of the rounds' ratios, range {concatenated['over_loop_range'][0]:.2f}–"
             f"{concatenated['over_loop_range'][1]:.2f}): "

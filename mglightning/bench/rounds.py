@@ -6,7 +6,8 @@ of the model per client, a new ``torch.optim.SGD`` per client, a ``DataLoader`` 
 over that client's support set (per-sample indexing and collation), FedProx's proximal term
 added to the loss. It draws the same batches and the same gate noise from the same
 per-client streams as ours, so both compute the same update and :func:`max_update_difference` can
-check that they do.
+check that they do. Its round starts and ends at the learner's round seam (``plan_round``,
+``finish_round``), as ours does: only the local solves differ.
 
 A square matrix multiply, timed among them, gives this CPU's single-thread MAC rate: the
 share of it that the bare passes reach bounds what faster kernels could still gain.
@@ -19,13 +20,10 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad_and_value, vmap
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from mglightning.bench.alternatives import nchw_layout
 from mglightning.bench.timing import alternate, ratio
-from mglightning.devices import from_host
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.federated.local import ProximalSGD
 from mglightning.federated.server import ClientResult
@@ -34,33 +32,6 @@ from mglightning.models.cost import forward_cost, layer_macs
 from mglightning.models.network import GatedNetwork
 
 MATMUL_SIZE = 1024  # one (n × n) @ (n × n) product: n³ MACs, ~20 ms on one core here
-
-
-def start_batched_round(learner: FederatedMetaLearner, clients, name: str
-                        ) -> tuple[int, torch.Tensor, list]:
-    """The start of a round whose clients are computed together, as ``run_round`` starts one:
-    its index, x_md, its clients, the round's temperature set. Refused with gate noise: one
-    batched pass cannot draw each client's noise from the client's own stream."""
-    round_index = learner.current_round()
-    if learner.gate_noise(round_index):
-        raise ValueError(f"a {name} round draws no per-client gate noise: set "
-                         "method.gate_noise=none")
-    x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, round_index)
-    chosen = [clients[i] for i in learner.round_clients(len(clients), round_index)]
-    learner.network.temperature = learner.temperature(round_index)
-    return round_index, x_md, chosen
-
-
-def finish_round(learner: FederatedMetaLearner, x_md: torch.Tensor, results: list[ClientResult],
-                 round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The server step of a bench round: (x, x_ag) from the results, taken as the learner's
-    state, the round counted, the network left holding x_ag, as ``run_round`` leaves it."""
-    x, x_ag = learner.strategy.aggregate_fit(learner.x, learner.x_ag, x_md, results, round_index)
-    learner.x.copy_(x)
-    learner.x_ag.copy_(x_ag)
-    learner.rounds_done += 1
-    learner.flat.load(x_ag)
-    return x, x_ag
 
 
 class StepBatches(Sampler[list[int]]):
@@ -87,20 +58,18 @@ class ReferenceRound:
         self.solver: ProximalSGD = learner.local_solver
         self.support_sets = [TensorDataset(*client.support_set()) for client in clients]
 
-    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self) -> dict[str, float]:
+        """One round, started and finished by the learner's round seam."""
         learner = self.learner
-        round_index = int(learner.rounds_done) + 1
-        x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, round_index)
-        chosen = learner.round_clients(len(self.clients), round_index)
+        plan = learner.plan_round(range(len(self.clients)))  # chosen: the clients' indices
         global_model = copy.deepcopy(learner.network)
-        torch.nn.utils.vector_to_parameters(x_md, global_model.parameters())
-        global_model.temperature = learner.temperature(round_index)
-        noise_scale = learner.gate_noise(round_index)
-        results = [self.train_client(global_model, i, client_streams(learner.seed, round_index,
-                                                                     position, x_md.device),
-                                     noise_scale)
-                   for position, i in enumerate(chosen)]
-        return finish_round(learner, x_md, results, round_index)
+        torch.nn.utils.vector_to_parameters(plan.x_md, global_model.parameters())
+        global_model.temperature = plan.temperature
+        results = [self.train_client(global_model, i, client_streams(learner.seed, plan.index,
+                                                                     position, plan.x_md.device),
+                                     plan.noise_scale)
+                   for position, i in enumerate(plan.chosen)]
+        return learner.finish_round(plan, results, [])
 
     def train_client(self, global_model, index: int, streams, noise_scale: float) -> ClientResult:
         solver, support = self.solver, self.support_sets[index]
@@ -123,114 +92,7 @@ class ReferenceRound:
             optimizer.step()
         params = parameters_to_vector(local_model.parameters()).detach()
         return ClientResult(self.clients[index].node_id, params, len(support),
-                            loss_sum / solver.steps)
-
-
-class ConcatenatedRound:
-    """Algorithm 1's round for m = 1 as one forward and one backward pass: the GPU candidate.
-
-    With one local step every client starts at x_md, where the proximal term is zero, so its
-    model is x_md − η ∇L_k(x_md), and the server reads only the (weighted) mean of the models:
-    x_md − η ∇(Σ_k w_k L_k)(x_md). That is one pass over the K support batches concatenated,
-    sample j of client k weighted w_k / B_k (the network couples no inputs: no batch norm).
-    It draws each client's batch from the client's own stream, as :meth:`run_round` does,
-    and leaves the server state where a loop round would (up to float summation order).
-    It cannot run gate noise (one draw for the batch is no client's own), per-client
-    failures, or m ≥ 2; on a GPU it replaces K small, launch-bound passes by one.
-    """
-
-    def __init__(self, learner: FederatedMetaLearner, clients) -> None:
-        solver = learner.local_solver
-        if not isinstance(solver, ProximalSGD) or solver.steps != 1:
-            raise ValueError("a concatenated round needs one proximal-SGD local step (m = 1)")
-        self.learner, self.clients, self.solver = learner, clients, solver
-
-    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        learner, solver = self.learner, self.solver
-        round_index, x_md, chosen = start_batched_round(learner, self.clients, "concatenated")
-        batches = [client.sample_support_batch(
-                       solver.batch_size, client_streams(learner.seed, round_index, position)[0])
-                   for position, client in enumerate(chosen)]
-        sizes = [float(len(client.support_idx)) for client in chosen]
-        client_weights = ([size / sum(sizes) for size in sizes] if learner.strategy.weighted
-                          else [1 / len(chosen)] * len(chosen))
-        sample_weights = torch.cat([torch.full((len(labels),), weight / len(labels),
-                                               device="cpu")
-                                    for weight, (_, labels) in zip(client_weights, batches,
-                                                                   strict=True)])
-        flat = learner.flat
-        flat.load(x_md)
-        flat.zero_grad()
-        losses = F.cross_entropy(flat.module(torch.cat([images for images, _ in batches])),
-                                 torch.cat([labels for _, labels in batches]), reduction="none")
-        (losses @ from_host(sample_weights, losses.device)).backward()
-        step_sizes = solver.step_sizes(flat)
-        mean_model = x_md - (flat.grad * solver.lr if step_sizes is None
-                             else flat.grad * step_sizes)
-        # The mean model as the one result of the round: the strategy's (weighted) mean of
-        # one model is that model.
-        mean_result = ClientResult(-1, mean_model, 1, losses.detach().mean())
-        return finish_round(learner, x_md, [mean_result], round_index)
-
-
-class VmappedRound:
-    """Algorithm 1's round with the K clients' local steps taken together: the GPU candidate
-    for m ≥ 2, where the concatenated round does not apply.
-
-    Each client's parameters are a row of a (K, P) matrix that starts at x_md; step s takes
-    every client's gradient on its s-th batch in one ``vmap(grad)`` call (the network run on
-    each row's parameters), adds λ (x_k − x_md) and steps, as :class:`ProximalSGD` does for
-    one client; the server step then reads the K rows as K results. Each client draws its
-    batches from its own stream, as ``run_round`` does. vmap needs full batches of one size
-    (every support set at least a batch), draws no per-client gate noise, and runs in NCHW
-    layout (it cannot batch channels-last tensors, see :func:`nchw_layout`).
-    """
-
-    def __init__(self, learner: FederatedMetaLearner, clients) -> None:
-        solver = learner.local_solver
-        if not isinstance(solver, ProximalSGD):
-            raise ValueError("a vmapped round takes proximal-SGD local steps (not Per-FedAvg's)")
-        self.learner, self.clients, self.solver = learner, clients, solver
-        network, flat = learner.network, learner.flat
-        views = {name: (flat.slices[name], param.shape)
-                 for name, param in network.named_parameters()}
-
-        def loss(vector: torch.Tensor, images: torch.Tensor, labels: torch.Tensor):
-            parameters = {name: vector[span].view(shape) for name, (span, shape) in views.items()}
-            return F.cross_entropy(functional_call(network, parameters, (images,)), labels)
-
-        self.gradients_and_losses = vmap(grad_and_value(loss))
-
-    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        learner, solver = self.learner, self.solver
-        round_index, x_md, chosen = start_batched_round(learner, self.clients, "vmapped")
-        steps: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(solver.steps)]
-        for position, client in enumerate(chosen):  # each client's m draws, in solve order
-            sampling = client_streams(learner.seed, round_index, position)[0]
-            for batches in steps:
-                batches.append(client.sample_support_batch(solver.batch_size, sampling))
-        if len({len(labels) for batches in steps for _, labels in batches}) > 1:
-            raise ValueError("a vmapped round needs every client's batch full: a support set "
-                             "is smaller than dataset.batch_size")
-        step_sizes = solver.step_sizes(learner.flat)
-        models = x_md.expand(len(chosen), -1).clone()
-        loss_sums = torch.zeros(len(chosen), dtype=torch.float64, device=x_md.device)
-        with nchw_layout():
-            for batches in steps:
-                gradients, losses = self.gradients_and_losses(
-                    models, torch.stack([images for images, _ in batches]),
-                    torch.stack([labels for _, labels in batches]))
-                if solver.prox_lambda:
-                    gradients.add_(models - x_md, alpha=solver.prox_lambda)
-                if step_sizes is None:
-                    models.add_(gradients, alpha=-solver.lr)
-                else:
-                    models.addcmul_(gradients, step_sizes, value=-1.0)
-                loss_sums += losses.detach()
-        results = [ClientResult(client.node_id, models[k], len(client.support_idx),
-                                loss_sums[k] / solver.steps)
-                   for k, client in enumerate(chosen)]
-        return finish_round(learner, x_md, results, round_index)
+                            torch.tensor(loss_sum / solver.steps))
 
 
 class BareRound:
@@ -290,15 +152,15 @@ class RoundState:
             buffers[name].copy_(value)
 
 
-def max_update_difference(learner: FederatedMetaLearner, clients,
-                          other: type = ReferenceRound) -> float:
-    """Largest |difference| between ours and ``other``'s round (the reference, or the
-    concatenated one) in the new (x, x_ag), from one state."""
+def max_update_difference(learner: FederatedMetaLearner, clients) -> float:
+    """Largest |difference| between ours and the reference round in the new (x, x_ag), from
+    one state."""
     state = RoundState(learner)
     learner.run_round(clients)
     ours = torch.cat([learner.x, learner.x_ag]).clone()
     state.restore()
-    theirs = torch.cat(other(learner, clients)())
+    ReferenceRound(learner, clients)()
+    theirs = torch.cat([learner.x, learner.x_ag])
     state.restore()
     return float((ours - theirs).abs().max())
 

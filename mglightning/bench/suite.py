@@ -78,9 +78,8 @@ def _run_suite(config: BenchConfig) -> dict:
     workload = build_workload(overrides)
     cfg, datamodule, learner = workload.cfg, workload.datamodule, workload.learner
     results = {"rounds": bench_rounds(learner, datamodule.train_clients, config.repeats)}
-    results["alternatives"] = bench_alternatives(
-        learner.network, datamodule.train_clients, config.clients_per_round,
-        cfg.dataset.batch_size, config.repeats, cfg.seed, config.compile_network)
+    results["alternatives"] = bench_alternatives(learner, datamodule.train_clients,
+                                                 config.repeats, config.compile_network)
 
     gated = learner.meta_network()
     sparsify_gates(gated, config.gates_off, config.gates_varying, cfg.seed)

@@ -7,6 +7,12 @@ its clients from a generator seeded by (seed, t), and the client at position k d
 own streams seeded by (seed, t, k) (:mod:`mglightning.federated.streams`): the round counter
 is the whole RNG state, and a resumed run draws exactly what an uninterrupted one would.
 
+A round has one seam, shaped like Flower's configure → aggregate: ``plan_round`` starts it
+(x_md, the chosen clients, τ, the noise scale) and ``finish_round`` ends it from the clients'
+results (the non-finite ones left out, the server step, the failed-round count, x_ag loaded,
+the timings). The loop (``run_round``, in one process or several), the Flower strategy and the
+batched rounds (:mod:`mglightning.federated.batched`) differ only in between.
+
 Faults: a node whose local solve fails on its own account (a :class:`ClientError`, such as a
 drill's :class:`InjectedFault`, or a :class:`DataError`) or returns non-finite parameters is
 left out of its round (and counted); any other exception (a device error, CUDA running out of
@@ -20,7 +26,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -46,6 +53,31 @@ CLIENT_ERRORS = (ClientError, DataError)
 class TrainingFault(RuntimeError):
     """Training cannot go on (every client failing, a non-finite server state); the message
     says why. Raised before the round's state is committed, so no checkpoint holds it."""
+
+
+@dataclass
+class RoundPlan:
+    """A round as configured (SPEC §3 steps 1-2): what its clients solve from. ``chosen``
+    holds the round's clients (or their indices) in position order: the k-th draws from the
+    streams (seed, ``index``, k) (:mod:`~mglightning.federated.streams`)."""
+
+    index: int
+    x_md: torch.Tensor
+    chosen: list
+    temperature: float
+    noise_scale: float
+    start: float  # device clock when the round began
+
+
+def finite_results(results: list[ClientResult]) -> tuple[list[ClientResult], list[str]]:
+    """The results whose parameters are all finite, in their order, and a line for each one
+    left out. Finiteness is read back once for the whole round, not once per client."""
+    if not results:
+        return [], []
+    finite = torch.stack([result.params.isfinite().all() for result in results]).tolist()
+    return ([result for result, ok in zip(results, finite, strict=True) if ok],
+            [f"node {result.node_id}: non-finite parameters"
+             for result, ok in zip(results, finite, strict=True) if not ok])
 
 
 class FederatedMetaLearner(L.LightningModule):
@@ -123,68 +155,81 @@ class FederatedMetaLearner(L.LightningModule):
                                            None if rounds is None else set(rounds),
                                            self.current_round)
 
-    def run_round(self, clients) -> dict[str, float]:
-        """Algorithm 1, one round: configure, local solves on K sampled nodes, aggregate over
-        the nodes that did not fail."""
-        round_index = self.current_round()
+    def plan_round(self, clients: Sequence) -> RoundPlan:
+        """The start of the next round, Flower's configure step: x_md from the server state,
+        the round's choice among ``clients`` (the clients, or just ``range(N)`` where they
+        live elsewhere), and the network set to the round's τ."""
+        index = self.current_round()
         start = device_clock(self.x.device)
-        x_md = self.strategy.configure_fit(self.x, self.x_ag, round_index)
-        chosen = [clients[i] for i in self.round_clients(len(clients), round_index)]
-        self.network.temperature = self.temperature(round_index)
-        own = [(position, chosen[position]) for position in own_positions(len(chosen))]
-        solved, failures = self.solve_clients(own, x_md, round_index)
-        solved_at = device_clock(self.x.device)
-        results = gather_results(self, solved, [client.node_id for client in chosen], x_md)
+        x_md = self.strategy.configure_fit(self.x, self.x_ag, index)
+        chosen = [clients[i] for i in self.round_clients(len(clients), index)]
+        self.network.temperature = self.temperature(index)
+        return RoundPlan(index, x_md, chosen, self.network.temperature, self.gate_noise(index),
+                         start)
+
+    def finish_round(
+        self, plan: RoundPlan, results: list[ClientResult], failures: list[str],
+        solved_at: float | None = None, clients_per_result: int = 1,
+    ) -> dict[str, float]:
+        """The end of round ``plan``, Flower's aggregate step: the server step over
+        ``results`` (in position order) less the non-finite ones, or, if none is left, a
+        failed round counted; the round counted, the network left holding x_ag. ``failures``
+        describe the clients that failed on their own account; ``solved_at`` (device clock),
+        when given, splits gathering from solving in the timings; ``clients_per_result``: how
+        many chosen clients a result stands for (all of them for a round that sends one mean
+        model). Returns the round's metrics."""
         local_done = device_clock(self.x.device)
+        results, non_finite = finite_results(results)
+        failures = [*failures, *non_finite]
+        for failure in failures:
+            log.warning("round %d: %s; left out of the round", plan.index, failure)
         if results:
-            self.commit(*self.strategy.aggregate_fit(self.x, self.x_ag, x_md, results,
-                                                     round_index), round_index)
+            self.commit(*self.strategy.aggregate_fit(self.x, self.x_ag, plan.x_md, results,
+                                                     plan.index), plan.index)
         else:
-            self.count_failed_round(failures, round_index)
+            self.count_failed_round(failures, plan.index)
         self.rounds_done += 1
         self.flat.load(self.x_ag)  # between rounds the network holds the meta-model
         end = device_clock(self.x.device)
-        self.training_seconds += end - start
+        self.training_seconds += end - plan.start
         return {
-            "round": round_index,
+            "round": plan.index,
             "train_loss": (float(torch.stack([result.loss for result in results]).mean())
                            if results else float("nan")),
-            "failed_clients": len(chosen) - len(results),
-            "local_seconds": local_done - start,
-            "gather_seconds": local_done - solved_at,  # with several processes: waits included
+            "failed_clients": len(plan.chosen) - clients_per_result * len(results),
+            "local_seconds": local_done - plan.start,
+            # with several processes: waits included
+            "gather_seconds": 0.0 if solved_at is None else local_done - solved_at,
             "server_seconds": end - local_done,
-            "round_seconds": end - start,
+            "round_seconds": end - plan.start,
         }
+
+    def run_round(self, clients) -> dict[str, float]:
+        """Algorithm 1, one round: configure, local solves on K sampled nodes (this process's
+        share of them, :mod:`~mglightning.federated.distributed`), aggregate over the nodes
+        that did not fail."""
+        plan = self.plan_round(clients)
+        own = [(position, plan.chosen[position]) for position in own_positions(len(plan.chosen))]
+        solved, failures = self.solve_clients(own, plan.x_md, plan.index)
+        solved_at = device_clock(self.x.device)
+        results = gather_results(self, solved, [client.node_id for client in plan.chosen],
+                                 plan.x_md)
+        return self.finish_round(plan, results, failures, solved_at)
 
     def solve_clients(
         self, chosen, x_md: torch.Tensor, round_index: int
     ) -> tuple[list[tuple[int, ClientResult]], list[str]]:
         """Local solves of the (position, client) pairs ``chosen``, each from its own streams
         (so any order, or any subset, gives each client the same result): (position, result)
-        pairs; a node that fails on its own account or returns non-finite parameters is left
-        out, and its failure described. Finiteness is read back once for the whole round, not
-        once per client."""
-        outcomes: list[tuple[int, ClientResult] | str] = []  # in the order solved
+        pairs; a node that fails on its own account is left out, and its failure described."""
+        results, failures = [], []
         for position, client in chosen:
             try:
-                outcomes.append((position, self.solve_client(x_md, client, round_index, position)))
+                results.append((position, self.solve_client(x_md, client, round_index, position)))
             except CLIENT_ERRORS as error:  # the client's own failure: the round goes on
                 log.debug("node %d failed", client.node_id, exc_info=error)
                 message = " ".join(str(error).split())
-                outcomes.append(f"node {client.node_id}: {type(error).__name__}: {message}")
-        solved = [outcome[1] for outcome in outcomes if not isinstance(outcome, str)]
-        finite = iter(torch.stack([result.params.isfinite().all() for result in solved]).tolist()
-                      if solved else [])
-        results, failures = [], []
-        for outcome in outcomes:
-            if isinstance(outcome, str):
-                failures.append(outcome)
-            elif next(finite):
-                results.append(outcome)
-            else:
-                failures.append(f"node {outcome[1].node_id}: non-finite parameters")
-        for failure in failures:
-            log.warning("round %d: %s; left out of the round", round_index, failure)
+                failures.append(f"node {client.node_id}: {type(error).__name__}: {message}")
         return results, failures
 
     def solve_client(

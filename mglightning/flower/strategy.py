@@ -3,10 +3,11 @@ split at the network.
 
 :class:`FederatedRoundStrategy` keeps the server state in a :class:`FederatedMetaLearner`
 (x, x_ag, rounds done, failed rounds in a row) and runs its ``strategy`` object
-(:class:`AcceleratedProximalStrategy` or :class:`FedAvgStrategy`) unchanged:
-``configure_train`` is ``configure_fit`` plus the learner's own choice of K nodes,
-``aggregate_train`` is ``aggregate_fit`` over the replies that did not fail, then ``commit`` —
-or, if every node failed, ``count_failed_round`` — exactly as ``FederatedMetaLearner.run_round``.
+(:class:`AcceleratedProximalStrategy` or :class:`FedAvgStrategy`) through the learner's round
+seam, as ``FederatedMetaLearner.run_round`` does: ``configure_train`` is the learner's
+``plan_round`` (x_md and its choice of K nodes) sent as messages, ``aggregate_train`` its
+``finish_round`` on the replies that did not fail (non-finite ones left out there, the server
+step, or a failed round counted).
 
 Node choice: it subclasses Flower's ``FedAvg`` with ``fraction_train = K / N`` (what it does)
 but does not let it sample: ``FedAvg`` samples with Python's ``random``, unseeded. Instead the
@@ -36,7 +37,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from mglightning.checkpoint import AtomicCheckpointIO
 from mglightning.config import ConfigError
-from mglightning.federated.learner import FederatedMetaLearner
+from mglightning.federated.learner import FederatedMetaLearner, RoundPlan
 from mglightning.flower.protocol import (
     TrainTask,
     query_message,
@@ -82,7 +83,7 @@ class FederatedRoundStrategy(FedAvg):
         self.learner, self.node_ids = learner, node_ids
         self.partition_of = {node_id: index for index, node_id in enumerate(node_ids)}
         self.last_round, self.state = last_round, state
-        self.round_start: tuple[int, torch.Tensor, float] | None = None
+        self.plan: RoundPlan | None = None  # the round under way
 
     def state_arrays(self) -> ArrayRecord:
         """The server state as Flower's "global model": x and x_ag."""
@@ -90,44 +91,26 @@ class FederatedRoundStrategy(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        learner = self.learner
-        round_index = learner.current_round()
-        x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, round_index)
-        chosen = learner.round_clients(len(self.node_ids), round_index)
-        self.round_start = (round_index, x_md, time.perf_counter())
-        return [train_message(TrainTask(x_md, round_index, position, partition),
+        plan = self.plan = self.learner.plan_round(range(len(self.node_ids)))
+        return [train_message(TrainTask(plan.x_md, plan.index, position, partition),
                               self.node_ids[partition])
-                for position, partition in enumerate(chosen)]
+                for position, partition in enumerate(plan.chosen)]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         learner = self.learner
-        round_index, x_md, start = self.round_start
         results, failures = self.sorted_results(list(replies))
-        for failure in failures:
-            log.warning("round %d: %s; left out of the round", round_index, failure)
-        if results:
-            learner.commit(*learner.strategy.aggregate_fit(learner.x, learner.x_ag, x_md,
-                                                           results, round_index), round_index)
-        else:
-            learner.count_failed_round(failures, round_index)
-        learner.rounds_done += 1
-        round_seconds = time.perf_counter() - start
-        learner.training_seconds += round_seconds
+        stats = learner.finish_round(self.plan, results, failures)
         if self.state is not None and self.state.due(int(learner.rounds_done), self.last_round):
             self.state.save(learner)
-        metrics = MetricRecord({
-            "round": round_index,
-            "train-loss": (float(torch.stack([result.loss for result in results]).mean())
-                           if results else float("nan")),
-            "failed-clients": len(failures),
-            "round-seconds": round_seconds,
-        })
+        metrics = MetricRecord({"round": stats["round"], "train-loss": stats["train_loss"],
+                                "failed-clients": stats["failed_clients"],
+                                "round-seconds": stats["round_seconds"]})
         return self.state_arrays(), metrics
 
     def sorted_results(self, replies: list[Message]) -> tuple[list, list[str]]:
-        """The results of the replies without error and with finite parameters, in position
-        order; a line for each node that failed or did not answer."""
+        """The results of the replies without error, in position order; a line for each node
+        that failed or did not answer."""
         by_position, failures = {}, []
         for reply in replies:
             partition = self.partition_of.get(reply.metadata.src_node_id)
@@ -135,9 +118,6 @@ class FederatedRoundStrategy(FedAvg):
                 failures.append(f"training node {partition}: {reply.error.reason}")
                 continue
             position, result = read_result(reply)
-            if not torch.isfinite(result.params).all():
-                failures.append(f"node {result.node_id}: non-finite parameters")
-                continue
             by_position[position] = result
         missing = self.learner.clients_per_round - len(replies)
         if missing > 0:

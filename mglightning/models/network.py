@@ -41,14 +41,15 @@ class GatedOutput:
 
 
 class GatedBlock(nn.Module):
-    """conv/linear → ReLU → channel mask (from the gate reading the block input) → pool."""
+    """conv/linear → ReLU → channel mask (from the gate reading the block input) → pool;
+    ``channels_last``: pooled in that layout (see :func:`pool_relu`), else in NCHW."""
 
     def __init__(
         self, spec: LayerSpec, in_channels: int, gate_hidden: int,
-        gate_bias_init: float | None = None,
+        gate_bias_init: float | None = None, channels_last: bool = True,
     ) -> None:
         super().__init__()
-        self.spec = spec
+        self.spec, self.channels_last = spec, channels_last
         self.op = (
             nn.Conv2d(in_channels, spec.out, 3, padding=1)
             if spec.kind == "conv"
@@ -76,7 +77,7 @@ class GatedBlock(nn.Module):
             mask = binarize(self.gate.logits(x, in_keep), temperature, noise_scale, generator)
             if sliced:
                 mask = mask.detach()
-                out_keep, any_on = _active_channels(mask)
+                out_keep, any_on = active_channels(mask)
                 all_present_on = any_on and mask.shape[0] == 1
                 if out_keep is not None:
                     weight, bias = weight.index_select(0, out_keep), bias.index_select(0, out_keep)
@@ -85,14 +86,14 @@ class GatedBlock(nn.Module):
             if self.spec.kind == "conv"
             else F.linear(x, weight, bias)
         )
-        y = pool_relu(y, self.spec.pool)
+        y = pool_relu(y, self.spec.pool, self.channels_last)
         if mask is not None and not all_present_on:  # masking after pooling: same values
             present = mask if out_keep is None else mask.index_select(1, out_keep)  # (B, C_pres.)
             y = y * (present[:, :, None, None] if y.dim() == 4 else present)
         return y, out_keep, mask
 
 
-def _active_channels(mask: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
+def active_channels(mask: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
     """(indices of the channels on for some input, or None when all are on; whether any is
     on). With none on, channel 0 stands in (computed, then masked to 0)."""
     keep = (mask.amax(dim=0) > 0).nonzero().squeeze(1)  # (C_on,)
@@ -103,23 +104,25 @@ def _active_channels(mask: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
     return keep, True
 
 
-def pool_relu(y: torch.Tensor, pool: str) -> torch.Tensor:
+def pool_relu(y: torch.Tensor, pool: str, channels_last: bool = True) -> torch.Tensor:
     """pool(ReLU(y)). Max-pooling commutes with ReLU (both monotone), so it pools first and
     runs ReLU, forward and backward, on a quarter of the values. It pools in channels-last
     layout, which the next convolutions keep: on CPU, NCHW max-pooling (with the indices its
     backward needs) took a quarter of a cnn4 training step; channels-last made the step
     ~25 % faster (batch 32, one thread, measured side by side). The network's input is made
-    channels-last already (:func:`_channels_last`), so here the layout is normally kept, not
-    copied: copying the first block's output had cost as much as its convolution."""
-    if pool == "max":
+    channels-last already (:func:`to_layout`), so here the layout is normally kept, not
+    copied: copying the first block's output had cost as much as its convolution. With
+    ``channels_last=False`` it keeps NCHW (ReLU, then pool), which ``vmap`` needs."""
+    if pool == "max" and channels_last:
         return torch.relu(F.max_pool2d(y.contiguous(memory_format=torch.channels_last), 2))
     return _pool(torch.relu(y), pool)
 
 
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
+def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """An image batch in channels-last layout, which every block keeps (see :func:`pool_relu`):
-    copying the input (C channels) costs a fraction of copying the first block's output."""
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    copying the input (C channels) costs a fraction of copying the first block's output. With
+    ``channels_last=False``, ``x`` as it is (NCHW)."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 def _pool(y: torch.Tensor, pool: str) -> torch.Tensor:
@@ -136,7 +139,9 @@ class GatedNetwork(nn.Module):
     """Backbone blocks + a linear classifier head; gates where the layer specs say.
 
     ``theta`` (backbone) and ``phi`` (gates) are told apart by parameter name: every gate
-    parameter lives under a ``.gate.`` submodule (see :meth:`is_gate_parameter`).
+    parameter lives under a ``.gate.`` submodule (see :meth:`is_gate_parameter`). The memory
+    layout of its activations is ``channels_last`` (the fast one on CPU, see
+    :func:`pool_relu`) unless set otherwise (:meth:`set_layout`); the values are the same.
     """
 
     def __init__(
@@ -147,16 +152,19 @@ class GatedNetwork(nn.Module):
         gate_hidden: int = 16,
         temperature: float = 1.0,
         gate_bias_init: float | None = None,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
+        self.channels_last = channels_last
         self.temperature = temperature
         self.gate_noise = 0.0  # the scale of the Logistic gate noise; 0: none
         self.noise_generator: torch.Generator | None = None
         blocks, shapes = [], [self.input_shape]
         for spec in layers:
             in_channels = shapes[-1][0] if spec.kind == "conv" else _numel(shapes[-1])
-            blocks.append(GatedBlock(spec, in_channels, gate_hidden, gate_bias_init))
+            blocks.append(GatedBlock(spec, in_channels, gate_hidden, gate_bias_init,
+                                     channels_last))
             shapes.append(_block_output_shape(spec, shapes[-1]))
         self.blocks = nn.ModuleList(blocks)
         self.layer_shapes = shapes  # input shape of block i is shapes[i]; head reads shapes[-1]
@@ -178,6 +186,13 @@ class GatedNetwork(nn.Module):
             block.gate = None
         return network
 
+    def set_layout(self, channels_last: bool) -> None:
+        """Keep activations channels-last (True) or NCHW (False): ``torch.func.vmap`` cannot
+        batch channels-last copies (torch 2.14: "NYI: Tensor.clone(memory_format)")."""
+        self.channels_last = channels_last
+        for block in self.blocks:
+            block.channels_last = channels_last
+
     def set_gate_noise(self, scale: float, generator: torch.Generator | None = None) -> None:
         """Set the scale of the Logistic gate noise of training (SPEC §1); 0 switches it off."""
         self.gate_noise, self.noise_generator = scale, generator
@@ -190,20 +205,24 @@ class GatedNetwork(nn.Module):
         (their masks would be lost). Lets callers reuse a gate-free prefix across passes."""
         if any(block.gate is not None for block in self.blocks[:stop]):
             raise ValueError(f"blocks before {stop} carry gates: their masks would be lost")
-        x = _channels_last(x)
-        for block in self.blocks[:stop]:
-            if block.spec.kind == "linear" and x.dim() > 2:
-                x = x.flatten(1)
-            x = block(x, None, False, self.temperature, False, None)[0]
-        return x
+        return self.run_blocks(to_layout(x, self.channels_last), 0, stop)[0]
 
     def forward_with_masks(
         self, x: torch.Tensor, sliced: bool = False, first_block: int = 0
     ) -> GatedOutput:
         """Logits and masks; ``x`` is the input of block ``first_block`` (see :meth:`features`)."""
+        x, in_keep, masks = self.run_blocks(to_layout(x, self.channels_last), first_block,
+                                            len(self.blocks), sliced)
+        return GatedOutput(self.head_logits(x, in_keep), masks)
+
+    def run_blocks(
+        self, x: torch.Tensor, start: int, stop: int, sliced: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+        """Blocks ``start`` to ``stop - 1`` on ``x``, the dense input of block ``start``:
+        (their output, the indices of its channels present or None for all, the masks of the
+        gated blocks among them). A linear block reads its input flattened."""
         masks, in_keep = [], None
-        x = _channels_last(x)
-        for block in self.blocks[first_block:]:
+        for block in self.blocks[start:stop]:
             if block.spec.kind == "linear" and x.dim() > 2:
                 x, in_keep = x.flatten(1), _feature_indices(in_keep, x.shape[2:])
             x, in_keep, mask = block(
@@ -211,7 +230,7 @@ class GatedNetwork(nn.Module):
             )
             if mask is not None:
                 masks.append(mask)
-        return GatedOutput(self.head_logits(x, in_keep), masks)
+        return x, in_keep, masks
 
     def head_logits(self, x: torch.Tensor, in_keep: torch.Tensor | None) -> torch.Tensor:
         """The classifier on the last block's output, of which only the channels ``in_keep``

@@ -118,6 +118,26 @@ def test_conv_blocks_run_channels_last_from_the_input_on(sliced):
         x.contiguous(memory_format=torch.channels_last), sliced=sliced).logits)
 
 
+def test_the_nchw_layout_keeps_nchw_and_computes_the_same_logits():
+    """The layout option vmap needs (set_layout): NCHW all the way, the same logits up to the
+    kernels' summation order, and channels-last back on when asked."""
+    torch.manual_seed(0)
+    network = build_network("cnn4", (3, 16, 16), 5, gated_layers=[3])
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        channels_last = network(x)
+        network.set_layout(channels_last=False)
+        features = network.features(x, 2)
+        nchw = network(x)
+        network.set_layout(channels_last=True)
+        again = network(x)
+    assert features.is_contiguous() and not features.is_contiguous(
+        memory_format=torch.channels_last)
+    torch.testing.assert_close(nchw, channels_last, rtol=1e-5, atol=1e-6)
+    assert torch.equal(again, channels_last)
+    assert all(block.channels_last for block in network.blocks)
+
+
 def test_backbones_fit_any_input_shape_and_class_count():
     for name in ("mlp2", "cnn4", "cnn7"):
         for shape, classes in [((1, 28, 28), 10), ((3, 32, 32), 100), ((1, 16, 16), 3)]:
