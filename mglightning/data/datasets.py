@@ -194,7 +194,7 @@ def _load_real(name: str, data_root: Path, download: bool) -> ImageData:
         images, labels = read_idx_pair_folder(source, ".gz", DEBIAN_REMEDY)
         class_names = TORCHVISION_CLASSES[name].classes
     else:
-        source = _torchvision_folder(name, data_root)
+        source = torchvision_folder(name, data_root)
         logger.info("loading %s with torchvision from %s", name, source)
         images, labels, class_names = _load_torchvision(name, data_root, download)
     if len(labels) > 0 and not 0 <= int(labels.min()) <= int(labels.max()) < NUM_CLASSES[name]:
@@ -210,7 +210,7 @@ def debian_fmnist_dir() -> Path:
     return Path(os.environ.get(DEBIAN_FMNIST_ENV, DEBIAN_FMNIST_DIR))
 
 
-def _torchvision_folder(name: str, data_root: Path) -> Path:
+def torchvision_folder(name: str, data_root: Path) -> Path:
     """The folder torchvision reads ``name`` from: ``<root>/<Class>/raw`` or the CIFAR folder."""
     dataset_class = TORCHVISION_CLASSES[name]
     if name in ("cifar10", "cifar100"):
@@ -219,7 +219,7 @@ def _torchvision_folder(name: str, data_root: Path) -> Path:
 
 
 def _torchvision_file_names(name: str) -> list[str]:
-    """The files torchvision needs in :func:`_torchvision_folder`."""
+    """The files torchvision needs in :func:`torchvision_folder`."""
     dataset_class = TORCHVISION_CLASSES[name]
     if name in ("cifar10", "cifar100"):
         batches = dataset_class.train_list + dataset_class.test_list
@@ -228,7 +228,7 @@ def _torchvision_file_names(name: str) -> list[str]:
 
 
 def _torchvision_files_present(name: str, data_root: Path) -> bool:
-    folder = _torchvision_folder(name, data_root)
+    folder = torchvision_folder(name, data_root)
     return all((folder / file_name).is_file() for file_name in _torchvision_file_names(name))
 
 
@@ -258,28 +258,32 @@ def _images_nchw(split_data) -> torch.Tensor:
 
 def _torchvision_failure(name: str, data_root: Path, download: bool, error: Exception) -> DataError:
     """Turn whatever torchvision raised into a DataError: files missing, or files damaged."""
-    folder = _torchvision_folder(name, data_root)
+    folder = torchvision_folder(name, data_root)
     if not _torchvision_files_present(name, data_root):
         return _missing_data_error(name, data_root, download, error)
     if name in ("mnist", "fmnist"):
         read_idx_pair_folder(folder, "", DOWNLOAD_REMEDY)  # raises naming the damaged file
-    return DataError(f"{folder} holds a truncated or corrupt file ({_one_line(error)}): "
+    return DataError(f"{folder} holds a truncated or corrupt file ({one_line(error)}): "
                      f"delete {folder} and re-download (download=true)")
 
 
 def _missing_data_error(name: str, data_root: Path, download: bool, error: Exception) -> DataError:
     """Name the expected folder and files, and every way to get them."""
-    folder = _torchvision_folder(name, data_root)
+    folder = torchvision_folder(name, data_root)
     expected = ", ".join(_torchvision_file_names(name))
-    attempt = f"download failed ({_one_line(error)})" if download else "download=false"
+    attempt = f"download failed ({one_line(error)})" if download else "download=false"
     remedies = f"run online once (download=true) to download to {data_root}"
     if name == "fmnist":
         remedies += (f", or `apt-get install dataset-fashion-mnist` (files in "
                      f"{debian_fmnist_dir()})")
+    if name == "mnist":
+        remedies += ", or `python -m mglightning.data.mnist_offline` (what `make install` runs)"
+    remedies += (f", or point data_root= (or ${DATA_DIR_ENV}) at a folder that already holds "
+                 f"{folder.relative_to(data_root)}/ from an earlier download")
     return DataError(f"{name} not found in {folder} (expected {expected}; {attempt}): {remedies}")
 
 
-def _one_line(error: Exception) -> str:
+def one_line(error: Exception) -> str:
     """An exception's message on one line (torchvision's download errors span several)."""
     return " ".join(str(error).split()) or type(error).__name__
 
@@ -322,6 +326,8 @@ def read_idx(path: Path, expected_magic: int, remedy: str) -> torch.Tensor:
     if len(content) < header_size:
         raise _corrupt_file_error(path, header_size, len(content), remedy)
     dims = struct.unpack(f">{magic & 0xFF}I", content[4:header_size])
+    if math.prod(dims) == 0:
+        raise DataError(f"{path} holds no data (dimensions {list(dims)}): {remedy}")
     expected_size = header_size + math.prod(dims)
     if len(content) != expected_size:
         raise _corrupt_file_error(path, expected_size, len(content), remedy)
@@ -336,7 +342,7 @@ def _read_file_bytes(path: Path, remedy: str) -> bytes:
                 return compressed.read()
         return path.read_bytes()
     except (EOFError, OSError, zlib.error) as error:
-        raise DataError(f"{path} is truncated or corrupt ({_one_line(error)}): "
+        raise DataError(f"{path} is truncated or corrupt ({one_line(error)}): "
                         f"{remedy}") from error
 
 
