@@ -84,7 +84,8 @@ class ImageData:
     normalizes with them, so model code never sees raw pixels. Batches are made on the device
     the images are on (see :meth:`to`). ``class_names[label]`` names a class where the data
     set has names (None: ids only). Where the data say which node each sample belongs to (a
-    natural partition), ``node_ids`` (N,) int64 index ``node_names``; else both are None.
+    natural partition), ``node_ids`` (N,) int64 index ``node_names``, on the CPU, where the
+    partitioners read them; else both are None.
     """
 
     images: torch.Tensor
@@ -116,8 +117,7 @@ class ImageData:
         pooled images once, and every batch is gathered and normalized there."""
         if self.images.device == torch.device(device):
             return self
-        return replace(self, images=self.images.to(device),
-                                   labels=self.labels.to(device))
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device))
 
     @classmethod
     def from_images(cls, images: torch.Tensor, labels: torch.Tensor, num_classes: int,

@@ -51,16 +51,18 @@ def load_image_folder(path: str | None = None,
     """An image tree, every image one size (its own, or ``image_size`` [H, W] after resizing)."""
     root = _existing_path(path, directory=True)
     size = _image_size(image_size)
-    nodes = _subfolders(root)
-    if not nodes:
+    top_folders = _subfolders(root)  # classes, or nodes holding classes
+    if not top_folders:
         raise DataError(f"{PATH_KEY}={root} holds no folders: lay images out as {FOLDER_LAYOUT}, "
                         "PNG or JPEG")
-    has_nodes = [bool(_subfolders(folder)) for folder in nodes]
+    has_nodes = [bool(_subfolders(folder)) for folder in top_folders]
     if any(has_nodes) and not all(has_nodes):
-        flat, nested = nodes[has_nodes.index(False)], nodes[has_nodes.index(True)]
+        flat = top_folders[has_nodes.index(False)]
+        nested = top_folders[has_nodes.index(True)]
         raise DataError(f"{PATH_KEY}={root} mixes class folders ({flat.name}) and node folders "
                         f"({nested.name}): use one layout, {FOLDER_LAYOUT}")
-    class_folders_by_node = [_subfolders(node) for node in nodes] if all(has_nodes) else [nodes]
+    class_folders_by_node = ([_subfolders(node) for node in top_folders] if all(has_nodes)
+                             else [top_folders])
     files, class_of_file, node_of_file = [], [], []
     for node_index, class_folders in enumerate(class_folders_by_node):
         for class_folder in class_folders:
@@ -74,7 +76,7 @@ def load_image_folder(path: str | None = None,
     if not all(has_nodes):
         return PooledArrays(images, labels, class_names, None, None)
     return PooledArrays(images, labels, class_names, torch.tensor(node_of_file),
-                        [node.name for node in nodes])
+                        [node.name for node in top_folders])
 
 
 def load_arrays(path: str | None = None) -> PooledArrays:
