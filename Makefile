@@ -17,7 +17,7 @@ help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 	@echo 'Config overrides go in ARGS, e.g. make train ARGS="rounds=50 seed=1 logger=csv"'
 
-install: ## Create .venv with torch 2.14.1 + torchvision 0.29.1 and the package (dev, flower extras); Fashion-MNIST from Debian when root
+install: ## Create .venv with torch 2.14.1 + torchvision 0.29.1 and the package (dev, flower extras); Fashion-MNIST from Debian when root; MNIST into the data root (MG_DATA_DIR)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
@@ -25,6 +25,7 @@ install: ## Create .venv with torch 2.14.1 + torchvision 0.29.1 and the package 
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "note: dataset-fashion-mnist not installed (offline Fashion-MNIST unavailable)"; \
 	fi
+	@$(PY) -m mglightning.data.mnist_offline || echo "note: MNIST not written (see the line above); dataset=mnist will try torchvision's download"
 
 test: ## Run the test suite (slow tests excluded)
 	$(PY) -m pytest -q

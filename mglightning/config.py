@@ -35,7 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mglightning.adaptation.module import ADAPTERS
 from mglightning.data.datamodule import node_split
 from mglightning.data.datasets import DATASET_NAMES
-from mglightning.data.partition import PARTITIONER_KEYS, SIZE_DISTRIBUTIONS
+from mglightning.data.partition import NODES_FROM_DATA, PARTITIONER_KEYS, SIZE_DISTRIBUTIONS
 from mglightning.federated.faults import FAULT_KINDS
 from mglightning.federated.schedules import GATE_NOISE_SCALES
 from mglightning.models.backbones import BACKBONES
@@ -297,6 +297,8 @@ def _out_of_range(values: Mapping) -> Iterator[str]:
 def _clients_against_nodes(values: Mapping) -> Iterator[str]:
     """K and the fault-injected nodes must be among the training nodes (SPEC §2, §3); the
     split is the data module's own (:func:`~mglightning.data.datamodule.node_split`)."""
+    if _lookup(values, "dataset.partition.name")[1] in NODES_FROM_DATA:
+        return  # the data give the node count: the data module checks K once they are loaded
     keys = ("seed", "dataset.partition.num_nodes", "dataset.partition.num_target_nodes",
             "method.clients_per_round", "faults.inject.clients")
     looked_up = [_lookup(values, key) for key in keys]

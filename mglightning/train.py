@@ -54,6 +54,7 @@ def build_datamodule(cfg: DictConfig) -> FederatedDataModule:
         seed=cfg.seed,
         batch_size=cfg.dataset.batch_size,
         data_root=cfg.data_root,
+        clients_per_round=cfg.method.clients_per_round,
     )
     datamodule.setup()
     return datamodule

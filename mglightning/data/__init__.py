@@ -1,9 +1,11 @@
-"""Federated data (SPEC §2): pooled data sets, seeded partitioners and Lightning DataModules."""
+"""Federated data (SPEC §2): pooled data sets (built-in or your own), seeded partitioners and
+Lightning DataModules."""
 
 from mglightning.data.datamodule import ClientDataModule, FederatedDataModule
 from mglightning.data.datasets import DataError, ImageData, load_dataset, resolve_data_root
 from mglightning.data.partition import (
     DirichletPartitioner,
+    NaturalPartitioner,
     PartitionError,
     PathologicalPartitioner,
     build_partitioner,
@@ -17,6 +19,7 @@ __all__ = [
     "DirichletPartitioner",
     "FederatedDataModule",
     "ImageData",
+    "NaturalPartitioner",
     "PartitionError",
     "PathologicalPartitioner",
     "build_partitioner",

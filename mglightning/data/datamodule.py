@@ -8,6 +8,7 @@ training and target nodes and each node into support and query, all from one see
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping
 
@@ -17,7 +18,10 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from mglightning.data.datasets import ImageData, load_dataset
+from mglightning.data.own_data import OWN_DATA_LOADERS
 from mglightning.data.partition import (
+    NODES_FROM_DATA,
+    PartitionError,
     build_partitioner,
     split_support_query,
     split_train_target,
@@ -134,18 +138,23 @@ class FederatedDataModule(lightning.LightningDataModule):
     """The federation of SPEC §2: data set, nodes, training/target split, support/query split.
 
     ``dataset`` is the ``dataset`` config group (name, download, support_fraction, partition,
-    optional synthetic options). :meth:`setup` does all the work once and fails on an impossible
-    partition before any training starts.
+    the synthetic options, or an own data set's path and image_size). :meth:`setup` does all
+    the work once and fails on an impossible partition before any training starts; with
+    ``clients_per_round`` (K) also when fewer training nodes result (a natural partition's
+    node count is known only from the data). ``data`` holds the pooled data set, the one copy
+    of every image and label.
     """
 
     def __init__(
-        self, dataset: Mapping, seed: int, batch_size: int = 32, data_root: str | None = None
+        self, dataset: Mapping, seed: int, batch_size: int = 32, data_root: str | None = None,
+        clients_per_round: int | None = None,
     ) -> None:
         super().__init__()
         self.dataset_cfg = dataset
         self.seed = seed
         self.batch_size = batch_size
         self.data_root = data_root
+        self.clients_per_round = clients_per_round
         self.data: ImageData | None = None
         self.train_clients: list[ClientDataModule] = []
         self.target_clients: list[ClientDataModule] = []
@@ -190,34 +199,56 @@ class FederatedDataModule(lightning.LightningDataModule):
         partition_cfg = self.dataset_cfg["partition"]
         partition_seed, _, support_seed = _independent_seeds(self.seed, 3)
         partitioner = build_partitioner(partition_cfg, partition_seed)
-        train_ids, target_ids = node_split(partition_cfg, self.seed)
+        nodes_from_data = partition_cfg["name"] in NODES_FROM_DATA
+        if not nodes_from_data:
+            node_split(partition_cfg, self.seed)  # an impossible split fails before loading
         data = self._load_data()
-        node_indices = partitioner.partition(data.labels, data.num_classes)
-        clients = self._make_clients(data, node_indices, support_seed)
+        node_indices = partitioner.partition(data.labels, data.num_classes, data.node_ids)
+        train_ids, target_ids = node_split(partition_cfg, self.seed, len(node_indices))
+        self._check_clients_per_round(len(train_ids), len(node_indices))
+        clients = self._make_clients(data, node_indices, support_seed,
+                                     data.node_names if nodes_from_data else None)
         self.train_clients = [clients[node_id] for node_id in train_ids]
         self.target_clients = [clients[node_id] for node_id in target_ids]
         self.data = data
         logger.info(self.describe())
 
     def _load_data(self) -> ImageData:
-        """The pooled data set; the ``synthetic`` options apply only when it is chosen."""
+        """The pooled data set, with the options of the chosen kind only: ``synthetic``'s
+        group, or an own data set's keys (its loader's parameters: path, image_size)."""
         name = self.dataset_cfg["name"]
-        synthetic_options = self.dataset_cfg.get("synthetic") or {}
-        synthetic_kwargs = dict(synthetic_options) if name == "synthetic" else {}
+        if name == "synthetic":
+            options = dict(self.dataset_cfg.get("synthetic") or {})
+        elif name in OWN_DATA_LOADERS:
+            parameters = inspect.signature(OWN_DATA_LOADERS[name]).parameters
+            options = {key: self.dataset_cfg.get(key) for key in parameters}
+        else:
+            options = {}
         return load_dataset(name, root=self.data_root,
-                            download=bool(self.dataset_cfg.get("download", True)),
-                            **synthetic_kwargs)
+                            download=bool(self.dataset_cfg.get("download", True)), **options)
+
+    def _check_clients_per_round(self, num_train_nodes: int, num_nodes: int) -> None:
+        if self.clients_per_round is not None and self.clients_per_round > num_train_nodes:
+            raise PartitionError(
+                f"method.clients_per_round={self.clients_per_round}: must be at most the "
+                f"{num_train_nodes} training nodes ({num_nodes} nodes minus "
+                f"dataset.partition.num_target_nodes="
+                f"{self.dataset_cfg['partition'].get('num_target_nodes', 0)})")
 
     def _make_clients(
-        self, data: ImageData, node_indices: list[torch.Tensor], seed: int
+        self, data: ImageData, node_indices: list[torch.Tensor], seed: int,
+        node_names: tuple[str, ...] | None = None,
     ) -> list[ClientDataModule]:
-        """One ClientDataModule per node, its support/query split drawn from one generator."""
+        """One ClientDataModule per node, its support/query split drawn from one generator;
+        ``node_names``: the data's names of a natural partition's nodes (for messages)."""
         support_fraction = float(self.dataset_cfg.get("support_fraction",
                                                       DEFAULT_SUPPORT_FRACTION))
         generator = torch.Generator().manual_seed(seed)
         clients = []
         for node_id, indices in enumerate(node_indices):
-            support_idx, query_idx = split_support_query(indices, support_fraction, generator)
+            support_idx, query_idx = split_support_query(
+                indices, support_fraction, generator,
+                None if node_names is None else node_names[node_id])
             clients.append(ClientDataModule(node_id, data, support_idx, query_idx,
                                             self.batch_size, seed=seed + node_id))
         return clients
@@ -250,12 +281,16 @@ def _target_index(position: int) -> int:
     return int(position)
 
 
-def node_split(partition: Mapping, seed: int) -> tuple[list[int], list[int]]:
+def node_split(
+    partition: Mapping, seed: int, num_nodes: int | None = None
+) -> tuple[list[int], list[int]]:
     """Training and target node ids of the federation that ``dataset.partition`` and ``seed``
-    build (SPEC §2): fixed by the config alone, so known before any data is loaded."""
+    build (SPEC §2): fixed by the config alone, so known before any data is loaded, except
+    for a natural partition, whose ``num_nodes`` the data give."""
     nodes_seed = _independent_seeds(seed, 3)[1]
-    return split_train_target(int(partition["num_nodes"]),
-                              int(partition.get("num_target_nodes", 0)), nodes_seed)
+    if num_nodes is None:
+        num_nodes = int(partition["num_nodes"])
+    return split_train_target(num_nodes, int(partition.get("num_target_nodes", 0)), nodes_seed)
 
 
 def _independent_seeds(seed: int, count: int) -> list[int]:

@@ -3,8 +3,9 @@
 Every data set lives in memory once, as an :class:`ImageData`; federated nodes are index views
 into it, so a hundred clients cost a hundred index tensors, not a hundred image copies.
 Real data sets come from torchvision's own classes (or, for Fashion-MNIST, from the Debian
-package's idx files when torchvision's folder is absent); every way the files can be missing or
-damaged ends in a one-line :class:`DataError` that says what to do.
+package's idx files when torchvision's folder is absent); a user's own data from
+:mod:`mglightning.data.own_data`. Every way the files can be missing or damaged ends in a
+one-line :class:`DataError` that says what to do.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import os
 import pickle
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
+
+from mglightning.data.errors import DataError, one_line
+from mglightning.data.own_data import OWN_DATA_LOADERS
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +50,7 @@ TORCHVISION_CLASSES = {
     "cifar100": torchvision.datasets.CIFAR100,
 }
 NUM_CLASSES = {"mnist": 10, "fmnist": 10, "cifar10": 10, "cifar100": 100}
-DATASET_NAMES = (*TORCHVISION_CLASSES, "synthetic")
+DATASET_NAMES = (*TORCHVISION_CLASSES, *OWN_DATA_LOADERS, "synthetic")
 DEBIAN_REMEDY = "delete it and re-download, or reinstall dataset-fashion-mnist"
 DOWNLOAD_REMEDY = "delete it and re-download (download=true)"
 
@@ -72,10 +76,6 @@ SYNTHETIC_MAX_SHIFT = 2  # pixels, in each direction
 _LOADED: dict[tuple[str, str], ImageData] = {}
 
 
-class DataError(RuntimeError):
-    """A data set is missing or damaged; the message names the file and the remedy."""
-
-
 @dataclass(eq=False)
 class ImageData:
     """One pooled data set: uint8 images (N, C, H, W) and int64 labels (N,) (SPEC §2).
@@ -83,7 +83,9 @@ class ImageData:
     ``mean`` and ``std`` are per-channel statistics on the [0, 1] scale; :meth:`batch`
     normalizes with them, so model code never sees raw pixels. Batches are made on the device
     the images are on (see :meth:`to`). ``class_names[label]`` names a class where the data
-    set has names (None: ids only).
+    set has names (None: ids only). Where the data say which node each sample belongs to (a
+    natural partition), ``node_ids`` (N,) int64 index ``node_names``, on the CPU, where the
+    partitioners read them; else both are None.
     """
 
     images: torch.Tensor
@@ -92,6 +94,8 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...] | None = None
+    node_ids: torch.Tensor | None = None
+    node_names: tuple[str, ...] | None = None
     _mean_tensor: torch.Tensor = field(init=False, repr=False)  # (1, C, 1, 1)
     _std_tensor: torch.Tensor = field(init=False, repr=False)  # (1, C, 1, 1)
 
@@ -113,16 +117,18 @@ class ImageData:
         pooled images once, and every batch is gathered and normalized there."""
         if self.images.device == torch.device(device):
             return self
-        return ImageData(self.images.to(device), self.labels.to(device), self.num_classes,
-                         self.mean, self.std)
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device))
 
     @classmethod
     def from_images(cls, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                    class_names: list[str] | None = None) -> ImageData:
+                    class_names: list[str] | None = None, node_ids: torch.Tensor | None = None,
+                    node_names: list[str] | None = None) -> ImageData:
         """Wrap pooled images, computing the per-channel normalization statistics from them."""
         mean, std = channel_statistics(images)
         return cls(images, labels.to(torch.int64), num_classes, mean, std,
-                   None if class_names is None else tuple(class_names))
+                   None if class_names is None else tuple(class_names),
+                   None if node_ids is None else node_ids.to(torch.int64),
+                   None if node_names is None else tuple(node_names))
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -164,18 +170,25 @@ def resolve_data_root(root: str | None) -> Path:
 
 
 def load_dataset(
-    name: str, root: str | None = None, download: bool = True, **synthetic_kwargs
+    name: str, root: str | None = None, download: bool = True, **options
 ) -> ImageData:
     """Load a data set with train and test pooled (SPEC §2); real ones are loaded once per process.
 
-    ``synthetic_kwargs`` (num_classes, shape, samples_per_class, seed) apply to ``synthetic`` only.
+    ``options`` apply to ``synthetic`` (num_classes, shape, samples_per_class, seed) and to a
+    user's own data (``folder``: path, image_size; ``arrays``: path), read anew each call.
     """
     if name == "synthetic":
-        return make_synthetic(**synthetic_kwargs)
+        return make_synthetic(**options)
+    if name in OWN_DATA_LOADERS:
+        pooled = OWN_DATA_LOADERS[name](**options)
+        logger.info("%s: %d images of shape %s, %d classes", options.get("path"),
+                    len(pooled.labels), tuple(pooled.images.shape[1:]), len(pooled.class_names))
+        return ImageData.from_images(pooled.images, pooled.labels, len(pooled.class_names),
+                                     pooled.class_names, pooled.node_ids, pooled.node_names)
     if name not in TORCHVISION_CLASSES:
         raise DataError(f"unknown data set {name!r} (dataset.name): use one of {DATASET_NAMES}")
-    if synthetic_kwargs:
-        raise DataError(f"data set {name!r} takes no options, got {sorted(synthetic_kwargs)}: "
+    if options:
+        raise DataError(f"data set {name!r} takes no options, got {sorted(options)}: "
                         "they belong to dataset.name=synthetic")
     data_root = resolve_data_root(root)
     key = (name, str(data_root))
@@ -194,7 +207,7 @@ def _load_real(name: str, data_root: Path, download: bool) -> ImageData:
         images, labels = read_idx_pair_folder(source, ".gz", DEBIAN_REMEDY)
         class_names = TORCHVISION_CLASSES[name].classes
     else:
-        source = _torchvision_folder(name, data_root)
+        source = torchvision_folder(name, data_root)
         logger.info("loading %s with torchvision from %s", name, source)
         images, labels, class_names = _load_torchvision(name, data_root, download)
     if len(labels) > 0 and not 0 <= int(labels.min()) <= int(labels.max()) < NUM_CLASSES[name]:
@@ -210,7 +223,7 @@ def debian_fmnist_dir() -> Path:
     return Path(os.environ.get(DEBIAN_FMNIST_ENV, DEBIAN_FMNIST_DIR))
 
 
-def _torchvision_folder(name: str, data_root: Path) -> Path:
+def torchvision_folder(name: str, data_root: Path) -> Path:
     """The folder torchvision reads ``name`` from: ``<root>/<Class>/raw`` or the CIFAR folder."""
     dataset_class = TORCHVISION_CLASSES[name]
     if name in ("cifar10", "cifar100"):
@@ -219,7 +232,7 @@ def _torchvision_folder(name: str, data_root: Path) -> Path:
 
 
 def _torchvision_file_names(name: str) -> list[str]:
-    """The files torchvision needs in :func:`_torchvision_folder`."""
+    """The files torchvision needs in :func:`torchvision_folder`."""
     dataset_class = TORCHVISION_CLASSES[name]
     if name in ("cifar10", "cifar100"):
         batches = dataset_class.train_list + dataset_class.test_list
@@ -228,7 +241,7 @@ def _torchvision_file_names(name: str) -> list[str]:
 
 
 def _torchvision_files_present(name: str, data_root: Path) -> bool:
-    folder = _torchvision_folder(name, data_root)
+    folder = torchvision_folder(name, data_root)
     return all((folder / file_name).is_file() for file_name in _torchvision_file_names(name))
 
 
@@ -258,30 +271,29 @@ def _images_nchw(split_data) -> torch.Tensor:
 
 def _torchvision_failure(name: str, data_root: Path, download: bool, error: Exception) -> DataError:
     """Turn whatever torchvision raised into a DataError: files missing, or files damaged."""
-    folder = _torchvision_folder(name, data_root)
+    folder = torchvision_folder(name, data_root)
     if not _torchvision_files_present(name, data_root):
         return _missing_data_error(name, data_root, download, error)
     if name in ("mnist", "fmnist"):
         read_idx_pair_folder(folder, "", DOWNLOAD_REMEDY)  # raises naming the damaged file
-    return DataError(f"{folder} holds a truncated or corrupt file ({_one_line(error)}): "
+    return DataError(f"{folder} holds a truncated or corrupt file ({one_line(error)}): "
                      f"delete {folder} and re-download (download=true)")
 
 
 def _missing_data_error(name: str, data_root: Path, download: bool, error: Exception) -> DataError:
     """Name the expected folder and files, and every way to get them."""
-    folder = _torchvision_folder(name, data_root)
+    folder = torchvision_folder(name, data_root)
     expected = ", ".join(_torchvision_file_names(name))
-    attempt = f"download failed ({_one_line(error)})" if download else "download=false"
+    attempt = f"download failed ({one_line(error)})" if download else "download=false"
     remedies = f"run online once (download=true) to download to {data_root}"
     if name == "fmnist":
         remedies += (f", or `apt-get install dataset-fashion-mnist` (files in "
                      f"{debian_fmnist_dir()})")
+    if name == "mnist":
+        remedies += ", or `python -m mglightning.data.mnist_offline` (what `make install` runs)"
+    remedies += (f", or point data_root= (or ${DATA_DIR_ENV}) at a folder that already holds "
+                 f"{folder.relative_to(data_root)}/ from an earlier download")
     return DataError(f"{name} not found in {folder} (expected {expected}; {attempt}): {remedies}")
-
-
-def _one_line(error: Exception) -> str:
-    """An exception's message on one line (torchvision's download errors span several)."""
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def read_idx_pair_folder(
@@ -322,6 +334,8 @@ def read_idx(path: Path, expected_magic: int, remedy: str) -> torch.Tensor:
     if len(content) < header_size:
         raise _corrupt_file_error(path, header_size, len(content), remedy)
     dims = struct.unpack(f">{magic & 0xFF}I", content[4:header_size])
+    if math.prod(dims) == 0:
+        raise DataError(f"{path} holds no data (dimensions {list(dims)}): {remedy}")
     expected_size = header_size + math.prod(dims)
     if len(content) != expected_size:
         raise _corrupt_file_error(path, expected_size, len(content), remedy)
@@ -336,7 +350,7 @@ def _read_file_bytes(path: Path, remedy: str) -> bytes:
                 return compressed.read()
         return path.read_bytes()
     except (EOFError, OSError, zlib.error) as error:
-        raise DataError(f"{path} is truncated or corrupt ({_one_line(error)}): "
+        raise DataError(f"{path} is truncated or corrupt ({one_line(error)}): "
                         f"{remedy}") from error
 
 

@@ -1,16 +1,18 @@
 """Cutting a pooled data set into federated nodes (SPEC §2), as seeded partitioner objects.
 
-Named and shaped like Flower's partitioners (pathological, Dirichlet): a partitioner is built
-from config once and ``partition(labels, num_classes)`` returns one sorted index tensor per node.
-Requests that cannot fit fail before any sample is drawn, with the config key to change in the
-message.
+Named and shaped like Flower's partitioners (pathological, Dirichlet, natural): a partitioner
+is built from config once and ``partition(labels, num_classes, node_ids)`` returns one sorted
+index tensor per node. Requests that cannot fit fail before any sample is drawn, with the
+config key to change in the message. A new partitioner is a dataclass here (its fields other
+than ``seed`` are its config keys under ``dataset.partition``), a line in :data:`PARTITIONERS`
+and a config file.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 
 import numpy as np
 import torch
@@ -23,13 +25,8 @@ PATHOLOGICAL_MAX_ATTEMPTS = 20
 # taking ~89% of the data, fit on each of 100 seeds tried.
 CLASS_BALANCE_POWER = 4
 SIZE_DISTRIBUTIONS = ("uniform", "log_uniform")
-# Config keys of each partitioner under dataset.partition; num_target_nodes is read by the
-# train/target split, not by a partitioner.
-PARTITIONER_KEYS = {
-    "pathological": {"num_nodes", "classes_per_node", "size_range", "size_distribution"},
-    "dirichlet": {"num_nodes", "alpha", "size_range"},
-}
-OPTIONAL_KEYS = {"pathological": {"size_distribution"}, "dirichlet": {"size_range"}}
+# Keys under dataset.partition that no partitioner reads: num_target_nodes is read by the
+# train/target split.
 IGNORED_KEYS = {"name", "num_target_nodes"}
 
 
@@ -62,8 +59,10 @@ class PathologicalPartitioner:
     seed: int
     size_distribution: str = "uniform"
 
-    def partition(self, labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
-        """One sorted int64 index tensor into ``labels`` per node."""
+    def partition(self, labels: torch.Tensor, num_classes: int,
+                  node_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """One sorted int64 index tensor into ``labels`` per node; the data's own ``node_ids``
+        play no part (the pooled data are cut anew)."""
         self._validate_config(num_classes, len(labels))
         generator = torch.Generator().manual_seed(self.seed)
         supply = torch.bincount(labels, minlength=num_classes)
@@ -154,17 +153,22 @@ class DirichletPartitioner:
     proportions drawn from Dir(alpha); small alpha means few classes per node.
 
     With ``size_range`` each node keeps at most a size drawn uniformly from it. Draws that leave
-    a node empty are redrawn, up to ``DIRICHLET_MAX_ATTEMPTS`` times. numpy draws the
-    proportions because torch's Dirichlet takes no generator.
+    a node with fewer than ``min_size`` samples (Flower's ``min_partition_size``; 1: none
+    empty) are redrawn, up to ``DIRICHLET_MAX_ATTEMPTS`` times, so that every node has enough
+    for its support/query split. numpy draws the proportions because torch's Dirichlet takes
+    no generator.
     """
 
     num_nodes: int
     alpha: float
     seed: int
     size_range: tuple[int, int] | None = None
+    min_size: int = 1
 
-    def partition(self, labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
-        """One sorted int64 index tensor into ``labels`` per node, every node non-empty."""
+    def partition(self, labels: torch.Tensor, num_classes: int,
+                  node_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """One sorted int64 index tensor into ``labels`` per node, each of ``min_size`` or
+        more; the data's own ``node_ids`` play no part."""
         self._validate_config(len(labels))
         rng = np.random.default_rng(self.seed)
         label_array = labels.numpy()
@@ -172,18 +176,24 @@ class DirichletPartitioner:
                        for label in range(num_classes)]
         for _ in range(DIRICHLET_MAX_ATTEMPTS):
             nodes = self._draw_nodes(class_pools, rng)
-            if min(len(node) for node in nodes) > 0:
+            if min(len(node) for node in nodes) >= self.min_size:
                 return [torch.from_numpy(np.sort(node)).to(torch.int64) for node in nodes]
         raise PartitionError(
             f"{_key('alpha')}={self.alpha} with {_key('num_nodes')}={self.num_nodes} left a node "
-            f"empty in {DIRICHLET_MAX_ATTEMPTS} draws: raise {_key('alpha')} or lower "
-            f"{_key('num_nodes')}")
+            f"with fewer than {_key('min_size')}={self.min_size} samples in "
+            f"{DIRICHLET_MAX_ATTEMPTS} draws from {len(labels)} samples: raise {_key('alpha')} "
+            f"or lower {_key('num_nodes')} or {_key('min_size')}")
 
     def _validate_config(self, num_samples: int) -> None:
-        """Reject configurations that cannot give every node a sample, before drawing."""
-        if not 1 <= self.num_nodes <= num_samples:
-            raise PartitionError(f"{_key('num_nodes')}={self.num_nodes}: must be between 1 and "
-                                 f"the data set's {num_samples} samples")
+        """Reject configurations that cannot give every node ``min_size`` samples, before
+        drawing."""
+        if self.min_size < 1:
+            raise PartitionError(f"{_key('min_size')}={self.min_size}: must be at least 1")
+        if not 1 <= self.num_nodes * self.min_size <= num_samples:
+            raise PartitionError(f"{_key('num_nodes')}={self.num_nodes} nodes of at least "
+                                 f"{_key('min_size')}={self.min_size} samples: need between 1 "
+                                 f"and the data set's {num_samples} samples; lower "
+                                 f"{_key('num_nodes')} or {_key('min_size')}")
         if not self.alpha > 0:
             raise PartitionError(f"{_key('alpha')}={self.alpha}: must be positive")
         if self.size_range is not None and not 1 <= self.size_range[0] <= self.size_range[1]:
@@ -207,6 +217,48 @@ class DirichletPartitioner:
         return [rng.permutation(node)[:cap] for node, cap in zip(nodes, caps, strict=True)]
 
 
+@dataclass
+class NaturalPartitioner:
+    """The data's own nodes: each sample stays at the node the data assign it to (an image
+    tree's ``<node>`` folder, an npz's ``node_ids``), as FEMNIST's writers are its nodes.
+
+    Node ``i`` is the data's ``i``-th node in sorted order; the seed plays no part here (target
+    nodes are drawn from these nodes by :func:`split_train_target`, from the run's seed).
+    """
+
+    seed: int
+
+    def partition(self, labels: torch.Tensor, num_classes: int,
+                  node_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """One sorted int64 index tensor into ``labels`` per node of the data."""
+        if node_ids is None:
+            raise PartitionError(
+                f"{_key('name')}=natural needs data that say each sample's node: an image "
+                "tree DIR/<node>/<class>/<image> (dataset=folder) or a node_ids array "
+                "(dataset=arrays); or choose pathological or dirichlet")
+        return [(node_ids == node).nonzero().view(-1)
+                for node in range(int(node_ids.max()) + 1)]
+
+
+# dataset.partition.name → partitioner class.
+PARTITIONERS = {
+    "pathological": PathologicalPartitioner,
+    "dirichlet": DirichletPartitioner,
+    "natural": NaturalPartitioner,
+}
+def _config_keys(partitioner: type) -> dict[str, bool]:
+    """A partitioner's config keys (its fields but ``seed``), each mapped to: is it required."""
+    return {field.name: field.default is MISSING for field in fields(partitioner)
+            if field.name != "seed"}
+
+
+# Config keys of each partitioner under dataset.partition.
+PARTITIONER_KEYS = {name: set(_config_keys(partitioner))
+                    for name, partitioner in PARTITIONERS.items()}
+# Partitions whose node count the data give (known once loaded), not dataset.partition.num_nodes.
+NODES_FROM_DATA = tuple(name for name, keys in PARTITIONER_KEYS.items() if "num_nodes" not in keys)
+
+
 def _even_split(node_sizes: torch.Tensor, parts: int) -> torch.Tensor:
     """(nodes, parts) counts summing to each node size, differing by at most one."""
     base = node_sizes.div(parts, rounding_mode="floor").unsqueeze(1)  # (nodes, 1)
@@ -228,8 +280,8 @@ def split_train_target(
     """Seeded split of node ids into training nodes and unseen target nodes (SPEC §2)."""
     if not 0 <= num_target_nodes < num_nodes:
         raise PartitionError(f"{_key('num_target_nodes')}={num_target_nodes}: must be between 0 "
-                             f"and {_key('num_nodes')}-1={num_nodes - 1}, so that at least one "
-                             "training node remains")
+                             f"and the {num_nodes} nodes minus one ({num_nodes - 1}), so that at "
+                             "least one training node remains")
     permutation = torch.randperm(num_nodes, generator=torch.Generator().manual_seed(seed))
     target_nodes = sorted(permutation[:num_target_nodes].tolist())
     train_nodes = sorted(permutation[num_target_nodes:].tolist())
@@ -237,51 +289,50 @@ def split_train_target(
 
 
 def split_support_query(
-    indices: torch.Tensor, support_fraction: float, generator: torch.Generator
+    indices: torch.Tensor, support_fraction: float, generator: torch.Generator,
+    node_name: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random split of a node's indices into support (train) and query (test) parts (SPEC §2)."""
+    """Random split of a node's indices into support (train) and query (test) parts (SPEC §2).
+
+    ``node_name``: the data's name of a natural partition's node, for the error message.
+    """
     num_support = round(len(indices) * support_fraction)
     if not 0 < num_support < len(indices):
+        node, remedy = ((f"node {node_name!r} of the data", "give that node more samples or "
+                         "remove it from the data") if node_name is not None else
+                        ("a node", "use a fraction strictly between 0 and 1, or larger nodes"))
         raise PartitionError(f"dataset.support_fraction={support_fraction} leaves an empty "
-                             f"support or query part of a node with {len(indices)} samples: "
-                             "use a fraction strictly between 0 and 1, or larger nodes")
+                             f"support or query part of {node} with {len(indices)} samples: "
+                             f"{remedy}")
     shuffled = indices[torch.randperm(len(indices), generator=generator)]
     return shuffled[:num_support].sort().values, shuffled[num_support:].sort().values
 
 
 def build_partitioner(
     cfg_partition: Mapping, seed: int
-) -> PathologicalPartitioner | DirichletPartitioner:
+) -> PathologicalPartitioner | DirichletPartitioner | NaturalPartitioner:
     """Build the partitioner named by ``dataset.partition.name`` from its config group.
 
-    Keys of the other partitioner are ignored (a command-line switch of ``name`` keeps them);
-    unknown keys are typos and fail.
+    Keys of the other partitioners are ignored (a command-line switch of ``name`` keeps them);
+    unknown keys are typos and fail; a null optional key takes the partitioner's default.
     """
     name = cfg_partition.get("name")
-    if name not in PARTITIONER_KEYS:
-        raise PartitionError(f"{_key('name')}={name!r}: use one of {sorted(PARTITIONER_KEYS)}")
+    if name not in PARTITIONERS:
+        raise PartitionError(f"{_key('name')}={name!r}: use one of {sorted(PARTITIONERS)}")
     known_keys = set().union(*PARTITIONER_KEYS.values()) | IGNORED_KEYS
     unknown_keys = sorted(set(cfg_partition) - known_keys)
     if unknown_keys:
         raise PartitionError(f"unknown keys {[_key(key) for key in unknown_keys]}: allowed are "
                              f"{sorted(known_keys)}")
-    required_keys = PARTITIONER_KEYS[name] - OPTIONAL_KEYS.get(name, set())
-    missing_keys = sorted(key for key in required_keys if cfg_partition.get(key) is None)
+    keys = _config_keys(PARTITIONERS[name])
+    missing_keys = sorted(key for key, required in keys.items()
+                          if required and cfg_partition.get(key) is None)
     if missing_keys:
         raise PartitionError(f"{_key('name')}={name} needs {[_key(key) for key in missing_keys]}")
-    size_range = cfg_partition.get("size_range")
-    size_range = None if size_range is None else _size_range(size_range)
-    if name == "pathological":
-        return PathologicalPartitioner(
-            num_nodes=int(cfg_partition["num_nodes"]),
-            classes_per_node=int(cfg_partition["classes_per_node"]),
-            size_range=size_range,
-            seed=seed,
-            size_distribution=str(cfg_partition.get("size_distribution") or "uniform"),
-        )
-    return DirichletPartitioner(num_nodes=int(cfg_partition["num_nodes"]),
-                                alpha=float(cfg_partition["alpha"]), seed=seed,
-                                size_range=size_range)
+    options = {key: cfg_partition[key] for key in keys if cfg_partition.get(key) is not None}
+    if "size_range" in options:
+        options["size_range"] = _size_range(options["size_range"])
+    return PARTITIONERS[name](seed=seed, **options)
 
 
 def _size_range(value) -> tuple[int, int]:

@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mglightning.data import ClientDataModule, FederatedDataModule, PartitionError
+from mglightning.data.datamodule import node_split
 
 NUM_NODES, NUM_TARGET_NODES = 10, 3
 
@@ -163,3 +164,21 @@ def test_client_datamodule_drives_a_lightning_trainer(federation):
                                 enable_model_summary=False)
     trainer.fit(model, datamodule=client)
     assert model.steps == len(client.train_dataloader())
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_the_config_alone_gives_the_loaded_federations_node_split(dataset_cfg, seed):
+    """config.py checks K and the fault-injected nodes against ``node_split`` before any data
+    is loaded: the split the data module makes after loading must be that one."""
+    datamodule = FederatedDataModule(dataset_cfg, seed=seed)
+    datamodule.setup()
+    train_ids, target_ids = node_split(dataset_cfg["partition"], seed)
+    assert [client.node_id for client in datamodule.train_clients] == train_ids
+    assert [client.node_id for client in datamodule.target_clients] == target_ids
+
+
+def test_too_few_training_nodes_for_k_fail_at_setup(dataset_cfg):
+    datamodule = FederatedDataModule(dataset_cfg, seed=0,
+                                     clients_per_round=NUM_NODES - NUM_TARGET_NODES + 1)
+    with pytest.raises(PartitionError, match="method.clients_per_round=8: must be at most the 7"):
+        datamodule.setup()

@@ -199,6 +199,22 @@ def test_truncated_torchvision_raw_file_names_the_file(tmp_path):
     assert str(damaged) in str(error.value) and "download=true" in str(error.value)
 
 
+@pytest.mark.parametrize("file_name, empty", [
+    ("train-images-idx3-ubyte", np.zeros((0, 28, 28))),
+    ("t10k-labels-idx1-ubyte", np.zeros(0)),
+])
+def test_an_idx_file_with_zero_images_names_the_file(tmp_path, file_name, empty):
+    """torchvision's reader raises a bare ValueError on an empty payload; the loader names
+    the file instead."""
+    raw_folder = tmp_path / "MNIST" / "raw"
+    write_idx_folder(raw_folder, "", seed=8)
+    magic = datasets.IDX_IMAGES_MAGIC if empty.ndim == 3 else datasets.IDX_LABELS_MAGIC
+    write_idx(raw_folder / file_name, empty, magic)
+    with pytest.raises(DataError, match="holds no data") as error:
+        load_dataset("mnist", root=str(tmp_path), download=False)
+    assert str(raw_folder / file_name) in str(error.value) and "\n" not in str(error.value)
+
+
 def test_labels_beyond_the_class_count_raise(tmp_path):
     raw_folder = tmp_path / "MNIST" / "raw"
     write_idx_folder(raw_folder, "", seed=9)
@@ -244,6 +260,8 @@ def test_missing_data_names_folder_and_remedies(tmp_path, name, folder):
     message = str(error.value)
     assert str(tmp_path / folder) in message and "download=true" in message
     assert ("apt-get install dataset-fashion-mnist" in message) == (name == "fmnist")
+    assert ("mglightning.data.mnist_offline" in message) == (name == "mnist")
+    assert f"data_root= (or $MG_DATA_DIR) at a folder that already holds {folder}/" in message
     assert "\n" not in message
 
 

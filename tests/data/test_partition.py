@@ -7,7 +7,10 @@ import torch
 from omegaconf import OmegaConf
 
 from mglightning.data.partition import (
+    NODES_FROM_DATA,
+    PARTITIONER_KEYS,
     DirichletPartitioner,
+    NaturalPartitioner,
     PartitionError,
     PathologicalPartitioner,
     build_partitioner,
@@ -137,6 +140,45 @@ def test_dirichlet_that_cannot_fill_every_node_names_alpha(labels):
         DirichletPartitioner(num_nodes=200, alpha=0.001, seed=0).partition(labels, NUM_CLASSES)
 
 
+def test_dirichlet_min_size_redraws_small_nodes_and_one_is_the_default(labels):
+    """min_size=1 is the old rule (no empty node), draw for draw; a larger one redraws until
+    every node has that many."""
+    default = DirichletPartitioner(num_nodes=40, alpha=0.2, seed=0).partition(labels, NUM_CLASSES)
+    explicit = DirichletPartitioner(num_nodes=40, alpha=0.2, seed=0, min_size=1).partition(
+        labels, NUM_CLASSES)
+    assert all(torch.equal(a, b) for a, b in zip(default, explicit, strict=True))
+    floor = min(len(node) for node in default) + 1  # a floor the first draw misses
+    bigger = DirichletPartitioner(num_nodes=40, alpha=0.2, seed=0, min_size=floor).partition(
+        labels, NUM_CLASSES)
+    assert min(len(node) for node in bigger) >= floor
+    assert_disjoint(bigger)
+
+
+def test_dirichlet_min_size_beyond_the_data_names_it(labels):
+    with pytest.raises(PartitionError, match="dataset.partition.min_size=200"):
+        DirichletPartitioner(num_nodes=30, alpha=1.0, seed=0, min_size=200).partition(
+            labels, NUM_CLASSES)
+
+
+def test_natural_partition_keeps_each_samples_node():
+    node_ids = torch.tensor([2, 0, 1, 0, 2, 2, 1])
+    nodes = NaturalPartitioner(seed=0).partition(torch.zeros(7, dtype=torch.int64), 1, node_ids)
+    assert [node.tolist() for node in nodes] == [[1, 3], [2, 6], [0, 4, 5]]
+    with pytest.raises(PartitionError, match="name=natural needs data that say"):
+        NaturalPartitioner(seed=0).partition(torch.zeros(7, dtype=torch.int64), 1)
+
+
+def test_partitioner_keys_are_the_dataclass_fields():
+    assert PARTITIONER_KEYS == {
+        "pathological": {"num_nodes", "classes_per_node", "size_range", "size_distribution"},
+        "dirichlet": {"num_nodes", "alpha", "size_range", "min_size"},
+        "natural": set(),
+    }
+    assert NODES_FROM_DATA == ("natural",)
+    natural = build_partitioner({"name": "natural", "num_target_nodes": 2, "num_nodes": 9}, 5)
+    assert natural == NaturalPartitioner(seed=5)
+
+
 @pytest.mark.parametrize("num_nodes, num_target_nodes", [(10, 3), (5, 0), (7, 6)])
 def test_train_and_target_nodes_split_all_nodes(num_nodes, num_target_nodes):
     train_nodes, target_nodes = split_train_target(num_nodes, num_target_nodes, seed=0)
@@ -182,6 +224,9 @@ def test_build_partitioner_from_config_groups():
     assert log_uniform.size_distribution == "log_uniform"
     dirichlet = build_partitioner({"name": "dirichlet", "num_nodes": 100, "alpha": 0.5}, seed=4)
     assert dirichlet == DirichletPartitioner(num_nodes=100, alpha=0.5, seed=4)
+    with_floor = build_partitioner({"name": "dirichlet", "num_nodes": 9, "alpha": 0.5,
+                                    "min_size": 10, "size_range": None}, seed=4)
+    assert with_floor == DirichletPartitioner(num_nodes=9, alpha=0.5, seed=4, min_size=10)
 
 
 @pytest.mark.parametrize("config, key", [

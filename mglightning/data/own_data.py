@@ -1,0 +1,224 @@
+"""Your own data by config alone (issue 23): an image tree or a ``.npz`` of arrays, pooled.
+
+``dataset=folder dataset.path=DIR``: PNG/JPEG files in ``DIR/<class>/<image>``, or in
+``DIR/<node>/<class>/<image>`` when the data say which node each image belongs to (what
+``dataset.partition.name=natural`` keeps, as FEMNIST's writers). ``dataset=arrays
+dataset.path=FILE.npz``: ``images`` (uint8, N×H×W or N×H×W×C), ``labels`` (integers) and,
+optionally, ``node_ids`` (integers), read with ``allow_pickle=False`` so a file never runs code.
+Either way the result is pooled like the built-in sets (SPEC §2) and partitioned by the same
+partitioners. Labels become 0..K-1 in sorted order of the class names (folders) or values
+(arrays); nodes likewise. Bad input ends in one :class:`DataError` line naming the file or key
+and what to change.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from mglightning.data.errors import DataError, one_line
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+GRAYSCALE_MODES = ("1", "L", "LA")  # read as one channel; every other mode as RGB
+PATH_KEY = "dataset.path"
+IMAGE_SIZE_KEY = "dataset.image_size"
+FOLDER_LAYOUT = "DIR/<class>/<image> (or DIR/<node>/<class>/<image> for a natural partition)"
+ARRAYS_LAYOUT = ("np.savez(FILE, images=uint8 (N, H, W) or (N, H, W, C), labels=ints (N,), "
+                 "optional node_ids=ints (N,))")
+
+
+@dataclass
+class PooledArrays:
+    """What a loader found: uint8 images (N, C, H, W), labels (N,) in 0..K-1 naming
+    ``class_names``, and where the data assign nodes, node ids (N,) in 0..M-1 naming
+    ``node_names`` (else None)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    node_ids: torch.Tensor | None
+    node_names: list[str] | None
+
+
+def load_image_folder(path: str | None = None,
+                      image_size: int | Sequence[int] | None = None) -> PooledArrays:
+    """An image tree, every image one size (its own, or ``image_size`` [H, W] after resizing)."""
+    root = _existing_path(path, directory=True)
+    size = _image_size(image_size)
+    top_folders = _subfolders(root)  # classes, or nodes holding classes
+    if not top_folders:
+        raise DataError(f"{PATH_KEY}={root} holds no folders: lay images out as {FOLDER_LAYOUT}, "
+                        "PNG or JPEG")
+    has_nodes = [bool(_subfolders(folder)) for folder in top_folders]
+    if any(has_nodes) and not all(has_nodes):
+        flat = top_folders[has_nodes.index(False)]
+        nested = top_folders[has_nodes.index(True)]
+        raise DataError(f"{PATH_KEY}={root} mixes class folders ({flat.name}) and node folders "
+                        f"({nested.name}): use one layout, {FOLDER_LAYOUT}")
+    class_folders_by_node = ([_subfolders(node) for node in top_folders] if all(has_nodes)
+                             else [top_folders])
+    files, class_of_file, node_of_file = [], [], []
+    for node_index, class_folders in enumerate(class_folders_by_node):
+        for class_folder in class_folders:
+            images = _image_files(class_folder)
+            files += images
+            class_of_file += [class_folder.name] * len(images)
+            node_of_file += [node_index] * len(images)
+    class_names = _class_names(sorted(set(class_of_file)), root)
+    labels = torch.tensor([class_names.index(name) for name in class_of_file])
+    images = _stack(files, size)
+    if not all(has_nodes):
+        return PooledArrays(images, labels, class_names, None, None)
+    return PooledArrays(images, labels, class_names, torch.tensor(node_of_file),
+                        [node.name for node in top_folders])
+
+
+def load_arrays(path: str | None = None) -> PooledArrays:
+    """A ``.npz`` of ``images``, ``labels`` and optionally ``node_ids``."""
+    file = _existing_path(path, directory=False)
+    arrays = _read_npz(file)
+    images = arrays["images"]
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) == 0:
+        raise DataError(f"{file}: images is {images.dtype} {images.shape}, expected uint8 pixels "
+                        f"0..255 of shape (N, H, W) or (N, H, W, C) with N >= 1: {ARRAYS_LAYOUT}")
+    if images.ndim == 4 and images.shape[3] > 4:
+        raise DataError(f"{file}: images has shape {images.shape}, whose last axis is not a "
+                        "channel axis (1, 3 or 4): store (N, H, W, C), e.g. "
+                        "np.moveaxis(images, 1, -1) for (N, C, H, W)")
+    labels, class_values = _dense_ids(arrays, "labels", file, len(images))
+    class_names = _class_names([str(value) for value in class_values], file)
+    images_nchw = torch.from_numpy(images.reshape(*images.shape[:3], -1)).permute(0, 3, 1, 2)
+    if "node_ids" not in arrays:
+        return PooledArrays(images_nchw.contiguous(), labels, class_names, None, None)
+    node_ids, node_values = _dense_ids(arrays, "node_ids", file, len(images))
+    return PooledArrays(images_nchw.contiguous(), labels, class_names, node_ids,
+                        [str(value) for value in node_values])
+
+
+OWN_DATA_LOADERS = {"folder": load_image_folder, "arrays": load_arrays}
+
+
+def _existing_path(path: str | None, directory: bool) -> Path:
+    kind = "a folder of class folders" if directory else "an .npz file"
+    if not path:
+        raise DataError(f"{PATH_KEY} is not set: give {kind}, e.g. {PATH_KEY}=my_data"
+                        f"{'' if directory else '.npz'}")
+    resolved = Path(path).expanduser()
+    if not (resolved.is_dir() if directory else resolved.is_file()):
+        raise DataError(f"{PATH_KEY}={path}: no such {'folder' if directory else 'file'} "
+                        f"(relative paths start at the working directory); give {kind}")
+    return resolved
+
+
+def _image_size(image_size) -> tuple[int, int] | None:
+    """``image_size`` as (H, W): one number for a square, [H, W], or None (the files' size)."""
+    if image_size is None:
+        return None
+    sizes = [image_size] if isinstance(image_size, int) else list(image_size)
+    if len(sizes) == 1:
+        sizes *= 2
+    if len(sizes) != 2 or not all(isinstance(size, int) and size >= 1 for size in sizes):
+        raise DataError(f"{IMAGE_SIZE_KEY}={image_size}: use [height, width], one number for a "
+                        "square, or null for the files' own size")
+    return sizes[0], sizes[1]
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """Sorted visible subfolders (hidden ones, like .ipynb_checkpoints, are not classes)."""
+    return sorted(entry for entry in folder.iterdir()
+                  if entry.is_dir() and not entry.name.startswith("."))
+
+
+def _image_files(class_folder: Path) -> list[Path]:
+    files = sorted(entry for entry in class_folder.iterdir() if entry.is_file()
+                   and entry.suffix.lower() in IMAGE_SUFFIXES and not entry.name.startswith("."))
+    if not files:
+        raise DataError(f"{class_folder} holds no PNG or JPEG image: add images or remove the "
+                        "folder")
+    return files
+
+
+def _class_names(names: list[str], source: Path) -> list[str]:
+    if len(names) < 2:
+        raise DataError(f"{source} holds one class only ({', '.join(names)}): classification "
+                        "needs at least 2; add a class")
+    return names
+
+
+def _stack(files: list[Path], size: tuple[int, int] | None) -> torch.Tensor:
+    """uint8 (N, C, H, W): grayscale when every image is, else RGB (gray ones repeated)."""
+    pixels = [_read_image(file, size) for file in files]
+    shapes = {array.shape[:2] for array in pixels}
+    if len(shapes) > 1:
+        first = files[0]
+        other = next(file for file, array in zip(files, pixels, strict=True)
+                     if array.shape[:2] != pixels[0].shape[:2])
+        raise DataError(f"{other} is {_size_text(pixels[files.index(other)])} but {first} is "
+                        f"{_size_text(pixels[0])}: set {IMAGE_SIZE_KEY}=[H,W] to resize every "
+                        "image to one size")
+    channels = max(array.shape[2] for array in pixels)
+    stacked = np.stack([np.repeat(array, channels // array.shape[2], axis=2) for array in pixels])
+    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+
+
+def _size_text(array: np.ndarray) -> str:
+    return f"{array.shape[0]}x{array.shape[1]} (HxW)"
+
+
+def _read_image(file: Path, size: tuple[int, int] | None) -> np.ndarray:
+    """(H, W, 1) or (H, W, 3) uint8 pixels of one PNG/JPEG, resized (bilinear) to ``size``."""
+    try:
+        with Image.open(file) as image:
+            converted = image.convert("L" if image.mode in GRAYSCALE_MODES else "RGB")
+            if size is not None:
+                converted = converted.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            array = np.asarray(converted, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise DataError(f"{file} is not a readable PNG or JPEG image ({one_line(error)}): "
+                        "replace or delete it") from error
+    return array.reshape(*array.shape[:2], -1)
+
+
+def _read_npz(file: Path) -> dict[str, np.ndarray]:
+    """Every array of the file, never unpickling; ``images`` and ``labels`` present."""
+    try:
+        loaded = np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise DataError(f"{PATH_KEY}={file} is not a readable .npz ({one_line(error)}): save it "
+                        f"with {ARRAYS_LAYOUT}") from error
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DataError(f"{PATH_KEY}={file} holds one array, not named arrays: save it with "
+                        f"{ARRAYS_LAYOUT}")
+    with loaded:
+        missing = [key for key in ("images", "labels") if key not in loaded.files]
+        if missing:
+            raise DataError(f"{file} has no {' and no '.join(missing)} array (it has "
+                            f"{sorted(loaded.files)}): save it with {ARRAYS_LAYOUT}")
+        arrays = {}
+        for key in loaded.files:
+            try:
+                arrays[key] = loaded[key]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+                raise DataError(f"{file}: array {key} cannot be read ({one_line(error)}): save "
+                                f"plain numeric arrays with {ARRAYS_LAYOUT}") from error
+    return arrays
+
+
+def _dense_ids(arrays: dict[str, np.ndarray], key: str, file: Path,
+               length: int) -> tuple[torch.Tensor, np.ndarray]:
+    """``arrays[key]`` as int64 ids 0..M-1 (N,) and the M sorted distinct values they stand for."""
+    values = arrays[key]
+    if not np.issubdtype(values.dtype, np.integer) or values.ndim != 1:
+        raise DataError(f"{file}: {key} is {values.dtype} {values.shape}, expected integers of "
+                        f"shape (N,): {ARRAYS_LAYOUT}")
+    if len(values) != length:
+        raise DataError(f"{file}: images has {length} rows but {key} has {len(values)}: arrays "
+                        "of one data set must have one entry per image")
+    distinct, ids = np.unique(values, return_inverse=True)
+    return torch.from_numpy(ids.astype(np.int64)), distinct
