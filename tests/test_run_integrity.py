@@ -117,14 +117,21 @@ def test_trainer_settings_this_machine_cannot_run_end_in_one_line(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_wandb_run_id_follows_the_run_folder(tiny_config, monkeypatch):
+def test_wandb_run_id_follows_the_run_folder_one_run_an_attempt(tiny_config, tmp_path,
+                                                                 monkeypatch):
     monkeypatch.delenv("WANDB_RUN_ID", raising=False)
     cfg = tiny_config()
-    assert wandb_run_identity(cfg) == wandb_run_identity(tiny_config("progress_bar=true"))
-    assert wandb_run_identity(cfg)["resume"] == "allow"
-    assert wandb_run_identity(cfg) != wandb_run_identity(tiny_config("seed=1"))
+    wandb_dir = tmp_path / "wandb"
+    first = wandb_run_identity(cfg, wandb_dir)
+    assert first == wandb_run_identity(tiny_config("progress_bar=true"), wandb_dir)
+    assert first != wandb_run_identity(tiny_config("seed=1"), wandb_dir)
+    assert first["id"].endswith("-1") and first["name"] == cfg.run_name
+    (wandb_dir / f"offline-run-20260101_000000-{first['id']}").mkdir(parents=True)
+    second = wandb_run_identity(cfg, wandb_dir)
+    assert second["id"] == first["id"][:-1] + "2" and second["config"] == {"wandb_attempt": 2}
+    assert second["name"] == f"{cfg.run_name}-attempt2"
     monkeypatch.setenv("WANDB_RUN_ID", "from-agent")  # a sweep agent's id is W&B's to use
-    assert wandb_run_identity(cfg) == {}
+    assert wandb_run_identity(cfg, wandb_dir) == {}
 
 
 # --- signals --------------------------------------------------------------------------------
