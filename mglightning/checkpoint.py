@@ -41,7 +41,7 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        found = re.search(r"WeightsUnpickler error: ([^.]*)", str(error))  # torch's own reason
+        found = re.search(r"WeightsUnpickler error: (.+?)(?:\. Please|\n|$)", str(error))
         reason = found.group(1) if found else " ".join(str(error).split())
         raise UnsafeCheckpointError(
             f"{path} is refused: it holds more than tensors and plain values ({reason}); "

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from mglightning.config import RUN_CONFIG
 from mglightning.data.datasets import DataError
@@ -65,10 +65,9 @@ def run_configs(root: Path) -> list[Path]:
                   if not NOT_RUN_FOLDERS & set(path.relative_to(root).parts[:-1]))
 
 
-def plan(config_path: Path) -> Migration:
-    """What the folder of ``config_path`` needs (raises DataError when its data is missing)."""
-    folder = config_path.parent
-    stored = OmegaConf.load(config_path)
+def plan(folder: Path, stored: DictConfig) -> Migration:
+    """What ``folder``, holding the run config ``stored``, needs (raises DataError when the
+    run's data cannot be loaded)."""
     config = OmegaConf.to_container(stored)
     run_name = str(config["run_name"])
     if FINGERPRINT_SUFFIX.search(run_name):
@@ -92,7 +91,7 @@ def migrate(root: Path, apply: bool) -> list[str]:
         if not {"run_name", "dataset", "method"} <= set(stored):
             continue
         try:
-            migration = plan(config_path)
+            migration = plan(config_path.parent, stored)
         except (DataError, PartitionError) as error:
             lines.append(f"skip {config_path.parent}: its data cannot be loaded ({error})")
             continue
