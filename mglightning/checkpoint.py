@@ -1,10 +1,13 @@
 """Checkpoints written whole or not at all, and never over a good one with a broken state;
-a run asked to stop (SIGTERM, SIGINT) checkpoints its last whole round and ends non-zero."""
+read back as data only; a run asked to stop (SIGTERM, SIGINT) checkpoints its last whole round
+and ends non-zero."""
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 import signal
 import threading
 from pathlib import Path
@@ -12,6 +15,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from mglightning.config import ConfigError
 
 LAST_NAME = "last.ckpt"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -21,6 +26,27 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     """A checkpoint that must not be written: its state holds NaN or infinite values."""
+
+
+class UnsafeCheckpointError(ConfigError):
+    """A checkpoint that is not data alone: unpickling it could run code, so it is not read
+    (bad input: the entry points end with exit 2)."""
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint someone may have handed over (``method.meta_checkpoint=``, ``make deploy
+    RUN=``), read with ``weights_only=True``: tensors and plain containers only, as this
+    package's checkpoints hold (Lightning's, with the callbacks' state, included). A file
+    carrying any other pickled object is refused in one line, before anything of it runs."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"WeightsUnpickler error: (.+?)(?:\. Please|\n|$)", str(error))
+        reason = found.group(1) if found else " ".join(str(error).split())
+        raise UnsafeCheckpointError(
+            f"{path} is refused: it holds more than tensors and plain values ({reason}); "
+            "a checkpoint made by mglightning never does, so ask for one made by it"
+        ) from error
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

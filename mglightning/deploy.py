@@ -24,6 +24,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from mglightning.adaptation.module import FastAdaptation
+from mglightning.checkpoint import UnsafeCheckpointError, read_checkpoint
 from mglightning.config import CONF_DIR, RUN_CONFIG
 from mglightning.data.datamodule import ClientDataModule
 from mglightning.data.datasets import DataError
@@ -70,7 +71,7 @@ def deploy(run_dir: Path, target: int) -> Deployment:
     if not 0 <= target < len(clients):
         raise DeployError(f"--target {target}: the run has target nodes 0..{len(clients) - 1}")
     learner = build_learner(cfg, build_network(cfg, datamodule))
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = read_checkpoint(checkpoint)
     learner.load_state_dict(state["state_dict"])
     adapter = FastAdaptation(**cfg.method.adaptation)
     adapter.set_meta_network(learner.meta_network())
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     args.run_dir = args.run_dir or default_run_dir()
     try:
         deployment = deploy(args.run_dir, args.target)
-    except (DeployError, DataError) as error:
+    except (DeployError, DataError, UnsafeCheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     output = args.output or args.run_dir / "deployed" / f"target{args.target}.pt"

@@ -6,9 +6,10 @@ beside it), at any depth under the root: ``outputs/<experiment>/<run_name>/`` of
 point and ``results/<runs_group>/runs/...`` of the reproduce command both work.
 
 A group is a run's identity without the seed (:mod:`mglightning.identity`): data set, model,
-method and every hyperparameter. Its label names the method and the keys whose values differ
-among the selected runs of that data set, model and method, e.g. ``metagater
-(method.server.beta=0.5)``; the data set and model go in front when the selection holds several.
+method, every hyperparameter the method reads, and the fingerprint of the data it loaded. Its
+label names the method and the keys whose values differ among the selected runs of that data
+set, model and method, e.g. ``metagater (method.server.beta=0.5)``; the data set and model go
+in front when the selection holds several.
 A run without a config file (made before run folders held one) is grouped by its folder name
 without the seed, and never with a run that has one.
 """
@@ -26,7 +27,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from mglightning.config import CONF_DIR, RUN_CONFIG
-from mglightning.identity import flatten, identity
+from mglightning.identity import DATA_KEY, flatten, identity
 
 RUNS_DIR_VARIABLE = "MG_RUNS_DIR"
 DEFAULT_RUNS_DIR = "outputs"
@@ -113,6 +114,8 @@ def read_run(run_dir: Path, root: Path) -> Run:
         return Run(run_dir, labels, None)
     cfg = OmegaConf.load(config_path)
     config = flatten(identity(cfg))
+    if DATA_KEY in cfg:  # runs of one config on other data are not seeds of one group
+        config[DATA_KEY] = cfg[DATA_KEY]
     for key in seed_derived_keys(cfg):
         config.pop(key, None)
     experiment = OmegaConf.select(cfg, "experiment")

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import netrc
 import os
+import re
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,6 +24,9 @@ LIGHTNING_INFO = logging.getLogger("lightning.pytorch.utilities.rank_zero")
 
 WANDB_DEFAULT_HOST = "https://api.wandb.ai"
 WANDB_ID_LENGTH = 16
+# A W&B run's folder: (offline-)run-<date>_<time>-<id>, the id <folder id>[-<attempt>].
+WANDB_RUN_FOLDER = re.compile(
+    rf"^(offline-)?run-\d{{8}}_\d{{6}}-(?P<id>[0-9a-f]{{{WANDB_ID_LENGTH}}})(-(?P<attempt>\d+))?$")
 
 
 def drop_advertisements(record: logging.LogRecord) -> bool:
@@ -103,14 +107,25 @@ def finish_wandb_run(logger: Logger | None, summary: dict) -> None:
         logger.experiment.finish()
 
 
-def wandb_run_identity(cfg: DictConfig) -> dict:
-    """The W&B run id of this run folder, resumed rather than duplicated: a run resumed or
-    re-evaluated logs into the run it started, not a second run of the same name. An id that
-    W&B was given already (``WANDB_RUN_ID``, as a sweep agent sets it) is left to W&B."""
+def wandb_run_identity(cfg: DictConfig, wandb_dir: Path) -> dict:
+    """One W&B run per attempt at a run folder: id ``<folder id>-<attempt>``, named after the
+    run (``<run_name>-attempt<n>`` from the second attempt on) and holding ``wandb_attempt``
+    in its config. A resumed or re-evaluated run thus never writes a second ``offline-run-*``
+    folder under an id another already holds: syncing them (``wandb sync``) adds each attempt
+    as a run of its own, none replacing another, and their curves line up on the round
+    (``trainer/global_step``). The attempt is the next after those ``wandb_dir`` holds. An id
+    that W&B was given already (``WANDB_RUN_ID``, as a sweep agent sets it) is left to W&B."""
     if os.environ.get("WANDB_RUN_ID"):
         return {}
-    run_id = hashlib.sha256(f"{cfg.experiment}/{cfg.run_name}".encode()).hexdigest()
-    return {"id": run_id[:WANDB_ID_LENGTH], "resume": "allow"}
+    folder_id = hashlib.sha256(f"{cfg.experiment}/{cfg.run_name}".encode()).hexdigest()
+    folder_id = folder_id[:WANDB_ID_LENGTH]
+    attempts = [int(found["attempt"] or 1)
+                for path in (wandb_dir.iterdir() if wandb_dir.is_dir() else ())
+                if (found := WANDB_RUN_FOLDER.match(path.name)) and found["id"] == folder_id]
+    attempt = max(attempts, default=0) + 1
+    name = cfg.run_name if attempt == 1 else f"{cfg.run_name}-attempt{attempt}"
+    return {"id": f"{folder_id}-{attempt}", "name": name, "resume": "allow",
+            "config": {"wandb_attempt": attempt}}
 
 
 def build_logger(cfg: DictConfig) -> Logger | None:
@@ -148,14 +163,13 @@ def wandb_or_csv_logger(cfg: DictConfig, output_dir: Path) -> Logger:
         logger = WandbLogger(
             project=cfg.logger.project,
             entity=cfg.logger.entity,
-            name=cfg.run_name,
             group=cfg.experiment,
             job_type=cfg.method.name,
             tags=[cfg.dataset.name, f"seed{cfg.seed}"],
             save_dir=str(output_dir),
             mode=mode,
             settings=wandb.Settings(init_timeout=cfg.logger.init_timeout),
-            **wandb_run_identity(cfg),
+            **{"name": cfg.run_name, **wandb_run_identity(cfg, output_dir / "wandb")},
         )
         # Lightning always passes anonymous=None, which W&B >= 0.23 warns about on every run
         # (its setting is gone: wandb/wandb#10909); unset, W&B says nothing.

@@ -1,9 +1,15 @@
 """A run folder: what it holds, whether a config may use it, and its files written once.
 
-A folder belongs to the config it was made with (``config.yaml``, resolved, written once and
-never rewritten): a config of another identity is refused before anything is written, a
-finished run (``summary.json``) is left alone unless re-evaluation is asked for, and an
-unfinished one resumes from ``checkpoints/last.ckpt``.
+A folder belongs to the config it was made with and to the data it loaded (``config.yaml``,
+resolved, with the pooled data's fingerprint under ``data_fingerprint``; written once and
+never rewritten, except by ``python -m mglightning.migrate``): a config of another identity,
+or the same config on other data, is refused before anything is written, a finished run
+(``summary.json``) is left alone unless re-evaluation is asked for, and an unfinished one
+resumes from ``checkpoints/last.ckpt``.
+
+The data's fingerprint cannot be in the run name, which is composed before any data loads; so
+the folder is found by the config's fingerprint and checked against the data here, where
+loading the data costs once per process (real data sets are cached, the hash too).
 """
 
 from __future__ import annotations
@@ -18,10 +24,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from mglightning.checkpoint import LAST_NAME
 from mglightning.config import RUN_CONFIG, ConfigError
-from mglightning.identity import differing_keys
+from mglightning.data.datamodule import FederatedDataModule
+from mglightning.identity import DATA_KEY, data_fingerprint, differing_keys
 from mglightning.io import atomic_write_text, write_csv, write_json
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as Hydra's console
+NOT_RECORDED = "<not recorded>"  # a folder made before run folders recorded their data
+
+
+def pooled_data_fingerprint(cfg: DictConfig) -> str:
+    """The :func:`~mglightning.identity.data_fingerprint` of the pooled data set ``cfg``
+    loads, as the run loads it (SPEC §2)."""
+    datamodule = FederatedDataModule(OmegaConf.to_container(cfg.dataset, resolve=True),
+                                     seed=cfg.seed, data_root=cfg.data_root)
+    datamodule.setup()
+    return data_fingerprint(datamodule.data.images, datamodule.data.labels)
 
 
 class RunFolder:
@@ -41,17 +58,32 @@ class RunFolder:
         return self.summary_path.exists()
 
     def differences(self, cfg: DictConfig) -> list[str]:
-        """The identity keys in which ``cfg`` differs from the folder's config (none when the
-        folder has no config yet)."""
+        """The identity keys in which ``cfg`` differs from the folder's config, the data's
+        fingerprint last (none when the folder has no config yet)."""
         if not self.config_path.exists():
             return []
-        return differing_keys(OmegaConf.load(self.config_path), cfg)
+        stored = OmegaConf.load(self.config_path)
+        found = differing_keys(stored, cfg)
+        recorded, current = stored.get(DATA_KEY), pooled_data_fingerprint(cfg)
+        if recorded != current:
+            found.append(f"{DATA_KEY}: {recorded or NOT_RECORDED} -> {current}")
+        return found
 
     def check_config(self, cfg: DictConfig) -> None:
-        """Refuse a folder made with another config (ConfigError naming the differing keys),
-        or holding results but no config to tell whose they are."""
+        """Refuse a folder made with another config or on other data (ConfigError naming the
+        differing keys), or holding results but no config to tell whose they are."""
         if self.config_path.exists():
             differences = self.differences(cfg)
+            if differences and differences[0].startswith(f"{DATA_KEY}: {NOT_RECORDED}"):
+                raise ConfigError(
+                    f"{self.path} holds a run made before run folders recorded their data: "
+                    f"`python -m mglightning.migrate {self.path} --apply` records it (run it "
+                    "with the data the run was made with)")
+            if differences and differences[0].startswith(f"{DATA_KEY}: "):
+                raise ConfigError(
+                    f"{self.path} holds this config's run on other data ({differences[0]}): "
+                    "delete that folder to redo it on this data, or choose another "
+                    "output_root to keep both")
             if differences:
                 raise ConfigError(
                     f"{self.path} holds a run of another config ({'; '.join(differences)}); "
@@ -63,9 +95,16 @@ class RunFolder:
                               "apart from another config's; choose another output_dir")
 
     def write_config(self, cfg: DictConfig) -> None:
-        """Record the config the folder is made with; never rewritten afterwards."""
+        """Record the config the folder is made with and its data's fingerprint; never
+        rewritten afterwards."""
         if not self.config_path.exists():
-            atomic_write_text(self.config_path, OmegaConf.to_yaml(cfg, resolve=True))
+            self.record_config(OmegaConf.to_container(cfg, resolve=True),
+                               pooled_data_fingerprint(cfg))
+
+    def record_config(self, config: dict, data: str) -> None:
+        """Write ``config.yaml``: a resolved config and the fingerprint of its data."""
+        recorded = {key: value for key, value in config.items() if key != DATA_KEY}
+        atomic_write_text(self.config_path, OmegaConf.to_yaml({**recorded, DATA_KEY: data}))
 
     def read_summary(self) -> dict:
         return json.loads(self.summary_path.read_text())

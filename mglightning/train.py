@@ -31,6 +31,7 @@ from mglightning.checkpoint import (
     RoundCheckpoint,
     RunInterrupted,
     StopRequest,
+    read_checkpoint,
 )
 from mglightning.config import CONF_DIR, ConfigError, validate
 from mglightning.data.datamodule import FederatedDataModule
@@ -187,8 +188,7 @@ def train_and_adapt(cfg: DictConfig, folder: RunFolder, trainer: L.Trainer,
     trainer.loggers = [logger] if logger is not None else []
     meta_checkpoint = cfg.method.get("meta_checkpoint")
     if meta_checkpoint:  # MetaSNIP: adapt another run's meta-model, train nothing (SPEC §5)
-        learner.load_state_dict(torch.load(meta_checkpoint, map_location="cpu",
-                                           weights_only=False)["state_dict"])
+        learner.load_state_dict(read_checkpoint(meta_checkpoint)["state_dict"])
     else:
         resume = cfg.resume and folder.checkpoint_path.exists()
         trainer.fit(learner, datamodule=datamodule,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +17,8 @@ import wandb
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
+from mglightning.checkpoint import RunInterrupted
+from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.loggers import (
     LIGHTNING_INFO,
     build_logger,
@@ -195,3 +199,37 @@ def test_a_quiet_run_drops_lightning_advertisements_but_not_its_news(caplog):
     assert [record.getMessage() for record in caplog.records] == [
         "`Trainer.fit` stopped: `max_epochs=2` reached."]
     assert LIGHTNING_INFO.filters == [drop_advertisements]
+
+
+def test_a_resumed_offline_run_is_one_wandb_run_an_attempt_that_sync_cannot_lose(
+    isolated_wandb, tiny_config
+):
+    """Stopped in round 2 and resumed: two offline runs with ids of their own, the second
+    named as an attempt of the first, together logging every round once or more, each round
+    at its step (``trainer/global_step``), so that syncing both replaces nothing."""
+    cfg = tiny_config("logger=wandb", "logger.mode=offline", "rounds=3", "eval_every=0")
+    run_round = FederatedMetaLearner.run_round
+
+    def stopped_in_round_2(self, clients):
+        if self.current_round() == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return run_round(self, clients)
+
+    with isolated_wandb.context() as patch:
+        patch.setattr(FederatedMetaLearner, "run_round", stopped_in_round_2)
+        with pytest.raises(RunInterrupted):
+            run(cfg)
+    wandb.finish()  # as the stopped process's end would
+    run(cfg)
+    runs = {}
+    for run_dir in sorted((Path(cfg.output_dir) / "wandb").glob("offline-run-*")):
+        records = [json.loads(line) for line in leet_inspect(run_dir, "--json").splitlines()]
+        (run_record,) = [record["run"] for record in records if record["type"] == "run"]
+        rounds = [record["history"]["item"]["trainer/global_step"] for record in records
+                  if "train/round_seconds" in record.get("history", {}).get("item", {})]
+        runs[run_record["run_id"]] = (run_record["display_name"], rounds)
+    first_id, second_id = sorted(runs)
+    assert second_id == first_id[:-1] + "2"
+    assert runs[first_id][0] == cfg.run_name
+    assert runs[second_id][0] == f"{cfg.run_name}-attempt2"
+    assert runs[first_id][1] == [1, 2] and runs[second_id][1] == [3]  # resumed after round 2

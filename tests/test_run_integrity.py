@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from mglightning.adaptation.module import FastAdaptation
 from mglightning.checkpoint import RunInterrupted
@@ -116,14 +117,21 @@ def test_trainer_settings_this_machine_cannot_run_end_in_one_line(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_wandb_run_id_follows_the_run_folder(tiny_config, monkeypatch):
+def test_wandb_run_id_follows_the_run_folder_one_run_an_attempt(tiny_config, tmp_path,
+                                                                 monkeypatch):
     monkeypatch.delenv("WANDB_RUN_ID", raising=False)
     cfg = tiny_config()
-    assert wandb_run_identity(cfg) == wandb_run_identity(tiny_config("progress_bar=true"))
-    assert wandb_run_identity(cfg)["resume"] == "allow"
-    assert wandb_run_identity(cfg) != wandb_run_identity(tiny_config("seed=1"))
+    wandb_dir = tmp_path / "wandb"
+    first = wandb_run_identity(cfg, wandb_dir)
+    assert first == wandb_run_identity(tiny_config("progress_bar=true"), wandb_dir)
+    assert first != wandb_run_identity(tiny_config("seed=1"), wandb_dir)
+    assert first["id"].endswith("-1") and first["name"] == cfg.run_name
+    (wandb_dir / f"offline-run-20260101_000000-{first['id']}").mkdir(parents=True)
+    second = wandb_run_identity(cfg, wandb_dir)
+    assert second["id"] == first["id"][:-1] + "2" and second["config"] == {"wandb_attempt": 2}
+    assert second["name"] == f"{cfg.run_name}-attempt2"
     monkeypatch.setenv("WANDB_RUN_ID", "from-agent")  # a sweep agent's id is W&B's to use
-    assert wandb_run_identity(cfg) == {}
+    assert wandb_run_identity(cfg, wandb_dir) == {}
 
 
 # --- signals --------------------------------------------------------------------------------
@@ -229,3 +237,71 @@ def test_evaluations_are_shown_and_the_last_round_is_not_adapted_twice(
         curve_rows = list(csv.DictReader(handle))
     assert not curve_rows[0]["task_jaccard_layer3"] and curve_rows[1]["task_jaccard_layer3"]
     assert "task_jaccard_layer3" in summary
+
+
+# --- shared checkpoints ---------------------------------------------------------------------
+
+
+class RunsCodeWhenUnpickled:
+    """What a crafted checkpoint carries: unpickling it creates the file ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def crafted_checkpoint(path: Path, marker: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "payload": RunsCodeWhenUnpickled(marker)}, path)
+    return path
+
+
+def test_a_meta_checkpoint_carrying_a_pickled_object_is_refused_in_one_line(tmp_path):
+    marker = tmp_path / "code-ran"
+    checkpoint = crafted_checkpoint(tmp_path / "shared" / "last.ckpt", marker)
+    result = cli("method=metasnip", f"method.meta_checkpoint={checkpoint}", "rounds=2",
+                 f"output_root={tmp_path / 'runs'}")
+    last_line = result.stderr.splitlines()[-1]  # after Lightning's device lines
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert last_line.startswith(f"error: {checkpoint} is refused: ")
+    assert "GLOBAL io.open" in last_line and not marker.exists()
+
+
+def test_deploy_refuses_a_run_whose_checkpoint_carries_a_pickled_object(tiny_config, tmp_path,
+                                                                        capsys):
+    from mglightning.deploy import main as deploy_main
+
+    marker = tmp_path / "code-ran"
+    run_dir = tmp_path / "handed-over"
+    crafted_checkpoint(run_dir / "checkpoints" / "last.ckpt", marker)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(tiny_config(), resolve=True))
+    with pytest.raises(SystemExit) as exited:
+        deploy_main([str(run_dir)])
+    error = capsys.readouterr().err
+    assert exited.value.code == 2 and error.count("\n") == 1 and "is refused: " in error
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("rounds, curve_rounds", [(4, ["3", "4"]), (2, ["2"])])
+def test_the_curve_ends_at_the_last_round_at_no_extra_cost(tiny_config, tmp_path, monkeypatch,
+                                                           rounds, curve_rounds):
+    """eval_every=3: rounds 4 and 2 are not multiples, yet the curve ends with them; their
+    evaluation is the final adaptation's (no task adapted twice), so the results equal those
+    of a run without a curve."""
+    calls = []
+    adapt_and_evaluate = FastAdaptation.adapt_and_evaluate
+
+    def counted(self, client, task_index, measure_gating=True):
+        calls.append(task_index)
+        return adapt_and_evaluate(self, client, task_index, measure_gating)
+
+    monkeypatch.setattr(FastAdaptation, "adapt_and_evaluate", counted)
+    evaluated = tiny_config(f"rounds={rounds}", "eval_every=3", f"output_root={tmp_path / 'a'}")
+    run(evaluated)
+    assert [row[0] for row in curve(Path(evaluated.output_dir))] == curve_rounds
+    assert len(calls) == len(curve_rounds) * evaluated.dataset.partition.num_target_nodes
+    plain = tiny_config(f"rounds={rounds}", "eval_every=0", f"output_root={tmp_path / 'b'}")
+    run(plain)
+    assert task_values(Path(plain.output_dir)) == task_values(Path(evaluated.output_dir))

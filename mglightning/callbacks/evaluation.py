@@ -18,12 +18,13 @@ log = logging.getLogger(__name__)
 
 
 class TargetEvaluation(L.Callback):
-    """Adapts the current meta-model at every target node each ``every_n_rounds`` rounds,
-    logs the across-task summary (and one line on the console) and rewrites ``curve.csv`` in
-    the run folder. The last evaluation's per-task rows are kept (``rows_at``), so that a run
-    whose last round was just evaluated does not adapt its targets a second time; the gating
-    measures (two more forwards a task) are taken at that last round only, as the curve does
-    not need them."""
+    """Adapts the current meta-model at every target node each ``every_n_rounds`` rounds and
+    at the last round, logs the across-task summary (and one line on the console) and rewrites
+    ``curve.csv`` in the run folder: the curve ends where the run ends, whatever its number of
+    rounds (``every_n_rounds=0``: no curve). The last evaluation's per-task rows are kept
+    (``rows_at``), so that the final adaptation reuses the last round's rather than adapting
+    the targets a second time; the gating measures (two more forwards a task) are taken at
+    that last round only, as the curve does not need them."""
 
     def __init__(self, adapter: FastAdaptation, every_n_rounds: int, output_dir: str | Path,
                  show_bar: bool = True) -> None:
@@ -36,7 +37,8 @@ class TargetEvaluation(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         round_index = int(pl_module.rounds_done)
-        if self.every_n_rounds <= 0 or round_index % self.every_n_rounds:
+        last_round = round_index == trainer.max_epochs
+        if self.every_n_rounds <= 0 or (round_index % self.every_n_rounds and not last_round):
             return
         self.adapter.set_meta_network(pl_module.meta_network())
         targets = trainer.datamodule.target_clients
@@ -46,7 +48,7 @@ class TargetEvaluation(L.Callback):
         with task_bar(len(tasks), f"round {round_index}: adapting targets", show) as bar:
             rows = self.adapter.evaluate_targets(
                 targets, tasks, on_task_done=lambda: bar.update(1),
-                measure_gating=round_index == trainer.max_epochs)  # final results reuse it
+                measure_gating=last_round)  # the final results reuse it
         rows = gather_rows(rows, key="task")
         summary = summarize_tasks(rows)
         if trainer.is_global_zero:

@@ -1,0 +1,195 @@
+"""A run's identity is what it reads and the data it loads (issues #22 step 6, #23 item 6);
+folders made before are found again by `python -m mglightning.migrate`."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from mglightning.data import datasets
+from mglightning.finished_runs import select_runs
+from mglightning.identity import DATA_KEY, GATE_KEYS, NON_IDENTITY_KEYS, fingerprint
+from mglightning.migrate import main as migrate_main
+from mglightning.migrate import migrate
+from mglightning.run_folder import RunFolder
+from mglightning.train import CONF_DIR, run
+
+UNGATED = ("fedavg", "perfedavg_fo", "perfedavg_hf", "metagater_nogate", "metasnip",
+           "metasnip_structured")
+GATE_OVERRIDES = ("model.temperature=0.5", "model.gate_hidden=8", "model.gate_bias_init=1.0",
+                  "++method.gate_noise=logistic", "++method.temperature_end=0.5",
+                  "++method.regularizer.gamma=0.5", "++method.local.gate_lr=0.05")
+
+
+def test_gate_keys_are_keys_of_a_gated_config(tiny_config):
+    """A renamed gate key would silently stay in ungated runs' identity: each must exist."""
+    cfg = tiny_config("method=metagater")
+    for key in GATE_KEYS:
+        assert OmegaConf.select(cfg, key, default="missing") != "missing", key
+
+
+@pytest.mark.parametrize("method", UNGATED)
+def test_an_ungated_fingerprint_ignores_the_gates_keys(tiny_config, method):
+    base = fingerprint(tiny_config(f"method={method}"))
+    for override in GATE_OVERRIDES:
+        assert fingerprint(tiny_config(f"method={method}", override)) == base, override
+    changed = fingerprint(tiny_config(f"method={method}", "dataset.batch_size=8"))
+    assert changed != base  # what it reads still counts
+
+
+def test_a_gated_fingerprint_holds_every_gate_key(tiny_config):
+    base = fingerprint(tiny_config())
+    for override in GATE_OVERRIDES:
+        assert fingerprint(tiny_config(override)) != base, override
+    assert fingerprint(tiny_config("method.gating=false")) != base
+    no_regularizer = fingerprint(tiny_config("method.regularizer.name=none"))
+    assert no_regularizer != base
+    assert fingerprint(tiny_config("method.regularizer.name=none",
+                                   "method.regularizer.gamma=0.5")) == no_regularizer
+
+
+def task_rows(folder: Path) -> list[dict]:
+    with open(folder / "tasks.csv") as handle:
+        return [{key: value for key, value in row.items() if key != "learning_seconds"}
+                for row in csv.DictReader(handle)]
+
+
+def test_what_an_ungated_run_leaves_out_cannot_change_its_results(tiny_config, tmp_path):
+    """MetaGater built without gates, trained and adapted with every gate key changed (its
+    regularizer, noise, τ, Stage I included): the same results, bit for bit."""
+    settings = ["method.gating=false", "rounds=2", "eval_every=0"]
+    plain = tiny_config(*settings, f"output_root={tmp_path / 'plain'}")
+    changed = tiny_config(*settings, *GATE_OVERRIDES, "method.adaptation.gate_lr=0.3",
+                          "method.adaptation.stage1_steps=2", "model.gated_layers=[2]",
+                          f"output_root={tmp_path / 'changed'}")
+    assert plain.run_name == changed.run_name
+    run(plain)
+    run(changed)
+    assert task_rows(Path(plain.output_dir)) == task_rows(Path(changed.output_dir))
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def write_fake_fmnist(folder: Path, seed: int) -> None:
+    """Fashion-MNIST's four idx files, 300 random 28×28 images a class."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", 2400), ("t10k", 600)):
+        arrays = {"images": (datasets.IDX_IMAGES_MAGIC,
+                             rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)),
+                  "labels": (datasets.IDX_LABELS_MAGIC, np.arange(count, dtype=np.uint8) % 10)}
+        for kind, (magic, array) in arrays.items():
+            header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+            path = folder / f"{split}-{kind}-idx{array.ndim}-ubyte.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with gzip.open(path, "wb") as handle:
+                handle.write(header + array.tobytes())
+
+
+def test_the_same_command_on_other_data_is_refused_not_reused(tmp_path):
+    """The newcomer's trap of issue #23: Fashion-MNIST's files swapped for other images, the
+    same command must not answer with the other data's finished run."""
+    for name, seed in (("first", 0), ("other", 1)):
+        write_fake_fmnist(tmp_path / name, seed)
+    command = [sys.executable, "-m", "mglightning.train", "dataset=fmnist", "logger=none",
+               "progress_bar=false", "rounds=1", "eval_every=0", "method.clients_per_round=4",
+               "dataset.partition.num_nodes=24", "dataset.partition.num_target_nodes=4",
+               "dataset.partition.size_range=[40,80]", f"data_root={tmp_path / 'root'}",
+               f"output_root={tmp_path / 'runs'}"]
+
+    def train(data: str) -> subprocess.CompletedProcess:
+        environment = {**os.environ, "OMP_NUM_THREADS": "1",
+                       datasets.DEBIAN_FMNIST_ENV: str(tmp_path / data)}
+        return subprocess.run(command, capture_output=True, text=True, cwd=CONF_DIR.parent,
+                              env=environment, timeout=300)
+
+    first = train("first")
+    assert first.returncode == 0, first.stderr
+    other = train("other")
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+    assert "on other data (data_fingerprint: " in other.stderr
+    again = train("first")
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
+
+
+# --- migration ------------------------------------------------------------------------------
+
+
+def old_fingerprint(config) -> str:
+    """The fingerprint before runs left out what they do not read (kept as a fixture)."""
+    container = OmegaConf.to_container(config, resolve=True)
+    kept = {key: value for key, value in container.items() if key not in NON_IDENTITY_KEYS}
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def make_old(cfg) -> Path:
+    """The finished run of ``cfg`` as the old code left it: its folder named by the old
+    fingerprint, its config.yaml without the data's fingerprint."""
+    folder = Path(cfg.output_dir)
+    old_name = cfg.run_name.rsplit("-", 1)[0] + f"-{old_fingerprint(cfg)}"
+    old_folder = folder.with_name(old_name)
+    if old_folder != folder:
+        folder.rename(old_folder)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config |= {"run_name": old_name, "output_dir": str(old_folder)}
+    (old_folder / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    return old_folder
+
+
+def test_migration_finds_old_runs_again_and_is_idempotent(tiny_config, tmp_path, capsys):
+    settings = ["rounds=2", "eval_every=0"]
+    nogate, gated = (tiny_config(*settings, f"method={method}")
+                     for method in ("metagater_nogate", "metagater"))
+    for cfg in (nogate, gated):
+        run(cfg)
+    old_nogate, old_gated = make_old(nogate), make_old(gated)
+    assert old_nogate.name != Path(nogate.output_dir).name  # the gate keys left its identity
+    assert old_gated.name == Path(gated.output_dir).name
+    with pytest.raises(Exception, match="mglightning.migrate"):  # unmigrated: refused, told how
+        RunFolder(old_gated).check_config(gated)
+    tasks = (old_nogate / "tasks.csv").read_bytes()
+
+    root = tmp_path  # tiny_config writes under tmp_path
+    planned = migrate(root, apply=False)
+    assert f"rename {old_nogate} -> {Path(nogate.output_dir).name}" in planned
+    assert sum(line.startswith(f"record {DATA_KEY}=") for line in planned) == 2
+    assert old_nogate.exists() and DATA_KEY not in OmegaConf.load(old_gated / "config.yaml")
+
+    migrate_main([str(root), "--apply"])
+    for cfg in (nogate, gated):
+        folder = RunFolder(cfg.output_dir)
+        assert folder.finished and folder.differences(cfg) == []
+        stored = OmegaConf.load(folder.config_path)
+        assert stored.run_name == cfg.run_name and stored.output_dir == cfg.output_dir
+    assert not old_nogate.exists()
+    assert (Path(nogate.output_dir) / "tasks.csv").read_bytes() == tasks
+    stamp = (Path(nogate.output_dir) / "tasks.csv").stat().st_mtime_ns
+    run(nogate)  # found: nothing to do
+    assert (Path(nogate.output_dir) / "tasks.csv").stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    migrate_main([str(root), "--apply"])
+    assert capsys.readouterr().out.startswith("nothing to do")
+    labels = [labels for _, labels in select_runs(root)]
+    assert sorted(label["method"] for label in labels) == ["metagater", "metagater_nogate"]
+
+
+def test_migration_skips_a_folder_whose_name_is_taken(tiny_config, tmp_path):
+    cfg = tiny_config("rounds=1", "eval_every=0", "method=fedavg")
+    run(cfg)
+    old = make_old(cfg)
+    shutil.copytree(old, cfg.output_dir)  # a run made since under the new name
+    assert f"skip {old}: {cfg.output_dir} exists already" in migrate(tmp_path, apply=True)
+    assert old.exists()
