@@ -16,10 +16,17 @@ import sys
 from pathlib import Path
 
 from mglightning.config import ConfigError
-from mglightning.flower.client_app import make_client_app
 from mglightning.flower.config import compose_config
-from mglightning.flower.server_app import ROUNDS_FILE, STATE_FILE, make_server_app
 from mglightning.train import build_datamodule
+
+try:
+    from mglightning.flower.client_app import make_client_app
+    from mglightning.flower.server_app import ROUNDS_FILE, STATE_FILE, make_server_app
+except ModuleNotFoundError as error:  # flwr is the optional `flower` extra (pyproject.toml)
+    if error.name != "flwr":
+        raise
+    print("error: Flower is not installed: pip install 'mglightning[flower]'", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def backend_config(num_cpus: int) -> dict:
