@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from mglightning.reproduce import compose_run, run_specs
 REPO_ROOT = SOURCE_CONF_DIR.parent
 setuptools = pytest.importorskip("setuptools", reason="building the wheel needs setuptools>=77")
 TWO_ROUNDS = [*TINY, "rounds=2", "eval_every=1"]
+SOURCE_FILES = ("pyproject.toml", "setup.py", "README.md", "mglightning", "conf")  # a build's input
 
 
 def run(command: list, cwd: Path) -> str:
@@ -36,8 +38,16 @@ def installed_python(tmp_path_factory) -> Path:
     """A venv's interpreter with the wheel installed and this interpreter's packages
     (torch, Lightning, Hydra, ...) on its path through a ``.pth`` file."""
     folder = tmp_path_factory.mktemp("install")
+    source = folder / "source"  # a copy: no build/ in the checkout, no stale files in the wheel
+    source.mkdir()
+    for name in SOURCE_FILES:
+        if (REPO_ROOT / name).is_dir():
+            shutil.copytree(REPO_ROOT / name, source / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO_ROOT / name, source / name)
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", folder / "dist", REPO_ROOT], cwd=folder)
+         "-w", folder / "dist", source], cwd=folder)
     run([sys.executable, "-m", "venv", "--without-pip", folder / "venv"], cwd=folder)
     python = folder / "venv" / "bin" / "python"
     venv_site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
@@ -49,6 +59,7 @@ def installed_python(tmp_path_factory) -> Path:
     return python
 
 
+@pytest.mark.slow  # ~25 s alone, over a minute on a busy machine
 def test_the_installed_wheel_trains_two_rounds_from_another_folder(installed_python, tmp_path):
     where = run([installed_python, "-c", "import mglightning.config as c; print(c.CONF_DIR)"],
                 cwd=tmp_path).strip()
@@ -60,6 +71,7 @@ def test_the_installed_wheel_trains_two_rounds_from_another_folder(installed_pyt
     assert json.loads(summary.read_text())["rounds"] == 2
 
 
+@pytest.mark.slow
 def test_the_installed_entry_points_find_their_configs(installed_python, tmp_path):
     sweeps = run([installed_python, "-c",
                   "from mglightning.sweep import SWEEP_DIR; print(*SWEEP_DIR.glob('*.yaml'))"],
