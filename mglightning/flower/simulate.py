@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mglightning.config import SOURCE_CONF_DIR, ConfigError
@@ -88,6 +90,27 @@ def stop(superlink: subprocess.Popen) -> None:
             superlink.wait()
 
 
+@contextmanager
+def simulation_superlink(home: Path, port: int, env: dict) -> Iterator[None]:
+    """A SuperLink in simulation mode on 127.0.0.1:``port``, its Flower home ``home`` naming
+    it as the default connection; stopped on exit."""
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+                                      f'[superlink.{CONNECTION}]\n'
+                                      f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    log_path = home / "superlink.log"
+    with open(log_path, "w") as log:
+        superlink = subprocess.Popen(
+            ["flower-superlink", "--insecure", "--simulation", "--host", "127.0.0.1",
+             "--port", str(port), "--database", home / "superlink.db",
+             "--disable-runtime-dependency-installation"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, superlink, log_path)
+        yield
+    finally:
+        stop(superlink)
+
+
 def simulate(overrides: list[str], num_cpus: int = 1) -> Path:
     """Run the simulation; returns the run's output folder."""
     if not (APP_DIR / "pyproject.toml").exists():
@@ -96,36 +119,23 @@ def simulate(overrides: list[str], num_cpus: int = 1) -> Path:
     text = shlex.join(overrides)
     cfg = compose_config(text)
     num_nodes = len(build_datamodule(cfg).train_clients)
-    bin_dir = Path(sys.executable).parent  # flwr's commands beside this interpreter
-    work = Path(tempfile.mkdtemp(prefix="mg-flower-sim-"))
-    port, log_path = free_port(), work / "superlink.log"
-    (work / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-                                      f'[superlink.{CONNECTION}]\n'
-                                      f'address = "127.0.0.1:{port}"\ninsecure = true\n')
-    (work / "run_config.toml").write_text(f"overrides = {json.dumps(text)}\n")
-    env = {**os.environ, "FLWR_HOME": str(work),  # the SuperLink starts flwr's other commands
+    home = Path(tempfile.mkdtemp(prefix="mg-flower-sim-"))
+    (home / "run_config.toml").write_text(f"overrides = {json.dumps(text)}\n")
+    bin_dir = Path(sys.executable).parent  # flwr's commands, beside this interpreter
+    env = {**os.environ, "FLWR_HOME": str(home),
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     started = time.time()
-    with open(log_path, "w") as log:
-        superlink = subprocess.Popen(
-            [bin_dir / "flower-superlink", "--insecure", "--simulation", "--host", "127.0.0.1",
-             "--port", str(port), "--database", work / "superlink.db",
-             "--disable-runtime-dependency-installation"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_port(port, superlink, log_path)
-        subprocess.run([bin_dir / "flwr", "run", APP_DIR, CONNECTION, "--stream",
-                        "--run-config", work / "run_config.toml",
+    with simulation_superlink(home, free_port(), env):
+        subprocess.run(["flwr", "run", APP_DIR, CONNECTION, "--stream",
+                        "--run-config", home / "run_config.toml",
                         "--federation-config", federation_config(num_nodes, num_cpus)],
                        env=env, check=True)
-    finally:
-        stop(superlink)
     rounds_file = Path(cfg.output_dir) / ROUNDS_FILE
     if not rounds_file.exists() or rounds_file.stat().st_mtime < started:
         raise SimulationError(f"the run ended without writing {rounds_file}: see the log "
-                              f"above and {log_path}")
-    shutil.rmtree(work)  # kept, with the SuperLink's log, when the run failed
+                              f"above and {home / 'superlink.log'}")
+    shutil.rmtree(home)  # kept, with the SuperLink's log, when the run failed
     return Path(cfg.output_dir)
 
 
