@@ -26,6 +26,7 @@ import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,11 @@ from mglightning.federated.faults import FAULT_KINDS
 from mglightning.federated.schedules import GATE_NOISE_SCALES
 from mglightning.models.backbones import BACKBONES
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# The configs: inside the package where a wheel put them (setup.py ships conf/ as
+# mglightning/conf), else the top-level conf/ of a source checkout or an editable install.
+PACKAGED_CONF_DIR = Path(str(resources.files("mglightning") / "conf"))
+SOURCE_CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = PACKAGED_CONF_DIR if PACKAGED_CONF_DIR.is_dir() else SOURCE_CONF_DIR
 RUN_CONFIG = "config.yaml"  # the resolved config a run folder was made with
 # Keys Hydra's instantiate reads itself, never passed to the target.
 INSTANTIATE_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}

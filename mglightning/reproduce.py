@@ -1,6 +1,6 @@
 """Reproduce one of the paper's tables: every method of an experiment, over seeds.
 
-    python -m mglightning.reproduce table1_fmnist [--seeds 0,1,2] [--fresh] [key=value ...]
+    python -m mglightning.reproduce table1_fmnist [--choose | --seeds 0,1] [--fresh] [key=value ...]
 
 The experiment file (``conf/experiment/<name>.yaml``) lists its runs under ``reproduce``:
 a method and its number of local updates m, and for MetaSNIP the runs it builds on. Each
@@ -11,6 +11,12 @@ share ``runs_group``, so a run two tables need is made once. A finished run whos
 unfinished one resumes from its checkpoint; one made with another config is stale and is
 redone. Then the table, the convergence plot and the sparsity histogram go to
 ``results/<experiment>/`` (see :mod:`mglightning.results`).
+
+Held-out seeds (issue 22): choices (step sizes, γ, noise, a front's point) are made on
+``reproduce.choose_seeds`` (``--choose``, results in ``results/<experiment>/choose/``); the
+tables and verdicts are on ``reproduce.report_seeds``, the default, never used for a choice.
+Each method of ``reproduce.compare_with`` gets a column: every row's accuracy minus that
+method's, paired per seed (:func:`mglightning.results.paired_differences`).
 """
 
 from __future__ import annotations
@@ -61,8 +67,8 @@ def compose_run(experiment: str, overrides: list[str]) -> DictConfig:
 
 def run_specs(cfg: DictConfig) -> list[RunSpec]:
     """The experiment's runs, checked: every run another builds on comes before it."""
-    if "reproduce" not in cfg:
-        raise SystemExit(f"experiment {cfg.experiment!r} has no `reproduce:` section")
+    if "runs" not in cfg.get("reproduce", {}):
+        raise SystemExit(f"experiment {cfg.experiment!r} has no `reproduce.runs:` section")
     specs = [RunSpec(**spec | {"overrides": tuple(spec.get("overrides", ()))})
              for spec in OmegaConf.to_container(cfg.reproduce.runs)]
     seen: set[str] = set()
@@ -75,6 +81,11 @@ def run_specs(cfg: DictConfig) -> list[RunSpec]:
             if needed is not None and needed not in seen:
                 raise SystemExit(f"run {spec.label} needs {needed}, which must be listed before it")
         seen.add(spec.label)
+    plain = sorted({spec.method for spec in specs if not spec.overrides})
+    for method in cfg.reproduce.get("compare_with", ()):
+        if method not in plain:
+            raise SystemExit(f"reproduce.compare_with names {method!r}, which has no run without "
+                             f"overrides in {cfg.experiment!r}: use one of {', '.join(plain)}")
     return specs
 
 
@@ -125,7 +136,10 @@ class Reproduction:
         run(cfg)
         return "redone (stale)" if stale else "resumed" if resumed else "ran"
 
-    def reproduce(self, seeds: list[int]) -> dict[str, Path]:
+    def reproduce(self, seeds: list[int], output_dir: Path | None = None,
+                  heading: str = "") -> dict[str, Path]:
+        """Every run of every seed, then the results in ``output_dir`` (default: the
+        experiment's folder), the table under ``heading``."""
         total, started = len(self.specs) * len(seeds), time.perf_counter()
         done = 0
         for seed in seeds:  # seed-major: an interrupted reproduction has whole seeds
@@ -146,7 +160,32 @@ class Reproduction:
                        s.name, s.overrides)
             for s in self.specs
         ]
-        return write_results(rows, self.output_dir)
+        compare_with = tuple(self.base.reproduce.compare_with)
+        return write_results(rows, output_dir or self.output_dir, compare_with, heading)
+
+    def seeds_and_output(
+        self, choose: bool, seeds: list[int] | None
+    ) -> tuple[list[int], Path, str]:
+        """The seeds to run, where the results go and the table's heading: the report seeds
+        by default, the choose seeds with ``choose``, or the given ones."""
+        split = self.base.reproduce
+        if seeds is not None:
+            chosen_on = set(seeds) & set(split.choose_seeds)
+            note = f"; choices were made on {_listed(chosen_on)}" if chosen_on else ""
+            return seeds, self.output_dir, f"Seeds {_listed(seeds)} (given{note})."
+        if choose:
+            return (list(split.choose_seeds), self.output_dir / "choose",
+                    f"Seeds {_listed(split.choose_seeds)}: where choices are made, not a result.")
+        overlap = set(split.report_seeds) & set(split.choose_seeds)
+        if overlap:
+            raise SystemExit(f"reproduce.report_seeds and choose_seeds share {_listed(overlap)}: "
+                             "report on seeds no choice was made on")
+        return (list(split.report_seeds), self.output_dir,
+                f"Seeds {_listed(split.report_seeds)}: held out, no choice was made on them.")
+
+
+def _listed(seeds) -> str:
+    return ", ".join(str(seed) for seed in sorted(seeds))
 
 
 def seed_list(text: str) -> list[int]:
@@ -157,17 +196,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", help="a file of conf/experiment/, without .yaml")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
-    parser.add_argument(
-        "--seeds", type=seed_list, help="comma-separated, e.g. 0,1,2; default: the experiment's"
-    )
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=seed_list,
+                       help="comma-separated, e.g. 0,1,2; default: reproduce.report_seeds")
+    seeds.add_argument("--choose", action="store_true",
+                       help="the seeds choices are made on (reproduce.choose_seeds), "
+                            "results in results/EXP/choose/")
     parser.add_argument("--results-root", type=Path, default=Path("results"))
     parser.add_argument("--fresh", action="store_true", help="redo every run from scratch")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     reproduction = Reproduction(args.experiment, args.overrides, args.results_root, args.fresh)
-    seeds = args.seeds or list(reproduction.base.reproduce.seeds)
+    seeds, output_dir, heading = reproduction.seeds_and_output(args.choose, args.seeds)
     started = time.perf_counter()
-    paths = reproduction.reproduce(seeds)
+    paths = reproduction.reproduce(seeds, output_dir, heading)
     print(paths["table_md"].read_text())
     print(f"seeds {seeds}; {time.perf_counter() - started:.0f} s wall")
     for name, path in paths.items():

@@ -2,7 +2,10 @@
 
 Every number comes from a run's ``summary.json``, ``curve.csv`` or ``tasks.csv``; across
 seeds we report mean ± sample standard deviation (SPEC §6: each figure is the mean over
-target tasks, repeated over seeds).
+target tasks, repeated over seeds). A method compared with another is compared per seed
+(issue 22): the seed fixes the split and the target nodes, so the difference of the two runs of
+one seed leaves the luck of the split out, and the spread of those differences says whether
+the mean difference is shown.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
+from omegaconf import OmegaConf
 
 from mglightning.analysis import (
     accuracy_curves,
@@ -24,6 +28,7 @@ from mglightning.analysis import (
     runs_table,
     sparse_groups,
 )
+from mglightning.config import RUN_CONFIG
 from mglightning.finished_runs import LABELS
 from mglightning.io import atomic_write_text, write_csv
 
@@ -46,6 +51,8 @@ COLUMNS = [
     ("task_sparsity_spread", "sparsity_std", 100.0, "per-task sparsity std (%)"),
 ]
 SPARSITY_BINS = 40  # per-task sparsity varies little within a seed: fine bins show it
+# The run config's keys that fix the split and the target nodes: paired runs must agree on them.
+SPLIT_KEYS = ("seed", "dataset")
 
 
 @dataclass(frozen=True)
@@ -78,8 +85,56 @@ def _spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def table_rows(rows: list[MethodRuns]) -> list[dict]:
-    """One dict per method: mean and std over seeds of every column (raw units)."""
+def verdict(mean: float, std: float, seeds: int) -> str:
+    """A paired difference's verdict: "ahead" or "behind" when its mean lies beyond one
+    standard deviation of the per-seed differences, else "not shown" (always with one seed)."""
+    if seeds < 2 or abs(mean) <= std:
+        return "not shown"
+    return "ahead" if mean > 0 else "behind"
+
+
+def split_of(run_dir: Path) -> dict:
+    """What fixes a run's split and targets, from its config file."""
+    config_path = run_dir / RUN_CONFIG
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} is missing: a paired difference needs the "
+                                "run's config (make reproduce writes it)")
+    cfg = OmegaConf.load(config_path)
+    return {key: OmegaConf.to_container(cfg[key]) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            for key in SPLIT_KEYS}
+
+
+def paired_differences(row: MethodRuns, reference: MethodRuns) -> list[float]:
+    """Per seed, the row's target accuracy minus the reference's, runs of one seed on one
+    split and the same targets (checked on their configs)."""
+    if len(row.run_dirs) != len(reference.run_dirs):
+        raise ValueError(f"{row.title} has {len(row.run_dirs)} seeds and {reference.title} "
+                         f"{len(reference.run_dirs)}: pair runs of the same seeds")
+    for run_dir, reference_dir in zip(row.run_dirs, reference.run_dirs, strict=True):
+        if split_of(run_dir) != split_of(reference_dir):
+            raise ValueError(f"{run_dir} and {reference_dir} differ in {', '.join(SPLIT_KEYS)}: "
+                             "not the same split and targets, no paired difference")
+    return [float(summary["accuracy_mean"]) - float(base["accuracy_mean"])
+            for summary, base in zip(row.summaries(), reference.summaries(), strict=True)]
+
+
+def reference_rows(rows: list[MethodRuns], compare_with: tuple[str, ...]) -> dict:
+    """``{(method, m): row}``: each compared method's row without overrides, per m."""
+    references = {(row.method, row.local_steps): row for row in rows
+                  if row.method in compare_with and not row.overrides}
+    for method in compare_with:
+        if not any(found == method for found, _ in references):
+            listed = sorted({row.method for row in rows if not row.overrides})
+            raise ValueError(f"compare_with names {method!r}, which has no row without "
+                             f"overrides here: use one of {', '.join(listed)}")
+    return references
+
+
+def table_rows(rows: list[MethodRuns], compare_with: tuple[str, ...] = ()) -> list[dict]:
+    """One dict per method: mean and std over seeds of every column (raw units); for each
+    method of ``compare_with``, the paired accuracy difference against its row with the same
+    number of local updates (``vs_<method>_mean``, ``_std``, ``_verdict``; None without one)."""
+    references = reference_rows(rows, compare_with)
     table = []
     for row in rows:
         summaries = row.summaries()
@@ -88,12 +143,22 @@ def table_rows(rows: list[MethodRuns]) -> list[dict]:
         for column, key, _, _ in COLUMNS:
             mean, std = _spread([float(summary[key]) for summary in summaries])
             entry |= {f"{column}_mean": mean, f"{column}_std": std}
+        for method in compare_with:
+            reference = references.get((method, row.local_steps))
+            mean = std = word = None
+            if reference is not None and reference is not row:
+                mean, std = _spread(paired_differences(row, reference))
+                word = verdict(mean, std, len(summaries))
+            entry |= {f"vs_{method}_mean": mean, f"vs_{method}_std": std,
+                      f"vs_{method}_verdict": word}
         table.append(entry)
     return table
 
 
-def markdown_table(table: list[dict]) -> str:
+def markdown_table(table: list[dict], compare_with: tuple[str, ...] = ()) -> str:
     header = ["Method", "local updates", "seeds"] + [title for _, _, _, title in COLUMNS]
+    header += [f"Δ accuracy vs {METHOD_TITLES.get(method, method)} (points, paired)"
+               for method in compare_with]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for entry in table:
         cells = [entry["title"]]
@@ -101,6 +166,10 @@ def markdown_table(table: list[dict]) -> str:
         for column, _, scale, _ in COLUMNS:
             mean, std = scale * entry[f"{column}_mean"], scale * entry[f"{column}_std"]
             cells.append(f"{mean:.2f} ± {std:.2f}" if scale != 1.0 else f"{mean:.1f} ± {std:.1f}")
+        for method in compare_with:
+            mean, std = entry[f"vs_{method}_mean"], entry[f"vs_{method}_std"]
+            cells.append("—" if mean is None else
+                         f"{100 * mean:+.2f} ± {100 * std:.2f} {entry[f'vs_{method}_verdict']}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -127,14 +196,16 @@ def _save(figure: Figure, path: Path) -> None:
     plt.close(figure)
 
 
-def write_results(rows: list[MethodRuns], output_dir: Path) -> dict[str, Path]:
-    """table.md, table.csv, accuracy_vs_macs.png (the accuracy–sparsity front), and from the
-    runs' curves and tasks (through the notebooks' :mod:`mglightning.analysis`): curve.csv,
-    convergence.png and sparsity_histogram.png."""
-    table = table_rows(rows)
+def write_results(rows: list[MethodRuns], output_dir: Path, compare_with: tuple[str, ...] = (),
+                  heading: str = "") -> dict[str, Path]:
+    """table.md (under ``heading``, e.g. which seeds), table.csv, accuracy_vs_macs.png (the
+    accuracy–sparsity front), and from the runs' curves and tasks (through the notebooks'
+    :mod:`mglightning.analysis`): curve.csv, convergence.png and sparsity_histogram.png."""
+    table = table_rows(rows, compare_with)
     paths = {"table_md": output_dir / "table.md", "table_csv": output_dir / "table.csv",
              "front": output_dir / "accuracy_vs_macs.png"}
-    atomic_write_text(paths["table_md"], markdown_table(table))
+    atomic_write_text(paths["table_md"], (f"{heading}\n\n" if heading else "")
+                      + markdown_table(table, compare_with))
     write_csv(paths["table_csv"], table)
     _save(plot_accuracy_vs_macs(pd.DataFrame(table)), paths["front"])
     runs = row_runs(rows)

@@ -29,7 +29,7 @@ from mglightning.config import CONF_DIR
 from mglightning.finished_runs import RunSelectionError, runs_dir, select_runs
 from mglightning.loggers import has_wandb_credentials, wandb_mode
 
-SWEEP_DIR = Path(__file__).resolve().parents[1] / "conf" / "sweep"
+SWEEP_DIR = CONF_DIR / "sweep"
 GRID_POINTS = 3
 WANDB_RUN_ID_REFERENCE = "${oc.env:WANDB_RUN_ID}"  # the agent's run name: offline, the default
 SETUP_KEYS = {"dataset": "dataset.name", "model": "model.name", "method": "method.name"}

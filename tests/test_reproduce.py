@@ -10,7 +10,7 @@ from conftest import TINY
 from omegaconf import OmegaConf
 
 from mglightning.reproduce import Reproduction, main, run_specs
-from mglightning.results import MethodRuns, markdown_table, table_rows
+from mglightning.results import MethodRuns, markdown_table, paired_differences, table_rows
 
 
 def read_csv(path):
@@ -18,8 +18,11 @@ def read_csv(path):
         return list(csv.DictReader(handle))
 
 
-def fake_run(run_dir, accuracy, sparsity, training, learning):
+def fake_run(run_dir, accuracy, sparsity, training, learning, seed=None):
     run_dir.mkdir(parents=True)
+    if seed is not None:  # what fixes the split and targets, as the run's config.yaml holds it
+        config = {"seed": seed, "dataset": {"name": "fmnist", "partition": {"num_nodes": 120}}}
+        OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
     summary = {
         "accuracy_mean": accuracy,
         "sparsity_mean": sparsity,
@@ -76,6 +79,11 @@ def test_reproduce_table2_tiny(tmp_path, capsys):
     assert [row["method"] for row in table] == ["metagater_nogate", "metagater", "metasnip",
                                                 "metasnip_structured"]
     assert float(table[2]["accuracy_mean"]) == pytest.approx(snip["accuracy_mean"])
+    paired = float(table[1]["vs_metasnip_mean"])  # MetaGater's row against MetaSNIP's, one seed
+    assert paired == pytest.approx(gater["accuracy_mean"] - snip["accuracy_mean"])
+    assert table[1]["vs_metasnip_verdict"] == "not shown"  # one seed shows nothing
+    assert table[2]["vs_metasnip_mean"] == ""  # MetaSNIP's own row
+    assert (tmp_path / "table2_fmnist" / "table.md").read_text().startswith("Seeds 0 (given")
     for name in ("table.md", "convergence.png", "sparsity_histogram.png", "curve.csv",
                  "accuracy_vs_macs.png"):
         assert (tmp_path / "table2_fmnist" / name).stat().st_size > 0
@@ -130,3 +138,75 @@ def test_a_named_row_sets_its_overrides_in_a_folder_of_its_own(tmp_path):
 def test_rows_without_a_label_of_their_own_are_refused(runs, refusal):
     with pytest.raises(SystemExit, match=refusal):
         run_specs(OmegaConf.create({"experiment": "x", "reproduce": {"runs": runs}}))
+
+
+def paired_rows(tmp_path, reference_accuracies, differences):
+    """A reference method and another, one fake run per seed, the other's accuracy the
+    reference's plus ``differences``."""
+    rows = []
+    for method, accuracies in (
+        ("perfedavg_fo", reference_accuracies),
+        ("metagater", [a + d for a, d in zip(reference_accuracies, differences, strict=True)]),
+    ):
+        run_dirs = tuple(tmp_path / f"{method}-seed{seed}" for seed in range(len(accuracies)))
+        for seed, (run_dir, accuracy) in enumerate(zip(run_dirs, accuracies, strict=True)):
+            fake_run(run_dir, accuracy, 0.5, 10.0, 0.002, seed=seed)
+        rows.append(MethodRuns(method, 1, run_dirs))
+    return rows
+
+
+def test_a_steady_lead_over_noisy_seeds_is_shown_only_when_paired_per_seed(tmp_path):
+    """Seeds differ by 10 points, the lead is 1 point on each: unpaired, the lead hides in the
+    seeds' spread; paired per seed, it is shown."""
+    rows = paired_rows(tmp_path, [0.70, 0.90, 0.80, 0.75, 0.85], [0.01, 0.012, 0.009, 0.011, 0.01])
+    reference, gater = table_rows(rows, ("perfedavg_fo",))
+    lead = gater["accuracy_mean"] - reference["accuracy_mean"]
+    assert abs(lead) < gater["accuracy_std"]  # unpaired: not shown
+    differences = [0.01, 0.012, 0.009, 0.011, 0.01]
+    assert gater["vs_perfedavg_fo_mean"] == pytest.approx(statistics.fmean(differences))
+    assert gater["vs_perfedavg_fo_std"] == pytest.approx(statistics.stdev(differences))
+    assert gater["vs_perfedavg_fo_verdict"] == "ahead"
+    assert reference["vs_perfedavg_fo_mean"] is None  # the reference's own row
+    line = markdown_table([reference, gater], ("perfedavg_fo",)).splitlines()
+    assert line[0].endswith("| Δ accuracy vs Per-FedAvg (FO) (points, paired) |")
+    assert line[3].endswith(f"| +1.04 ± {100 * statistics.stdev(differences):.2f} ahead |")
+    assert line[2].endswith("| — |")
+
+
+@pytest.mark.parametrize(
+    ("differences", "word"),
+    [([0.02, -0.015, 0.01, -0.005, 0.0], "not shown"),  # |mean| <= std
+     ([-0.02, -0.03, -0.025], "behind")],
+)
+def test_the_verdict_says_not_shown_when_the_mean_is_within_one_std(tmp_path, differences, word):
+    rows = paired_rows(tmp_path, [0.8] * len(differences), differences)
+    _, gater = table_rows(rows, ("perfedavg_fo",))
+    assert gater["vs_perfedavg_fo_verdict"] == word
+
+
+def test_runs_of_different_splits_are_not_paired(tmp_path):
+    reference, gater = paired_rows(tmp_path, [0.8, 0.9], [0.01, 0.02])
+    shuffled = MethodRuns("metagater", 1, gater.run_dirs[::-1])  # seed 1 against seed 0
+    with pytest.raises(ValueError, match="not the same split"):
+        paired_differences(shuffled, reference)
+
+
+def test_tables_report_on_held_out_seeds_and_choices_use_others(tmp_path):
+    reproduction = Reproduction("table1_fmnist", TINY, tmp_path)
+    split = reproduction.base.reproduce
+    assert set(split.report_seeds).isdisjoint(split.choose_seeds)
+    seeds, output_dir, heading = reproduction.seeds_and_output(choose=False, seeds=None)
+    assert seeds == list(split.report_seeds) and output_dir == tmp_path / "table1_fmnist"
+    assert "held out" in heading
+    seeds, output_dir, _ = reproduction.seeds_and_output(choose=True, seeds=None)
+    assert seeds == list(split.choose_seeds) and output_dir == tmp_path / "table1_fmnist" / "choose"
+    _, _, heading = reproduction.seeds_and_output(choose=False, seeds=[0, 7])
+    assert heading == "Seeds 0, 7 (given; choices were made on 0)."
+    overlapping = Reproduction("table1_fmnist", [*TINY, "reproduce.report_seeds=[4,5]"], tmp_path)
+    with pytest.raises(SystemExit, match="share 4"):
+        overlapping.seeds_and_output(choose=False, seeds=None)
+
+
+def test_a_comparison_with_a_method_the_experiment_lacks_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="compare_with names 'fedavg'.*use one of metagater, "):
+        Reproduction("table2_fmnist", [*TINY, "reproduce.compare_with=[fedavg]"], tmp_path)
