@@ -36,7 +36,7 @@ def simulate(overrides: list[str], num_cpus: int = 1) -> Path:
     text = shlex.join(overrides)
     cfg = compose_config(text)
     num_nodes = len(build_datamodule(cfg).train_clients)
-    run_simulation(make_server_app(text), make_client_app(text), num_supernodes=num_nodes,
+    run_simulation(make_server_app(text), make_client_app(), num_supernodes=num_nodes,
                    backend_config=backend_config(num_cpus))
     return Path(cfg.output_dir)
 

@@ -96,7 +96,7 @@ class FederatedRoundStrategy(FedAvg):
         chosen = learner.round_clients(len(self.node_ids), round_index)
         self.round_start = (round_index, x_md, time.perf_counter())
         return [train_message(TrainTask(x_md, round_index, position, partition),
-                              self.node_ids[partition])
+                              self.node_ids[partition], config)
                 for position, partition in enumerate(chosen)]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
