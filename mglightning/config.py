@@ -37,6 +37,7 @@ from mglightning.adaptation.module import ADAPTERS
 from mglightning.data.datamodule import node_split
 from mglightning.data.datasets import DATASET_NAMES
 from mglightning.data.partition import NODES_FROM_DATA, PARTITIONER_KEYS, SIZE_DISTRIBUTIONS
+from mglightning.errors import ConfigError
 from mglightning.federated.faults import FAULT_KINDS
 from mglightning.federated.schedules import GATE_NOISE_SCALES
 from mglightning.models.backbones import BACKBONES
@@ -72,10 +73,6 @@ IGNORED_TOP_KEYS = {"hydra", "reproduce"}
 
 # ``${not:${deterministic}}`` in conf/train.yaml: cudnn autotuning on unless deterministic.
 OmegaConf.register_new_resolver("not", lambda value: not value, replace=True)
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key, the value and the remedy."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from mglightning.data.datasets import ImageData, load_dataset
+from mglightning.data.node import NodeData
 from mglightning.data.own_data import OWN_DATA_LOADERS
 from mglightning.data.partition import (
     NODES_FROM_DATA,
@@ -26,7 +27,6 @@ from mglightning.data.partition import (
     split_support_query,
     split_train_target,
 )
-from mglightning.devices import from_host
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +51,12 @@ class IndexedImages(Dataset):
         return self.data.batch(self.indices[positions])
 
 
-class ClientDataModule(lightning.LightningDataModule):
-    """One federated node: support (train) and query (test) index views into shared data.
+class ClientDataModule(NodeData, lightning.LightningDataModule):
+    """One federated node (:class:`~mglightning.data.node.NodeData`) with Lightning's data
+    loaders: shuffled support and in-order query mini-batches.
 
     ``seed`` seeds the shuffling of :meth:`train_dataloader`; the training hot path,
-    :meth:`sample_support_batch`, takes the caller's generator instead. The index views live
-    on the data's device (:meth:`FederatedDataModule.to_device`).
+    :meth:`sample_support_batch`, takes the caller's generator instead.
     """
 
     def __init__(
@@ -68,50 +68,10 @@ class ClientDataModule(lightning.LightningDataModule):
         batch_size: int,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        self.node_id = node_id
-        self.data = data
-        self.support_idx = support_idx
-        self.query_idx = query_idx
+        lightning.LightningDataModule.__init__(self)
+        NodeData.__init__(self, node_id, data, support_idx, query_idx)
         self.batch_size = batch_size
         self.seed = seed
-
-    @property
-    def num_samples(self) -> int:
-        """Support plus query samples: the node's whole share of the data set."""
-        return len(self.support_idx) + len(self.query_idx)
-
-    @property
-    def classes(self) -> list[int]:
-        """Sorted class ids present at this node."""
-        node_labels = self.data.labels[torch.cat([self.support_idx, self.query_idx])]
-        return node_labels.unique().tolist()
-
-    def sample_support_batch(
-        self, batch_size: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A random support mini-batch of min(batch_size, support size) distinct samples,
-        drawn on the generator's device (the CPU: the same batches on every device) and
-        gathered on the data's."""
-        num_support = len(self.support_idx)
-        positions = torch.randperm(num_support, generator=generator, device=generator.device)
-        chosen = from_host(positions[: min(batch_size, num_support)], self.support_idx.device)
-        return self.data.batch(self.support_idx[chosen])
-
-    def to_device(self, data: ImageData) -> None:
-        """Point at ``data`` (the pooled data set moved to a device) and move the index views
-        there too."""
-        self.data = data
-        self.support_idx = self.support_idx.to(data.images.device)
-        self.query_idx = self.query_idx.to(data.images.device)
-
-    def support_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole support part as (images, labels)."""
-        return self.data.batch(self.support_idx)
-
-    def query_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole query part as (images, labels)."""
-        return self.data.batch(self.query_idx)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled support mini-batches of ``batch_size``."""

@@ -34,12 +34,13 @@ import torch
 
 from mglightning.data.datasets import DataError
 from mglightning.devices import device_clock
+from mglightning.federated.client_solve import solve_client
 from mglightning.federated.distributed import gather_results, own_positions
 from mglightning.federated.faults import ClientError, FaultInjection
 from mglightning.federated.flat import FlatParameters
 from mglightning.federated.schedules import gate_noise_schedule, temperature_schedule
 from mglightning.federated.server import ClientResult
-from mglightning.federated.streams import client_streams, round_generator
+from mglightning.federated.streams import round_generator
 from mglightning.models.network import GatedNetwork
 
 log = logging.getLogger(__name__)
@@ -236,12 +237,8 @@ class FederatedMetaLearner(L.LightningModule):
         self, x_md: torch.Tensor, client, round_index: int, position: int
     ) -> ClientResult:
         """The local solve of ``client``, the ``position``-th chosen in round ``round_index``."""
-        sampling, noise = client_streams(self.seed, round_index, position, x_md.device)
-        self.network.set_gate_noise(self.gate_noise(round_index), noise)
-        try:
-            return self.local_solver(self.flat, x_md, client, sampling)
-        finally:
-            self.network.set_gate_noise(0.0)
+        return solve_client(self.local_solver, self.flat, x_md, client, self.seed, round_index,
+                            position, self.gate_noise(round_index))
 
     def commit(self, x: torch.Tensor, x_ag: torch.Tensor, round_index: int) -> None:
         """Take the new server state, unless it is non-finite: then stop, keeping the old."""

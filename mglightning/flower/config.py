@@ -1,10 +1,10 @@
-"""The run's config on both sides of a Flower app: our Hydra config, composed from overrides.
+"""The run's config for the ServerApp: our Hydra config, composed from overrides.
 
-The ServerApp and every ClientApp compose the same ``conf/train.yaml`` with the same overrides,
-so they agree on seed, data, partition, method and rounds without shipping a config around.
-Under ``flwr run`` the overrides come from the run config (``[tool.flwr.app.config]``,
-``overrides = "..."``, changeable with ``flwr run --run-config``); ``run_simulation`` has no run
-config, so its apps carry the overrides themselves.
+The ServerApp composes ``conf/train.yaml`` with the overrides and sends each node the part it
+needs, resolved (:mod:`.node_setup`): the ClientApps compose nothing. Under ``flwr run`` the
+overrides come from the run config (``[tool.flwr.app.config]``, ``overrides = "..."``,
+changeable with ``flwr run --run-config``); ``run_simulation`` has no run config, so its
+ServerApp carries the overrides itself.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ OVERRIDES_KEY = "overrides"  # the run config key holding the Hydra overrides
 def compose_config(overrides: str) -> DictConfig:
     """``conf/train.yaml`` with ``overrides`` (shell-quoted ``key=value`` words), validated.
 
-    Composed once per process (a Ray actor serves many nodes; Hydra takes ~0.5 s): treat the
-    result as read-only."""
+    Composed once per process (Hydra takes ~0.5 s): treat the result as read-only."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=shlex.split(overrides))
     validate(cfg)

@@ -15,6 +15,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from mglightning.flower.config import compose_config, run_overrides
+from mglightning.flower.node_setup import NodeSetup
+from mglightning.flower.protocol import node_setup_config
 from mglightning.flower.strategy import FederatedRoundStrategy, ServerState, discover_nodes
 from mglightning.io import write_csv
 from mglightning.train import build_datamodule, build_learner, build_network
@@ -44,7 +46,8 @@ def make_server_app(overrides: str | None = None) -> ServerApp:
         strategy = FederatedRoundStrategy(learner, node_ids, cfg.rounds, state)
         result = strategy.start(grid, strategy.state_arrays(),
                                 num_rounds=cfg.rounds - int(learner.rounds_done),
-                                timeout=REPLY_TIMEOUT_SECONDS)
+                                timeout=REPLY_TIMEOUT_SECONDS,
+                                train_config=node_setup_config(NodeSetup.from_config(cfg)))
         write_csv(Path(cfg.output_dir) / ROUNDS_FILE,
                   [dict(metrics) for metrics in result.train_metrics_clientapp.values()])
 

@@ -2,12 +2,12 @@
 
 A node's shard is a function of the pooled data set, the partition and the seed (SPEC §2), so
 cutting it needs every label of the pooled set. A node's first ClientApp process builds the
-:class:`FederatedDataModule` once and writes the node's shard (its images and labels, the
-pooled normalization statistics, its support/query split); from then on the node loads its own
-rows alone. This matters under a SuperNode, which starts a fresh ClientApp process per
-message. Each node writes only its own file, so nodes sharing a disk never race. A shard gives
-the node's local solver exactly the batches the pooled data would: the same rows, in the same
-support order, normalized with the same statistics.
+:class:`~mglightning.data.datamodule.FederatedDataModule` once and writes the node's shard (its
+images and labels, the pooled normalization statistics, its support/query split); from then on
+the node loads its own rows alone, with torch alone. This matters under a SuperNode, which
+starts a fresh ClientApp process per message. Each node writes only its own file, so nodes
+sharing a disk never race. A shard gives the node's local solver exactly the batches the pooled
+data would: the same rows, in the same support order, normalized with the same statistics.
 """
 
 from __future__ import annotations
@@ -16,55 +16,59 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from mglightning.checkpoint import AtomicCheckpointIO
-from mglightning.config import ConfigError
-from mglightning.data.datamodule import ClientDataModule, FederatedDataModule
-from mglightning.data.datasets import ImageData, resolve_data_root
+from mglightning.data.images import ImageData, resolve_data_root
+from mglightning.data.node import NodeData
+from mglightning.errors import ConfigError
+from mglightning.flower.node_setup import NodeSetup
 from mglightning.identity import fingerprint
-from mglightning.train import build_datamodule
 
 SHARD_FOLDER = "flower-shards"  # under the data root
 
 
 @dataclass
 class NodeShard:
-    """A training node's data, with what :func:`mglightning.train.build_network` asks of a
-    data module (``input_shape``, ``num_classes``)."""
+    """A training node's data, and the shape and classes its network is built for."""
 
-    client: ClientDataModule
+    client: NodeData
     num_classes: int
     input_shape: tuple[int, int, int]
 
 
-def shard_folder(cfg: DictConfig) -> Path:
+def shard_folder(setup: NodeSetup) -> Path:
     """Where the shards of this data set, partition and seed live."""
-    key = fingerprint({"dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
-                       "seed": cfg.seed})
-    return resolve_data_root(cfg.data_root) / SHARD_FOLDER / key
+    key = fingerprint({"dataset": setup.dataset, "seed": setup.seed})
+    return resolve_data_root(setup.data_root) / SHARD_FOLDER / key
 
 
-def load_node_shard(cfg: DictConfig, partition_id: int) -> NodeShard:
+def load_node_shard(setup: NodeSetup, partition_id: int) -> NodeShard:
     """Training node ``partition_id`` (an index into ``FederatedDataModule.train_clients``)."""
-    path = shard_folder(cfg) / f"node{partition_id}.pt"
+    path = shard_folder(setup) / f"node{partition_id}.pt"
     if not path.exists():
-        write_node_shard(cfg, partition_id, path)
-    return read_node_shard(path, cfg.dataset.batch_size)
+        write_node_shard(setup, partition_id, path)
+    return read_node_shard(path)
 
 
-def write_node_shard(cfg: DictConfig, partition_id: int, path: Path) -> None:
+def write_node_shard(setup: NodeSetup, partition_id: int, path: Path) -> None:
     """Cut training node ``partition_id``'s rows out of the pooled data set; write atomically."""
-    datamodule = build_datamodule(cfg)
+    # Lightning and the data set loaders, imported here alone: only a node's first process
+    # cuts its shard, and every later one (one a message) reads it without them.
+    from mglightning.checkpoint import AtomicCheckpointIO
+    from mglightning.data.datamodule import FederatedDataModule
+
+    datamodule = FederatedDataModule(setup.dataset, seed=setup.seed,
+                                     batch_size=setup.dataset["batch_size"],
+                                     data_root=setup.data_root)
+    datamodule.setup()
     clients = datamodule.train_clients
     if not 0 <= partition_id < len(clients):
         raise ConfigError(f"node config partition-id={partition_id}: the config has "
                           f"{len(clients)} training nodes, use 0..{len(clients) - 1}")
-    AtomicCheckpointIO().save_checkpoint(shard_payload(datamodule, clients[partition_id]), path)
+    AtomicCheckpointIO().save_checkpoint(shard_payload(datamodule.data, clients[partition_id]),
+                                         path)
 
 
-def shard_payload(datamodule: FederatedDataModule, client: ClientDataModule) -> dict:
-    data = datamodule.data
+def shard_payload(data: ImageData, client: NodeData) -> dict:
     rows = torch.cat([client.support_idx, client.query_idx])
     return {
         "node_id": client.node_id,
@@ -74,16 +78,14 @@ def shard_payload(datamodule: FederatedDataModule, client: ClientDataModule) -> 
         "num_classes": data.num_classes,
         "mean": list(data.mean),
         "std": list(data.std),
-        "seed": client.seed,
     }
 
 
-def read_node_shard(path: Path, batch_size: int) -> NodeShard:
+def read_node_shard(path: Path) -> NodeShard:
     payload = torch.load(path, weights_only=True)
     data = ImageData(payload["images"], payload["labels"], payload["num_classes"],
                      tuple(payload["mean"]), tuple(payload["std"]))
     num_support, num_rows = payload["num_support"], len(payload["labels"])
-    client = ClientDataModule(payload["node_id"], data, torch.arange(num_support),
-                              torch.arange(num_support, num_rows), batch_size,
-                              seed=payload["seed"])
+    client = NodeData(payload["node_id"], data, torch.arange(num_support),
+                      torch.arange(num_support, num_rows))
     return NodeShard(client, data.num_classes, data.shape)

@@ -93,7 +93,7 @@ class FederatedRoundStrategy(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         plan = self.plan = self.learner.plan_round(range(len(self.node_ids)))
         return [train_message(TrainTask(plan.x_md, plan.index, position, partition),
-                              self.node_ids[partition])
+                              self.node_ids[partition], config)
                 for position, partition in enumerate(plan.chosen)]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]

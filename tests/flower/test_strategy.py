@@ -19,6 +19,8 @@ from mglightning.config import ConfigError  # noqa: E402
 from mglightning.federated.streams import round_generator  # noqa: E402
 from mglightning.flower.client_app import make_client_app  # noqa: E402
 from mglightning.flower.config import compose_config  # noqa: E402
+from mglightning.flower.node_setup import NodeSetup  # noqa: E402
+from mglightning.flower.protocol import node_setup_config  # noqa: E402
 from mglightning.flower.shard import load_node_shard  # noqa: E402
 from mglightning.flower.strategy import (  # noqa: E402
     FederatedRoundStrategy,
@@ -99,10 +101,11 @@ def run_flower(text: str, rounds: int, state: ServerState | None = None, shuffle
     learner, node_ids = flower_learner(cfg)
     if state is not None:
         state.restore(learner)
-    grid = LocalGrid(make_client_app(text), node_ids, shuffle_seed)
+    grid = LocalGrid(make_client_app(), node_ids, shuffle_seed)
     strategy = FederatedRoundStrategy(learner, discover_nodes(grid, len(node_ids), 1.0),
                                       cfg.rounds, state)
-    result = strategy.start(grid, strategy.state_arrays(), num_rounds=rounds)
+    result = strategy.start(grid, strategy.state_arrays(), num_rounds=rounds,
+                            train_config=node_setup_config(NodeSetup.from_config(cfg)))
     return learner, grid, result
 
 
@@ -112,9 +115,16 @@ def assert_same_state(flower, reference) -> None:
     assert torch.equal(flower.x_ag, reference.x_ag)
 
 
-@pytest.mark.parametrize("method", ["metagater", "fedavg"])
+# The ClientApp builds solver, schedules and faults from the config the server sends: each
+# solver, and gate noise and τ that change over the rounds, must arrive as the learner has them.
+@pytest.mark.parametrize("method", [
+    ["method=metagater"],
+    ["method=fedavg"],
+    ["method=perfedavg_hf"],
+    ["method=metagater", "method.gate_noise=annealed", "method.temperature_end=0.5"],
+], ids=["metagater", "fedavg", "perfedavg_hf", "annealed-noise-and-tau"])
 def test_flower_rounds_equal_in_process_rounds_bit_for_bit(tmp_path, method):
-    text = overrides(tmp_path, f"method={method}", "method.clients_per_round=4")
+    text = overrides(tmp_path, *method, "method.clients_per_round=4")
     reference, _ = in_process(compose_config(text), ROUNDS)
     flower, grid, result = run_flower(text, ROUNDS)
     assert_same_state(flower, reference)
@@ -172,7 +182,7 @@ def test_a_restarted_server_resumes_from_its_saved_state(tmp_path):
 def test_a_node_shard_draws_the_batches_of_the_pooled_data(tmp_path):
     cfg = compose_config(overrides(tmp_path))
     pooled = build_datamodule(cfg).train_clients[3]
-    shard = load_node_shard(cfg, 3)
+    shard = load_node_shard(NodeSetup.from_config(cfg), 3)
     assert shard.client.node_id == pooled.node_id
     first = shard.client.sample_support_batch(8, torch.Generator().manual_seed(5))
     again = pooled.sample_support_batch(8, torch.Generator().manual_seed(5))
@@ -181,9 +191,8 @@ def test_a_node_shard_draws_the_batches_of_the_pooled_data(tmp_path):
                                                  strict=True))
 
 
-def test_partition_ids_that_do_not_cover_the_training_nodes_are_refused(tmp_path):
-    text = overrides(tmp_path)
+def test_partition_ids_that_do_not_cover_the_training_nodes_are_refused():
     twice_zero = [0, 1, 2, 3, 4, 5, 6, 0]  # training node 7 missing, 0 held twice
-    grid = LocalGrid(make_client_app(text), FLOWER_NODE_IDS[:8], partitions=twice_zero)
+    grid = LocalGrid(make_client_app(), FLOWER_NODE_IDS[:8], partitions=twice_zero)
     with pytest.raises(ConfigError, match="partition-id"):
         discover_nodes(grid, 8, 1.0)

@@ -1,0 +1,78 @@
+"""The ClientApp in a fresh process, as a SuperNode starts one for every message: it imports
+no Lightning, Hydra, W&B or entry point (each costs seconds a message), not even while it
+solves, and its reply equals the in-process learner's solve of that node bit for bit."""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr", reason="the flower extra (pip install -e '.[flower]') is not installed")
+
+import torch  # noqa: E402
+from conftest import TINY  # noqa: E402
+
+from mglightning.flower.config import compose_config  # noqa: E402
+from mglightning.flower.node_setup import NodeSetup  # noqa: E402
+from mglightning.flower.shard import load_node_shard  # noqa: E402
+from mglightning.train import build_datamodule, build_learner, build_network  # noqa: E402
+
+HEAVY_MODULES = ["lightning", "pytorch_lightning", "hydra", "wandb", "mglightning.train"]
+REPO = Path(__file__).resolve().parents[2]
+
+# A ClientApp process: import the app, then answer one train message (the shard is on disk
+# already, as from a node's second message on); print the heavy modules loaded after each step.
+CLIENT_PROCESS = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+import mglightning.flower.client_app as client_app
+heavy = json.loads(sys.argv[1])
+loaded = lambda: [name for name in heavy if name in sys.modules]
+after_import = loaded()
+from flwr.app import Context, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from mglightning.flower.node_setup import NodeSetup
+from mglightning.flower.protocol import TrainTask, node_setup_config, train_message
+TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+setup = NodeSetup.from_json(open(sys.argv[2]).read())
+task = TrainTask(torch.load(sys.argv[3]), round_index=2, position=1, partition_id=0)
+message = train_message(task, 7, node_setup_config(setup))
+context = Context(run_id=1, node_id=7, node_config={"partition-id": 0}, state=RecordDict(),
+                  run_config={})
+reply = client_app.app(message, context)
+torch.save(reply.content["arrays"].to_torch_state_dict()["params"], sys.argv[4])
+print(json.dumps({"after_import": after_import, "after_solve": loaded()}))
+"""
+
+
+def test_a_fresh_client_process_imports_no_heavy_module_and_solves_as_in_process(tmp_path):
+    text = shlex.join([*TINY, "method=metagater", "method.gate_noise=logistic",
+                       f"output_root={tmp_path}", f"data_root={tmp_path / 'data'}"])
+    cfg = compose_config(text)
+    setup = NodeSetup.from_config(cfg)
+    load_node_shard(setup, 0)  # the node's first message cut its shard
+    datamodule = build_datamodule(cfg)
+    learner = build_learner(cfg, build_network(cfg, datamodule))
+    x_md = learner.x + 0.01  # any start point
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the client process
+    try:
+        expected = learner.solve_client(x_md, datamodule.train_clients[0], 2, 1).params
+    finally:
+        torch.set_num_threads(threads)
+    (tmp_path / "setup.json").write_text(setup.to_json())
+    torch.save(x_md, tmp_path / "x_md.pt")
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.run(
+        [sys.executable, "-c", CLIENT_PROCESS, json.dumps(HEAVY_MODULES),
+         str(tmp_path / "setup.json"), str(tmp_path / "x_md.pt"), str(tmp_path / "params.pt")],
+        capture_output=True, text=True, timeout=300, env=environment, check=False)
+    assert process.returncode == 0, process.stderr[-2000:]
+    loaded = json.loads(process.stdout.strip().splitlines()[-1])
+    assert loaded == {"after_import": [], "after_solve": []}
+    assert torch.equal(torch.load(tmp_path / "params.pt"), expected)
