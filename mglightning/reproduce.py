@@ -23,12 +23,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from mglightning.build import compose_config
 from mglightning.results import MethodRuns, write_results
 from mglightning.run_folder import RunFolder
-from mglightning.train import CONF_DIR, run
+from mglightning.train import run
 
 log = logging.getLogger(__name__)
 # The caller's overrides come after (logger=wandb to log, deterministic=false for speed).
@@ -55,8 +55,7 @@ class RunSpec:
 
 
 def compose_run(experiment: str, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[f"experiment={experiment}", *overrides])
+    return compose_config([f"experiment={experiment}", *overrides])
 
 
 def run_specs(cfg: DictConfig) -> list[RunSpec]:

@@ -21,11 +21,10 @@ import sys
 from pathlib import Path
 
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from mglightning.analysis import load_summaries
-from mglightning.config import CONF_DIR
+from mglightning.build import compose_config
 from mglightning.finished_runs import RunSelectionError, runs_dir, select_runs
 from mglightning.loggers import has_wandb_credentials, wandb_mode
 
@@ -105,8 +104,7 @@ def first_point(sweep: dict) -> list[str]:
 
 def compose_point(overrides: list[str]) -> DictConfig:
     """A point's config, composed as the multirun composes each of its jobs."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return compose_config(overrides)
 
 
 def count_runs(sweep: dict) -> int:

@@ -47,13 +47,12 @@ from mglightning.bench.rounds import (
 from mglightning.bench.suite import BenchConfig, run_suite
 from mglightning.bench.timing import alternate, ratio
 from mglightning.bench.workload import compose_config, sparsify_gates
+from mglightning.build import build_datamodule, build_learner
 from mglightning.config import validate
 from mglightning.export import RawImageInput, task_network
 from mglightning.models import build_network, forward_cost
 from mglightning.models import network as network_module
 from mglightning.models.network import pool_relu as channels_last_pool
-from mglightning.train import build_datamodule, build_learner
-from mglightning.train import build_network as build_model
 
 
 @pytest.fixture
@@ -61,7 +60,7 @@ def tiny_learner(tiny_config):
     cfg = tiny_config("method.clients_per_round=2", "method.local.steps=2",
                       "method.gate_noise=logistic")  # the noise path too
     datamodule = build_datamodule(cfg)
-    return build_learner(cfg, build_model(cfg, datamodule)), datamodule.train_clients
+    return build_learner(cfg, datamodule), datamodule.train_clients
 
 
 def test_reference_round_computes_our_update(tiny_learner):
@@ -101,7 +100,7 @@ def test_a_batched_round_leaves_the_server_state_a_loop_round_does(tiny_config, 
     so the new (x, x_ag) equal run_round's up to float summation order."""
     cfg = tiny_config("method.gate_noise=none", *overrides)
     datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_model(cfg, datamodule))
+    learner = build_learner(cfg, datamodule)
     clients = datamodule.train_clients
     learner.run_round(clients)  # x ≠ x_ag from here on
     assert max_update_difference(learner, clients, candidate) < tolerance
@@ -126,7 +125,7 @@ def test_a_batched_round_refuses_what_it_cannot_compute(tiny_config, candidate, 
                                                        refusal):
     cfg = tiny_config(*overrides)
     datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_model(cfg, datamodule))
+    learner = build_learner(cfg, datamodule)
     with pytest.raises(ValueError, match=refusal):
         candidate(learner, datamodule.train_clients)()
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import lightning.pytorch
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import open_dict
 
-from mglightning.config import TRAINER_ARGS_SET_BY_RUN, ConfigError, validate
+from mglightning.build import build_datamodule, compose_config
+from mglightning.config import CONF_DIR, TRAINER_ARGS_SET_BY_RUN, ConfigError, validate
 from mglightning.data.datamodule import FederatedDataModule
-from mglightning.train import CONF_DIR, build_datamodule, run
+from mglightning.train import run
 
 REPO_ROOT = CONF_DIR.parent
 TINY_CLI = ["dataset=synthetic", "logger=none", "progress_bar=false", "method.clients_per_round=4",
@@ -25,8 +25,7 @@ TINY_CLI = ["dataset=synthetic", "logger=none", "progress_bar=false", "method.cl
 
 def compose_train(*overrides: str):
     """The real train config as the command line composes it, without the tests' shrinking."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose_config(overrides)
 
 
 def option_overrides() -> list[str]:

@@ -13,12 +13,11 @@ import torch
 
 from mglightning.adaptation.module import FastAdaptation
 from mglightning.bench.rounds import ConcatenatedRound, VmappedRound
+from mglightning.build import build_datamodule, build_learner
 from mglightning.federated.faults import InjectedFault
 from mglightning.federated.prox import L1, GroupLasso
 from mglightning.federated.server import AcceleratedProximalStrategy, ClientResult
 from mglightning.models import build_network, forward_cost
-from mglightning.train import build_datamodule, build_learner
-from mglightning.train import build_network as build_model
 
 METHODS = ["metagater", "fedavg", "perfedavg_fo", "perfedavg_hf", "metagater_nogate"]
 CPU = torch.device("cpu")
@@ -32,7 +31,7 @@ def defaults_to_meta():
 def tiny_learner(tiny_config, method: str):
     cfg = tiny_config(f"method={method}", "method.clients_per_round=2", "method.local.steps=2")
     datamodule = build_datamodule(cfg)
-    return cfg, datamodule, build_learner(cfg, build_model(cfg, datamodule))
+    return cfg, datamodule, build_learner(cfg, datamodule)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -56,7 +55,7 @@ def test_a_batched_round_makes_every_tensor_on_the_parameters_device(tiny_config
     cfg = tiny_config(f"method={method}", "method.clients_per_round=2",
                       f"method.local.steps={steps}", "method.gate_noise=none")
     datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_model(cfg, datamodule))
+    learner = build_learner(cfg, datamodule)
     learner.run_round(datamodule.train_clients)
     with defaults_to_meta():
         x, x_ag = candidate(learner, datamodule.train_clients)()

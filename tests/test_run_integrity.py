@@ -17,10 +17,11 @@ import torch
 
 from mglightning.adaptation.module import FastAdaptation
 from mglightning.checkpoint import RunInterrupted
+from mglightning.config import CONF_DIR
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.identity import differing_keys, fingerprint
 from mglightning.loggers import wandb_run_identity
-from mglightning.train import CONF_DIR, run
+from mglightning.train import run
 
 REPO_ROOT = CONF_DIR.parent
 TINY_CLI = ["dataset=synthetic", "logger=none", "progress_bar=false",

@@ -38,9 +38,9 @@ import torch
 from mglightning.adaptation.module import FastAdaptation
 from mglightning.bench.rounds import ConcatenatedRound, VmappedRound
 from mglightning.bench.workload import compose_config
+from mglightning.build import build_datamodule, build_learner
 from mglightning.devices import device_clock
 from mglightning.io import atomic_write_text, write_json
-from mglightning.train import build_datamodule, build_learner, build_network
 
 CIFAR10_STAND_IN = [  # the table1_cifar10 job, synthetic images of CIFAR-10's shape and size
     "experiment=table1_cifar10",
@@ -89,7 +89,7 @@ def round_seconds(cfg, datamodule, device: torch.device, rounds: int, warmup: in
     the last round."""
     datamodule.to_device(device)
     clients = datamodule.train_clients
-    learners = {way: build_learner(cfg, build_network(cfg, datamodule).to(device))
+    learners = {way: build_learner(cfg, datamodule, device)
                 for way in WAYS}
     candidates = {"concatenated": ConcatenatedRound(learners["concatenated"], clients),
                   "vmapped": VmappedRound(learners["vmapped"], clients)}

@@ -35,11 +35,11 @@ def measure(overrides: list[str], rounds: int, targets: int) -> dict:
     from mglightning.adaptation.module import FastAdaptation
     from mglightning.bench.devices import CIFAR10_STAND_IN
     from mglightning.bench.workload import compose_config
-    from mglightning.train import build_datamodule, build_learner, build_network
+    from mglightning.build import build_datamodule, build_learner
 
     cfg = compose_config([*CIFAR10_STAND_IN, *overrides])
     datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_network(cfg, datamodule))
+    learner = build_learner(cfg, datamodule)
     round_seconds = [learner.run_round(datamodule.train_clients)["round_seconds"]
                      for _ in range(WARMUP_ROUNDS + rounds)][WARMUP_ROUNDS:]
     adapter = FastAdaptation(**cfg.method.adaptation)

@@ -18,6 +18,7 @@ from functools import lru_cache
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from mglightning.build import build_learner
 from mglightning.config import ConfigError
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.flower.config import compose_config, run_overrides
@@ -28,7 +29,6 @@ from mglightning.flower.protocol import (
     result_reply,
 )
 from mglightning.flower.shard import NodeShard, load_node_shard
-from mglightning.train import build_learner, build_network
 
 
 @dataclass
@@ -51,7 +51,7 @@ class TrainingNode:
 def training_node(overrides: str, partition_id: int) -> TrainingNode:
     cfg = compose_config(overrides)
     shard = load_node_shard(cfg, partition_id)
-    return TrainingNode(build_learner(cfg, build_network(cfg, shard)), shard)
+    return TrainingNode(build_learner(cfg, shard), shard)
 
 
 def partition_id(context: Context) -> int:

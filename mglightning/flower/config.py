@@ -13,10 +13,10 @@ import shlex
 from collections.abc import Mapping
 from functools import lru_cache
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from mglightning.config import CONF_DIR, ConfigError, validate
+from mglightning import build
+from mglightning.config import ConfigError, validate
 
 OVERRIDES_KEY = "overrides"  # the run config key holding the Hydra overrides
 
@@ -27,8 +27,7 @@ def compose_config(overrides: str) -> DictConfig:
 
     Composed once per process (a Ray actor serves many nodes; Hydra takes ~0.5 s): treat the
     result as read-only."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=shlex.split(overrides))
+    cfg = build.compose_config(shlex.split(overrides))
     validate(cfg)
     return cfg
 

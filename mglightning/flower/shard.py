@@ -18,19 +18,19 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mglightning.build import build_datamodule
 from mglightning.checkpoint import AtomicCheckpointIO
 from mglightning.config import ConfigError
 from mglightning.data.datamodule import ClientDataModule, FederatedDataModule
 from mglightning.data.datasets import ImageData, resolve_data_root
 from mglightning.identity import fingerprint
-from mglightning.train import build_datamodule
 
 SHARD_FOLDER = "flower-shards"  # under the data root
 
 
 @dataclass
 class NodeShard:
-    """A training node's data, with what :func:`mglightning.train.build_network` asks of a
+    """A training node's data, with what :func:`mglightning.build.build_network` asks of a
     data module (``input_shape``, ``num_classes``)."""
 
     client: ClientDataModule
