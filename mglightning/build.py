@@ -16,7 +16,6 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from mglightning.checkpoint import AtomicCheckpointIO
 from mglightning.config import CONF_DIR, ConfigError
 from mglightning.data.datamodule import FederatedDataModule
 from mglightning.federated.distributed import ClientParallelStrategy
@@ -25,6 +24,7 @@ from mglightning.federated.prox import L1, GroupLasso
 from mglightning.federated.schedules import gate_noise_schedule, temperature_schedule
 from mglightning.models.backbones import build_network as build_backbone
 from mglightning.models.network import GatedNetwork
+from mglightning.run.checkpoint import AtomicCheckpointIO
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:

@@ -28,8 +28,8 @@ from mglightning.config import RUN_CONFIG
 from mglightning.data.datamodule import ClientDataModule
 from mglightning.data.datasets import DataError
 from mglightning.export import RawImageInput, task_network
-from mglightning.identity import fingerprint
-from mglightning.io import write_json
+from mglightning.run.identity import fingerprint
+from mglightning.run.io import write_json
 
 
 class DeployError(ValueError):

@@ -7,10 +7,10 @@ a method and its number of local updates m, and for MetaSNIP the runs it builds 
 run is ``mglightning.train.run`` on the composed config, in this process, writing under
 ``results/<runs_group>/runs/<method>-m<m>-seed<s>/``. Experiments with the same setup
 share ``runs_group``, so a run two tables need is made once. A finished run whose
-``config.yaml`` has the current config's identity (:mod:`mglightning.identity`) is reused; an
+``config.yaml`` has the current config's identity (:mod:`mglightning.run.identity`) is reused; an
 unfinished one resumes from its checkpoint; one made with another config is stale and is
 redone. Then the table, the convergence plot and the sparsity histogram go to
-``results/<experiment>/`` (see :mod:`mglightning.results`).
+``results/<experiment>/`` (see :mod:`mglightning.analysis.report`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mglightning.analysis.report import MethodRuns, write_results
 from mglightning.build import compose_config
-from mglightning.results import MethodRuns, write_results
-from mglightning.run_folder import RunFolder
+from mglightning.run.folder import RunFolder
 from mglightning.train import run
 
 log = logging.getLogger(__name__)

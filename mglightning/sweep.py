@@ -6,7 +6,7 @@ same search space as a Hydra multirun command when offline.
 Offline, continuous distributions become a grid of ``GRID_POINTS`` values: both ends and the
 middle (the geometric middle for log distributions), rounded to 3 significant digits. Each
 point keeps the entry point's default run name, fingerprinted by its config
-(:mod:`mglightning.identity`), so a point has the same folder in every multirun and a re-run
+(:mod:`mglightning.run.identity`), so a point has the same folder in every multirun and a re-run
 skips the finished ones. The time it would take is estimated from finished runs of the same
 data set, model and method, never guessed.
 """
@@ -23,10 +23,10 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from mglightning.analysis import load_summaries
+from mglightning.analysis.finished_runs import RunSelectionError, runs_dir, select_runs
+from mglightning.analysis.tables import load_summaries
 from mglightning.build import compose_config
-from mglightning.finished_runs import RunSelectionError, runs_dir, select_runs
-from mglightning.loggers import has_wandb_credentials, wandb_mode
+from mglightning.run.loggers import has_wandb_credentials, wandb_mode
 
 SWEEP_DIR = Path(__file__).resolve().parents[1] / "conf" / "sweep"
 GRID_POINTS = 3

@@ -20,17 +20,17 @@ from omegaconf import DictConfig
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mglightning.adaptation.module import FastAdaptation
-from mglightning.adaptation.summary import summarize_tasks
+from mglightning.analysis.task_summary import summarize_tasks
 from mglightning.build import build_datamodule, build_learner, build_trainer, compose_config
 from mglightning.callbacks import RoundProgress, TargetEvaluation, log_task_results
-from mglightning.checkpoint import CheckpointError, RoundCheckpoint, RunInterrupted, StopRequest
 from mglightning.config import CONF_DIR, ConfigError, validate
 from mglightning.data.datamodule import FederatedDataModule
 from mglightning.data.datasets import DataError
 from mglightning.data.partition import PartitionError
 from mglightning.federated.learner import TrainingFault
-from mglightning.loggers import build_logger, finish_wandb_run, quiet_lightning
-from mglightning.run_folder import RunFolder
+from mglightning.run.checkpoint import CheckpointError, RoundCheckpoint, RunInterrupted, StopRequest
+from mglightning.run.folder import RunFolder
+from mglightning.run.loggers import build_logger, finish_wandb_run, quiet_lightning
 
 log = logging.getLogger(__name__)
 

@@ -84,7 +84,7 @@ echo "flwr run: $ROUNDS rounds in $((SECONDS - t1)) s"
 import csv, sys
 from pathlib import Path
 import torch
-from mglightning.flower.config import compose_config
+from mglightning.flower.run_config import compose_config
 from mglightning.flower.server_app import ROUNDS_FILE, STATE_FILE
 from mglightning.build import build_datamodule, build_learner
 cfg, rounds = compose_config(sys.argv[1]), int(sys.argv[2])

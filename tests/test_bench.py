@@ -12,8 +12,8 @@ from mglightning.bench.alternatives import (
     client_batches,
     nchw_layout,
 )
-from mglightning.bench.devices import CIFAR10_STAND_IN, bench_devices, projected_run_seconds
-from mglightning.bench.devices import render as render_devices
+from mglightning.bench.device_rounds import CIFAR10_STAND_IN, bench_devices, projected_run_seconds
+from mglightning.bench.device_rounds import render as render_devices
 from mglightning.bench.export_format import (
     SAME_SPEED,
     bench_export_formats,
@@ -191,7 +191,7 @@ def test_pruned_copy_computes_the_sliced_pair(backbone, gated_layer):
     index = gated_layer - 1
     with torch.no_grad():
         layer_input = block_input(dense, index, torch.randn(1, 1, 16, 16))
-        _, _, mask = gated.blocks[index](layer_input, None, True, 1.0, False, None)
+        _, _, mask = gated.blocks[index](layer_input, temperature=1.0, sliced=True)
         keep = mask[0].nonzero().squeeze(1)
         pruned = pruned_copy(dense, index, keep)
         assert pruned.blocks[index].op.weight.shape[0] == len(keep) < mask.shape[1]

@@ -15,7 +15,7 @@ import wandb
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
-from mglightning.loggers import (
+from mglightning.run.loggers import (
     LIGHTNING_INFO,
     build_logger,
     drop_advertisements,
@@ -46,7 +46,7 @@ def logger_warnings(caplog) -> list[logging.LogRecord]:
     return [
         r
         for r in caplog.records
-        if r.name == "mglightning.loggers" and r.levelno >= logging.WARNING
+        if r.name == "mglightning.run.loggers" and r.levelno >= logging.WARNING
     ]
 
 

@@ -17,12 +17,12 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mglightning.build import build_datamodule, build_learner
-from mglightning.checkpoint import AtomicCheckpointIO, CheckpointError
 from mglightning.config import CONF_DIR
 from mglightning.federated.faults import FaultInjection, InjectedFault
 from mglightning.federated.learner import FederatedMetaLearner, TrainingFault
 from mglightning.federated.server import AcceleratedProximalStrategy, ClientResult
 from mglightning.federated.streams import round_generator
+from mglightning.run.checkpoint import AtomicCheckpointIO, CheckpointError
 from mglightning.train import run
 
 REPO_ROOT = CONF_DIR.parent

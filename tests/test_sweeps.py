@@ -18,10 +18,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from wandb.sdk.launch.sweeps import utils as wandb_sweep_utils
 
-from mglightning import finished_runs, sweep
+from mglightning import sweep
+from mglightning.analysis import finished_runs
 from mglightning.build import compose_config
-from mglightning.identity import fingerprint
-from mglightning.io import write_json
+from mglightning.run.identity import fingerprint
+from mglightning.run.io import write_json
 
 SWEEPS = sorted(path.stem for path in sweep.SWEEP_DIR.glob("*.yaml"))
 MAIN_SWEEP = "metagater_fmnist"  # `make sweep`'s default: sweeps every tuned key

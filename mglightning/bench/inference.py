@@ -55,14 +55,14 @@ def block_input(network: GatedNetwork, index: int, images: torch.Tensor) -> torc
     for block in network.blocks[:index]:
         if block.spec.kind == "linear" and x.dim() > 2:
             x = x.flatten(1)
-        x = block(x, None, False, network.temperature, False, None)[0]
+        x = block(x, temperature=network.temperature)[0]
     return x.flatten(1) if network.blocks[index].spec.kind == "linear" and x.dim() > 2 else x
 
 
 def run_pair(network: GatedNetwork, index: int, x: torch.Tensor, sliced: bool) -> torch.Tensor:
     """Block ``index`` and the layer reading it; sliced: only the active channels."""
     blocks = network.blocks
-    y, keep, _ = blocks[index](x, None, sliced, network.temperature, False, None)
+    y, keep, _ = blocks[index](x, temperature=network.temperature, sliced=sliced)
     if index + 1 < len(blocks):
         following = blocks[index + 1]
         if following.spec.kind == "linear" and y.dim() > 2:

@@ -21,13 +21,13 @@ from flwr.clientapp import ClientApp
 from mglightning.build import build_learner
 from mglightning.config import ConfigError
 from mglightning.federated.learner import FederatedMetaLearner
-from mglightning.flower.config import compose_config, run_overrides
 from mglightning.flower.protocol import (
     PARTITION_ID,
     partition_reply,
     read_train_message,
     result_reply,
 )
+from mglightning.flower.run_config import compose_config, run_overrides
 from mglightning.flower.shard import NodeShard, load_node_shard
 
 

@@ -15,9 +15,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from mglightning.build import build_datamodule, build_learner
-from mglightning.flower.config import compose_config, run_overrides
+from mglightning.flower.run_config import compose_config, run_overrides
 from mglightning.flower.strategy import FederatedRoundStrategy, ServerState, discover_nodes
-from mglightning.io import write_csv
+from mglightning.run.io import write_csv
 
 FLOWER_FOLDER = Path("flower")  # under the run's output_dir
 STATE_FILE = FLOWER_FOLDER / "server_state.ckpt"

@@ -19,11 +19,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mglightning.build import build_datamodule
-from mglightning.checkpoint import AtomicCheckpointIO
 from mglightning.config import ConfigError
 from mglightning.data.datamodule import ClientDataModule, FederatedDataModule
 from mglightning.data.datasets import ImageData, resolve_data_root
-from mglightning.identity import fingerprint
+from mglightning.run.checkpoint import AtomicCheckpointIO
+from mglightning.run.identity import fingerprint
 
 SHARD_FOLDER = "flower-shards"  # under the data root
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from mglightning.build import build_datamodule
 from mglightning.config import ConfigError
 from mglightning.flower.client_app import make_client_app
-from mglightning.flower.config import compose_config
+from mglightning.flower.run_config import compose_config
 from mglightning.flower.server_app import ROUNDS_FILE, STATE_FILE, make_server_app
 
 

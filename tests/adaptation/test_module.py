@@ -10,7 +10,7 @@ import torch
 from mglightning.adaptation.gating_stats import channel_set_text, flip_rate
 from mglightning.adaptation.module import FastAdaptation, accuracy
 from mglightning.adaptation.steps import adapt_gates
-from mglightning.adaptation.summary import summarize_tasks
+from mglightning.analysis.task_summary import summarize_tasks
 from mglightning.models import build_network
 
 

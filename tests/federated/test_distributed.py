@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mglightning.checkpoint import RunInterrupted
 from mglightning.config import CONF_DIR
 from mglightning.federated.distributed import gather_results, own_positions, world
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.federated.server import ClientResult
+from mglightning.run.checkpoint import RunInterrupted
 from mglightning.train import run
 
 REPO_ROOT = CONF_DIR.parent

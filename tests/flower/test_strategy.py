@@ -19,7 +19,7 @@ from mglightning.build import build_datamodule, build_learner  # noqa: E402
 from mglightning.config import ConfigError  # noqa: E402
 from mglightning.federated.streams import round_generator  # noqa: E402
 from mglightning.flower.client_app import make_client_app  # noqa: E402
-from mglightning.flower.config import compose_config  # noqa: E402
+from mglightning.flower.run_config import compose_config  # noqa: E402
 from mglightning.flower.shard import load_node_shard  # noqa: E402
 from mglightning.flower.strategy import (  # noqa: E402
     FederatedRoundStrategy,

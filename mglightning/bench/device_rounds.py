@@ -20,7 +20,7 @@ rounds (same clients, same batches) then run on each, four ways in alternation:
 Each way's meta-model after the rounds is compared with the loop's: float summation order
 alone moves them apart, and more as the rounds go on.
 
-    python -m mglightning.bench.devices [--rounds 20] [--output-dir DIR] [key=value ...]
+    python -m mglightning.bench.device_rounds [--rounds 20] [--output-dir DIR] [key=value ...]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from mglightning.bench.rounds import ConcatenatedRound, VmappedRound
 from mglightning.bench.workload import compose_config
 from mglightning.build import build_datamodule, build_learner
 from mglightning.devices import device_clock
-from mglightning.io import atomic_write_text, write_json
+from mglightning.run.io import atomic_write_text, write_json
 
 CIFAR10_STAND_IN = [  # the table1_cifar10 job, synthetic images of CIFAR-10's shape and size
     "experiment=table1_cifar10",
@@ -231,7 +231,7 @@ def render(results: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mglightning.bench.devices",
+    parser = argparse.ArgumentParser(prog="python -m mglightning.bench.device_rounds",
                                      description=__doc__)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)

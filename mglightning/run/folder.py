@@ -16,10 +16,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mglightning.checkpoint import LAST_NAME
 from mglightning.config import RUN_CONFIG, ConfigError
-from mglightning.identity import differing_keys
-from mglightning.io import atomic_write_text, write_csv, write_json
+from mglightning.run.checkpoint import LAST_NAME
+from mglightning.run.identity import differing_keys
+from mglightning.run.io import atomic_write_text, write_csv, write_json
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as Hydra's console
 

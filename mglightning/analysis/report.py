@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mglightning.analysis import (
+from mglightning.analysis.finished_runs import LABELS
+from mglightning.analysis.tables import (
     accuracy_curves,
     plot_accuracy_curves,
     plot_accuracy_vs_macs,
@@ -24,8 +25,7 @@ from mglightning.analysis import (
     runs_table,
     sparse_groups,
 )
-from mglightning.finished_runs import LABELS
-from mglightning.io import atomic_write_text, write_csv
+from mglightning.run.io import atomic_write_text, write_csv
 
 METHOD_TITLES = {
     "fedavg": "FedAvg",
@@ -106,7 +106,7 @@ def markdown_table(table: list[dict]) -> str:
 
 
 def row_runs(rows: list[MethodRuns]) -> list[tuple[Path, dict]]:
-    """Every run folder of the rows, labelled for :mod:`mglightning.analysis`: a row is a
+    """Every run folder of the rows, labelled for :mod:`mglightning.analysis.tables`: a row is a
     group, ``<method>-m<m>`` when the experiment runs the method with several m."""
     steps = {(row.method, row.local_steps) for row in rows}
     runs = []
@@ -129,7 +129,7 @@ def _save(figure: Figure, path: Path) -> None:
 
 def write_results(rows: list[MethodRuns], output_dir: Path) -> dict[str, Path]:
     """table.md, table.csv, accuracy_vs_macs.png (the accuracy–sparsity front), and from the
-    runs' curves and tasks (through the notebooks' :mod:`mglightning.analysis`): curve.csv,
+    runs' curves and tasks (through the notebooks' :mod:`mglightning.analysis.tables`): curve.csv,
     convergence.png and sparsity_histogram.png."""
     table = table_rows(rows)
     paths = {"table_md": output_dir / "table.md", "table_csv": output_dir / "table.csv",

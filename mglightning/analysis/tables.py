@@ -1,6 +1,6 @@
 """Finished runs as tables and figures, for the notebooks in ``notebooks/``.
 
-The runs come from :func:`mglightning.finished_runs.select_runs`, each labelled with its
+The runs come from :func:`mglightning.analysis.finished_runs.select_runs`, each labelled with its
 ``group``: every table and figure keeps groups apart, and averages over the seeds of one
 group only.
 """
@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mglightning.finished_runs import LABELS
+from mglightning.analysis.finished_runs import LABELS
 
 STATISTICS = ("mean", "std", "min", "max")
 ROUND_TIMINGS = ("round_seconds", "local_seconds", "server_seconds")  # logged each round
