@@ -2,27 +2,30 @@
 
 The entry points (``train``, ``deploy``, the Flower apps, the bench) and the tests build
 their objects here, so a learner is built one way wherever it is built: the same config and
-seed give the same x_0 and the same learner everywhere.
+seed give the same x_0 and the same learner everywhere. Every swappable part (backbone,
+local solver, server step, regularizer, adaptation rule, logger) is a ``_target_`` node of the
+config, built by :func:`build_part`; a new part is a new class and a YAML file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from mglightning.config import CONF_DIR, ConfigError
+from mglightning.adaptation.module import FastAdaptation
+from mglightning.config import CONF_DIR, LABEL_KEY, ConfigError
 from mglightning.data.datamodule import FederatedDataModule
 from mglightning.federated.distributed import ClientParallelStrategy
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.federated.prox import L1, GroupLasso
 from mglightning.federated.schedules import gate_noise_schedule, temperature_schedule
-from mglightning.models.backbones import build_network as build_backbone
 from mglightning.models.network import GatedNetwork
 from mglightning.run.checkpoint import AtomicCheckpointIO
 
@@ -31,6 +34,17 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """``conf/train.yaml`` composed with ``overrides``, as the command line composes it."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=list(overrides))
+
+
+def build_part(node: DictConfig) -> Callable:
+    """A ``_target_`` node as its target with the node's options bound (Hydra's ``instantiate``
+    with ``_partial_``); the caller passes what the config cannot hold (shapes, the network).
+    ``name`` is the part's label (run names, tables), not an option; a null option is unset,
+    the target's default (a method that inherits another's node nulls the options its own
+    target does not take, as ``conf/method/metagater_nogate.yaml``)."""
+    options = {key: value for key, value in OmegaConf.to_container(node, resolve=True).items()
+               if key != LABEL_KEY and value is not None}
+    return instantiate(options, _partial_=True, _convert_="all")
 
 
 def build_datamodule(cfg: DictConfig) -> FederatedDataModule:
@@ -49,17 +63,11 @@ def build_network(cfg: DictConfig, datamodule) -> GatedNetwork:
     function of the seed alone. ``datamodule`` is anything with ``input_shape`` and
     ``num_classes`` (a data module, a Flower node's shard)."""
     gated_layers = list(cfg.model.gated_layers) if cfg.method.gating else []
+    backbone = build_part(cfg.model)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
-        return build_backbone(
-            cfg.model.name,
-            datamodule.input_shape,
-            datamodule.num_classes,
-            gated_layers,
-            cfg.model.gate_hidden,
-            cfg.model.temperature,
-            cfg.model.get("gate_bias_init"),
-        )
+        return backbone(datamodule.input_shape, datamodule.num_classes,
+                        gated_layers=gated_layers)
 
 
 def build_learner(cfg: DictConfig, datamodule,
@@ -73,7 +81,7 @@ def build_learner(cfg: DictConfig, datamodule,
     learner = FederatedMetaLearner(
         network,
         strategy=None,
-        local_solver=instantiate(cfg.method.local),
+        local_solver=build_part(cfg.method.local)(),
         clients_per_round=cfg.method.clients_per_round,
         seed=cfg.seed,
         gate_noise=gate_noise_schedule(cfg.method.get("gate_noise", "none"), cfg.rounds),
@@ -86,26 +94,28 @@ def build_learner(cfg: DictConfig, datamodule,
         learner.inject_faults(**cfg.faults.inject)
     regularizer = build_regularizer(cfg, learner)
     server_options = {} if regularizer is None else {"regularizer": regularizer}  # FedAvg has none
-    learner.strategy = instantiate(cfg.method.server, **server_options)
+    learner.strategy = build_part(cfg.method.server)(**server_options)
     return learner
 
 
 def build_regularizer(cfg: DictConfig, learner: FederatedMetaLearner) -> GroupLasso | L1 | None:
-    """h(φ) of SPEC §3 over the learner's flat parameter vector."""
-    spec = cfg.method.get("regularizer") or {"name": "none"}
-    flat, network = learner.flat, learner.network
-    if spec["name"] == "group_lasso":
-        pairs = [
-            (f"blocks.{i}.gate.out.weight", f"blocks.{i}.gate.out.bias")
-            for i in network.gated_layers
-        ]
-        group_ids, num_groups = flat.group_index(pairs)
-        return GroupLasso(spec["gamma"], group_ids, num_groups)
-    if spec["name"] == "l1":
-        return L1(spec["gamma"], flat.gate_mask)
-    if spec["name"] == "none":
+    """h(φ) of SPEC §3 over the learner's flat parameter vector (``method.regularizer``: a
+    target's ``for_network``; null: none)."""
+    node = cfg.method.get("regularizer")
+    if node is None:
         return None
-    raise ValueError(f"method.regularizer.name={spec['name']!r}: choose group_lasso, l1 or none")
+    return build_part(node)(flat=learner.flat, network=learner.network)
+
+
+def build_adapter(cfg: DictConfig) -> FastAdaptation:
+    """The fast adaptation at the target nodes, with the rule of ``method.adaptation``."""
+    return FastAdaptation(build_part(cfg.method.adaptation))
+
+
+def build_logger(cfg: DictConfig) -> Logger | None:
+    """The run's logger (``logger._target_`` called with the run's config); none without one
+    (``logger=none``)."""
+    return build_part(cfg.logger)(cfg) if "_target_" in cfg.logger else None
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:

@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mglightning.adaptation.module import FastAdaptation
-from mglightning.build import build_datamodule, build_learner, compose_config
+from mglightning.build import build_adapter, build_datamodule, build_learner, compose_config
 from mglightning.config import RUN_CONFIG
 from mglightning.data.datamodule import ClientDataModule
 from mglightning.data.datasets import DataError
@@ -71,7 +70,7 @@ def deploy(run_dir: Path, target: int) -> Deployment:
     learner = build_learner(cfg, datamodule)
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     learner.load_state_dict(state["state_dict"])
-    adapter = FastAdaptation(**cfg.method.adaptation)
+    adapter = build_adapter(cfg)
     adapter.set_meta_network(learner.meta_network())
     client = clients[target]
     network, _, _ = adapter.adapt(client)

@@ -21,7 +21,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mglightning.adaptation.module import FastAdaptation
 from mglightning.analysis.task_summary import summarize_tasks
-from mglightning.build import build_datamodule, build_learner, build_trainer, compose_config
+from mglightning.build import (
+    build_adapter,
+    build_datamodule,
+    build_learner,
+    build_logger,
+    build_trainer,
+    compose_config,
+)
 from mglightning.callbacks import RoundProgress, TargetEvaluation, log_task_results
 from mglightning.config import CONF_DIR, ConfigError, validate
 from mglightning.data.datamodule import FederatedDataModule
@@ -30,7 +37,7 @@ from mglightning.data.partition import PartitionError
 from mglightning.federated.learner import TrainingFault
 from mglightning.run.checkpoint import CheckpointError, RoundCheckpoint, RunInterrupted, StopRequest
 from mglightning.run.folder import RunFolder
-from mglightning.run.loggers import build_logger, finish_wandb_run, quiet_lightning
+from mglightning.run.loggers import finish_wandb_run, quiet_lightning
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,7 @@ def run(cfg: DictConfig) -> dict:
     folder = RunFolder(cfg.output_dir)
     folder.check_config(cfg)
     with StopRequest() as stop_request, logging_redirect_tqdm():
-        adapter = FastAdaptation(**cfg.method.adaptation)
+        adapter = build_adapter(cfg)
         evaluation = TargetEvaluation(adapter, cfg.eval_every, folder.path, cfg.progress_bar)
         trainer = build_trainer(cfg, [
             stop_request,

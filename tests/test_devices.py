@@ -6,12 +6,15 @@ with the CPU tensors raises, or it shows up in the outputs. Every method's round
 step, both proxes, ``forward_cost`` and the adaptation of one target run this way.
 """
 
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from mglightning.adaptation.module import FastAdaptation
+from mglightning.adaptation.snip import snip
+from mglightning.adaptation.steps import one_step, two_stage
 from mglightning.bench.rounds import ConcatenatedRound, VmappedRound
 from mglightning.build import build_datamodule, build_learner
 from mglightning.federated.faults import InjectedFault
@@ -89,12 +92,12 @@ def test_forward_cost_counts_on_the_networks_device(gated_layers):
     assert cost.executed_macs.device == cost.gated_sparsity.device == CPU
 
 
-@pytest.mark.parametrize("rule,options", [("two_stage", {}), ("one_step", {}),
-                                          ("snip", {"keep_fraction": 0.5})])
+@pytest.mark.parametrize("rule,options", [(two_stage, {}), (one_step, {}),
+                                          (snip, {"keep_fraction": 0.5})])
 def test_adapting_one_target_makes_every_tensor_on_the_networks_device(tiny_config, rule,
                                                                         options):
     _, datamodule, learner = tiny_learner(tiny_config, "metagater")
-    adapter = FastAdaptation(rule, lr=0.05, **options)
+    adapter = FastAdaptation(partial(rule, lr=0.05, **options))
     adapter.set_meta_network(learner.meta_network())
     with defaults_to_meta():
         row = adapter.adapt_and_evaluate(datamodule.target_clients[0], 0)

@@ -15,9 +15,9 @@ import wandb
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
+from mglightning.build import build_logger
 from mglightning.run.loggers import (
     LIGHTNING_INFO,
-    build_logger,
     drop_advertisements,
     flat_config,
     has_wandb_credentials,

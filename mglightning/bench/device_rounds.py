@@ -35,10 +35,9 @@ from pathlib import Path
 
 import torch
 
-from mglightning.adaptation.module import FastAdaptation
 from mglightning.bench.rounds import ConcatenatedRound, VmappedRound
 from mglightning.bench.workload import compose_config
-from mglightning.build import build_datamodule, build_learner
+from mglightning.build import build_adapter, build_datamodule, build_learner
 from mglightning.devices import device_clock
 from mglightning.run.io import atomic_write_text, write_json
 
@@ -134,7 +133,7 @@ def evaluation_seconds(cfg, datamodule, learner, device: torch.device) -> dict:
     accuracy curve takes it (no gating measures) and as the last round's does (with them),
     and the whole run projected from them and the loop's median round (see
     :func:`projected_run_seconds`)."""
-    adapter = FastAdaptation(**cfg.method.adaptation)
+    adapter = build_adapter(cfg)
     adapter.set_meta_network(learner.meta_network())
     seconds = {}
     for name, measure_gating in (("curve_seconds", False), ("final_seconds", True)):

@@ -32,17 +32,16 @@ def page_faults() -> int:
 
 def measure(overrides: list[str], rounds: int, targets: int) -> dict:
     """One child's figures: median round, one evaluation of ``targets`` targets, its faults."""
-    from mglightning.adaptation.module import FastAdaptation
     from mglightning.bench.device_rounds import CIFAR10_STAND_IN
     from mglightning.bench.workload import compose_config
-    from mglightning.build import build_datamodule, build_learner
+    from mglightning.build import build_adapter, build_datamodule, build_learner
 
     cfg = compose_config([*CIFAR10_STAND_IN, *overrides])
     datamodule = build_datamodule(cfg)
     learner = build_learner(cfg, datamodule)
     round_seconds = [learner.run_round(datamodule.train_clients)["round_seconds"]
                      for _ in range(WARMUP_ROUNDS + rounds)][WARMUP_ROUNDS:]
-    adapter = FastAdaptation(**cfg.method.adaptation)
+    adapter = build_adapter(cfg)
     adapter.set_meta_network(learner.meta_network())
     faults, start = page_faults(), time.perf_counter()
     rows = adapter.evaluate_targets(datamodule.target_clients[:targets], measure_gating=False)

@@ -8,9 +8,11 @@ and so that a Flower ``Strategy`` could wrap them unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
+from mglightning.constraints import number
 from mglightning.devices import from_host
 from mglightning.federated.prox import L1, GroupLasso
 
@@ -45,9 +47,9 @@ class AcceleratedProximalStrategy:
     α_t = 2/(t+1) (or 1 with ``accelerated=False``), λ_t = (1 + c α_t/4) β.
     """
 
-    prox_lambda: float
-    beta: float
-    c: float = 1.0
+    prox_lambda: Annotated[float, number(at_least=0)]
+    beta: Annotated[float, number(above=0)]
+    c: Annotated[float, number(at_least=0)] = 1.0
     accelerated: bool = True
     weighted: bool = False
     regularizer: GroupLasso | L1 | None = None
