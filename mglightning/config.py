@@ -46,6 +46,7 @@ from mglightning.constraints import (
     one_of,
     optional,
     parameter_rules,
+    string,
 )
 from mglightning.data.datamodule import node_split
 from mglightning.data.datasets import DATASET_NAMES
@@ -91,12 +92,16 @@ SIZE_RANGE = Rule(
     lambda value: integer_list(1, length=2).check(value) and value[0] <= value[1],
     "[min, max] with 1 <= min <= max",
 )
-A_STRING = Rule(lambda value: isinstance(value, str), "a string")
 
 # Ranges and choices of the keys that no ``_target_`` takes. A data set with new keys adds
 # its lines here; a part states its ranges beside its parameters.
 RULES: dict[str, Rule] = {
     "seed": integer(0),
+    "experiment": string(),
+    "run_name": string(),
+    "output_root": string(),
+    "output_dir": string(),
+    "data_root": optional(string()),
     "deterministic": one_of(False, True, "warn"),
     "rounds": integer(1),
     "eval_every": integer(0),
@@ -123,13 +128,13 @@ RULES: dict[str, Rule] = {
     "dataset.synthetic.samples_per_class": integer(1),
     "dataset.synthetic.shape": integer_list(1, length=3),
     "dataset.synthetic.seed": integer(0),
-    "model.name": A_STRING,
-    "method.name": A_STRING,
+    "model.name": string(),
+    "method.name": string(),
     "method.gating": boolean(),
     "method.clients_per_round": integer(1),
     "method.gate_noise": one_of(*GATE_NOISE_SCALES),
     "method.temperature_end": optional(number(above=0)),
-    "logger.name": A_STRING,
+    "logger.name": string(),
 }
 
 TYPE_WORDS = {

@@ -65,6 +65,10 @@ def boolean() -> Rule:
     return Rule(lambda value: isinstance(value, bool), "true or false")
 
 
+def string() -> Rule:
+    return Rule(lambda value: isinstance(value, str), "a string")
+
+
 def integer_list(minimum: int, length: int | None = None, nullable: bool = False) -> Rule:
     """A list of integers >= ``minimum`` (of exactly ``length`` items when given)."""
     sized = f"{length} " if length is not None else ""

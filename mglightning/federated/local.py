@@ -14,7 +14,7 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 
-from mglightning.constraints import integer, number, optional
+from mglightning.constraints import boolean, integer, number, optional
 from mglightning.federated.flat import FlatParameters
 from mglightning.federated.server import ClientResult
 
@@ -88,7 +88,7 @@ class PerFedAvg:
     alpha: Annotated[float, number(above=0)]
     beta: Annotated[float, number(above=0)]
     batch_size: BatchSize
-    hessian_free: bool = False
+    hessian_free: Annotated[bool, boolean()] = False
     delta: Annotated[float, number(above=0)] = 1e-3
 
     def __call__(

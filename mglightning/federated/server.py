@@ -12,7 +12,7 @@ from typing import Annotated
 
 import torch
 
-from mglightning.constraints import number
+from mglightning.constraints import boolean, number
 from mglightning.devices import from_host
 from mglightning.federated.prox import L1, GroupLasso
 
@@ -50,8 +50,8 @@ class AcceleratedProximalStrategy:
     prox_lambda: Annotated[float, number(at_least=0)]
     beta: Annotated[float, number(above=0)]
     c: Annotated[float, number(at_least=0)] = 1.0
-    accelerated: bool = True
-    weighted: bool = False
+    accelerated: Annotated[bool, boolean()] = True
+    weighted: Annotated[bool, boolean()] = False
     regularizer: GroupLasso | L1 | None = None
 
     def alpha(self, round_index: int) -> float:
@@ -87,7 +87,7 @@ class AcceleratedProximalStrategy:
 class FedAvgStrategy:
     """FedAvg / Per-FedAvg server (SPEC §5): the next model is the (size-weighted) average."""
 
-    weighted: bool = True
+    weighted: Annotated[bool, boolean()] = True
 
     def configure_fit(self, x: torch.Tensor, x_ag: torch.Tensor, round_index: int) -> torch.Tensor:
         return x

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from mglightning.constraints import number, one_of
+from mglightning.constraints import number, one_of, optional, string
 
 log = logging.getLogger(__name__)
 LIGHTNING_INFO = logging.getLogger("lightning.pytorch.utilities.rank_zero")
@@ -129,8 +129,8 @@ def csv_metrics(output_dir: Path) -> CSVLogger:
 
 def wandb_or_csv_logger(
     cfg: DictConfig,
-    project: str,
-    entity: str | None = None,
+    project: Annotated[str, string()],
+    entity: Annotated[str | None, optional(string())] = None,
     mode: Annotated[str | None, one_of(None, "online", "offline", "disabled")] = None,
     init_timeout: Annotated[float, number(above=0)] = 30,
 ) -> Logger:
