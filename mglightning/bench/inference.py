@@ -67,7 +67,7 @@ def run_pair(network: GatedNetwork, index: int, x: torch.Tensor, sliced: bool) -
         following = blocks[index + 1]
         if following.spec.kind == "linear" and y.dim() > 2:
             y, keep = y.flatten(1), _feature_indices(keep, y.shape[2:])
-        return following(y, keep, sliced, network.temperature, False, None)[0]
+        return following(y, keep, temperature=network.temperature, sliced=sliced)[0]
     return network.head_logits(y, keep)
 
 
