@@ -36,7 +36,7 @@ test-all: ## Run every test, the slow end-to-end ones too
 gpu-check: ## On a GPU (<= 8 min): the cuda tests, host syncs reported; round time GPU vs CPU (loop, concatenated, vmapped, deterministic) → GPU_OUT/
 	MG_CUDA_SYNC_DEBUG=warn CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 330 \
 		$(PY) -m pytest -q -rs -m cuda --junitxml=$(GPU_OUT)/cuda-tests.xml
-	CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 150 $(PY) -m mglightning.bench.devices --rounds 10 --skip-without-gpu --output-dir $(GPU_OUT)
+	CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 150 $(PY) -m mglightning.bench.device_rounds --rounds 10 --skip-without-gpu --output-dir $(GPU_OUT)
 
 test-flower: ## The Flower tests, the simulation's bit-for-bit equality (slow, ~30 s) included
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "slow or not slow" tests/flower

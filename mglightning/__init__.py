@@ -1,5 +1,5 @@
 """MetaGater in PyTorch Lightning. Importing the package registers the config resolver
-``${mg.fingerprint:}`` that run names use (:mod:`mglightning.identity`).
+``${mg.fingerprint:}`` that run names use (:mod:`mglightning.run.identity`).
 
 It also asks PyTorch, before torch is imported, to back CPU tensors of 2 MB and more with
 transparent huge pages (``THP_MEM_ALLOC_ENABLE``, read once per process): a target's fast
@@ -12,4 +12,4 @@ import os
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from mglightning import identity as _identity  # noqa: E402,F401
+from mglightning.run import identity as _identity  # noqa: E402,F401

@@ -3,13 +3,19 @@
 Every problem ends in one :class:`ConfigError` whose one-line message names the key, the value
 and what is allowed; ``python -m mglightning.train`` prints it without a traceback.
 
-Where the rules come from, so that a new method or data set needs no edit here:
+:func:`validate` walks the composed tree once. Where its rules come from, so that a new method,
+part or data set needs no edit here:
 
-* known keys and their types: the config files themselves. A key is known when some option
-  file of its group (``conf/<group>/*.yaml``) or ``conf/train.yaml`` has it; its type is the
-  type it has there (an integer may stand for a float; a ``null`` default takes anything).
-* keys of a ``_target_`` node: the parameters of the class it names.
-* ranges and choices: the :data:`RULES` table below (a rule also declares its key known).
+* keys of a ``_target_`` node (backbone, local solver, server step, regularizer, adaptation
+  rule, logger): the parameters of what it names, and their ranges from the ``Annotated``
+  rules beside them (:mod:`mglightning.constraints`). ``name`` is the part's label; a null
+  option is unset (:func:`mglightning.build.build_part`).
+* other keys and their types: the config files. A key of a group (``method.*``) is known when
+  the chosen option file (with the files it extends) has it, so a method's key is refused
+  under another method; a key's type is the type it has there (an integer may stand for a
+  float; a ``null`` default takes anything). Keys outside the groups: ``conf/train.yaml``.
+* ranges of keys that no class takes: the :data:`RULES` table below (a rule also declares its
+  key known).
 
 Hydra itself already rejects ``key=value`` for a key the composed config lacks; this catches
 what Hydra lets through: ``+key=value``, keys an experiment file adds, types, ranges, and K
@@ -23,8 +29,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -33,14 +38,23 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mglightning.adaptation.module import ADAPTERS
+from mglightning.constraints import (
+    Rule,
+    boolean,
+    integer,
+    integer_list,
+    number,
+    one_of,
+    optional,
+    parameter_rules,
+    string,
+)
 from mglightning.data.datamodule import node_split
 from mglightning.data.datasets import DATASET_NAMES
 from mglightning.data.partition import NODES_FROM_DATA, PARTITIONER_KEYS, SIZE_DISTRIBUTIONS
 from mglightning.errors import ConfigError
 from mglightning.federated.faults import FAULT_KINDS
 from mglightning.federated.schedules import GATE_NOISE_SCALES
-from mglightning.models.backbones import BACKBONES
 
 # The configs: inside the package where a wheel put them (setup.py ships conf/ as
 # mglightning/conf), else the top-level conf/ of a source checkout or an editable install.
@@ -50,6 +64,7 @@ CONF_DIR = PACKAGED_CONF_DIR if PACKAGED_CONF_DIR.is_dir() else SOURCE_CONF_DIR
 RUN_CONFIG = "config.yaml"  # the resolved config a run folder was made with
 # Keys Hydra's instantiate reads itself, never passed to the target.
 INSTANTIATE_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+LABEL_KEY = "name"  # beside a _target_: the part's label (run names, tables), not passed
 # Nodes passed as keyword arguments to a fixed callable, checked like ``_target_`` nodes.
 SIGNATURE_NODES = {"trainer": "lightning.pytorch.Trainer"}
 # Trainer arguments that ``train.run`` sets itself, and what to set instead.
@@ -75,59 +90,6 @@ IGNORED_TOP_KEYS = {"hydra", "reproduce"}
 OmegaConf.register_new_resolver("not", lambda value: not value, replace=True)
 
 
-@dataclass(frozen=True)
-class Rule:
-    """What a key accepts: ``check(value)`` and, for the message, ``allowed`` in words."""
-
-    check: Callable[[Any], bool]
-    allowed: str
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def integer(minimum: int) -> Rule:
-    return Rule(lambda value: _is_int(value) and value >= minimum, f"an integer >= {minimum}")
-
-
-def number(above: float | None = None, at_least: float | None = None,
-           below: float | None = None) -> Rule:
-    """A number in an open or half-open interval."""
-    bounds = [f"> {above}" if above is not None else "", f">= {at_least}" if at_least is not None
-              else "", f"< {below}" if below is not None else ""]
-    return Rule(
-        lambda value: _is_number(value)
-        and (above is None or value > above)
-        and (at_least is None or value >= at_least)
-        and (below is None or value < below),
-        "a number " + " and ".join(bound for bound in bounds if bound),
-    )
-
-
-def optional(rule: Rule) -> Rule:
-    """``rule``, or null (the option's documented default)."""
-    return Rule(lambda value: value is None or rule.check(value), f"{rule.allowed} or null")
-
-
-def one_of(*choices) -> Rule:
-    return Rule(lambda value: value in choices, f"one of {list(choices)}")
-
-
-def integer_list(minimum: int, length: int | None = None, nullable: bool = False) -> Rule:
-    """A list of integers >= ``minimum`` (of exactly ``length`` items when given)."""
-    sized = f"{length} " if length is not None else ""
-    allowed = f"a list of {sized}integers >= {minimum}" + (" or null" if nullable else "")
-    return Rule(
-        lambda value: (nullable and value is None)
-        or (isinstance(value, list) and (length is None or len(value) == length)
-            and all(_is_int(item) and item >= minimum for item in value)),
-        allowed,
-    )
 
 
 SIZE_RANGE = Rule(
@@ -135,18 +97,28 @@ SIZE_RANGE = Rule(
     "[min, max] with 1 <= min <= max",
 )
 
-# Ranges and choices. A method or data set with new keys adds its lines here.
+# Ranges and choices of the keys that no ``_target_`` takes. A data set with new keys adds
+# its lines here; a part states its ranges beside its parameters.
 RULES: dict[str, Rule] = {
     "seed": integer(0),
+    "experiment": string(),
+    "run_name": string(),
+    "output_root": string(),
+    "output_dir": string(),
+    "data_root": optional(string()),
     "deterministic": one_of(False, True, "warn"),
     "rounds": integer(1),
     "eval_every": integer(0),
+    "resume": boolean(),
+    "reevaluate": boolean(),
+    "progress_bar": boolean(),
     "checkpoint.every_n_rounds": integer(1),
     "faults.max_failed_rounds": integer(1),
     "faults.inject.clients": integer_list(0),
     "faults.inject.kind": one_of(*FAULT_KINDS),
     "faults.inject.rounds": integer_list(1, nullable=True),
     "dataset.name": one_of(*DATASET_NAMES),
+    "dataset.download": boolean(),
     "dataset.batch_size": integer(1),
     "dataset.support_fraction": number(above=0, below=1),
     "dataset.partition.name": one_of(*PARTITIONER_KEYS),
@@ -160,31 +132,13 @@ RULES: dict[str, Rule] = {
     "dataset.synthetic.samples_per_class": integer(1),
     "dataset.synthetic.shape": integer_list(1, length=3),
     "dataset.synthetic.seed": integer(0),
-    "model.name": one_of(*BACKBONES),
-    "model.gated_layers": integer_list(1),
-    "model.gate_hidden": integer(1),
-    "model.temperature": number(above=0),
-    "model.gate_bias_init": optional(Rule(_is_number, "a number")),
+    "model.name": string(),
+    "method.name": string(),
+    "method.gating": boolean(),
     "method.clients_per_round": integer(1),
     "method.gate_noise": one_of(*GATE_NOISE_SCALES),
     "method.temperature_end": optional(number(above=0)),
-    "method.local.steps": integer(1),
-    "method.local.lr": number(above=0),
-    "method.local.prox_lambda": number(at_least=0),
-    "method.local.gate_lr": optional(number(at_least=0)),
-    "method.local.batch_size": integer(1),
-    "method.server.prox_lambda": number(at_least=0),
-    "method.server.beta": number(above=0),
-    "method.server.c": number(at_least=0),
-    "method.regularizer.name": one_of("group_lasso", "l1", "none"),
-    "method.regularizer.gamma": number(at_least=0),
-    "method.adaptation.rule": one_of(*ADAPTERS),
-    "method.adaptation.lr": number(above=0),
-    "method.adaptation.gate_lr": optional(number(at_least=0)),
-    "method.adaptation.stage1_steps": optional(integer(1)),
-    "method.adaptation.layers": integer_list(1),
-    "logger.name": one_of("wandb", "csv", "none"),
-    "logger.mode": one_of(None, "online", "offline", "disabled"),
+    "logger.name": string(),
 }
 
 TYPE_WORDS = {
@@ -202,10 +156,9 @@ def validate(cfg: DictConfig) -> None:
     return silently when every key is known, typed and in range."""
     values = _resolved(cfg)
     problems = [
-        *_unknown_and_mistyped(values, reference_kinds(), ""),
+        *_walk(values, known_kinds(values), ""),
         *_out_of_range(values),
         *_backbone_layers(values),
-        *_adaptation_options(values),
         *_set_by_run(values),
         *_clients_against_nodes(values),
     ]
@@ -222,28 +175,68 @@ def _resolved(cfg: DictConfig) -> dict:
         raise ConfigError(f"{key}: cannot be resolved ({_one_line(error)})") from error
 
 
-def _unknown_and_mistyped(
-    values: Mapping, known: Mapping[str, set[str]], prefix: str
-) -> Iterator[str]:
-    """Walk the config against the known keys and their kinds; ``_target_`` nodes (and
-    :data:`SIGNATURE_NODES`) by the signature of the callable they are passed to."""
-    target = values.get("_target_") or SIGNATURE_NODES.get(prefix.rstrip("."))
-    if target:
-        yield from _target_parameters(values, target, prefix)
+def _walk(values: Mapping, known: Mapping[str, set[str]], prefix: str) -> Iterator[str]:
+    """Every key once: those of a ``_target_`` node (and of :data:`SIGNATURE_NODES`) against
+    the parameters of the callable they are passed to and the rules beside them; any other
+    key against the keys and kinds of the config files."""
+    target_name = values.get("_target_") or SIGNATURE_NODES.get(prefix.rstrip("."))
+    if target_name:
+        yield from _target_node(values, target_name, known, prefix)
+        return
     for key, value in values.items():
         path = f"{prefix}{key}"
-        if target and key in INSTANTIATE_KEYS:
-            continue
         if path not in known and path not in RULES:
-            if not target:  # else reported by _target_parameters
-                yield _unknown_key(path, value, known)
-            continue
-        if path not in RULES and not _kind_allowed(value, known[path]):
-            expected = " or ".join(sorted(TYPE_WORDS[kind] for kind in known[path]
-                                          if kind in TYPE_WORDS))
-            yield f"{path}={_show(value)}: must be {expected}"
+            yield _unknown_key(path, value, known)
+        elif path not in RULES and not _kind_allowed(value, known[path]):
+            yield _mistyped(path, value, known[path])
         elif isinstance(value, dict):
-            yield from _unknown_and_mistyped(value, known, f"{path}.")
+            yield from _walk(value, known, f"{path}.")
+
+
+def _target_node(values: Mapping, target_name: str, known: Mapping[str, set[str]],
+                 prefix: str) -> Iterator[str]:
+    """A node whose keys are passed to ``target_name``: each must be one of its parameters
+    (a null one is unset, its default) and within the rule annotated on it."""
+    try:
+        target = _import_target(target_name)
+        parameters = inspect.signature(target).parameters
+        rules = parameter_rules(target)
+    except (ImportError, AttributeError, ValueError, TypeError, NameError) as error:
+        yield (f"{prefix}_target_={target_name!r}: must name an importable class or "
+               f"function ({_one_line(error)})")
+        return
+    takes_any = any(param.kind is inspect.Parameter.VAR_KEYWORD for param in parameters.values())
+    names = [name for name in parameters if name != "self"]
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key in INSTANTIATE_KEYS or (key == LABEL_KEY and "_target_" in values):
+            continue  # a label's rule, if any, is in RULES
+        if key not in parameters:
+            if takes_any or (value is None and "_target_" in values):
+                continue
+            if path in known:  # an option of another part of this group
+                yield (f"{path}={_show(value)}: {target_name} does not take it; "
+                       f"set it to null")
+            else:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                yield (f"unknown key {path}={_show(value)}{hint}: {target_name} takes "
+                       f"{', '.join(names)}")
+            continue
+        if value is None and parameters[key].default is not inspect.Parameter.empty:
+            continue  # unset: the parameter's default
+        if key in rules:
+            if not rules[key].check(value):
+                yield f"{path}={_show(value)}: must be {rules[key].allowed}"
+        elif path in known and not _kind_allowed(value, known[path]):
+            yield _mistyped(path, value, known[path])
+        elif isinstance(value, dict):
+            yield from _walk(value, known, f"{path}.")
+
+
+def _mistyped(path: str, value, kinds: set[str]) -> str:
+    expected = " or ".join(sorted(TYPE_WORDS[kind] for kind in kinds if kind in TYPE_WORDS))
+    return f"{path}={_show(value)}: must be {expected}"
 
 
 def _unknown_key(path: str, value, known: Mapping[str, set[str]]) -> str:
@@ -256,37 +249,31 @@ def _unknown_key(path: str, value, known: Mapping[str, set[str]]) -> str:
     return f"unknown key {path}={_show(value)}{hint}: allowed {where} are {', '.join(siblings)}"
 
 
-def _target_parameters(values: Mapping, target_name: str, prefix: str) -> Iterator[str]:
-    """The keys of a node passed to a callable must be parameters of that callable."""
-    try:
-        target = _import_target(target_name)
-    except (ImportError, AttributeError, ValueError) as error:
-        yield (f"{prefix}_target_={target_name!r}: must name an importable class or "
-               f"function ({_one_line(error)})")
-        return
-    parameters = inspect.signature(target).parameters
-    if any(param.kind is inspect.Parameter.VAR_KEYWORD for param in parameters.values()):
-        return
-    names = [name for name in parameters if name != "self"]
-    for key in sorted(set(values) - INSTANTIATE_KEYS - set(names)):
-        close = difflib.get_close_matches(key, names, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        yield (f"unknown key {prefix}{key}={_show(values[key])}{hint}: {target_name} takes "
-               f"{', '.join(names)}")
-
-
 def _import_target(dotted_name: str):
-    module_name, _, attribute = str(dotted_name).rpartition(".")
-    if not module_name:
+    """What a ``_target_`` names: a module attribute, or an attribute of one (a class's
+    ``for_network``)."""
+    parts = str(dotted_name).split(".")
+    if len(parts) < 2:
         raise ValueError("not a dotted path")
-    return getattr(importlib.import_module(module_name), attribute)
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            if split == 1:
+                raise
+            continue
+        for attribute in parts[split:]:
+            found = getattr(found, attribute)
+        return found
+    raise ImportError(dotted_name)
 
 
 def _kind_allowed(value, kinds: set[str]) -> bool:
-    """A value of the kind a config file gives the key; ints stand for floats; null is open."""
+    """A value of the kind a config file gives the key; ints stand for floats; null is open,
+    and a node may be null (a part switched off: ``method.regularizer=null``)."""
     kind = _kind(value)
     return not kinds or "null" in kinds or "any" in kinds or kind in kinds or (
-        kind == "int" and "float" in kinds)
+        kind == "int" and "float" in kinds) or (kind == "null" and "mapping" in kinds)
 
 
 def _out_of_range(values: Mapping) -> Iterator[str]:
@@ -332,27 +319,17 @@ def _set_by_run(values: Mapping) -> Iterator[str]:
 def _backbone_layers(values: Mapping) -> Iterator[str]:
     """Gated layers must exist in the chosen backbone (1-based; the head is never gated)."""
     model = values.get("model") or {}
-    layers = BACKBONES.get(model.get("name"))
     gated = model.get("gated_layers")
-    if layers is None or not integer_list(1).check(gated):
+    try:
+        layers = _import_target(model.get("_target_")).layers
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return  # not a backbone with a layer list: the walker names a bad _target_
+    if not integer_list(1).check(gated):
         return
     missing = [layer for layer in gated if layer > len(layers)]
     if missing:
-        yield (f"model.gated_layers={gated}: {model['name']} has layers 1..{len(layers)}, "
-               f"not {missing}")
-
-
-def _adaptation_options(values: Mapping) -> Iterator[str]:
-    """An adaptation option that is set (not null) must be one its rule takes."""
-    adaptation = (values.get("method") or {}).get("adaptation") or {}
-    rule = ADAPTERS.get(adaptation.get("rule"))
-    if rule is None:
-        return
-    takes = inspect.signature(rule).parameters
-    for key, value in adaptation.items():
-        if key != "rule" and value is not None and key not in takes:
-            yield (f"method.adaptation.{key}={_show(value)}: the {adaptation['rule']} rule does "
-                   f"not take it; set it to null")
+        yield (f"model.gated_layers={gated}: {model.get(LABEL_KEY)} has layers "
+               f"1..{len(layers)}, not {missing}")
 
 
 def _lookup(values: Mapping, path: str) -> tuple[bool, Any]:
@@ -364,21 +341,58 @@ def _lookup(values: Mapping, path: str) -> tuple[bool, Any]:
     return True, node
 
 
+def known_kinds(values: Mapping) -> dict[str, set[str]]:
+    """``{dotted key: kinds of its value}`` for this config: ``conf/train.yaml``'s keys, and
+    for each group the keys of the chosen option (the option file named by the node's
+    ``name``, with the files it extends); all options' keys where no file has that name."""
+    kinds = dict(_train_kinds())
+    for group in _groups():
+        label = (values.get(group) or {}).get(LABEL_KEY) if isinstance(
+            values.get(group), Mapping) else None
+        option_file = CONF_DIR / group / f"{label}.yaml"
+        if isinstance(label, str) and option_file.is_file():
+            kinds |= _option_kinds(group, label)
+        else:
+            for option in sorted(CONF_DIR.joinpath(group).glob("*.yaml")):
+                for key, option_kinds in _option_kinds(group, option.stem).items():
+                    kinds.setdefault(key, set()).update(option_kinds)
+    return kinds
+
+
 @cache
-def reference_kinds() -> dict[str, set[str]]:
-    """``{dotted key: kinds of its value}`` from conf/train.yaml and every option file of the
-    groups its defaults list composes (their union: any option's key is known)."""
-    kinds: dict[str, set[str]] = {}
+def _groups() -> tuple[str, ...]:
     train = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml"), resolve=False)
-    for group in _node_groups(train.pop("defaults", [])):
-        kinds[group] = {"mapping"}
-        for option_file in sorted((CONF_DIR / group).glob("*.yaml")):
-            option = OmegaConf.to_container(OmegaConf.load(option_file), resolve=False)
-            option.pop("defaults", None)
-            _collect_kinds(option, f"{group}.", kinds)
+    return tuple(_node_groups(train.get("defaults", [])))
+
+
+@cache
+def _train_kinds() -> dict[str, set[str]]:
+    train = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml"), resolve=False)
+    train.pop("defaults", None)
     train.pop("hydra", None)
+    kinds = {group: {"mapping"} for group in _groups()}
     _collect_kinds(train, "", kinds)
     return kinds
+
+
+@cache
+def _option_kinds(group: str, option: str) -> dict[str, set[str]]:
+    """The keys of ``conf/<group>/<option>.yaml`` and of the options it extends."""
+    kinds: dict[str, set[str]] = {}
+    tree = OmegaConf.to_container(_option_tree(group, option), resolve=False)
+    _collect_kinds(tree, f"{group}.", kinds)
+    return kinds
+
+
+def _option_tree(group: str, option: str) -> DictConfig:
+    """An option file with the files it extends merged under it, without its defaults list."""
+    loaded = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+    merged = OmegaConf.create()
+    for base in loaded.get("defaults", []):
+        if isinstance(base, str) and base != "_self_":
+            merged = OmegaConf.merge(merged, _option_tree(group, base))
+    own = OmegaConf.masked_copy(loaded, [key for key in loaded if key != "defaults"])
+    return OmegaConf.merge(merged, own)
 
 
 def _node_groups(defaults: list) -> list[str]:

@@ -20,18 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from mglightning.adaptation.module import FastAdaptation
-from mglightning.checkpoint import UnsafeCheckpointError, read_checkpoint
-from mglightning.config import CONF_DIR, RUN_CONFIG
+from mglightning.build import build_adapter, build_datamodule, build_learner, compose_config
+from mglightning.config import RUN_CONFIG
 from mglightning.data.datamodule import ClientDataModule
 from mglightning.data.datasets import DataError
 from mglightning.export import RawImageInput, task_network
-from mglightning.identity import fingerprint
-from mglightning.io import write_json
-from mglightning.train import build_datamodule, build_learner, build_network
+from mglightning.run.checkpoint import UnsafeCheckpointError, read_checkpoint
+from mglightning.run.identity import fingerprint
+from mglightning.run.io import write_json
 
 
 class DeployError(ValueError):
@@ -70,10 +68,10 @@ def deploy(run_dir: Path, target: int) -> Deployment:
     clients = datamodule.target_clients
     if not 0 <= target < len(clients):
         raise DeployError(f"--target {target}: the run has target nodes 0..{len(clients) - 1}")
-    learner = build_learner(cfg, build_network(cfg, datamodule))
+    learner = build_learner(cfg, datamodule)
     state = read_checkpoint(checkpoint)
     learner.load_state_dict(state["state_dict"])
-    adapter = FastAdaptation(**cfg.method.adaptation)
+    adapter = build_adapter(cfg)
     adapter.set_meta_network(learner.meta_network())
     client = clients[target]
     network, _, _ = adapter.adapt(client)
@@ -129,8 +127,7 @@ def metadata(run_dir: Path, cfg: DictConfig, target: int, client: ClientDataModu
 def default_run_dir() -> Path:
     """The folder of the run the default config makes (``make train``): its run name carries
     the config's fingerprint, so it is composed, not guessed."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return Path(compose("train").output_dir)
+    return Path(compose_config().output_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

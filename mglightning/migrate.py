@@ -1,7 +1,7 @@
 """``python -m mglightning.migrate RUNS_DIR [--apply]``: run folders made before a run's
 identity left out what its method does not read and took in its data, made findable again.
 
-Two changes of :mod:`mglightning.identity` leave older folders unfound or refused:
+Two changes of :mod:`mglightning.run.identity` leave older folders unfound or refused:
 
 - an ungated method's fingerprint no longer holds the gates' keys, nor a regularizer's γ when
   it is ``none``: such a run's name now ends in another fingerprint;
@@ -28,8 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from mglightning.config import RUN_CONFIG
 from mglightning.data.datasets import DataError
 from mglightning.data.partition import PartitionError
-from mglightning.identity import DATA_KEY, FINGERPRINT_LENGTH, fingerprint
-from mglightning.run_folder import RunFolder, pooled_data_fingerprint
+from mglightning.run.folder import RunFolder, pooled_data_fingerprint
+from mglightning.run.identity import DATA_KEY, FINGERPRINT_LENGTH, fingerprint
 
 FINGERPRINT_SUFFIX = re.compile(rf"-[0-9a-f]{{{FINGERPRINT_LENGTH}}}$")
 NOT_RUN_FOLDERS = {"wandb", ".hydra"}  # their config.yaml files are not a run's

@@ -7,16 +7,16 @@ a method and its number of local updates m, and for MetaSNIP the runs it builds 
 run is ``mglightning.train.run`` on the composed config, in this process, writing under
 ``results/<runs_group>/runs/<method>-m<m>-seed<s>/``. Experiments with the same setup
 share ``runs_group``, so a run two tables need is made once. A finished run whose
-``config.yaml`` has the current config's identity (:mod:`mglightning.identity`) is reused; an
+``config.yaml`` has the current config's identity (:mod:`mglightning.run.identity`) is reused; an
 unfinished one resumes from its checkpoint; one made with another config is stale and is
 redone. Then the table, the convergence plot and the sparsity histogram go to
-``results/<experiment>/`` (see :mod:`mglightning.results`).
+``results/<experiment>/`` (see :mod:`mglightning.analysis.report`).
 
 Held-out seeds (issue 22): choices (step sizes, γ, noise, a front's point) are made on
 ``reproduce.choose_seeds`` (``--choose``, results in ``results/<experiment>/choose/``); the
 tables and verdicts are on ``reproduce.report_seeds``, the default, never used for a choice.
 Each method of ``reproduce.compare_with`` gets a column: every row's accuracy minus that
-method's, paired per seed (:func:`mglightning.results.paired_differences`).
+method's, paired per seed (:func:`mglightning.analysis.report.paired_differences`).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from mglightning.results import MethodRuns, write_results
-from mglightning.run_folder import RunFolder
-from mglightning.train import CONF_DIR, run
+from mglightning.analysis.report import MethodRuns, write_results
+from mglightning.build import compose_config
+from mglightning.run.folder import RunFolder
+from mglightning.train import run
 
 log = logging.getLogger(__name__)
 # The caller's overrides come after (logger=wandb to log, deterministic=false for speed).
@@ -61,8 +61,7 @@ class RunSpec:
 
 
 def compose_run(experiment: str, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[f"experiment={experiment}", *overrides])
+    return compose_config([f"experiment={experiment}", *overrides])
 
 
 def run_specs(cfg: DictConfig) -> list[RunSpec]:

@@ -6,7 +6,7 @@ same search space as a Hydra multirun command when offline.
 Offline, continuous distributions become a grid of ``GRID_POINTS`` values: both ends and the
 middle (the geometric middle for log distributions), rounded to 3 significant digits. Each
 point keeps the entry point's default run name, fingerprinted by its config
-(:mod:`mglightning.identity`), so a point has the same folder in every multirun and a re-run
+(:mod:`mglightning.run.identity`), so a point has the same folder in every multirun and a re-run
 skips the finished ones. The time it would take is estimated from finished runs of the same
 data set, model and method, never guessed.
 """
@@ -21,13 +21,13 @@ import sys
 from pathlib import Path
 
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from mglightning.analysis import load_summaries
+from mglightning.analysis.finished_runs import RunSelectionError, runs_dir, select_runs
+from mglightning.analysis.tables import load_summaries
+from mglightning.build import compose_config
 from mglightning.config import CONF_DIR
-from mglightning.finished_runs import RunSelectionError, runs_dir, select_runs
-from mglightning.loggers import has_wandb_credentials, wandb_mode
+from mglightning.run.loggers import has_wandb_credentials, wandb_mode
 
 SWEEP_DIR = CONF_DIR / "sweep"
 GRID_POINTS = 3
@@ -105,8 +105,7 @@ def first_point(sweep: dict) -> list[str]:
 
 def compose_point(overrides: list[str]) -> DictConfig:
     """A point's config, composed as the multirun composes each of its jobs."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return compose_config(overrides)
 
 
 def count_runs(sweep: dict) -> int:

@@ -12,137 +12,39 @@ import sys
 
 import hydra
 import lightning as L
-import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mglightning.adaptation.module import FastAdaptation
-from mglightning.adaptation.summary import summarize_tasks
+from mglightning.analysis.task_summary import summarize_tasks
+from mglightning.build import (
+    build_adapter,
+    build_datamodule,
+    build_learner,
+    build_logger,
+    build_trainer,
+    compose_config,
+)
 from mglightning.callbacks import RoundProgress, TargetEvaluation, log_task_results
-from mglightning.checkpoint import (
-    AtomicCheckpointIO,
+from mglightning.config import CONF_DIR, ConfigError, validate
+from mglightning.data.datamodule import FederatedDataModule
+from mglightning.data.datasets import DataError
+from mglightning.data.partition import PartitionError
+from mglightning.federated.learner import TrainingFault
+from mglightning.run.checkpoint import (
     CheckpointError,
     RoundCheckpoint,
     RunInterrupted,
     StopRequest,
     read_checkpoint,
 )
-from mglightning.config import CONF_DIR, ConfigError, validate
-from mglightning.data.datamodule import FederatedDataModule
-from mglightning.data.datasets import DataError
-from mglightning.data.partition import PartitionError
-from mglightning.federated.distributed import ClientParallelStrategy
-from mglightning.federated.learner import FederatedMetaLearner, TrainingFault
-from mglightning.federated.prox import L1, GroupLasso
-from mglightning.federated.schedules import gate_noise_schedule, temperature_schedule
-from mglightning.loggers import build_logger, finish_wandb_run, quiet_lightning
-from mglightning.models.backbones import build_network as build_backbone
-from mglightning.models.network import GatedNetwork
-from mglightning.run_folder import RunFolder
+from mglightning.run.folder import RunFolder
+from mglightning.run.loggers import finish_wandb_run, quiet_lightning
 
 log = logging.getLogger(__name__)
-
-
-def build_datamodule(cfg: DictConfig) -> FederatedDataModule:
-    datamodule = FederatedDataModule(
-        OmegaConf.to_container(cfg.dataset, resolve=True),
-        seed=cfg.seed,
-        batch_size=cfg.dataset.batch_size,
-        data_root=cfg.data_root,
-        clients_per_round=cfg.method.clients_per_round,
-    )
-    datamodule.setup()
-    return datamodule
-
-
-def build_network(cfg: DictConfig, datamodule: FederatedDataModule) -> GatedNetwork:
-    """The backbone, gated unless the method says otherwise; its initialization is x_0, a
-    function of the seed alone."""
-    gated_layers = list(cfg.model.gated_layers) if cfg.method.gating else []
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.seed)
-        return build_backbone(
-            cfg.model.name,
-            datamodule.input_shape,
-            datamodule.num_classes,
-            gated_layers,
-            cfg.model.gate_hidden,
-            cfg.model.temperature,
-            cfg.model.get("gate_bias_init"),
-        )
-
-
-def build_learner(cfg: DictConfig, network: GatedNetwork) -> FederatedMetaLearner:
-    learner = FederatedMetaLearner(
-        network,
-        strategy=None,
-        local_solver=instantiate(cfg.method.local),
-        clients_per_round=cfg.method.clients_per_round,
-        seed=cfg.seed,
-        gate_noise=gate_noise_schedule(cfg.method.get("gate_noise", "none"), cfg.rounds),
-        temperature=temperature_schedule(
-            cfg.model.temperature, cfg.method.get("temperature_end"), cfg.rounds
-        ),
-        max_failed_rounds=cfg.faults.max_failed_rounds,
-    )
-    if cfg.faults.inject.clients:
-        learner.inject_faults(**cfg.faults.inject)
-    regularizer = build_regularizer(cfg, learner)
-    server_options = {} if regularizer is None else {"regularizer": regularizer}  # FedAvg has none
-    learner.strategy = instantiate(cfg.method.server, **server_options)
-    return learner
-
-
-def build_regularizer(cfg: DictConfig, learner: FederatedMetaLearner) -> GroupLasso | L1 | None:
-    """h(φ) of SPEC §3 over the learner's flat parameter vector."""
-    spec = cfg.method.get("regularizer") or {"name": "none"}
-    flat, network = learner.flat, learner.network
-    if spec["name"] == "group_lasso":
-        pairs = [
-            (f"blocks.{i}.gate.out.weight", f"blocks.{i}.gate.out.bias")
-            for i in network.gated_layers
-        ]
-        group_ids, num_groups = flat.group_index(pairs)
-        return GroupLasso(spec["gamma"], group_ids, num_groups)
-    if spec["name"] == "l1":
-        return L1(spec["gamma"], flat.gate_mask)
-    if spec["name"] == "none":
-        return None
-    raise ValueError(f"method.regularizer.name={spec['name']!r}: choose group_lasso, l1 or none")
-
-
-def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
-    """One Trainer for the rounds and the final adaptation; built before anything is written,
-    so that trainer settings this machine cannot run (``trainer.accelerator=gpu`` without a
-    GPU) end as bad input. Loggers are attached once the run folder is in use. With several
-    devices each round's clients are split across processes
-    (:mod:`mglightning.federated.distributed`)."""
-    several_processes = cfg.trainer.get("devices", 1) != 1 or cfg.trainer.get("num_nodes", 1) != 1
-    try:
-        return L.Trainer(
-            max_epochs=cfg.rounds,
-            logger=False,
-            callbacks=callbacks,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            inference_mode=False,  # adaptation at the targets takes gradients
-            plugins=[AtomicCheckpointIO()],
-            default_root_dir=cfg.output_dir,
-            strategy=ClientParallelStrategy() if several_processes else "auto",
-            use_distributed_sampler=False,  # the processes split the clients themselves
-            **cfg.trainer,
-        )
-    except MisconfigurationException as error:
-        raise ConfigError(f"trainer.accelerator={cfg.trainer.get('accelerator')} "
-                          f"trainer.devices={cfg.trainer.get('devices')}: "
-                          f"{' '.join(str(error).split())}") from error
 
 
 def run(cfg: DictConfig) -> dict:
@@ -155,7 +57,7 @@ def run(cfg: DictConfig) -> dict:
     folder = RunFolder(cfg.output_dir)
     folder.check_config(cfg)
     with StopRequest() as stop_request, logging_redirect_tqdm():
-        adapter = FastAdaptation(**cfg.method.adaptation)
+        adapter = build_adapter(cfg)
         evaluation = TargetEvaluation(adapter, cfg.eval_every, folder.path, cfg.progress_bar)
         trainer = build_trainer(cfg, [
             stop_request,
@@ -183,7 +85,7 @@ def train_and_adapt(cfg: DictConfig, folder: RunFolder, trainer: L.Trainer,
                     evaluation: TargetEvaluation, stop_request: StopRequest) -> dict:
     """The run's work, once its folder is settled: the rounds (resumed where a checkpoint
     is), then the final adaptation at every target node, then the results files."""
-    learner = build_learner(cfg, build_network(cfg, datamodule))
+    learner = build_learner(cfg, datamodule)
     logger = build_logger(cfg)
     trainer.loggers = [logger] if logger is not None else []
     meta_checkpoint = cfg.method.get("meta_checkpoint")
@@ -264,22 +166,21 @@ def check_overrides(overrides: list[str]) -> None:
     if any(arg.startswith(("-", "hydra")) for arg in overrides):
         return
     message = None
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    try:
+        cfg = compose_config(overrides)
+    except HydraException as error:
+        message = " ".join(str(error).split())
         try:
-            cfg = compose("train", overrides=overrides)
-        except HydraException as error:
-            message = " ".join(str(error).split())
-            try:
-                forced = [
-                    override.input_line
-                    if override.is_add() or override.is_force_add() or override.is_delete()
-                    or (CONF_DIR / override.key_or_group).is_dir()  # a group: dataset=...
-                    else f"++{override.input_line}"
-                    for override in OverridesParser.create().parse_overrides(overrides)
-                ]
-                cfg = compose("train", overrides=forced)
-            except HydraException:
-                cfg = None  # Hydra's message says it
+            forced = [
+                override.input_line
+                if override.is_add() or override.is_force_add() or override.is_delete()
+                or (CONF_DIR / override.key_or_group).is_dir()  # a group: dataset=...
+                else f"++{override.input_line}"
+                for override in OverridesParser.create().parse_overrides(overrides)
+            ]
+            cfg = compose_config(forced)
+        except HydraException:
+            cfg = None  # Hydra's message says it
     try:
         if cfg is not None:
             validate(cfg)

@@ -84,9 +84,9 @@ echo "flwr run: $ROUNDS rounds in $((SECONDS - t1)) s"
 import csv, sys
 from pathlib import Path
 import torch
-from mglightning.flower.config import compose_config
+from mglightning.flower.run_config import compose_config
 from mglightning.flower.server_app import ROUNDS_FILE, STATE_FILE
-from mglightning.train import build_datamodule, build_learner, build_network
+from mglightning.build import build_datamodule, build_learner
 cfg, rounds = compose_config(sys.argv[1]), int(sys.argv[2])
 state = torch.load(Path(cfg.output_dir) / STATE_FILE, weights_only=True)["state_dict"]
 assert int(state["rounds_done"]) == rounds, f"rounds_done={int(state['rounds_done'])}"
@@ -94,7 +94,7 @@ rows = list(csv.DictReader(open(Path(cfg.output_dir) / ROUNDS_FILE)))
 assert [int(float(row["failed-clients"])) for row in rows] == [0] * rounds, rows
 torch.set_num_threads(1)  # as the ClientApp processes (OMP_NUM_THREADS=1)
 datamodule = build_datamodule(cfg)
-learner = build_learner(cfg, build_network(cfg, datamodule))
+learner = build_learner(cfg, datamodule)
 for _ in range(rounds):
     learner.run_round(datamodule.train_clients)
 assert torch.equal(state["x_ag"], learner.x_ag), "x_ag differs from the in-process run"

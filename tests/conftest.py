@@ -6,9 +6,8 @@ import os
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from mglightning.train import CONF_DIR
+from mglightning import build
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -46,8 +45,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 def compose_config(overrides: list[str], tmp_path) -> object:
     """The composed train config with the tiny settings, writing under ``tmp_path``."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[*TINY, f"output_root={tmp_path}", *overrides])
+    return build.compose_config([*TINY, f"output_root={tmp_path}", *overrides])
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mglightning.bench.alternatives import bench_alternatives
-from mglightning.bench.devices import CIFAR10_STAND_IN, bench_devices, projected_run_seconds
-from mglightning.bench.devices import render as render_devices
+from mglightning.bench.device_rounds import CIFAR10_STAND_IN, bench_devices, projected_run_seconds
+from mglightning.bench.device_rounds import render as render_devices
 from mglightning.bench.export_format import (
     SAME_SPEED,
     bench_export_formats,
@@ -34,11 +34,10 @@ from mglightning.bench.rounds import ReferenceRound, RoundState, max_update_diff
 from mglightning.bench.suite import BenchConfig, run_suite
 from mglightning.bench.timing import alternate, ratio
 from mglightning.bench.workload import compose_config, sparsify_gates
+from mglightning.build import build_datamodule, build_learner
 from mglightning.config import validate
 from mglightning.export import RawImageInput, task_network
 from mglightning.models import build_network, forward_cost
-from mglightning.train import build_datamodule, build_learner
-from mglightning.train import build_network as build_model
 
 
 @pytest.fixture
@@ -46,7 +45,7 @@ def tiny_learner(tiny_config):
     cfg = tiny_config("method.clients_per_round=2", "method.local.steps=2",
                       "method.gate_noise=logistic")  # the noise path too
     datamodule = build_datamodule(cfg)
-    return build_learner(cfg, build_model(cfg, datamodule)), datamodule.train_clients
+    return build_learner(cfg, datamodule), datamodule.train_clients
 
 
 def test_reference_round_computes_our_update(tiny_learner):
@@ -128,7 +127,7 @@ def test_pruned_copy_computes_the_sliced_pair(backbone, gated_layer):
     index = gated_layer - 1
     with torch.no_grad():
         layer_input = block_input(dense, index, torch.randn(1, 1, 16, 16))
-        _, _, mask = gated.blocks[index](layer_input, None, True, 1.0, False, None)
+        _, _, mask = gated.blocks[index](layer_input, temperature=1.0, sliced=True)
         keep = mask[0].nonzero().squeeze(1)
         pruned = pruned_copy(dense, index, keep)
         assert pruned.blocks[index].op.weight.shape[0] == len(keep) < mask.shape[1]
@@ -209,7 +208,7 @@ def test_tried_alternatives_time_whole_rounds_from_one_state(tiny_config, compil
     cfg = tiny_config("method.clients_per_round=2", "method.local.steps=2",
                       "method.gate_noise=logistic", "dataset.batch_size=8")
     datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_model(cfg, datamodule))
+    learner = build_learner(cfg, datamodule)
     buffers = {name: value.clone() for name, value in learner.named_buffers()}
     schedule, module = learner.gate_noise, learner.flat.module
     tried = bench_alternatives(learner, datamodule.train_clients, repeats=1,

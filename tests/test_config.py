@@ -10,13 +10,13 @@ from pathlib import Path
 
 import lightning.pytorch
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import open_dict
 
-from mglightning.config import TRAINER_ARGS_SET_BY_RUN, ConfigError, validate
+from mglightning.build import build_datamodule, compose_config
+from mglightning.config import CONF_DIR, TRAINER_ARGS_SET_BY_RUN, ConfigError, validate
 from mglightning.data.datamodule import FederatedDataModule
-from mglightning.train import CONF_DIR, build_datamodule, run
+from mglightning.train import run
 
 REPO_ROOT = CONF_DIR.parent
 TINY_CLI = ["dataset=synthetic", "logger=none", "progress_bar=false", "method.clients_per_round=4",
@@ -25,8 +25,7 @@ TINY_CLI = ["dataset=synthetic", "logger=none", "progress_bar=false", "method.cl
 
 def compose_train(*overrides: str):
     """The real train config as the command line composes it, without the tests' shrinking."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose_config(overrides)
 
 
 def option_overrides() -> list[str]:
@@ -67,8 +66,9 @@ def config_error(*overrides: str) -> str:
                                          "and < 1"),
         ("dataset.partition.size_range=[9,3]", "dataset.partition.size_range=[9, 3]: must be "
                                                "[min, max]"),
-        ("method.adaptation.rule=three_stage", "method.adaptation.rule='three_stage': must be "
-                                               "one of"),
+        ("method.adaptation._target_=mglightning.adaptation.steps.three_stage",
+         "method.adaptation._target_='mglightning.adaptation.steps.three_stage': must name an "
+         "importable class or function"),
         ("faults.inject.kind=hang", "faults.inject.kind='hang': must be one of ['raise', 'nan']"),
         ("method.gate_noise=true", "method.gate_noise=True: must be one of ['none', 'logistic', "
                                    "'annealed']"),
@@ -80,7 +80,19 @@ def config_error(*overrides: str) -> str:
         ("method.adaptation.stage1_steps=0", "method.adaptation.stage1_steps=0: must be an "
                                              "integer >= 1 or null"),
         ("method=metagater_nogate method.adaptation.stage1_steps=2",
-         "method.adaptation.stage1_steps=2: the one_step rule does not take it; set it to null"),
+         "method.adaptation.stage1_steps=2: mglightning.adaptation.steps.one_step does not "
+         "take it; set it to null"),
+        ("method=metasnip method.adaptation.keep_fraction=1.5",
+         "method.adaptation.keep_fraction=1.5: must be a number > 0 and <= 1"),
+        ("method=perfedavg_fo method.local.alpha=0", "method.local.alpha=0: must be a number > 0"),
+        ("method=perfedavg_fo method.local.beta=-1", "method.local.beta=-1: must be a number > 0"),
+        ("method=perfedavg_hf method.local.delta=0", "method.local.delta=0: must be a number > 0"),
+        ("logger=wandb logger.init_timeout=0", "logger.init_timeout=0: must be a number > 0"),
+        ("logger.mode=sometimes", "logger.mode='sometimes': must be one of [None, 'online', "
+                                  "'offline', 'disabled']"),
+        ("method.regularizer.gamma=-1", "method.regularizer.gamma=-1: must be a number >= 0"),
+        ("model.temperature=0", "model.temperature=0: must be a number > 0"),
+        ("method.server.beta=0", "method.server.beta=0: must be a number > 0"),
         ("faults.max_failed_rounds=0", "faults.max_failed_rounds=0: must be an integer >= 1"),
         ("model.gated_layers=[4]", "model.gated_layers=[4]: cnn4 has layers 1..3"),
         ("resume=maybe", "resume='maybe': must be true or false"),
@@ -105,8 +117,14 @@ def test_bad_value_names_key_value_and_what_is_allowed(override, expected):
                                   "itself (set rounds)"),
         ("+trainer.enable_progress_bar=false", "(set progress_bar)"),
         ("+faults.inject.node=[1]", "unknown key faults.inject.node=[1]"),
-        ("+method.adaptation.foo=1", "unknown key method.adaptation.foo=1: allowed under "
-                                     "method.adaptation are"),
+        ("+method.adaptation.foo=1", "unknown key method.adaptation.foo=1: "
+                                     "mglightning.adaptation.steps.two_stage takes"),
+        ("+method.regularizer.gama=1", "unknown key method.regularizer.gama=1 (did you mean "
+                                       "gamma?): mglightning.federated.prox.GroupLasso."
+                                       "for_network takes gamma, flat, network"),
+        ("+model.gate_hiden=3", "unknown key model.gate_hiden=3 (did you mean gate_hidden?)"),
+        ("+method.meta_checkpoint=x.ckpt", "unknown key method.meta_checkpoint='x.ckpt': "
+                                           "allowed under method are"),
         ("method.server._target_=nowhere.Strategy", "method.server._target_='nowhere.Strategy': "
                                                     "must name an importable class"),
     ],
@@ -239,3 +257,26 @@ def test_trainer_arguments_set_by_the_run_are_trainer_parameters():
     """The list stays in step with Lightning: each entry is a real Trainer argument."""
     parameters = inspect.signature(lightning.pytorch.Trainer).parameters
     assert set(TRAINER_ARGS_SET_BY_RUN) <= set(parameters)
+
+
+def test_a_method_s_key_is_refused_under_another_method_in_one_line():
+    """MetaSNIP's meta_checkpoint skips training: under MetaGater it must not pass silently."""
+    message = config_error("method=metagater", "+method.meta_checkpoint=other/last.ckpt")
+    assert message.startswith("unknown key method.meta_checkpoint='other/last.ckpt'")
+    validate(compose_train("method=metasnip", "method.meta_checkpoint=other/last.ckpt"))
+
+
+def test_a_part_switched_off_or_swapped_by_its_target_validates():
+    """The regularizer is a _target_ node: null switches it off, L1 swaps it in."""
+    validate(compose_train("method.regularizer=null"))
+    validate(compose_train("method.regularizer._target_=mglightning.federated.prox.L1.for_network"))
+
+
+def test_every_target_parameter_range_is_read_from_its_annotation():
+    """The walker's rules for a part are the ones annotated beside its parameters: a value the
+    annotation refuses is refused, whichever part it belongs to."""
+    from mglightning.constraints import parameter_rules
+    from mglightning.federated.local import PerFedAvg
+    rules = parameter_rules(PerFedAvg)
+    assert set(rules) == {"steps", "alpha", "beta", "batch_size", "hessian_free", "delta"}
+    assert not rules["delta"].check(0) and rules["delta"].check(1e-3)

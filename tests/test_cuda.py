@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from mglightning.adaptation.module import FastAdaptation
+from mglightning.build import build_datamodule, build_learner
 from mglightning.devices import device_clock
 from mglightning.federated.learner import FederatedMetaLearner
-from mglightning.train import build_datamodule, build_learner, build_network, run
+from mglightning.train import run
 
 pytestmark = pytest.mark.cuda
 METHODS = ["metagater", "fedavg", "perfedavg_fo", "perfedavg_hf", "metagater_nogate"]
@@ -88,7 +89,7 @@ def learner_on(cfg, device: torch.device):
     """A fresh learner at x_0 on ``device``, its federation moved there."""
     datamodule = build_datamodule(cfg)
     datamodule.to_device(device)
-    return build_learner(cfg, build_network(cfg, datamodule).to(device)), datamodule
+    return build_learner(cfg, datamodule, device), datamodule
 
 
 def test_a_gpu_round_computes_the_cpu_round(tiny_config, monkeypatch):

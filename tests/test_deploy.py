@@ -11,8 +11,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from mglightning.build import build_datamodule
 from mglightning.deploy import main
-from mglightning.train import build_datamodule, run
+from mglightning.train import run
 
 # torch 2.14 marks TorchScript deprecated (FutureWarning); it is still the format that loads
 # without Python source, which is what a deployed task module needs.

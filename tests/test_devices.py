@@ -6,18 +6,20 @@ with the CPU tensors raises, or it shows up in the outputs. Every method's round
 step, both proxes, ``forward_cost`` and the adaptation of one target run this way.
 """
 
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from mglightning.adaptation.module import FastAdaptation
+from mglightning.adaptation.snip import snip
+from mglightning.adaptation.steps import one_step, two_stage
+from mglightning.build import build_datamodule, build_learner
 from mglightning.federated.faults import InjectedFault
 from mglightning.federated.prox import L1, GroupLasso
 from mglightning.federated.server import AcceleratedProximalStrategy, ClientResult
 from mglightning.models import build_network, forward_cost
-from mglightning.train import build_datamodule, build_learner
-from mglightning.train import build_network as build_model
 
 METHODS = ["metagater", "fedavg", "perfedavg_fo", "perfedavg_hf", "metagater_nogate"]
 CPU = torch.device("cpu")
@@ -31,7 +33,7 @@ def defaults_to_meta():
 def tiny_learner(tiny_config, method: str):
     cfg = tiny_config(f"method={method}", "method.clients_per_round=2", "method.local.steps=2")
     datamodule = build_datamodule(cfg)
-    return cfg, datamodule, build_learner(cfg, build_model(cfg, datamodule))
+    return cfg, datamodule, build_learner(cfg, datamodule)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -74,12 +76,12 @@ def test_forward_cost_counts_on_the_networks_device(gated_layers):
     assert cost.executed_macs.device == cost.gated_sparsity.device == CPU
 
 
-@pytest.mark.parametrize("rule,options", [("two_stage", {}), ("one_step", {}),
-                                          ("snip", {"keep_fraction": 0.5})])
+@pytest.mark.parametrize("rule,options", [(two_stage, {}), (one_step, {}),
+                                          (snip, {"keep_fraction": 0.5})])
 def test_adapting_one_target_makes_every_tensor_on_the_networks_device(tiny_config, rule,
                                                                         options):
     _, datamodule, learner = tiny_learner(tiny_config, "metagater")
-    adapter = FastAdaptation(rule, lr=0.05, **options)
+    adapter = FastAdaptation(partial(rule, lr=0.05, **options))
     adapter.set_meta_network(learner.meta_network())
     with defaults_to_meta():
         row = adapter.adapt_and_evaluate(datamodule.target_clients[0], 0)

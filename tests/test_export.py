@@ -5,10 +5,10 @@ import torch
 
 from mglightning.adaptation.steps import two_stage
 from mglightning.bench.workload import sparsify_gates
+from mglightning.build import build_datamodule
+from mglightning.build import build_network as build_model
 from mglightning.export import export_task_network
 from mglightning.models import build_network
-from mglightning.train import build_datamodule
-from mglightning.train import build_network as build_model
 
 # torch 2.14 marks TorchScript deprecated (FutureWarning); it is still the format that loads
 # without Python source, which is what a deployed task module needs.

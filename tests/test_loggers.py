@@ -17,11 +17,11 @@ import wandb
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
-from mglightning.checkpoint import RunInterrupted
+from mglightning.build import build_logger
 from mglightning.federated.learner import FederatedMetaLearner
-from mglightning.loggers import (
+from mglightning.run.checkpoint import RunInterrupted
+from mglightning.run.loggers import (
     LIGHTNING_INFO,
-    build_logger,
     drop_advertisements,
     flat_config,
     has_wandb_credentials,
@@ -50,7 +50,7 @@ def logger_warnings(caplog) -> list[logging.LogRecord]:
     return [
         r
         for r in caplog.records
-        if r.name == "mglightning.loggers" and r.levelno >= logging.WARNING
+        if r.name == "mglightning.run.loggers" and r.levelno >= logging.WARNING
     ]
 
 

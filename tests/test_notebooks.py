@@ -16,8 +16,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from omegaconf import OmegaConf
 
-from mglightning import analysis, finished_runs
-from mglightning.io import write_csv, write_json
+from mglightning.analysis import finished_runs, tables
+from mglightning.run.io import write_csv, write_json
 from mglightning.train import run
 
 matplotlib.use("Agg")
@@ -58,14 +58,14 @@ def selected_runs(root, filters=None):
 
 def test_the_runs_are_found_and_labelled(runs_root):
     runs = selected_runs(runs_root)
-    summaries = analysis.load_summaries(runs)
+    summaries = tables.load_summaries(runs)
     assert sorted(summaries["group"]) == sorted(TWO_METHODS)  # one run each: nothing differs
     assert set(summaries["dataset"]) == {"synthetic"} and set(summaries["seed"]) == {0}
-    tasks = analysis.load_tasks(runs)
+    tasks = tables.load_tasks(runs)
     ungated = tasks[tasks["group"] == "metagater_nogate"]
     assert (ungated["sparsity"] == 0).all() and ungated["sparsity_layer3"].isna().all()
-    assert analysis.sparse_groups(tasks) == ["metagater"]
-    round_metrics = analysis.load_round_metrics(runs)
+    assert tables.sparse_groups(tasks) == ["metagater"]
+    round_metrics = tables.load_round_metrics(runs)
     assert round_metrics["round"].tolist() == [1, 2, 3, 4]  # the CSV-logged run only
     assert (round_metrics["group"] == "metagater").all()
     assert (round_metrics["round_seconds"] >= round_metrics["local_seconds"]).all()
@@ -195,9 +195,9 @@ def test_two_configs_of_one_method_are_two_groups_averaged_over_their_own_seeds(
     beta_low, beta_high = "metagater (method.server.beta=0.5)", "metagater (method.server.beta=2.0)"
     assert groups["seeds"].to_dict() == {beta_low: 2, beta_high: 2}
     assert groups.loc[beta_low, "seed"] == "0, 1"
-    curves = analysis.accuracy_curves(analysis.load_curves(runs)).set_index("group")
+    curves = tables.accuracy_curves(tables.load_curves(runs)).set_index("group")
     assert curves.loc[[beta_low, beta_high], "accuracy"].tolist() == pytest.approx([55, 85])
-    assert analysis.timing_table(analysis.load_summaries(runs))["runs"].tolist() == [2, 2]
+    assert tables.timing_table(tables.load_summaries(runs))["runs"].tolist() == [2, 2]
 
 
 def test_runs_of_other_data_sets_are_other_groups_named_by_data_set(beta_root):
@@ -273,16 +273,16 @@ def test_runs_are_found_in_both_layouts_and_labelled(tmp_path):
         config = reproduce_config("metagater", steps, seed=0)
         runs = tmp_path / f"results/table1_fmnist/runs/metagater-m{steps}-seed0"
         write_run(runs, task_rows([0.5]), curve, config)
-    outputs = analysis.load_summaries(selected_runs(tmp_path / "outputs"))
+    outputs = tables.load_summaries(selected_runs(tmp_path / "outputs"))
     assert outputs[["experiment", "method", "dataset", "model", "seed"]].values.tolist() == [
         ["default", "metagater_nogate", "fmnist", "cnn4", 3]
     ]
-    results = analysis.load_summaries(selected_runs(tmp_path / "results"))
+    results = tables.load_summaries(selected_runs(tmp_path / "results"))
     assert sorted(results["group"]) == [  # Table 1's rows
         "metagater (method.local.steps=1)", "metagater (method.local.steps=2)"
     ]
     assert set(results["experiment"]) == {"table1_fmnist"}
-    assert len(analysis.load_tasks(selected_runs(tmp_path))) == 3  # both layouts under one root
+    assert len(tables.load_tasks(selected_runs(tmp_path))) == 3  # both layouts under one root
 
 
 def test_sparsity_diversity_is_mean_std_min_max_over_tasks_in_percent(tmp_path):
@@ -290,14 +290,14 @@ def test_sparsity_diversity_is_mean_std_min_max_over_tasks_in_percent(tmp_path):
     write_run(tmp_path / "a/synthetic-cnn4-gated-seed0", task_rows([0.1, 0.3]), curve)
     write_run(tmp_path / "a/synthetic-cnn4-gated-seed1", task_rows([0.2, 0.4]), curve)
     write_run(tmp_path / "a/synthetic-cnn4-plain-seed0", task_rows([0.0, 0.0]), curve)
-    tasks = analysis.load_tasks(selected_runs(tmp_path))
-    table = analysis.sparsity_diversity(tasks)
+    tasks = tables.load_tasks(selected_runs(tmp_path))
+    table = tables.sparsity_diversity(tasks)
     gated, plain = (f"a/synthetic-cnn4-{name} (no config.yaml)" for name in ("gated", "plain"))
     # tasks of both seeds pooled: 10, 30, 20, 40 % -> mean 25, population std sqrt(125)
     assert table.loc[gated, ["mean", "min", "max", "tasks"]].tolist() == [25, 10, 40, 4]
     assert table.loc[gated, "std"] == pytest.approx(math.sqrt(125))
     assert table.loc[plain, ["mean", "std", "max"]].tolist() == [0, 0, 0]
-    assert analysis.sparse_groups(tasks) == [gated]
+    assert tables.sparse_groups(tasks) == [gated]
 
 
 def test_curves_average_over_seeds_and_round_seconds_divide_intervals(tmp_path):
@@ -308,30 +308,30 @@ def test_curves_average_over_seeds_and_round_seconds_divide_intervals(tmp_path):
         ]
         config = reproduce_config("metagater", 1, seed)
         write_run(tmp_path / f"e/synthetic-cnn4-gated-seed{seed}", task_rows([0.1]), curve, config)
-    curves = analysis.load_curves(selected_runs(tmp_path))
-    averaged = analysis.accuracy_curves(curves)
+    curves = tables.load_curves(selected_runs(tmp_path))
+    averaged = tables.accuracy_curves(curves)
     assert averaged["accuracy"].tolist() == pytest.approx([60, 60])
     assert averaged["accuracy_std"].tolist() == pytest.approx([statistics.stdev([50, 70])] * 2)
     assert averaged["seeds"].tolist() == [2, 2]
-    assert analysis.round_seconds(curves)["seconds_per_round"].tolist() == [1.5, 2.0] * 2
+    assert tables.round_seconds(curves)["seconds_per_round"].tolist() == [1.5, 2.0] * 2
 
 
 def test_gating_tables_show_gated_groups_only_and_average_their_seeds(runs_root, monkeypatch):
     runs = finished_runs.select_runs(runs_root, {})
-    summaries = analysis.load_summaries(runs)
+    summaries = tables.load_summaries(runs)
     gated = summaries[summaries["method"] == "metagater"].iloc[0]
-    accuracies = analysis.adaptation_accuracies(summaries)
+    accuracies = tables.adaptation_accuracies(summaries)
     assert list(accuracies.index) == [gated["group"]]  # the w/o-gating group has no Stage I
     assert accuracies.loc[gated["group"], "after Stage I"] == pytest.approx(
         100 * gated["accuracy_stage1_mean"])
-    measures = analysis.gating_measures(summaries)
+    measures = tables.gating_measures(summaries)
     row = measures.loc[(gated["group"], 3)]
     assert row["Jaccard between tasks"] == pytest.approx(100 * gated["task_jaccard_layer3"])
     assert row["groups zeroed"] == gated["zeroed_groups_layer3"]  # a count, not a share
     shares = row[["always off", "always on", "input-dependent"]]
     assert shares.sum() == pytest.approx(100)
     # Two seeds of one group: their mean.
-    both = analysis.gating_measures(pd.concat([summaries, summaries.assign(seed=1)]))
+    both = tables.gating_measures(pd.concat([summaries, summaries.assign(seed=1)]))
     assert both.loc[(gated["group"], 3), "seeds"] == 2
     # The notebooks show both tables.
     for path in NOTEBOOKS:

@@ -16,12 +16,14 @@ import pytest
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mglightning.checkpoint import AtomicCheckpointIO, CheckpointError
+from mglightning.build import build_datamodule, build_learner
+from mglightning.config import CONF_DIR
 from mglightning.federated.faults import FaultInjection, InjectedFault
 from mglightning.federated.learner import FederatedMetaLearner, TrainingFault
 from mglightning.federated.server import AcceleratedProximalStrategy, ClientResult
 from mglightning.federated.streams import round_generator
-from mglightning.train import CONF_DIR, build_datamodule, build_learner, build_network, run
+from mglightning.run.checkpoint import AtomicCheckpointIO, CheckpointError
+from mglightning.train import run
 
 REPO_ROOT = CONF_DIR.parent
 TINY_CLI = ["dataset=synthetic", "logger=none", "progress_bar=false", "method.clients_per_round=4",
@@ -61,7 +63,7 @@ def learner_pair(tiny_config):
     """The tiny federation and two learners with the same x_0: the twin runs fault-free."""
     cfg = tiny_config()
     datamodule = build_datamodule(cfg)
-    learners = [build_learner(cfg, build_network(cfg, datamodule)) for _ in range(2)]
+    learners = [build_learner(cfg, datamodule) for _ in range(2)]
     return datamodule.train_clients, *learners
 
 

@@ -9,8 +9,8 @@ import pytest
 from conftest import TINY
 from omegaconf import OmegaConf
 
+from mglightning.analysis.report import MethodRuns, markdown_table, paired_differences, table_rows
 from mglightning.reproduce import Reproduction, main, run_specs
-from mglightning.results import MethodRuns, markdown_table, paired_differences, table_rows
 
 
 def read_csv(path):

@@ -17,11 +17,12 @@ import torch
 from omegaconf import OmegaConf
 
 from mglightning.adaptation.module import FastAdaptation
-from mglightning.checkpoint import RunInterrupted
+from mglightning.config import CONF_DIR
 from mglightning.federated.learner import FederatedMetaLearner
-from mglightning.identity import differing_keys, fingerprint
-from mglightning.loggers import wandb_run_identity
-from mglightning.train import CONF_DIR, run
+from mglightning.run.checkpoint import RunInterrupted
+from mglightning.run.identity import differing_keys, fingerprint
+from mglightning.run.loggers import wandb_run_identity
+from mglightning.train import run
 
 REPO_ROOT = CONF_DIR.parent
 TINY_CLI = ["dataset=synthetic", "logger=none", "progress_bar=false",

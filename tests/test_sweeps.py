@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 import wandb
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from wandb.sdk.launch.sweeps import utils as wandb_sweep_utils
 
-from mglightning import finished_runs, sweep
-from mglightning.identity import fingerprint
-from mglightning.io import write_json
-from mglightning.train import CONF_DIR
+from mglightning import sweep
+from mglightning.analysis import finished_runs
+from mglightning.build import compose_config
+from mglightning.run.identity import fingerprint
+from mglightning.run.io import write_json
 
 SWEEPS = sorted(path.stem for path in sweep.SWEEP_DIR.glob("*.yaml"))
 MAIN_SWEEP = "metagater_fmnist"  # `make sweep`'s default: sweeps every tuned key
@@ -80,8 +80,7 @@ def agent_command(definition: dict, values: dict) -> list[str]:
 
 
 def compose_with(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return compose_config(overrides)
 
 
 def test_the_sweeps_cover_the_hyperparameters_that_matter():

@@ -59,12 +59,12 @@ def meta_state(cfg):
 def test_trainer_rounds_equal_direct_rounds(tiny_config):
     """Lightning's loop adds bookkeeping only: the rounds it drives move the meta state
     exactly as calling ``run_round`` by hand does (and they do move it)."""
-    from mglightning.train import build_datamodule, build_learner, build_network
+    from mglightning.build import build_datamodule, build_learner
 
     cfg = tiny_config("rounds=3", "eval_every=0")
     run(cfg)
     datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_network(cfg, datamodule))
+    learner = build_learner(cfg, datamodule)
     start = learner.x_ag.clone()
     for _ in range(3):
         learner.run_round(datamodule.train_clients)

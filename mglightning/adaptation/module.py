@@ -2,7 +2,9 @@
 
 ``test_step`` takes one target node: copy the meta-network, adapt it on the node's support
 set (timed), evaluate it on the query set. Rows collect in ``task_rows``; callbacks write and
-log them.
+log them. The adaptation rule is the config's ``method.adaptation`` node, a ``_target_``
+naming the rule (:func:`~mglightning.adaptation.steps.two_stage`, ``one_step``, ``snip``,
+``snip_channels``) with its options, built by :func:`mglightning.build.build_adapter`.
 """
 
 from __future__ import annotations
@@ -23,15 +25,9 @@ from mglightning.adaptation.gating_stats import (
     mean_pairwise_jaccard_distance,
     zeroed_groups,
 )
-from mglightning.adaptation.snip import snip, snip_channels
-from mglightning.adaptation.steps import one_step, two_stage
 from mglightning.devices import device_clock
 from mglightning.models.cost import forward_cost
 from mglightning.models.network import GatedNetwork
-
-ADAPTERS: dict[str, Callable] = {
-    "two_stage": two_stage, "one_step": one_step, "snip": snip, "snip_channels": snip_channels,
-}
 
 
 @dataclass
@@ -80,17 +76,12 @@ def stage1_network(meta_network: GatedNetwork, adapted: GatedNetwork) -> GatedNe
 class FastAdaptation(L.LightningModule):
     """Adapts the meta-network to each target node and measures it there."""
 
-    def __init__(self, rule: str = "two_stage", lr: float = 0.05, **rule_options) -> None:
+    def __init__(self, rule: Callable[[GatedNetwork, torch.Tensor, torch.Tensor], dict | None]
+                 ) -> None:
+        """``rule(network, support_images, support_labels)`` adapts ``network`` in place (its
+        step sizes and options bound) and returns what it measured, if anything."""
         super().__init__()
-        if rule not in ADAPTERS:
-            raise ValueError(
-                f"method.adaptation.rule={rule!r} is unknown: choose {sorted(ADAPTERS)}"
-            )
-        # A null option is unset: the rule's own default (rules without a Stage I state
-        # method.adaptation.gate_lr and stage1_steps as null).
-        self.rule, self.lr = rule, lr
-        self.rule_options = {key: value for key, value in rule_options.items()
-                             if value is not None}
+        self.rule = rule
         self.meta_network: GatedNetwork | None = None
         self.task_rows: list[dict] = []
 
@@ -105,9 +96,7 @@ class FastAdaptation(L.LightningModule):
         network.set_gate_noise(0.0)
         device = support_images.device
         start = device_clock(device)
-        measured = ADAPTERS[self.rule](
-            network, support_images, support_labels, self.lr, **self.rule_options
-        )
+        measured = self.rule(network, support_images, support_labels)
         return network, measured or {}, device_clock(device) - start
 
     def adapt_and_evaluate(self, client, task_index: int, measure_gating: bool = True) -> dict:

@@ -16,12 +16,18 @@ gates' directly.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mglightning.adaptation.steps import StepSize
+from mglightning.constraints import integer_list, number
 from mglightning.models.cost import forward_cost
 from mglightning.models.network import GatedNetwork
+
+KeepFraction = Annotated[float, number(above=0, at_most=1)]  # the share of weights (channels) kept
 
 
 def prunable_weights(network: GatedNetwork) -> list[nn.Parameter]:
@@ -38,8 +44,6 @@ def snip_masks(
 ) -> list[torch.Tensor]:
     """0/1 masks (one per prunable weight) keeping exactly round(keep_fraction · n) of the n
     weights, those of highest saliency |w · ∂L/∂w|."""
-    if not 0.0 < keep_fraction <= 1.0:
-        raise ValueError(f"method.adaptation.keep_fraction={keep_fraction} must lie in (0, 1]")
     weights = prunable_weights(network)
     grads = torch.autograd.grad(F.cross_entropy(network(images), labels), weights)
     saliency = torch.cat([(w * g).abs().reshape(-1) for w, g in zip(weights, grads, strict=True)])
@@ -53,8 +57,8 @@ def snip(
     network: GatedNetwork,
     images: torch.Tensor,
     labels: torch.Tensor,
-    lr: float,
-    keep_fraction: float,
+    lr: StepSize,
+    keep_fraction: KeepFraction,
 ) -> dict[str, float]:
     """Prune to ``keep_fraction`` of the conv+linear weights by SNIP, then one gradient step
     on the kept weights. Returns the row's ``sparsity``: the share of those weights pruned."""
@@ -111,17 +115,15 @@ def snip_channels(
     network: GatedNetwork,
     images: torch.Tensor,
     labels: torch.Tensor,
-    lr: float,
-    keep_fraction: float,
-    layers: list[int],
+    lr: StepSize,
+    keep_fraction: KeepFraction,
+    layers: Annotated[list[int], integer_list(1)],
 ) -> dict[str, float]:
     """Structured SNIP: in each layer of ``layers`` (1-based, as ``model.gated_layers``) keep
     the max(1, round(keep_fraction · C)) output channels of highest :func:`channel_saliency`,
     switch the rest off for every input (filter and bias zeroed: ReLU(0) = 0), then one
     gradient step on what is left. Returns sparsity, MACs skipped and executed in the units
     of MetaGater's rows (channels off in those layers; the pruned layer and its reader)."""
-    if not 0.0 < keep_fraction <= 1.0:
-        raise ValueError(f"method.adaptation.keep_fraction={keep_fraction} must lie in (0, 1]")
     blocks = [layer - 1 for layer in layers]
     keeps = []
     for saliency in channel_saliency(network, images, labels, blocks):

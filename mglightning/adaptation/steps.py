@@ -8,11 +8,16 @@ the learning time measured around it is the adaptation alone). ``two_stage`` is 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mglightning.constraints import integer, number, optional
 from mglightning.models.network import GatedNetwork
+
+StepSize = Annotated[float, number(above=0)]  # η_a, every rule's target step (SPEC §4)
 
 
 def _gradient_step(params: list[nn.Parameter], loss: torch.Tensor, lr: float) -> None:
@@ -58,8 +63,9 @@ def adapt_backbone(
 
 
 def two_stage(
-    network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float,
-    gate_lr: float | None = None, stage1_steps: int = 1,
+    network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: StepSize,
+    gate_lr: Annotated[float | None, optional(number(at_least=0))] = None,
+    stage1_steps: Annotated[int, optional(integer(1))] = 1,
 ) -> None:
     """MetaGater's fast adaptation (SPEC §4): Stage I, then Stage II with the new masks.
 
@@ -76,6 +82,7 @@ def two_stage(
     adapt_backbone(network, features, labels, lr, first_block=first)
 
 
-def one_step(network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float) -> None:
+def one_step(network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor,
+             lr: StepSize) -> None:
     """One gradient step on all parameters (the baselines' target step, SPEC §5)."""
     _gradient_step(list(network.parameters()), F.cross_entropy(network(images), labels), lr)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mglightning.bench.report import render
 from mglightning.bench.suite import BenchConfig, run_suite
-from mglightning.io import atomic_write_text, write_json
+from mglightning.run.io import atomic_write_text, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

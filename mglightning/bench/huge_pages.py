@@ -4,9 +4,9 @@ package sets): the time of a round and of an evaluation of the targets with them
 PyTorch reads the setting once per process, so each setting runs in fresh processes
 (``python -m mglightning.bench.huge_pages --child``), alternating (on, off, off, on) so that a
 change in the machine's load falls on both. A child runs the CIFAR-10 stand-in of
-:mod:`mglightning.bench.devices` (``overrides`` after it): warm-up rounds, timed rounds, then one
-evaluation of the first ``targets`` target nodes as the accuracy curve takes it, counting the
-page faults the evaluation made. The results are the same bits either way
+:mod:`mglightning.bench.device_rounds` (``overrides`` after it): warm-up rounds, timed rounds,
+then one evaluation of the first ``targets`` target nodes as the accuracy curve takes it,
+counting the page faults the evaluation made. The results are the same bits either way
 (``tests/test_package.py`` checks the faults, ``tests/test_bench.py`` the results).
 """
 
@@ -32,17 +32,16 @@ def page_faults() -> int:
 
 def measure(overrides: list[str], rounds: int, targets: int) -> dict:
     """One child's figures: median round, one evaluation of ``targets`` targets, its faults."""
-    from mglightning.adaptation.module import FastAdaptation
-    from mglightning.bench.devices import CIFAR10_STAND_IN
+    from mglightning.bench.device_rounds import CIFAR10_STAND_IN
     from mglightning.bench.workload import compose_config
-    from mglightning.train import build_datamodule, build_learner, build_network
+    from mglightning.build import build_adapter, build_datamodule, build_learner
 
     cfg = compose_config([*CIFAR10_STAND_IN, *overrides])
     datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_network(cfg, datamodule))
+    learner = build_learner(cfg, datamodule)
     round_seconds = [learner.run_round(datamodule.train_clients)["round_seconds"]
                      for _ in range(WARMUP_ROUNDS + rounds)][WARMUP_ROUNDS:]
-    adapter = FastAdaptation(**cfg.method.adaptation)
+    adapter = build_adapter(cfg)
     adapter.set_meta_network(learner.meta_network())
     faults, start = page_faults(), time.perf_counter()
     rows = adapter.evaluate_targets(datamodule.target_clients[:targets], measure_gating=False)

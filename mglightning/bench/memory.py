@@ -37,7 +37,7 @@ def memory_kib() -> dict[str, int]:
 def measure(overrides: list[str]) -> dict:
     """RSS increase of building the federation, over the bytes of its uint8 images."""
     from mglightning.bench.workload import compose_config
-    from mglightning.train import build_datamodule
+    from mglightning.build import build_datamodule
 
     build_datamodule(compose_config(["dataset=synthetic"]))  # warm-up: page in the code
     cfg = compose_config([*overrides, *NODE_OVERRIDES])

@@ -14,7 +14,7 @@ import torch
 from mglightning.adaptation.steps import two_stage
 from mglightning.bench.adaptation import bench_adaptation
 from mglightning.bench.alternatives import bench_alternatives
-from mglightning.bench.devices import bench_devices
+from mglightning.bench.device_rounds import bench_devices
 from mglightning.bench.export_format import bench_export_formats
 from mglightning.bench.huge_pages import bench_huge_pages
 from mglightning.bench.inference import bench_inference

@@ -10,14 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from mglightning import build
 from mglightning.data.datamodule import FederatedDataModule
 from mglightning.data.datasets import DataError, load_dataset
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.models.network import GatedNetwork
-from mglightning.train import CONF_DIR, build_datamodule, build_learner, build_network
 
 FMNIST_STAND_IN = [  # synthetic data of Fashion-MNIST's shape and size
     "dataset=synthetic",
@@ -49,8 +48,7 @@ def dataset_overrides() -> tuple[list[str], str]:
 
 def compose_config(overrides: list[str]) -> DictConfig:
     """The training config (cnn4, MetaGater, K = 20, batch 32 by default) with overrides."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=["logger=none", "progress_bar=false", *overrides])
+    return build.compose_config(["logger=none", "progress_bar=false", *overrides])
 
 
 @dataclass
@@ -64,8 +62,8 @@ class Workload:
 
 def build_workload(overrides: list[str]) -> Workload:
     cfg = compose_config(overrides)
-    datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_network(cfg, datamodule))
+    datamodule = build.build_datamodule(cfg)
+    learner = build.build_learner(cfg, datamodule)
     return Workload(cfg, datamodule, learner)
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import lightning as L
 
 from mglightning.adaptation.module import FastAdaptation
-from mglightning.adaptation.summary import summarize_tasks
+from mglightning.analysis.task_summary import summarize_tasks
 from mglightning.callbacks.progress import evaluation_line, log_metrics, task_bar
 from mglightning.federated.distributed import gather_rows, own_positions
-from mglightning.io import write_csv
+from mglightning.run.io import write_csv
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ timings are the loop's own. Each client draws its batches from its own stream, a
 ``run_round`` does, so a round leaves the server state a loop round leaves, up to the order
 of float sums. What they cannot compute, they refuse: gate noise (one batched draw is no
 client's own stream), and per-client failures (a client's error is the round's).
-``make gpu-check`` times them against the loop (:mod:`mglightning.bench.devices`).
+``make gpu-check`` times them against the loop (:mod:`mglightning.bench.device_rounds`).
 """
 
 from __future__ import annotations

@@ -39,10 +39,6 @@ class FaultInjection:
     rounds: Collection[int] | None
     current_round: Callable[[], int]
 
-    def __post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
-            raise ValueError(f"faults.inject.kind={self.kind!r}: use one of {list(FAULT_KINDS)}")
-
     def __call__(self, flat, start: torch.Tensor, client, generator) -> ClientResult:
         result = self.solver(flat, start, client, generator)
         if not self.fails(client.node_id):

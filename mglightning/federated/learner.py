@@ -121,11 +121,6 @@ class FederatedMetaLearner(L.LightningModule):
     def configure_optimizers(self) -> list:
         return []  # no torch optimizer: the step updates the parameters itself
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Checkpoints written before the failed-round count existed resume with it at 0."""
-        state = checkpoint["state_dict"]
-        state.setdefault("failed_rounds_in_a_row", torch.zeros((), dtype=torch.long))
-
     def sample_clients(self, num_clients: int, generator: torch.Generator) -> list[int]:
         if self.clients_per_round > num_clients:
             raise ValueError(

@@ -9,12 +9,17 @@ the steps of every client of a round without waiting for the host.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
+from mglightning.constraints import boolean, integer, number, optional
 from mglightning.federated.flat import FlatParameters
 from mglightning.federated.server import ClientResult
+
+Steps = Annotated[int, integer(1)]  # m, local updates
+BatchSize = Annotated[int, integer(1)]
 
 
 def batch_loss(flat: FlatParameters, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -32,11 +37,11 @@ class ProximalSGD:
     L_i(x_i; batch) + (λ/2)‖x_i − x_start‖². With λ = 0 it is FedAvg's local SGD.
     ``gate_lr`` is the step of the gate parameters φ (None: η, as for θ)."""
 
-    steps: int
-    lr: float
-    prox_lambda: float
-    batch_size: int
-    gate_lr: float | None = None
+    steps: Steps
+    lr: Annotated[float, number(above=0)]
+    prox_lambda: Annotated[float, number(at_least=0)]
+    batch_size: BatchSize
+    gate_lr: Annotated[float | None, optional(number(at_least=0))] = None
 
     def __call__(
         self, flat: FlatParameters, start: torch.Tensor, client, generator
@@ -79,12 +84,12 @@ class PerFedAvg:
     (four with the Hessian term): the extra cost the paper's Table 1 times show.
     """
 
-    steps: int
-    alpha: float
-    beta: float
-    batch_size: int
-    hessian_free: bool = False
-    delta: float = 1e-3
+    steps: Steps
+    alpha: Annotated[float, number(above=0)]
+    beta: Annotated[float, number(above=0)]
+    batch_size: BatchSize
+    hessian_free: Annotated[bool, boolean()] = False
+    delta: Annotated[float, number(above=0)] = 1e-3
 
     def __call__(
         self, flat: FlatParameters, start: torch.Tensor, client, generator

@@ -3,11 +3,22 @@
 A regularizer is built once, from the flat parameter vector as it is then (usually on the
 CPU); its index tensors follow the vector they are applied to onto its device the first time
 they meet it there, so a strategy holding one works wherever the run puts the parameters.
+A config names one by ``method.regularizer._target_`` (its ``for_network``, which builds the
+index tensors from the network and its flat vector); a new regularizer is a new class with a
+``for_network`` here and its key in the method files.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+
+from mglightning.constraints import number
+from mglightning.federated.flat import FlatParameters
+from mglightning.models.network import GatedNetwork
+
+Weight = Annotated[float, number(at_least=0)]  # γ
 
 
 class GroupLasso:
@@ -18,6 +29,14 @@ class GroupLasso:
         self.num_groups = num_groups
         self.members = (group_ids >= 0).nonzero().squeeze(1)  # flat positions inside a group
         self.member_group = group_ids[self.members]  # their group ids
+
+    @classmethod
+    def for_network(cls, gamma: Weight, flat: FlatParameters,
+                    network: GatedNetwork) -> GroupLasso:
+        """One group per gated output channel: row c of the gate's last Linear with bias c."""
+        pairs = [(f"blocks.{i}.gate.out.weight", f"blocks.{i}.gate.out.bias")
+                 for i in network.gated_layers]
+        return cls(gamma, *flat.group_index(pairs))
 
     def _indices(self, vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(members, their groups) on ``vector``'s device, moved there once."""
@@ -52,6 +71,10 @@ class L1:
     def __init__(self, gamma: float, gate_mask: torch.Tensor) -> None:
         self.gamma = gamma
         self.members = gate_mask.nonzero().squeeze(1)
+
+    @classmethod
+    def for_network(cls, gamma: Weight, flat: FlatParameters, network: GatedNetwork) -> L1:
+        return cls(gamma, flat.gate_mask)
 
     def _indices(self, vector: torch.Tensor) -> torch.Tensor:
         """The gate entries' positions on ``vector``'s device, moved there once."""

@@ -8,9 +8,11 @@ and so that a Flower ``Strategy`` could wrap them unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
+from mglightning.constraints import boolean, number
 from mglightning.devices import from_host
 from mglightning.federated.prox import L1, GroupLasso
 
@@ -45,11 +47,11 @@ class AcceleratedProximalStrategy:
     α_t = 2/(t+1) (or 1 with ``accelerated=False``), λ_t = (1 + c α_t/4) β.
     """
 
-    prox_lambda: float
-    beta: float
-    c: float = 1.0
-    accelerated: bool = True
-    weighted: bool = False
+    prox_lambda: Annotated[float, number(at_least=0)]
+    beta: Annotated[float, number(above=0)]
+    c: Annotated[float, number(at_least=0)] = 1.0
+    accelerated: Annotated[bool, boolean()] = True
+    weighted: Annotated[bool, boolean()] = False
     regularizer: GroupLasso | L1 | None = None
 
     def alpha(self, round_index: int) -> float:
@@ -85,7 +87,7 @@ class AcceleratedProximalStrategy:
 class FedAvgStrategy:
     """FedAvg / Per-FedAvg server (SPEC §5): the next model is the (size-weighted) average."""
 
-    weighted: bool = True
+    weighted: Annotated[bool, boolean()] = True
 
     def configure_fit(self, x: torch.Tensor, x_ag: torch.Tensor, round_index: int) -> torch.Tensor:
         return x

@@ -14,12 +14,12 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from mglightning.flower.config import compose_config, run_overrides
+from mglightning.build import build_datamodule, build_learner
 from mglightning.flower.node_setup import NodeSetup
 from mglightning.flower.protocol import node_setup_config
+from mglightning.flower.run_config import compose_config, run_overrides
 from mglightning.flower.strategy import FederatedRoundStrategy, ServerState, discover_nodes
-from mglightning.io import write_csv
-from mglightning.train import build_datamodule, build_learner, build_network
+from mglightning.run.io import write_csv
 
 FLOWER_FOLDER = Path("flower")  # under the run's output_dir
 STATE_FILE = FLOWER_FOLDER / "server_state.ckpt"
@@ -39,7 +39,7 @@ def make_server_app(overrides: str | None = None) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         cfg = compose_config(run_overrides(overrides, context.run_config))
         datamodule = build_datamodule(cfg)  # the number of training nodes and the input shape
-        learner = build_learner(cfg, build_network(cfg, datamodule))
+        learner = build_learner(cfg, datamodule)
         state = server_state(cfg)
         state.restore(learner)
         node_ids = discover_nodes(grid, len(datamodule.train_clients), REPLY_TIMEOUT_SECONDS)

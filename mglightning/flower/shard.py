@@ -21,7 +21,7 @@ from mglightning.data.images import ImageData, resolve_data_root
 from mglightning.data.node import NodeData
 from mglightning.errors import ConfigError
 from mglightning.flower.node_setup import NodeSetup
-from mglightning.identity import fingerprint
+from mglightning.run.identity import fingerprint
 
 SHARD_FOLDER = "flower-shards"  # under the data root
 
@@ -53,8 +53,8 @@ def write_node_shard(setup: NodeSetup, partition_id: int, path: Path) -> None:
     """Cut training node ``partition_id``'s rows out of the pooled data set; write atomically."""
     # Lightning and the data set loaders, imported here alone: only a node's first process
     # cuts its shard, and every later one (one a message) reads it without them.
-    from mglightning.checkpoint import AtomicCheckpointIO
     from mglightning.data.datamodule import FederatedDataModule
+    from mglightning.run.checkpoint import AtomicCheckpointIO
 
     datamodule = FederatedDataModule(setup.dataset, seed=setup.seed,
                                      batch_size=setup.dataset["batch_size"],

@@ -29,9 +29,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mglightning.build import build_datamodule
 from mglightning.config import SOURCE_CONF_DIR, ConfigError
-from mglightning.flower.config import compose_config
-from mglightning.train import build_datamodule
+from mglightning.flower.run_config import compose_config
 
 try:
     from mglightning.flower.server_app import ROUNDS_FILE, STATE_FILE

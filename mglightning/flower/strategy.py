@@ -35,7 +35,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from mglightning.checkpoint import AtomicCheckpointIO
 from mglightning.config import ConfigError
 from mglightning.federated.learner import FederatedMetaLearner, RoundPlan
 from mglightning.flower.protocol import (
@@ -45,6 +44,7 @@ from mglightning.flower.protocol import (
     read_result,
     train_message,
 )
+from mglightning.run.checkpoint import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 

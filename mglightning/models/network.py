@@ -61,13 +61,16 @@ class GatedBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        in_keep: torch.Tensor | None,
-        sliced: bool,
+        in_keep: torch.Tensor | None = None,
+        *,
         temperature: float,
-        noise_scale: float,
-        generator: torch.Generator | None,
+        sliced: bool = False,
+        noise_scale: float = 0.0,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Returns (output, indices of the output channels present or None for all, mask)."""
+        """Returns (output, indices of the output channels present or None for all, mask).
+        ``in_keep``: the input channels present (None: all); ``sliced``: compute only the
+        channels some input keeps (SPEC §4); ``noise_scale`` 0: no gate noise (SPEC §1)."""
         weight, bias = self.op.weight, self.op.bias
         if in_keep is not None:
             weight = weight.index_select(1, in_keep)
@@ -226,7 +229,8 @@ class GatedNetwork(nn.Module):
             if block.spec.kind == "linear" and x.dim() > 2:
                 x, in_keep = x.flatten(1), _feature_indices(in_keep, x.shape[2:])
             x, in_keep, mask = block(
-                x, in_keep, sliced, self.temperature, self.gate_noise, self.noise_generator
+                x, in_keep, temperature=self.temperature, sliced=sliced,
+                noise_scale=self.gate_noise, generator=self.noise_generator,
             )
             if mask is not None:
                 masks.append(mask)

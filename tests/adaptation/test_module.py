@@ -3,14 +3,15 @@
 import copy
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 import torch
 
 from mglightning.adaptation.gating_stats import channel_set_text, flip_rate
 from mglightning.adaptation.module import FastAdaptation, accuracy
-from mglightning.adaptation.steps import adapt_gates
-from mglightning.adaptation.summary import summarize_tasks
+from mglightning.adaptation.steps import adapt_gates, two_stage
+from mglightning.analysis.task_summary import summarize_tasks
 from mglightning.models import build_network
 
 
@@ -50,7 +51,7 @@ def gated_meta_network_and_client(seed=0):
 
 
 def adapter_for(network, lr=0.5):
-    adapter = FastAdaptation("two_stage", lr=lr)
+    adapter = FastAdaptation(partial(two_stage, lr=lr))
     adapter.set_meta_network(network)
     return adapter
 

@@ -82,7 +82,7 @@ def loss_with_channel_scale(network, images, labels, block, scale):
     for index, layer in enumerate(network.blocks):
         if layer.spec.kind == "linear" and x.dim() > 2:
             x = x.flatten(1)
-        x = layer(x, None, False, 1.0, 0.0, None)[0]
+        x = layer(x, temperature=1.0)[0]
         if index == block:
             x = x * scale[:, None, None]
     return F.cross_entropy(network.head(x.flatten(1)), labels)
@@ -115,7 +115,7 @@ def test_snip_channels_switches_the_least_salient_channels_off_for_every_input()
     with torch.no_grad():
         features = images
         for layer in network.blocks[:3]:
-            features = layer(features, None, False, 1.0, 0.0, None)[0]
+            features = layer(features, temperature=1.0)[0]
     assert torch.all(features[:, off] == 0)  # off for every input, not on average
     assert measured["sparsity"] == measured["sparsity_layer3"] == int(off.sum()) / channels
     assert 0 < measured["flops_skipped"] < 1

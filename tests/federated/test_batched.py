@@ -5,8 +5,8 @@ refusal of what they cannot compute."""
 import pytest
 import torch
 
+from mglightning.build import build_datamodule, build_learner
 from mglightning.federated.batched import ConcatenatedRound, VmappedRound
-from mglightning.train import build_datamodule, build_learner, build_network
 
 CPU = torch.device("cpu")
 
@@ -15,7 +15,7 @@ def learner_on(cfg, device: torch.device = CPU):
     """A fresh learner at x_0 on ``device``, its federation moved there; and its clients."""
     datamodule = build_datamodule(cfg)
     datamodule.to_device(device)
-    return (build_learner(cfg, build_network(cfg, datamodule).to(device)),
+    return (build_learner(cfg, datamodule, device),
             datamodule.train_clients)
 
 

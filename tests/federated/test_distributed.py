@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mglightning.checkpoint import RunInterrupted
+from mglightning.config import CONF_DIR
 from mglightning.federated.distributed import gather_results, own_positions, world
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.federated.server import ClientResult
-from mglightning.train import CONF_DIR, run
+from mglightning.run.checkpoint import RunInterrupted
+from mglightning.train import run
 
 REPO_ROOT = CONF_DIR.parent
 SETTINGS = ["dataset=synthetic", "logger=none", "progress_bar=false", "rounds=6", "eval_every=3",

@@ -2,12 +2,12 @@
 
 import pytest
 
+from mglightning.build import build_datamodule, build_learner
 from mglightning.federated.schedules import (
     LinearSchedule,
     gate_noise_schedule,
     temperature_schedule,
 )
-from mglightning.train import build_datamodule, build_learner, build_network
 
 
 def test_annealed_noise_goes_from_one_at_round_one_to_zero_at_the_last():
@@ -45,7 +45,7 @@ def test_each_round_solves_with_its_noise_scale_and_temperature(tiny_config):
     cfg = tiny_config("rounds=3", "method.clients_per_round=1", "method.gate_noise=annealed",
                       "model.temperature=2.0", "method.temperature_end=1.0")
     datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_network(cfg, datamodule))
+    learner = build_learner(cfg, datamodule)
     learner.local_solver = recorder = RecordingSolver(learner.local_solver)
     for _ in range(3):
         learner.run_round(datamodule.train_clients)

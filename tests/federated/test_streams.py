@@ -4,8 +4,8 @@ x_md, its data), not on which other clients run, nor in which order."""
 import pytest
 import torch
 
+from mglightning.build import build_datamodule, build_learner
 from mglightning.federated.streams import client_streams
-from mglightning.train import build_datamodule, build_learner, build_network
 
 
 def draws(streams) -> list[torch.Tensor]:
@@ -34,7 +34,7 @@ def round_clients(tiny_config, method: str):
     noise = ["method.gate_noise=logistic"] if method == "metagater" else []
     cfg = tiny_config(f"method={method}", "method.local.steps=2", *noise)
     datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_network(cfg, datamodule))
+    learner = build_learner(cfg, datamodule)
     clients = datamodule.train_clients
     chosen = learner.sample_clients(len(clients), torch.Generator().manual_seed(0))
     x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, 1)

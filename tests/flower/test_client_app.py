@@ -16,10 +16,10 @@ pytest.importorskip("flwr", reason="the flower extra (pip install -e '.[flower]'
 import torch  # noqa: E402
 from conftest import TINY  # noqa: E402
 
-from mglightning.flower.config import compose_config  # noqa: E402
+from mglightning.build import build_datamodule, build_learner  # noqa: E402
 from mglightning.flower.node_setup import NodeSetup  # noqa: E402
+from mglightning.flower.run_config import compose_config  # noqa: E402
 from mglightning.flower.shard import load_node_shard  # noqa: E402
-from mglightning.train import build_datamodule, build_learner, build_network  # noqa: E402
 
 HEAVY_MODULES = ["lightning", "pytorch_lightning", "hydra", "wandb", "mglightning.train"]
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def test_a_fresh_client_process_imports_no_heavy_module_and_solves_as_in_process
     setup = NodeSetup.from_config(cfg)
     load_node_shard(setup, 0)  # the node's first message cut its shard
     datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_network(cfg, datamodule))
+    learner = build_learner(cfg, datamodule)
     x_md = learner.x + 0.01  # any start point
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the client process

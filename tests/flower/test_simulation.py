@@ -11,7 +11,7 @@ from conftest import TINY, compose_config  # noqa: E402
 
 from mglightning.flower.server_app import ROUNDS_FILE, STATE_FILE  # noqa: E402
 from mglightning.flower.simulate import simulate  # noqa: E402
-from mglightning.run_folder import RunFolder  # noqa: E402
+from mglightning.run.folder import RunFolder  # noqa: E402
 from mglightning.train import run  # noqa: E402
 
 ROUNDS = 3

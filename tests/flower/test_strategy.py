@@ -15,19 +15,19 @@ from conftest import TINY  # noqa: E402
 from flwr.app import Context, Error, Message, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
+from mglightning.build import build_datamodule, build_learner  # noqa: E402
 from mglightning.config import ConfigError  # noqa: E402
 from mglightning.federated.streams import round_generator  # noqa: E402
 from mglightning.flower.client_app import make_client_app  # noqa: E402
-from mglightning.flower.config import compose_config  # noqa: E402
 from mglightning.flower.node_setup import NodeSetup  # noqa: E402
 from mglightning.flower.protocol import node_setup_config  # noqa: E402
+from mglightning.flower.run_config import compose_config  # noqa: E402
 from mglightning.flower.shard import load_node_shard  # noqa: E402
 from mglightning.flower.strategy import (  # noqa: E402
     FederatedRoundStrategy,
     ServerState,
     discover_nodes,
 )
-from mglightning.train import build_datamodule, build_learner, build_network  # noqa: E402
 
 ROUNDS = 3
 FLOWER_NODE_IDS = [9001, 17, 4242, 5, 77, 123456, 3, 64, 2048, 11, *range(30_000, 30_040)]  # any
@@ -84,7 +84,7 @@ def in_process(cfg, rounds: int):
     """The learner after ``rounds`` rounds of ``FederatedMetaLearner.run_round``, and their
     failed-client counts."""
     datamodule = build_datamodule(cfg)
-    learner = build_learner(cfg, build_network(cfg, datamodule))
+    learner = build_learner(cfg, datamodule)
     failed = [learner.run_round(datamodule.train_clients)["failed_clients"]
               for _ in range(rounds)]
     return learner, failed
@@ -93,7 +93,7 @@ def in_process(cfg, rounds: int):
 def flower_learner(cfg):
     datamodule = build_datamodule(cfg)
     num_nodes = len(datamodule.train_clients)
-    return build_learner(cfg, build_network(cfg, datamodule)), FLOWER_NODE_IDS[:num_nodes]
+    return build_learner(cfg, datamodule), FLOWER_NODE_IDS[:num_nodes]
 
 
 def run_flower(text: str, rounds: int, state: ServerState | None = None, shuffle_seed: int = 0):
@@ -148,7 +148,7 @@ def test_reply_order_does_not_change_the_result(tmp_path):
 def test_failed_nodes_are_left_out_and_counted_as_in_process(tmp_path):
     cfg = compose_config(overrides(tmp_path))
     datamodule = build_datamodule(cfg)
-    chosen = build_learner(cfg, build_network(cfg, datamodule)).sample_clients(
+    chosen = build_learner(cfg, datamodule).sample_clients(
         len(datamodule.train_clients), round_generator(cfg.seed, 2))
     failing = datamodule.train_clients[chosen[1]].node_id
     text = overrides(tmp_path, f"faults.inject.clients=[{failing}]", "faults.inject.rounds=[2]")

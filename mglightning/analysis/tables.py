@@ -1,6 +1,6 @@
 """Finished runs as tables and figures, for the notebooks in ``notebooks/``.
 
-The runs come from :func:`mglightning.finished_runs.select_runs`, each labelled with its
+The runs come from :func:`mglightning.analysis.finished_runs.select_runs`, each labelled with its
 ``group``: every table and figure keeps groups apart, and averages over the seeds of one
 group only.
 """
@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mglightning.finished_runs import LABELS
+from mglightning.analysis.finished_runs import LABELS
 
 STATISTICS = ("mean", "std", "min", "max")
 ROUND_TIMINGS = ("round_seconds", "local_seconds", "server_seconds")  # logged each round
@@ -98,8 +98,13 @@ def plot_accuracy_vs_sparsity(tasks: pd.DataFrame) -> Figure:
     figure, axis = plt.subplots(figsize=(5, 4))
     for label, group in tasks.groupby("group"):
         axis.scatter(100 * group["sparsity"], 100 * group["accuracy"], label=label, alpha=0.7)
-    axis.set_xlabel("sparsity (%)")
-    axis.set_ylabel("accuracy after adaptation (%)")
+    return labelled(figure, axis, "sparsity (%)", "accuracy after adaptation (%)")
+
+
+def labelled(figure: Figure, axis, xlabel: str, ylabel: str) -> Figure:
+    """A one-axis figure finished: axis labels, a small legend, tight layout."""
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
     axis.legend(fontsize="small")
     figure.tight_layout()
     return figure
@@ -120,11 +125,7 @@ def plot_accuracy_vs_macs(table: pd.DataFrame) -> Figure:
                 values = ", ".join(item.split("=")[-1] for item in row.settings.split(", "))
                 axis.annotate(values, (100 * row.macs_skipped_mean, 100 * row.accuracy_mean),
                               fontsize=7, xytext=(3, 3), textcoords="offset points")
-    axis.set_xlabel("MACs skipped (% of the dense network)")
-    axis.set_ylabel("target accuracy (%)")
-    axis.legend(fontsize="small")
-    figure.tight_layout()
-    return figure
+    return labelled(figure, axis, "MACs skipped (% of the dense network)", "target accuracy (%)")
 
 
 def accuracy_curves(curves: pd.DataFrame) -> pd.DataFrame:
@@ -146,11 +147,7 @@ def plot_accuracy_curves(curves: pd.DataFrame) -> Figure:
             group["round"], group["accuracy"] - spread, group["accuracy"] + spread, alpha=0.2
         )
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_xlabel("communication round")
-    axis.set_ylabel("target accuracy (%)")
-    axis.legend(fontsize="small")
-    figure.tight_layout()
-    return figure
+    return labelled(figure, axis, "communication round", "target accuracy (%)")
 
 
 def round_seconds(curves: pd.DataFrame) -> pd.DataFrame:

@@ -3,6 +3,8 @@
 W&B runs are organized for dashboards: project from ``logger.project``, group = experiment,
 job type = method, tags = data set and seed, the whole config logged flat. When W&B is
 misconfigured or unreachable the run goes on with the CSV logger after one warning.
+A logger config (``conf/logger/*.yaml``) names its function by ``_target_``; each takes the
+run's config first and the node's options after (:func:`mglightning.build.build_logger`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
+
+from mglightning.constraints import number, one_of, optional, string
 
 log = logging.getLogger(__name__)
 LIGHTNING_INFO = logging.getLogger("lightning.pytorch.utilities.rank_zero")
@@ -128,24 +133,22 @@ def wandb_run_identity(cfg: DictConfig, wandb_dir: Path) -> dict:
             "config": {"wandb_attempt": attempt}}
 
 
-def build_logger(cfg: DictConfig) -> Logger | None:
-    name = cfg.logger.name
-    output_dir = Path(cfg.output_dir)
-    if name == "none":
-        return None
-    if name == "csv":
-        return csv_logger(output_dir)
-    if name == "wandb":
-        return wandb_or_csv_logger(cfg, output_dir)
-    raise ValueError(f"logger.name={name!r}: choose wandb, csv or none")
+def csv_logger(cfg: DictConfig) -> CSVLogger:
+    """Metrics to ``<output_dir>/csv/metrics.csv`` (``logger=csv``)."""
+    return csv_metrics(Path(cfg.output_dir))
 
 
-def csv_logger(output_dir: Path) -> CSVLogger:
-    """Metrics to ``<output_dir>/csv/metrics.csv``."""
+def csv_metrics(output_dir: Path) -> CSVLogger:
     return CSVLogger(output_dir, name="csv", version="")
 
 
-def wandb_or_csv_logger(cfg: DictConfig, output_dir: Path) -> Logger:
+def wandb_or_csv_logger(
+    cfg: DictConfig,
+    project: Annotated[str, string()],
+    entity: Annotated[str | None, optional(string())] = None,
+    mode: Annotated[str | None, one_of(None, "online", "offline", "disabled")] = None,
+    init_timeout: Annotated[float, number(above=0)] = 30,
+) -> Logger:
     """A started W&B run, or the CSV logger with one warning when W&B cannot start.
 
     Online without credentials is refused before ``wandb.init`` (it would prompt for a key on
@@ -153,7 +156,8 @@ def wandb_or_csv_logger(cfg: DictConfig, output_dir: Path) -> Logger:
     ``wandb.init`` give up after its retries, which ``logger.init_timeout`` bounds (measured
     here with a refused connection: 2-20 s for init_timeout=1-2, 40 s for 30).
     """
-    mode = wandb_mode(cfg.logger.mode)
+    output_dir = Path(cfg.output_dir)
+    mode = wandb_mode(mode)
     if mode == "online" and not has_wandb_credentials():
         return fall_back_to_csv(output_dir, "mode online but no W&B API key configured")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -161,14 +165,14 @@ def wandb_or_csv_logger(cfg: DictConfig, output_dir: Path) -> Logger:
         import wandb
 
         logger = WandbLogger(
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
+            project=project,
+            entity=entity,
             group=cfg.experiment,
             job_type=cfg.method.name,
             tags=[cfg.dataset.name, f"seed{cfg.seed}"],
             save_dir=str(output_dir),
             mode=mode,
-            settings=wandb.Settings(init_timeout=cfg.logger.init_timeout),
+            settings=wandb.Settings(init_timeout=init_timeout),
             **{"name": cfg.run_name, **wandb_run_identity(cfg, output_dir / "wandb")},
         )
         # Lightning always passes anonymous=None, which W&B >= 0.23 warns about on every run
@@ -184,4 +188,4 @@ def wandb_or_csv_logger(cfg: DictConfig, output_dir: Path) -> Logger:
 def fall_back_to_csv(output_dir: Path, reason: str) -> CSVLogger:
     short_reason = " ".join(line.strip() for line in reason.splitlines()[:3])  # one line
     log.warning("W&B unavailable (%s); logging to %s/csv instead", short_reason, output_dir)
-    return csv_logger(output_dir)
+    return csv_metrics(output_dir)

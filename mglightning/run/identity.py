@@ -16,7 +16,7 @@ gates never redoes a baseline's run, whose results it cannot change.
 The pooled data a run loads is part of its identity too, but it is known only once the data
 set is loaded, after the run name is composed: :func:`data_fingerprint` hashes the pooled
 images and labels, and the run folder records it beside its config and refuses data of another
-fingerprint (:class:`mglightning.run_folder.RunFolder`). A changed data set is never reused.
+fingerprint (:class:`mglightning.run.folder.RunFolder`). A changed data set is never reused.
 """
 
 from __future__ import annotations

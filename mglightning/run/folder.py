@@ -22,18 +22,18 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mglightning.checkpoint import LAST_NAME
 from mglightning.config import RUN_CONFIG, ConfigError
 from mglightning.data.datamodule import FederatedDataModule
-from mglightning.identity import DATA_KEY, data_fingerprint, differing_keys
-from mglightning.io import atomic_write_text, write_csv, write_json
+from mglightning.run.checkpoint import LAST_NAME
+from mglightning.run.identity import DATA_KEY, data_fingerprint, differing_keys
+from mglightning.run.io import atomic_write_text, write_csv, write_json
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as Hydra's console
 NOT_RECORDED = "<not recorded>"  # a folder made before run folders recorded their data
 
 
 def pooled_data_fingerprint(cfg: DictConfig) -> str:
-    """The :func:`~mglightning.identity.data_fingerprint` of the pooled data set ``cfg``
+    """The :func:`~mglightning.run.identity.data_fingerprint` of the pooled data set ``cfg``
     loads, as the run loads it (SPEC §2)."""
     datamodule = FederatedDataModule(OmegaConf.to_container(cfg.dataset, resolve=True),
                                      seed=cfg.seed, data_root=cfg.data_root)

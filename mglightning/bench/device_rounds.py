@@ -20,7 +20,7 @@ rounds (same clients, same batches) then run on each, four ways in alternation:
 Each way's meta-model after the rounds is compared with the loop's: float summation order
 alone moves them apart, and more as the rounds go on.
 
-    python -m mglightning.bench.devices [--rounds 20] [--output-dir DIR] [key=value ...]
+    python -m mglightning.bench.device_rounds [--rounds 20] [--output-dir DIR] [key=value ...]
 """
 
 from __future__ import annotations
@@ -35,12 +35,11 @@ from pathlib import Path
 
 import torch
 
-from mglightning.adaptation.module import FastAdaptation
 from mglightning.bench.workload import compose_config
+from mglightning.build import build_adapter, build_datamodule, build_learner
 from mglightning.devices import device_clock
 from mglightning.federated.batched import ConcatenatedRound, VmappedRound
-from mglightning.io import atomic_write_text, write_json
-from mglightning.train import build_datamodule, build_learner, build_network
+from mglightning.run.io import atomic_write_text, write_json
 
 CIFAR10_STAND_IN = [  # the table1_cifar10 job, synthetic images of CIFAR-10's shape and size
     "experiment=table1_cifar10",
@@ -89,7 +88,7 @@ def round_seconds(cfg, datamodule, device: torch.device, rounds: int, warmup: in
     the last round."""
     datamodule.to_device(device)
     clients = datamodule.train_clients
-    learners = {way: build_learner(cfg, build_network(cfg, datamodule).to(device))
+    learners = {way: build_learner(cfg, datamodule, device)
                 for way in WAYS}
     rounds_of = {"loop": lambda: learners["loop"].run_round(clients),
                  "concatenated": ConcatenatedRound(learners["concatenated"], clients),
@@ -128,7 +127,7 @@ def evaluation_seconds(cfg, datamodule, learner, device: torch.device) -> dict:
     accuracy curve takes it (no gating measures) and as the last round's does (with them),
     and the whole run projected from them and the loop's median round (see
     :func:`projected_run_seconds`)."""
-    adapter = FastAdaptation(**cfg.method.adaptation)
+    adapter = build_adapter(cfg)
     adapter.set_meta_network(learner.meta_network())
     seconds = {}
     for name, measure_gating in (("curve_seconds", False), ("final_seconds", True)):
@@ -225,7 +224,7 @@ def render(results: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mglightning.bench.devices",
+    parser = argparse.ArgumentParser(prog="python -m mglightning.bench.device_rounds",
                                      description=__doc__)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)

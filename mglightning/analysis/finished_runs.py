@@ -5,7 +5,7 @@ A run folder is any folder holding ``summary.json`` (with ``tasks.csv`` and ``cu
 beside it), at any depth under the root: ``outputs/<experiment>/<run_name>/`` of the entry
 point and ``results/<runs_group>/runs/...`` of the reproduce command both work.
 
-A group is a run's identity without the seed (:mod:`mglightning.identity`): data set, model,
+A group is a run's identity without the seed (:mod:`mglightning.run.identity`): data set, model,
 method, every hyperparameter the method reads, and the fingerprint of the data it loaded. Its
 label names the method and the keys whose values differ among the selected runs of that data
 set, model and method, e.g. ``metagater (method.server.beta=0.5)``; the data set and model go
@@ -27,7 +27,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from mglightning.config import CONF_DIR, RUN_CONFIG
-from mglightning.identity import DATA_KEY, flatten, identity
+from mglightning.run.identity import DATA_KEY, flatten, identity
 
 RUNS_DIR_VARIABLE = "MG_RUNS_DIR"
 DEFAULT_RUNS_DIR = "outputs"

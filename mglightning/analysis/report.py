@@ -20,7 +20,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
-from mglightning.analysis import (
+from mglightning.analysis.finished_runs import LABELS
+from mglightning.analysis.tables import (
     accuracy_curves,
     plot_accuracy_curves,
     plot_accuracy_vs_macs,
@@ -29,8 +30,7 @@ from mglightning.analysis import (
     sparse_groups,
 )
 from mglightning.config import RUN_CONFIG
-from mglightning.finished_runs import LABELS
-from mglightning.io import atomic_write_text, write_csv
+from mglightning.run.io import atomic_write_text, write_csv
 
 METHOD_TITLES = {
     "fedavg": "FedAvg",
@@ -175,7 +175,7 @@ def markdown_table(table: list[dict], compare_with: tuple[str, ...] = ()) -> str
 
 
 def row_runs(rows: list[MethodRuns]) -> list[tuple[Path, dict]]:
-    """Every run folder of the rows, labelled for :mod:`mglightning.analysis`: a row is a
+    """Every run folder of the rows, labelled for :mod:`mglightning.analysis.tables`: a row is a
     group, ``<method>-m<m>`` when the experiment runs the method with several m."""
     steps = {(row.method, row.local_steps) for row in rows}
     runs = []
@@ -200,7 +200,7 @@ def write_results(rows: list[MethodRuns], output_dir: Path, compare_with: tuple[
                   heading: str = "") -> dict[str, Path]:
     """table.md (under ``heading``, e.g. which seeds), table.csv, accuracy_vs_macs.png (the
     accuracy–sparsity front), and from the runs' curves and tasks (through the notebooks'
-    :mod:`mglightning.analysis`): curve.csv, convergence.png and sparsity_histogram.png."""
+    :mod:`mglightning.analysis.tables`): curve.csv, convergence.png and sparsity_histogram.png."""
     table = table_rows(rows, compare_with)
     paths = {"table_md": output_dir / "table.md", "table_csv": output_dir / "table.csv",
              "front": output_dir / "accuracy_vs_macs.png"}

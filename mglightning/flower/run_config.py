@@ -13,10 +13,10 @@ import shlex
 from collections.abc import Mapping
 from functools import lru_cache
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from mglightning.config import CONF_DIR, ConfigError, validate
+from mglightning import build
+from mglightning.config import ConfigError, validate
 
 OVERRIDES_KEY = "overrides"  # the run config key holding the Hydra overrides
 
@@ -25,9 +25,9 @@ OVERRIDES_KEY = "overrides"  # the run config key holding the Hydra overrides
 def compose_config(overrides: str) -> DictConfig:
     """``conf/train.yaml`` with ``overrides`` (shell-quoted ``key=value`` words), validated.
 
-    Composed once per process (Hydra takes ~0.5 s): treat the result as read-only."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=shlex.split(overrides))
+    Composed once per process (a Ray actor serves many nodes; Hydra takes ~0.5 s): treat the
+    result as read-only."""
+    cfg = build.compose_config(shlex.split(overrides))
     validate(cfg)
     return cfg
 

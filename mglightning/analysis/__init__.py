@@ -1,0 +1,1 @@
+"""Finished runs read back: selection, tables, figures, the reproduce report."""

@@ -1,0 +1,1 @@
+"""Run bookkeeping: identity, run folder, checkpoints, atomic files, loggers."""
