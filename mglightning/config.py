@@ -37,6 +37,7 @@ from mglightning.data.datamodule import node_split
 from mglightning.data.datasets import DATASET_NAMES
 from mglightning.data.partition import PARTITIONER_KEYS, SIZE_DISTRIBUTIONS
 from mglightning.federated.faults import FAULT_KINDS
+from mglightning.federated.local import HESSIAN_PRODUCTS
 from mglightning.federated.schedules import GATE_NOISE_SCALES
 from mglightning.models.backbones import BACKBONES
 
@@ -171,6 +172,8 @@ RULES: dict[str, Rule] = {
     "method.local.prox_lambda": number(at_least=0),
     "method.local.gate_lr": optional(number(at_least=0)),
     "method.local.batch_size": integer(1),
+    "method.local.hessian": one_of(*HESSIAN_PRODUCTS),
+    "method.local.delta": number(above=0),
     "method.server.prox_lambda": number(at_least=0),
     "method.server.beta": number(above=0),
     "method.server.c": number(at_least=0),
