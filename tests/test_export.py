@@ -1,6 +1,8 @@
 import pytest
 import torch
+from torch._inductor.exc import InvalidCxxCompiler
 
+from mglightning import export
 from mglightning.adaptation.steps import two_stage
 from mglightning.bench.workload import sparsify_gates
 from mglightning.export import compile_package, load_package, task_network
@@ -94,3 +96,13 @@ def test_the_compiled_package_loads_back_and_predicts_alike_at_every_batch_size(
         for batch_size in (1, 5, len(query_images)):
             torch.testing.assert_close(loaded(query_images[:batch_size]),
                                        exported(query_images[:batch_size]))
+
+
+def test_without_a_cpp_compiler_the_export_says_what_to_install(monkeypatch):
+    def no_compiler():
+        raise InvalidCxxCompiler
+
+    monkeypatch.setattr(export, "get_cpp_compiler", no_compiler)
+    module = torch.nn.Linear(4, 2)
+    with pytest.raises(export.NoCompilerError, match="found no compiler: install g\\+\\+"):
+        export.compile_package(module, torch.zeros(3, 4))
