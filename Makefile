@@ -56,7 +56,7 @@ reproduce: ## Every method of EXP over 5 seeds → results/EXP/ (e.g. make repro
 sweep: ## Create and run the W&B sweep conf/sweep/SWEEP.yaml (offline: prints the Hydra multirun); ARGS="--count N"
 	$(PY) -m mglightning.sweep $(SWEEP) $(ARGS)
 
-deploy: ## RUN's network adapted at target node TARGET, exported → RUN/deployed/targetTARGET.pt + .json; ARGS="--output PATH"
+deploy: ## RUN's network adapted at target node TARGET, exported → RUN/deployed/targetTARGET.pt2 (AOTInductor) + .json; ARGS="--output PATH"
 	$(PY) -m mglightning.deploy $(RUN) --target $(TARGET) $(ARGS)
 
 bench: ## Benchmarks → BENCHMARKS.md and BENCHMARKS.json; ARGS="--repeats 5" (ARGS="--help": options)

@@ -3,10 +3,11 @@ one target node and exported for deployment.
 
 It rebuilds the run from its ``config.yaml`` (the same seeded partition, hence the same target
 nodes), loads its meta-model, adapts it on target N's support set with the run's own rule
-(SPEC §4), and exports it with :func:`mglightning.export.export_task_network`: channels the
-gates switch off for every image of the node removed at rest. The saved module takes uint8
-images (B, C, H, W) as the data set stores them and normalizes them itself; it is saved only if
-it predicts exactly as the adapted network on all of the node's images. Beside it,
+(SPEC §4), and exports it with :func:`mglightning.export.task_network`: channels the gates
+switch off for every image of the node removed at rest. It is saved as an AOTInductor package
+(``target<N>.pt2``, :func:`mglightning.export.compile_package`), which takes uint8 images
+(B, C, H, W) as the data set stores them and normalizes them itself; it is saved only if the
+compiled package predicts exactly as the adapted network on all of the node's images. Beside it,
 ``target<N>.json`` says what the module itself cannot: the node's classes, the input format and
 normalization, the run it came from, its query accuracy and size.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,13 @@ from mglightning.build import build_adapter, build_datamodule, build_learner, co
 from mglightning.config import RUN_CONFIG
 from mglightning.data.datamodule import ClientDataModule
 from mglightning.data.datasets import DataError
-from mglightning.export import RawImageInput, task_network
+from mglightning.export import (
+    NoCompilerError,
+    RawImageInput,
+    compile_package,
+    load_package,
+    task_network,
+)
 from mglightning.run.checkpoint import UnsafeCheckpointError, read_checkpoint
 from mglightning.run.identity import fingerprint
 from mglightning.run.io import write_json
@@ -38,9 +44,10 @@ class DeployError(ValueError):
 
 @dataclass
 class Deployment:
-    """The exported module and what a reader wants to know about it (:func:`metadata`)."""
+    """The compiled package (the bytes of a ``.pt2`` file) and what a reader wants to know
+    about it (:func:`metadata`)."""
 
-    module: torch.jit.ScriptModule
+    package: bytes
     metadata: dict
 
 
@@ -77,19 +84,17 @@ def deploy(run_dir: Path, target: int) -> Deployment:
     network, _, _ = adapter.adapt(client)
     rows = torch.cat([client.support_idx, client.query_idx])
     images, labels = client.data.batch(rows)
-    with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated; it still works
-        warnings.simplefilter("ignore", FutureWarning)
-        module = torch.jit.script(RawImageInput(task_network(network, images), client.data.mean,
-                                                client.data.std))
+    module = RawImageInput(task_network(network, images), client.data.mean, client.data.std)
+    package = compile_package(module, client.data.images[rows])
     with torch.no_grad():
         expected = network.forward_with_masks(images, sliced=True).logits.argmax(1)
-        predicted = module(client.data.images[rows]).argmax(1)
+        predicted = load_package(package)(client.data.images[rows]).argmax(1)
     if not torch.equal(predicted, expected):
         raise RuntimeError(f"the export disagrees with the adapted network on "
                            f"{int((predicted != expected).sum())} of {len(rows)} images: nothing "
                            f"saved (a bug: please report it with this run's config.yaml)")
     query = slice(len(client.support_idx), None)
-    return Deployment(module, metadata(
+    return Deployment(package, metadata(
         run_dir, cfg, target, client,
         accuracy=float((predicted[query] == labels[query]).float().mean()),
         parameters=sum(p.numel() for p in module.parameters()),
@@ -120,7 +125,8 @@ def metadata(run_dir: Path, cfg: DictConfig, target: int, client: ClientDataModu
         "query_images": len(client.query_idx),
         "parameters": parameters,
         "gated_network_parameters": gated_parameters,
-        "format": "TorchScript: torch.jit.load(path)",
+        "format": "AOTInductor package: torch._inductor.aoti_load_package(path), for the CPU "
+                  f"instruction set it was compiled on and torch {torch.__version__}",
     }
 
 
@@ -137,24 +143,24 @@ def main(argv: list[str] | None = None) -> None:
                         help="a finished run's folder (default: the one `make train` makes)")
     parser.add_argument("--target", type=int, default=0, help="target node index (default 0)")
     parser.add_argument("--output", type=Path,
-                        help="where to save (default RUN_DIR/deployed/target<N>.pt)")
+                        help="where to save (default RUN_DIR/deployed/target<N>.pt2)")
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir or default_run_dir()
     try:
         deployment = deploy(args.run_dir, args.target)
-    except (DeployError, DataError, UnsafeCheckpointError) as error:
+    except (DeployError, DataError, UnsafeCheckpointError, NoCompilerError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    output = args.output or args.run_dir / "deployed" / f"target{args.target}.pt"
+    output = args.output or args.run_dir / "deployed" / f"target{args.target}.pt2"
     output.parent.mkdir(parents=True, exist_ok=True)
-    deployment.module.save(str(output))
+    output.write_bytes(deployment.package)
     write_json(output.with_suffix(".json"), deployment.metadata)
     about = deployment.metadata
     print(f"target {args.target} (node {about['node_id']}): query accuracy "
           f"{100 * about['query_accuracy']:.2f} %, {about['parameters']} parameters "
           f"(adapted gated network: {about['gated_network_parameters']})")
-    print(f"saved {output}: torch.jit.load it and call it on uint8 images (B, C, H, W); "
-          f"classes, normalization and source in {output.with_suffix('.json')}")
+    print(f"saved {output}: torch._inductor.aoti_load_package it and call it on uint8 images "
+          f"(B, C, H, W); classes, normalization and source in {output.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,14 @@
-import io
-
 import pytest
 import torch
+from torch._inductor.exc import InvalidCxxCompiler
 
+from mglightning import export
 from mglightning.adaptation.steps import two_stage
 from mglightning.bench.workload import sparsify_gates
 from mglightning.build import build_datamodule
 from mglightning.build import build_network as build_model
-from mglightning.export import export_task_network
+from mglightning.export import compile_package, load_package, task_network
 from mglightning.models import build_network
-
-# torch 2.14 marks TorchScript deprecated (FutureWarning); it is still the format that loads
-# without Python source, which is what a deployed task module needs.
-pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWarning")
 
 
 def parameter_count(module) -> int:
@@ -34,7 +30,7 @@ def adapted_task(tiny_config):
 
 def test_export_predicts_like_the_gated_network_on_the_task_query(adapted_task):
     network, support_images, query_images = adapted_task
-    exported = export_task_network(network, torch.cat([support_images, query_images]))
+    exported = task_network(network, torch.cat([support_images, query_images]))
     with torch.no_grad():
         expected = network.forward_with_masks(query_images, sliced=False).logits
         torch.testing.assert_close(exported(query_images), expected, rtol=1e-5, atol=1e-5)
@@ -53,7 +49,7 @@ def test_always_off_channels_are_removed_from_the_layer_and_its_reader(adapted_t
     head_area = 2 * 2  # 16×16 input, three 2×2 max-pools
     per_channel = (conv3_in * 9 + 1) + network.head.out_features * head_area
     gate_row = network.blocks[2].gate.out.in_features + 1
-    exported = export_task_network(network, images)
+    exported = task_network(network, images)
     assert parameter_count(exported) == parameter_count(network) - removed * (
         per_channel + gate_row
     )
@@ -64,7 +60,7 @@ def test_layer_without_varying_channels_loses_its_gate():
     network = build_network("cnn4", (1, 16, 16), 5, gated_layers=[3])
     sparsify_gates(network, off_fraction=0.75, varying_fraction=0.0, seed=0)
     images = torch.randn(8, 1, 16, 16)
-    exported = export_task_network(network, images)
+    exported = task_network(network, images)
     gate = network.blocks[2].gate
     conv3_in, head_area = network.blocks[2].op.in_channels, 2 * 2
     gate_parameters = parameter_count(gate)
@@ -85,20 +81,28 @@ def test_export_matches_for_every_backbone_and_gate_layout(name, shape, gated):
     network = build_network(name, shape, 7, gated_layers=gated)
     sparsify_gates(network, off_fraction=0.4, varying_fraction=0.3, seed=1)
     images = torch.randn(16, *shape)
-    exported = export_task_network(network, images)
+    exported = task_network(network, images)
     assert parameter_count(exported) < parameter_count(network)
     with torch.no_grad():
         torch.testing.assert_close(exported(images), network(images), rtol=1e-5, atol=1e-5)
 
 
-def test_export_loads_back_after_save(adapted_task, tmp_path):
+def test_the_compiled_package_loads_back_and_predicts_alike_at_every_batch_size(adapted_task):
+    """The .pt2 package (exported at batch 2 with a dynamic batch dimension) from its bytes."""
     network, support_images, query_images = adapted_task
-    exported = export_task_network(network, torch.cat([support_images, query_images]))
-    path = tmp_path / "task.pt"
-    torch.jit.save(exported, str(path))
-    loaded = torch.jit.load(str(path))
+    exported = task_network(network, torch.cat([support_images, query_images]))
+    loaded = load_package(compile_package(exported, query_images))
     with torch.no_grad():
-        assert torch.equal(loaded(query_images), exported(query_images))
-    full_weights = io.BytesIO()
-    torch.save(network.state_dict(), full_weights)
-    assert path.stat().st_size < full_weights.tell()  # smaller at rest, code included
+        for batch_size in (1, 5, len(query_images)):
+            torch.testing.assert_close(loaded(query_images[:batch_size]),
+                                       exported(query_images[:batch_size]))
+
+
+def test_without_a_cpp_compiler_the_export_says_what_to_install(monkeypatch):
+    def no_compiler():
+        raise InvalidCxxCompiler
+
+    monkeypatch.setattr(export, "get_cpp_compiler", no_compiler)
+    module = torch.nn.Linear(4, 2)
+    with pytest.raises(export.NoCompilerError, match="found no compiler: install g\\+\\+"):
+        export.compile_package(module, torch.zeros(3, 4))

@@ -19,11 +19,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from mglightning.data import datasets
-from mglightning.finished_runs import select_runs
-from mglightning.identity import DATA_KEY, GATE_KEYS, NON_IDENTITY_KEYS, fingerprint
+from mglightning.analysis.finished_runs import select_runs
+from mglightning.run.identity import DATA_KEY, GATE_KEYS, NON_IDENTITY_KEYS, fingerprint
 from mglightning.migrate import main as migrate_main
 from mglightning.migrate import migrate
-from mglightning.run_folder import RunFolder
+from mglightning.run.folder import RunFolder
 from mglightning.train import CONF_DIR, run
 
 UNGATED = ("fedavg", "perfedavg_fo", "perfedavg_hf", "metagater_nogate", "metasnip",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import statistics
@@ -339,3 +340,44 @@ def test_gating_tables_show_gated_groups_only_and_average_their_seeds(runs_root,
         html = "".join(html_outputs(notebook))
         title = "after Stage I" if path.stem == "convergence" else "Jaccard between tasks"
         assert title in html, path.stem
+
+
+def two_sparse_groups() -> pd.DataFrame:
+    """Two gated groups whose per-task sparsities fall into the same bins, and a dense one."""
+    rows = [{"group": group, "task": task, "sparsity": sparsity, "sparsity_layer3": sparsity,
+             "accuracy": 0.9}
+            for group, values in (("a", [0.40, 0.42, 0.50, 0.50]), ("b", [0.41, 0.50, 0.50, 0.6]))
+            for task, sparsity in enumerate(values)]
+    return pd.DataFrame(rows + [{"group": "dense", "task": 0, "sparsity": 0.0,
+                                 "sparsity_layer3": None, "accuracy": 0.8}])
+
+
+def test_histogram_groups_stand_side_by_side_opaque():
+    """Bars of two groups in one bin share no x range and do not blend (no transparency)."""
+    figure = tables.plot_sparsity_histograms(two_sparse_groups())
+    bars = [bar for bar in figure.axes[0].patches if bar.get_height() > 0]
+    assert len({bar.get_facecolor() for bar in bars}) == 2  # a and b; dense has no sparsity
+    for first, second in itertools.combinations(bars, 2):
+        assert (first.get_x() + first.get_width() <= second.get_x() + 1e-9
+                or second.get_x() + second.get_width() <= first.get_x() + 1e-9)
+    assert all(bar.get_alpha() in (None, 1) for bar in bars)
+
+
+def test_every_figures_legend_stays_clear_of_its_axes_and_their_labels(runs_root):
+    runs = selected_runs(runs_root)
+    tasks, curves = tables.load_tasks(runs), tables.load_curves(runs)
+    front = pd.DataFrame([{"method": method, "settings": "", "accuracy_mean": 0.9,
+                           "accuracy_std": 0.01, "macs_skipped_mean": skipped,
+                           "macs_skipped_std": 0.0}
+                          for method, skipped in (("w/ gating", 0.5), ("w/o gating", 0.0))])
+    figures = [tables.plot_sparsity_histograms(two_sparse_groups()),
+               tables.plot_accuracy_vs_sparsity(tasks), tables.plot_accuracy_curves(curves),
+               tables.plot_round_timings(curves), tables.plot_accuracy_vs_macs(front)]
+    for figure in figures:
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        (legend,) = figure.legends
+        assert not any(axis.get_legend() for axis in figure.axes)
+        legend_box = legend.get_window_extent(renderer)
+        for axis in figure.axes:  # the axes with ticks, tick labels, axis labels and title
+            assert not legend_box.overlaps(axis.get_tightbbox(renderer))

@@ -18,6 +18,20 @@ from matplotlib.ticker import MaxNLocator
 
 from mglightning.analysis.finished_runs import LABELS
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # one a group, beside its colour
+
+
+def _legend_below(figure: Figure, fontsize: str = "small") -> None:
+    """One legend for the whole figure, below its axes (the figure is made with
+    ``layout="constrained"``): it never covers bars, points, ticks or axis labels."""
+    entries = {}
+    for axis in figure.axes:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        figure.legend(list(entries.values()), list(entries), loc="outside lower center",
+                      fontsize=fontsize, frameon=False)
+
 STATISTICS = ("mean", "std", "min", "max")
 ROUND_TIMINGS = ("round_seconds", "local_seconds", "server_seconds")  # logged each round
 
@@ -75,38 +89,39 @@ def sparse_groups(tasks: pd.DataFrame) -> list[str]:
 
 def plot_sparsity_histograms(tasks: pd.DataFrame, bins: int = 12) -> Figure:
     """Histograms of per-task sparsity (%), one panel for the gated layers together and one
-    per gated layer, the sparse groups overlaid on shared bins."""
+    per gated layer, the sparse groups side by side in each of the shared bins (one colour a
+    group in every panel)."""
     columns = ["sparsity", *gated_layer_columns(tasks)]
-    figure, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 3.5), squeeze=False)
-    shown = tasks[tasks["group"].isin(sparse_groups(tasks))]
+    figure, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 3.5), squeeze=False,
+                                layout="constrained")
+    colours = {label: f"C{index}" for index, label in enumerate(sparse_groups(tasks))}
+    shown = tasks[tasks["group"].isin(colours)]
     for axis, column in zip(axes[0], columns, strict=True):
         values = 100 * shown[column].dropna()
         edges = np.histogram_bin_edges(values, bins) if len(values) else bins
-        for label, group in shown.dropna(subset=[column]).groupby("group"):
-            axis.hist(100 * group[column], bins=edges, alpha=0.6, label=label)
+        groups = dict(list(shown.dropna(subset=[column]).groupby("group")))
+        if groups:
+            axis.hist([100 * group[column] for group in groups.values()], bins=edges,
+                      label=list(groups), color=[colours[label] for label in groups])
         axis.set_title("gated layers together" if column == "sparsity" else f"gated {column[9:]}")
         axis.set_xlabel("per-task sparsity (%)")
         axis.set_ylabel("target tasks")
         axis.yaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.legend(fontsize="small")
-    figure.tight_layout()
+    _legend_below(figure)
     return figure
 
 
 def plot_accuracy_vs_sparsity(tasks: pd.DataFrame) -> Figure:
-    """Each target task as a point: adapted accuracy against sparsity, one colour a group."""
-    figure, axis = plt.subplots(figsize=(5, 4))
-    for label, group in tasks.groupby("group"):
-        axis.scatter(100 * group["sparsity"], 100 * group["accuracy"], label=label, alpha=0.7)
-    return labelled(figure, axis, "sparsity (%)", "accuracy after adaptation (%)")
-
-
-def labelled(figure: Figure, axis, xlabel: str, ylabel: str) -> Figure:
-    """A one-axis figure finished: axis labels, a small legend, tight layout."""
-    axis.set_xlabel(xlabel)
-    axis.set_ylabel(ylabel)
-    axis.legend(fontsize="small")
-    figure.tight_layout()
+    """Each target task as a point: adapted accuracy against sparsity, one colour and marker a
+    group, hollow so that points on top of each other stay visible without blending."""
+    figure, axis = plt.subplots(figsize=(5, 4.5), layout="constrained")
+    for index, (label, group) in enumerate(tasks.groupby("group")):
+        axis.scatter(100 * group["sparsity"], 100 * group["accuracy"], label=label,
+                     marker=MARKERS[index % len(MARKERS)], facecolors="none",
+                     edgecolors=f"C{index}")
+    axis.set_xlabel("sparsity (%)")
+    axis.set_ylabel("accuracy after adaptation (%)")
+    _legend_below(figure)
     return figure
 
 
@@ -115,7 +130,7 @@ def plot_accuracy_vs_macs(table: pd.DataFrame) -> Figure:
     ``method``, ``settings``, ``accuracy_*`` and ``macs_skipped_*``, as fractions) as a point,
     target accuracy against the share of the dense network's MACs skipped, ± one std over
     seeds on both axes; one colour a method, each point labelled by its settings' values."""
-    figure, axis = plt.subplots(figsize=(7, 5))
+    figure, axis = plt.subplots(figsize=(7, 5.5), layout="constrained")
     for method, rows in table.groupby("method", sort=False):
         axis.errorbar(100 * rows["macs_skipped_mean"], 100 * rows["accuracy_mean"],
                       xerr=100 * rows["macs_skipped_std"], yerr=100 * rows["accuracy_std"],
@@ -125,7 +140,10 @@ def plot_accuracy_vs_macs(table: pd.DataFrame) -> Figure:
                 values = ", ".join(item.split("=")[-1] for item in row.settings.split(", "))
                 axis.annotate(values, (100 * row.macs_skipped_mean, 100 * row.accuracy_mean),
                               fontsize=7, xytext=(3, 3), textcoords="offset points")
-    return labelled(figure, axis, "MACs skipped (% of the dense network)", "target accuracy (%)")
+    axis.set_xlabel("MACs skipped (% of the dense network)")
+    axis.set_ylabel("target accuracy (%)")
+    _legend_below(figure)
+    return figure
 
 
 def accuracy_curves(curves: pd.DataFrame) -> pd.DataFrame:
@@ -138,16 +156,17 @@ def accuracy_curves(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_accuracy_curves(curves: pd.DataFrame) -> Figure:
-    """Paper Fig. 4: target accuracy against rounds, one line a group, ± one std band."""
-    figure, axis = plt.subplots(figsize=(5.5, 4))
-    for label, group in accuracy_curves(curves).groupby("group"):
-        axis.plot(group["round"], group["accuracy"], marker="o", label=label)
-        spread = group["accuracy_std"].fillna(0.0)
-        axis.fill_between(
-            group["round"], group["accuracy"] - spread, group["accuracy"] + spread, alpha=0.2
-        )
+    """Paper Fig. 4: target accuracy against rounds, one line a group, ± one std over seeds as
+    error bars (bands of several groups would overlap and blend)."""
+    figure, axis = plt.subplots(figsize=(5.5, 4.5), layout="constrained")
+    for index, (label, group) in enumerate(accuracy_curves(curves).groupby("group")):
+        axis.errorbar(group["round"], group["accuracy"], yerr=group["accuracy_std"].fillna(0.0),
+                      marker=MARKERS[index % len(MARKERS)], capsize=3, label=label)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return labelled(figure, axis, "communication round", "target accuracy (%)")
+    axis.set_xlabel("communication round")
+    axis.set_ylabel("target accuracy (%)")
+    _legend_below(figure)
+    return figure
 
 
 def round_seconds(curves: pd.DataFrame) -> pd.DataFrame:
@@ -250,13 +269,13 @@ def gating_measures(summaries: pd.DataFrame) -> pd.DataFrame:
 
 def plot_round_timings(curves: pd.DataFrame) -> Figure:
     """Cumulative training seconds against rounds, one line a run."""
-    figure, axis = plt.subplots(figsize=(5.5, 4))
+    runs = curves.groupby(["group", "run"]).ngroups
+    figure, axis = plt.subplots(figsize=(5.5, 3.5 + 0.15 * runs), layout="constrained")  # legend
     for (label, run), group in curves.sort_values("round").groupby(["group", "run"]):
         axis.plot(group["round"], group["training_seconds"], marker=".", label=f"{label}: {run}")
     axis.set_xlabel("communication round")
     axis.set_ylabel("training time (s)")
-    axis.legend(fontsize="x-small")
-    figure.tight_layout()
+    _legend_below(figure, fontsize="x-small")
     return figure
 
 

@@ -247,18 +247,24 @@ def _floor_summary(inference: dict) -> str:
 
 
 def _export_format_summary(figures: dict | None) -> str:
-    """The saved format of a deployed module: torch.export against TorchScript, both loaded."""
+    """The saved format of a deployed module: the AOTInductor package (and a plain
+    torch.export program) against TorchScript, each loaded back."""
     if not figures:
         return "Saved format of a deployed task module: not measured."
     times = "; ".join(f"{name} {_spread(figure)}" for name, figure in figures.items()
                       if name.startswith("batch"))
-    verdict = (f"torch.export holds the speed (within {SAME_SPEED:.2f}×) and predicts alike, "
-               "so `make deploy` can switch to it" if holds_up(figures)
-               else "TorchScript stays the format of `make deploy`")
-    return (f"Saved format of a deployed task module, time of the loaded `torch.export` program "
-            f"÷ the loaded TorchScript module: {times}; predictions "
-            f"{'equal' if figures['predictions_equal'] else 'differ'} (max |Δ logit| "
-            f"{figures['max_logit_difference']:.1e}): {verdict}.")
+    plain = "; ".join(f"{name} {_spread(figure)}"
+                      for name, figure in figures["torch_export"].items())
+    made = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in
+                     figures["make_seconds"].items())
+    verdict = (f"the package holds the speed (within {SAME_SPEED:.2f}×) and predicts alike: it "
+               "is the format of `make deploy`" if holds_up(figures)
+               else "the package is slower or predicts otherwise: revisit `make deploy`'s format")
+    return (f"Saved format of a deployed task module, time of the loaded AOTInductor package "
+            f"÷ the loaded TorchScript module: {times} (a plain `torch.export` program: "
+            f"{plain}); predictions {'equal' if figures['predictions_equal'] else 'differ'} "
+            f"(max |Δ logit| {figures['max_logit_difference']:.1e}); time to make each file: "
+            f"{made}: {verdict}.")
 
 
 def _exported_summary(inference: dict) -> str:
