@@ -1,12 +1,16 @@
 """``python -m mglightning.migrate RUNS_DIR [--apply]``: run folders made before a run's
 identity left out what its method does not read and took in its data, made findable again.
 
-Two changes of :mod:`mglightning.run.identity` leave older folders unfound or refused:
+Three changes leave older folders unfound or refused, none of which changes a result:
 
-- an ungated method's fingerprint no longer holds the gates' keys, nor a regularizer's γ when
-  it is ``none``: such a run's name now ends in another fingerprint;
+- an ungated method's fingerprint no longer holds the gates' keys: such a run's name now ends
+  in another fingerprint (:mod:`mglightning.run.identity`);
 - a run folder records the fingerprint of the pooled data it loaded (``data_fingerprint`` in
-  ``config.yaml``); a folder without it is refused.
+  ``config.yaml``); a folder without it is refused;
+- parts are named by ``_target_`` (the backbone, the adaptation rule, the regularizer, the
+  logger) and Per-FedAvg HF says how it takes its Hessian product: :func:`upgrade_config`
+  writes an older ``config.yaml`` as today's config of the same run would read (an older HF
+  run took the finite difference, ``method.local.hessian=finite_difference``).
 
 For every run folder under RUNS_DIR (a folder whose ``config.yaml`` is a run's, at any depth,
 RUNS_DIR itself included) this renames a folder named by its run name to the name its config
@@ -18,6 +22,7 @@ fingerprint of the data present now: run it with the data the runs were made wit
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 import sys
 from dataclasses import dataclass
@@ -31,6 +36,22 @@ from mglightning.data.partition import PartitionError
 from mglightning.run.folder import RunFolder, pooled_data_fingerprint
 from mglightning.run.identity import DATA_KEY, FINGERPRINT_LENGTH, fingerprint
 
+# The config schema before parts were named by ``_target_``: old name -> today's target.
+RULE_TARGETS = {
+    "two_stage": "mglightning.adaptation.steps.two_stage",
+    "one_step": "mglightning.adaptation.steps.one_step",
+    "snip": "mglightning.adaptation.snip.snip",
+    "snip_channels": "mglightning.adaptation.snip.snip_channels",
+}
+REGULARIZER_TARGETS = {
+    "group_lasso": "mglightning.federated.prox.GroupLasso.for_network",
+    "l1": "mglightning.federated.prox.L1.for_network",
+}
+LOGGER_TARGETS = {
+    "wandb": "mglightning.run.loggers.wandb_or_csv_logger",
+    "csv": "mglightning.run.loggers.csv_logger",
+}
+BACKBONE_MODULE = "mglightning.models.backbones"
 FINGERPRINT_SUFFIX = re.compile(rf"-[0-9a-f]{{{FINGERPRINT_LENGTH}}}$")
 NOT_RUN_FOLDERS = {"wandb", ".hydra"}  # their config.yaml files are not a run's
 
@@ -65,10 +86,36 @@ def run_configs(root: Path) -> list[Path]:
                   if not NOT_RUN_FOLDERS & set(path.relative_to(root).parts[:-1]))
 
 
+def upgrade_config(config: dict) -> dict:
+    """``config`` (a run's resolved config.yaml) with every part named by ``_target_`` and
+    Per-FedAvg HF's Hessian product stated, as today's config of the same run reads; a config
+    that reads so already comes back equal."""
+    config = copy.deepcopy(config)
+    model, method = config["model"], config["method"]
+    model.setdefault("_target_", f"{BACKBONE_MODULE}.{model['name']}")
+    adaptation = method.get("adaptation") or {}
+    if "rule" in adaptation:
+        method["adaptation"] = {"_target_": RULE_TARGETS[adaptation.pop("rule")], **adaptation}
+    regularizer = method.get("regularizer")
+    if isinstance(regularizer, dict) and "name" in regularizer:
+        name = regularizer.pop("name")
+        method["regularizer"] = ({"_target_": REGULARIZER_TARGETS[name], **regularizer}
+                                 if name in REGULARIZER_TARGETS else None)
+    local = method.get("local") or {}
+    if local.get("hessian_free") and "hessian" not in local:
+        local["hessian"] = "finite_difference"  # what every HF run before the exact product took
+    logger = config.get("logger") or {}
+    if logger.get("name") in LOGGER_TARGETS:
+        logger.setdefault("_target_", LOGGER_TARGETS[logger["name"]])
+    return config
+
+
 def plan(folder: Path, stored: DictConfig) -> Migration:
     """What ``folder``, holding the run config ``stored``, needs (raises DataError when the
     run's data cannot be loaded)."""
-    config = OmegaConf.to_container(stored)
+    original = OmegaConf.to_container(stored)
+    config = upgrade_config(original)
+    stored = OmegaConf.create(config)  # as today's config of this run reads
     run_name = str(config["run_name"])
     if FINGERPRINT_SUFFIX.search(run_name):
         config["run_name"] = FINGERPRINT_SUFFIX.sub(f"-{fingerprint(stored)}", run_name)
@@ -79,7 +126,7 @@ def plan(folder: Path, stored: DictConfig) -> Migration:
             config["output_dir"] = str(Path(str(config["output_dir"])).with_name(new_path.name))
     if DATA_KEY not in config:
         config[DATA_KEY] = pooled_data_fingerprint(stored)
-    changed = config != OmegaConf.to_container(stored)
+    changed = config != original
     return Migration(folder, new_path, config if changed else None)
 
 

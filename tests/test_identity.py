@@ -16,16 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
-from mglightning.data import datasets
 from mglightning.analysis.finished_runs import select_runs
-from mglightning.run.identity import DATA_KEY, GATE_KEYS, NON_IDENTITY_KEYS, fingerprint
+from mglightning.build import compose_config
+from mglightning.config import CONF_DIR, validate
+from mglightning.data import datasets
 from mglightning.migrate import main as migrate_main
-from mglightning.migrate import migrate
+from mglightning.migrate import migrate, upgrade_config
 from mglightning.run.folder import RunFolder
-from mglightning.train import CONF_DIR, run
+from mglightning.run.identity import DATA_KEY, GATE_KEYS, NON_IDENTITY_KEYS, fingerprint
+from mglightning.train import run
 
+CONFIGS_BEFORE_TARGET = Path(__file__).parent / "fixtures" / "configs_before_target.yaml"
 UNGATED = ("fedavg", "perfedavg_fo", "perfedavg_hf", "metagater_nogate", "metasnip",
            "metasnip_structured")
 GATE_OVERRIDES = ("model.temperature=0.5", "model.gate_hidden=8", "model.gate_bias_init=1.0",
@@ -54,10 +58,20 @@ def test_a_gated_fingerprint_holds_every_gate_key(tiny_config):
     for override in GATE_OVERRIDES:
         assert fingerprint(tiny_config(override)) != base, override
     assert fingerprint(tiny_config("method.gating=false")) != base
-    no_regularizer = fingerprint(tiny_config("method.regularizer.name=none"))
-    assert no_regularizer != base
-    assert fingerprint(tiny_config("method.regularizer.name=none",
-                                   "method.regularizer.gamma=0.5")) == no_regularizer
+    assert fingerprint(tiny_config("method.regularizer=null")) != base
+
+
+def test_the_migration_upgrades_an_older_config_to_todays_fingerprint():
+    """Configs as the code before ``_target_`` parts composed them (pinned in a fixture),
+    upgraded, read as today's config of the same overrides: the same fingerprint, and valid;
+    Per-FedAvg HF's as the finite difference those runs took."""
+    for overrides, old in yaml.safe_load(CONFIGS_BEFORE_TARGET.read_text()).items():
+        hessian = ["method.local.hessian=finite_difference"] if "perfedavg_hf" in overrides else []
+        today = compose_config([*overrides.split(), *hessian])
+        upgraded = upgrade_config(old)
+        assert fingerprint(upgraded) == fingerprint(today), overrides
+        assert fingerprint(old) != fingerprint(today), overrides  # there was something to do
+        validate(OmegaConf.create(upgraded))  # deploy rebuilds a run from it
 
 
 def task_rows(folder: Path) -> list[dict]:

@@ -10,8 +10,8 @@ so a changed hyperparameter always gets a folder of its own.
 Only what a run reads is its identity (:func:`unread_keys`): a run without gates
 (``method.gating: false``, or a model with no ``gated_layers``) reads none of the gates' keys
 (:data:`GATE_KEYS`: their shape, τ, noise, step sizes and the regularizer h(φ) over their
-parameters, SPEC §1, §3), and a regularizer named ``none`` reads no γ; so tuning MetaGater's
-gates never redoes a baseline's run, whose results it cannot change.
+parameters, SPEC §1, §3); so tuning MetaGater's gates never redoes a baseline's run, whose
+results it cannot change.
 
 The pooled data a run loads is part of its identity too, but it is known only once the data
 set is loaded, after the run name is composed: :func:`data_fingerprint` hashes the pooled
@@ -70,12 +70,10 @@ def identity(config: DictConfig | Mapping) -> dict:
 
 def unread_keys(values: Mapping) -> list[str]:
     """The dotted keys of a resolved config that its run never reads: :data:`GATE_KEYS` when
-    the network has no gate, else the regularizer's parameters when it is ``none``."""
+    the network has no gate (a gated run without h(φ) has ``regularizer: null``, no γ)."""
     method, model = values.get("method") or {}, values.get("model") or {}
     if method.get("gating", True) and model.get("gated_layers"):
-        regularizer = method.get("regularizer") or {}
-        unread = [f"method.regularizer.{key}" for key in regularizer if key != "name"]
-        return unread if regularizer.get("name") == "none" else []
+        return []
     return list(GATE_KEYS)
 
 

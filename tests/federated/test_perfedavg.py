@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, hessian
 
+from mglightning.config import ConfigError, validate
 from mglightning.federated.flat import FlatParameters
 from mglightning.federated.local import HESSIAN_PRODUCTS, PerFedAvg
 
@@ -178,6 +179,7 @@ def test_the_finite_difference_converges_to_the_exact_product_as_delta_squared()
     assert gap(1e-2) / gap(1e-3) == pytest.approx(100, rel=0.01)
 
 
-def test_an_unknown_hessian_product_is_refused_naming_the_key():
-    with pytest.raises(ValueError, match="method.local.hessian='fd'"):
-        PerFedAvg(1, 0.1, 0.1, batch_size=6, hessian_free=True, hessian="fd")
+def test_an_unknown_hessian_product_is_refused_naming_the_key(tiny_config):
+    """The config walker reads the rule beside PerFedAvg.hessian (no constructor re-check)."""
+    with pytest.raises(ConfigError, match="method.local.hessian='fd': must be one of"):
+        validate(tiny_config("method=perfedavg_hf", "method.local.hessian=fd"))
