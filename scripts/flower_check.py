@@ -1,15 +1,16 @@
 """The check after a loopback deployment (flower_deploy_smoke.sh, flower_drill.sh): the
 ServerApp's saved state against the in-process learner of the same config.
 
-    python scripts/flower_check.py "OVERRIDES" [--killed-partition P]
+    python scripts/flower_check.py "OVERRIDES" [--killed-partition P] [--resumed]
 
 The state must hold all ``rounds`` of the config and an x_ag equal, bit for bit, to the
 in-process learner's after as many rounds. Without ``--killed-partition`` no node may have
 failed. With it, training node P was killed mid-run and started again: some rounds failed
 for it (those ``flower/rounds.csv`` counts), the last round did not (it rejoined), and the
 in-process learner in which P fails at those same rounds (``faults.inject``) must give the
-same x_ag, since a failed node is left out of its round in both. Exit 1 with a line saying
-what differs.
+same x_ag, since a failed node is left out of its round in both. With ``--resumed`` the last
+ServerApp must have run only some of the rounds, having resumed from the saved state of one
+that was stopped. Exit 1 with a line saying what differs.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def failed_rounds(rows: list[dict]) -> list[int]:
     return [int(float(row["round"])) for row in rows if int(float(row["failed-clients"])) > 0]
 
 
-def check(overrides: str, killed_partition: int | None) -> str:
+def check(overrides: str, killed_partition: int | None, resumed: bool) -> str:
     """What was checked, in a line; raises AssertionError saying what differs."""
     cfg = compose_config(overrides)
     output_dir = Path(cfg.output_dir)
@@ -50,6 +51,9 @@ def check(overrides: str, killed_partition: int | None) -> str:
     with open(output_dir / ROUNDS_FILE) as handle:
         rows = list(csv.DictReader(handle))  # the rounds of the last ServerApp process
     failed = failed_rounds(rows)
+    if resumed:
+        assert 0 < len(rows) < cfg.rounds, (
+            f"the last ServerApp ran {len(rows)} of {cfg.rounds} rounds: it did not resume")
     if killed_partition is None:
         assert not failed, f"nodes failed in rounds {failed}"
         reference = overrides
@@ -64,7 +68,8 @@ def check(overrides: str, killed_partition: int | None) -> str:
         "x_ag differs from the in-process run"
     seconds = ", ".join(f"{float(row['round-seconds']):.1f}" for row in rows)
     return (f"ok: {cfg.rounds} rounds, failed rounds {failed or 'none'}, x_ag equal to the "
-            f"in-process run bit for bit; round seconds of the last ServerApp: {seconds}")
+            f"in-process run bit for bit; the last ServerApp ran {len(rows)} rounds, "
+            f"seconds: {seconds}")
 
 
 def main() -> None:
@@ -72,9 +77,11 @@ def main() -> None:
     parser.add_argument("overrides", help="the run's Hydra overrides, one string")
     parser.add_argument("--killed-partition", type=int, default=None,
                         help="the training node killed and started again mid-run")
+    parser.add_argument("--resumed", action="store_true",
+                        help="the last ServerApp resumed from a stopped one's saved state")
     args = parser.parse_args()
     try:
-        print(check(args.overrides, args.killed_partition))
+        print(check(args.overrides, args.killed_partition, args.resumed))
     except AssertionError as error:
         print(f"check failed: {error}", file=sys.stderr)
         sys.exit(1)

@@ -8,7 +8,7 @@
 # ServerApp, ClientApps), is stopped by its PID when the script exits, however it exits.
 set -euo pipefail
 
-VENV=${VENV:-.venv}
+VENV=$(cd "${VENV:-.venv}" && pwd)                # absolute: the SuperLink spawns from PATH
 PORT=${FLOWER_PORT:-19100}                       # SuperLink; SuperNode i serves PORT+1+i
 START_TIMEOUT=${FLOWER_START_TIMEOUT:-120}       # seconds for each process to come up
 RUN_TIMEOUT=${FLOWER_RUN_TIMEOUT:-600}           # seconds for one flwr run
@@ -45,6 +45,13 @@ start() {  # start LOG COMMAND...: in a session of its own, whose id is its PID
     local log=$1; shift
     setsid "$@" >"$log" 2>&1 &
     pids+=($!)
+}
+
+forget() {  # forget PID: a process stopped here, reaped, not to be signalled again (its PID
+    local pid kept=()  # may be reused)
+    wait "$1" 2>/dev/null || true
+    for pid in "${pids[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
+    pids=("${kept[@]}")
 }
 
 wait_for() {  # wait_for WHAT CHECK...: run CHECK every second until it succeeds
