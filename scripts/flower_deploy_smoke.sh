@@ -11,36 +11,28 @@ ROUNDS=2
 
 t0=$SECONDS
 check_ports_free 3
-make_certificates
-for name in node0 node1 stranger; do make_node_key "$name"; done
-start_superlink
-for name in node0 node1; do register_node "$name"; done
-start_supernode node0 0
-start_supernode node1 1
-start_supernode stranger 0 2   # claims training node 0, to receive its share of the meta-model
-for name in node0 node1; do wait_for "SuperNode $name" supernode_up "$name"; done
+start_deployment 2
 echo "TLS SuperLink and 2 registered SuperNodes up after $((SECONDS - t0)) s"
 
+overrides="$two_nodes rounds=$ROUNDS output_root=$work/outputs"
+t1=$SECONDS
+run_flwr "$work/flwr-run.log" "$overrides"
+make_node_key stranger         # a key the SuperLink was never given, while the run goes on
+start_supernode stranger 0 2   # claims training node 0, to receive its share of the meta-model
 refused() { grep -q "Failed to activate SuperNode" "$work/stranger.log"; }
-exited() { ! kill -0 "${supernode_pid[stranger]}" 2>/dev/null; }
-wait_for "the SuperLink to refuse the unregistered SuperNode" refused
-wait_for "the refused SuperNode to exit" exited
+wait_for "$START_TIMEOUT" "the SuperLink to refuse the unregistered SuperNode" refused
+wait_for "$START_TIMEOUT" "the refused SuperNode to exit" gone "${supernode_pid[stranger]}"
 stranger_status=0
 wait "${supernode_pid[stranger]}" || stranger_status=$?
+forget "${supernode_pid[stranger]}"
 grep -q "No SuperNode found with the given public key" "$work/superlink.log" \
     || { echo "the SuperLink did not log the refusal" >&2; exit 1; }
 echo "unregistered SuperNode refused by the SuperLink (no SuperNode found with the given" \
      "public key); it stopped ($(grep -m1 -o 'Exit Code: [0-9]*' "$work/stranger.log")," \
      "status $stranger_status)"
 
-overrides="dataset=synthetic logger=none rounds=$ROUNDS method.clients_per_round=2"
-overrides+=" dataset.partition.num_nodes=4 dataset.partition.num_target_nodes=2"
-overrides+=" checkpoint.every_n_rounds=1 output_root=$work/outputs data_root=$work/data"
-t1=$SECONDS
-timeout "$RUN_TIMEOUT" flwr run . loopback --stream \
-    --run-config "overrides='$overrides'" >"$work/flwr-run.log" 2>&1 \
-    || { tail -20 "$work/flwr-run.log" >&2; exit 1; }
-echo "flwr run: $ROUNDS rounds in $((SECONDS - t1)) s"
+finish_run "$work/flwr-run.log"
+echo "flwr run: $ROUNDS rounds in $((SECONDS - t1)) s, with the 2 registered nodes"
 flwr supernode list >"$work/nodes.txt" 2>&1
 [ "$(grep -c online "$work/nodes.txt")" -eq 2 ] \
     || { cat "$work/nodes.txt" >&2; echo "expected the 2 registered nodes online" >&2; exit 1; }

@@ -15,46 +15,24 @@ source scripts/flower_loopback.sh
 
 trains() { grep -c "Receiving: train message" "$work/$1.log" || true; }  # train messages so far
 has_trained() { [ "$(trains "$1")" -ge "$2" ]; }                         # has_trained NODE N
-gone() { ! kill -0 "$1" 2>/dev/null; }
 saved_state() { [ -n "$(find "$1" -name server_state.ckpt 2>/dev/null)" ]; }
-run_flwr() {  # run_flwr LOG OVERRIDES: a flwr run in the background; its PID in $run_pid
-    start "$1" timeout "$RUN_TIMEOUT" flwr run . loopback --stream --run-config "overrides='$2'"
-    run_pid=$!
-}
-finish_run() {  # finish_run LOG: wait, bounded, for the flwr run in the background to succeed
-    wait_for "flwr run to finish ($1)" gone "$run_pid" \
-        || { tail -20 "$1" >&2; exit 1; }
-    wait "$run_pid" || { tail -20 "$1" >&2; echo "flwr run failed ($1)" >&2; exit 1; }
-    forget "$run_pid"
-}
-START_TIMEOUT=${FLOWER_START_TIMEOUT:-$RUN_TIMEOUT}   # wait_for also waits for rounds here
-
-common="dataset=synthetic logger=none method.clients_per_round=2"
-common+=" dataset.partition.num_nodes=4 dataset.partition.num_target_nodes=2"
-common+=" checkpoint.every_n_rounds=1 data_root=$work/data"
 
 t0=$SECONDS
 check_ports_free 2
-make_certificates
-for name in node0 node1; do make_node_key "$name"; done
-start_superlink
-for name in node0 node1; do register_node "$name"; done
-start_supernode node0 0
-start_supernode node1 1
-for name in node0 node1; do wait_for "SuperNode $name" supernode_up "$name"; done
+start_deployment 2
 echo "TLS SuperLink and 2 registered SuperNodes up after $((SECONDS - t0)) s"
 
 # Drill 1: a SuperNode killed mid-round, and started again.
 t1=$SECONDS
-kill_overrides="$common rounds=4 output_root=$work/outputs-kill"
+kill_overrides="$two_nodes rounds=4 output_root=$work/outputs-kill"
 run_flwr "$work/run-kill.log" "$kill_overrides"
-wait_for "round 1 to reach node1" has_trained node1 1
+wait_for "$RUN_TIMEOUT" "round 1 to reach node1" has_trained node1 1
 kill_tree KILL "${supernode_pid[node1]}"
 forget "${supernode_pid[node1]}"
 echo "drill 1: node1 SIGKILLed in round 1 after $((SECONDS - t1)) s"
-wait_for "round 2 to start (round 1 finished without node1)" has_trained node0 2
+wait_for "$RUN_TIMEOUT" "round 2 to start (round 1 finished without node1)" has_trained node0 2
 start_supernode node1 1
-wait_for "SuperNode node1 to rejoin" supernode_up node1
+wait_for "$START_TIMEOUT" "SuperNode node1 to rejoin" supernode_up node1
 echo "drill 1: round 1 finished without node1 after $((SECONDS - t1)) s; node1 started again"
 finish_run "$work/run-kill.log"
 echo "drill 1: 4 rounds in $((SECONDS - t1)) s; node1 trained $(trains node1) time(s) after" \
@@ -63,9 +41,9 @@ echo "drill 1: 4 rounds in $((SECONDS - t1)) s; node1 trained $(trains node1) ti
 
 # Drill 2: the SuperLink (and the ServerApp under it) killed mid-run, then run again.
 t2=$SECONDS
-restart_overrides="$common rounds=3 output_root=$work/outputs-restart"
+restart_overrides="$two_nodes rounds=3 output_root=$work/outputs-restart"
 run_flwr "$work/run-stopped.log" "$restart_overrides"
-wait_for "round 1 to be saved" saved_state "$work/outputs-restart"
+wait_for "$RUN_TIMEOUT" "round 1 to be saved" saved_state "$work/outputs-restart"
 superlink_pid=${pids[0]}
 kill_tree KILL "$superlink_pid"                   # the SuperLink, its SuperExec, the ServerApp
 kill_tree KILL "$run_pid"

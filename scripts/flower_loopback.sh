@@ -11,15 +11,19 @@ set -euo pipefail
 VENV=$(cd "${VENV:-.venv}" && pwd)                # absolute: the SuperLink spawns from PATH
 PORT=${FLOWER_PORT:-19100}                       # SuperLink; SuperNode i serves PORT+1+i
 START_TIMEOUT=${FLOWER_START_TIMEOUT:-120}       # seconds for each process to come up
-RUN_TIMEOUT=${FLOWER_RUN_TIMEOUT:-600}           # seconds for one flwr run
+RUN_TIMEOUT=${FLOWER_RUN_TIMEOUT:-600}           # seconds for one flwr run, or a round to come
 export PATH="$VENV/bin:$PATH" OMP_NUM_THREADS=1 WANDB_MODE=disabled
 work=$(mktemp -d -t mg-flower.XXXXXX)
 export FLWR_HOME="$work/flwr-home"
 mkdir -p "$FLWR_HOME" "$work/tls" "$work/keys"
+# The tiny synthetic config, 2 training nodes, both in every round, the server state saved each
+# round: add rounds= and output_root=.
+two_nodes="dataset=synthetic logger=none method.clients_per_round=2 checkpoint.every_n_rounds=1"
+two_nodes+=" dataset.partition.num_nodes=4 dataset.partition.num_target_nodes=2 data_root=$work/data"
 pids=()                                           # started here, each in its own session
 declare -A supernode_pid=()                       # SuperNode name -> PID
 
-descendants() {  # descendants PID: every process below PID, children first listed last
+descendants() {  # descendants PID: every process below PID, the deepest first
     local child
     for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do descendants "$child"; echo "$child"; done
 }
@@ -54,12 +58,14 @@ forget() {  # forget PID: a process stopped here, reaped, not to be signalled ag
     pids=("${kept[@]}")
 }
 
-wait_for() {  # wait_for WHAT CHECK...: run CHECK every second until it succeeds
-    local what=$1; shift
-    for _ in $(seq "$START_TIMEOUT"); do "$@" 2>/dev/null && return 0; sleep 1; done
-    echo "timed out after ${START_TIMEOUT}s waiting for $what" >&2
+wait_for() {  # wait_for SECONDS WHAT CHECK...: run CHECK every second until it succeeds
+    local seconds=$1 what=$2; shift 2  # (short sleeps: a trapped signal is handled at once)
+    for _ in $(seq "$seconds"); do "$@" 2>/dev/null && return 0; sleep 1; done
+    echo "timed out after ${seconds}s waiting for $what" >&2
     return 1
 }
+
+gone() { ! kill -0 "$1" 2>/dev/null; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -96,7 +102,7 @@ start_superlink() {  # TLS, and only registered SuperNodes; the state in $work/s
         --ssl-ca-certfile "$work/tls/ca.crt" --ssl-certfile "$work/tls/server.pem" \
         --ssl-keyfile "$work/tls/server.key" --enable-supernode-auth \
         --database "$work/superlink.db" --disable-runtime-dependency-installation
-    wait_for "the SuperLink on port $PORT" port_open "$PORT"
+    wait_for "$START_TIMEOUT" "the SuperLink on port $PORT" port_open "$PORT"
 }
 
 register_node() { flwr supernode register "$work/keys/$1.pub" >>"$work/register.log" 2>&1; }
@@ -110,3 +116,26 @@ start_supernode() {  # start_supernode NAME PARTITION [INDEX]: with key NAME, on
 }
 
 supernode_up() { grep -q "SuperNode ID" "$work/$1.log"; }
+
+start_deployment() {  # start_deployment N: the SuperLink, and SuperNodes node0..node<N-1>, each
+    local i           # with its key registered, node<i> holding training node i; waits for all
+    make_certificates
+    start_superlink
+    for i in $(seq 0 $(($1 - 1))); do
+        make_node_key "node$i"; register_node "node$i"; start_supernode "node$i" "$i"
+    done
+    for i in $(seq 0 $(($1 - 1))); do
+        wait_for "$START_TIMEOUT" "SuperNode node$i" supernode_up "node$i"
+    done
+}
+
+run_flwr() {  # run_flwr LOG OVERRIDES: flwr run in the background; its PID in $run_pid
+    start "$1" timeout "$RUN_TIMEOUT" flwr run . loopback --stream --run-config "overrides='$2'"
+    run_pid=$!
+}
+
+finish_run() {  # finish_run LOG: wait for the flwr run in the background to succeed
+    wait_for "$RUN_TIMEOUT" "flwr run to finish ($1)" gone "$run_pid" \
+        && wait "$run_pid" || { tail -20 "$1" >&2; echo "flwr run failed ($1)" >&2; exit 1; }
+    forget "$run_pid"
+}

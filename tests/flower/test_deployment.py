@@ -42,10 +42,16 @@ def run_script(name: str, timeout: int) -> str:
     venv = Path(sys.executable).parent.parent  # the scripts run flwr from this environment
     env = {**os.environ, "VENV": str(venv), "FLOWER_PORT": str(free_port_range(3)),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([str(REPO / "scripts" / name)], env=env, cwd=REPO, timeout=timeout,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, f"{name} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    with subprocess.Popen([str(REPO / "scripts" / name)], env=env, cwd=REPO, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as script:
+        try:
+            stdout, stderr = script.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            script.terminate()  # its trap stops every process it started (not so on SIGKILL)
+            stdout, stderr = script.communicate(timeout=60)
+            pytest.fail(f"{name} ran past {timeout} s:\n{stdout}\n{stderr}")
+    assert script.returncode == 0, f"{name} failed:\n{stdout}\n{stderr}"
+    return stdout
 
 
 @pytest.mark.slow
