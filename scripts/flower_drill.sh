@@ -46,8 +46,9 @@ run_flwr "$work/run-stopped.log" "$restart_overrides"
 wait_for "$RUN_TIMEOUT" "round 1 to be saved" saved_state "$work/outputs-restart"
 superlink_pid=${pids[0]}
 kill_tree KILL "$superlink_pid"                   # the SuperLink, its SuperExec, the ServerApp
+forget "$superlink_pid"
 kill_tree KILL "$run_pid"
-forget "$superlink_pid"; forget "$run_pid"
+forget "$run_pid"
 echo "drill 2: SuperLink and ServerApp SIGKILLed after round 1 was saved, $((SECONDS - t2)) s"
 start_superlink
 run_flwr "$work/run-resumed.log" "$restart_overrides"
