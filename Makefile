@@ -64,10 +64,10 @@ bench: ## Benchmarks → BENCHMARKS.md and BENCHMARKS.json; ARGS="--repeats 5" (
 flower-sim: ## Federated rounds on Flower's simulation engine (Ray), one SuperNode per training node; ARGS: overrides
 	OMP_NUM_THREADS=1 $(PY) -m mglightning.flower.simulate dataset=synthetic logger=none rounds=3 method.clients_per_round=4 output_root=outputs/flower-sim $(ARGS)
 
-flower-deploy-smoke: ## Loopback deployment with TLS + SuperNode auth: 2 registered SuperNodes run 2 rounds, a stranger is refused (~1.5 min)
+flower-deploy-smoke: ## Loopback deployment with TLS + SuperNode auth: 2 registered SuperNodes run 2 rounds, a stranger is refused (1.5-4 min)
 	VENV=$(VENV) scripts/flower_deploy_smoke.sh
 
-flower-drill: ## Loopback deployment drills: a SuperNode SIGKILLed and restarted, the SuperLink killed and the run resumed (~5-9 min)
+flower-drill: ## Loopback deployment drills: a SuperNode SIGKILLed and restarted, the SuperLink killed and the run resumed (7-10 min)
 	VENV=$(VENV) scripts/flower_drill.sh
 
 clean: ## Remove caches and run outputs (keeps .venv and data)

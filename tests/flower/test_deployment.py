@@ -1,8 +1,8 @@
 """Real Flower deployments on 127.0.0.1 (TLS, SuperNode authentication): the scripts behind
 ``make flower-deploy-smoke`` and ``make flower-drill``, run as a user runs them. Each starts a
 SuperLink and SuperNodes as separate processes and checks the server's x_ag against the
-in-process learner bit for bit (scripts/flower_check.py); slow: ~1.5 min and ~5-9 min on 2 cores.
-"""
+in-process learner bit for bit (scripts/flower_check.py). Slow: the smoke 1.5-4 min, the drill
+7-10 min on 2 cores shared with other jobs (its SuperNode drill waits ~60 s for a heartbeat)."""
 
 import os
 import shutil
