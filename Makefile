@@ -67,7 +67,7 @@ flower-sim: ## Federated rounds on Flower's simulation engine (Ray), one SuperNo
 flower-deploy-smoke: ## Loopback deployment with TLS + SuperNode auth: 2 registered SuperNodes run 2 rounds, a stranger is refused (1.5-4 min)
 	VENV=$(VENV) scripts/flower_deploy_smoke.sh
 
-flower-drill: ## Loopback deployment drills: a SuperNode SIGKILLed and restarted, the SuperLink killed and the run resumed (7-10 min)
+flower-drill: ## Loopback deployment drills: a SuperNode SIGKILLed and restarted, the SuperLink killed and the run resumed (4.5-10 min)
 	VENV=$(VENV) scripts/flower_drill.sh
 
 clean: ## Remove caches and run outputs (keeps .venv and data)

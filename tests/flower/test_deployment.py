@@ -2,7 +2,7 @@
 ``make flower-deploy-smoke`` and ``make flower-drill``, run as a user runs them. Each starts a
 SuperLink and SuperNodes as separate processes and checks the server's x_ag against the
 in-process learner bit for bit (scripts/flower_check.py). Slow: the smoke 1.5-4 min, the drill
-7-10 min on 2 cores shared with other jobs (its SuperNode drill waits ~60 s for a heartbeat)."""
+4.5-10 min on 2 cores shared with other jobs (its SuperNode drill waits ~60 s for a heartbeat)."""
 
 import os
 import shutil
