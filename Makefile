@@ -11,7 +11,7 @@ ARGS   ?=
 .DEFAULT_GOAL := help
 GPU_OUT ?= outputs/gpu-check
 .PHONY: help install test test-all gpu-check lint train train-cifar10 reproduce sweep deploy bench \
-        test-flower flower-sim flower-deploy-smoke clean
+        test-flower flower-sim flower-deploy-smoke flower-drill clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,8 +38,8 @@ gpu-check: ## On a GPU (<= 8 min): the cuda tests, host syncs reported; round ti
 		$(PY) -m pytest -q -rs -m cuda --junitxml=$(GPU_OUT)/cuda-tests.xml
 	CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 150 $(PY) -m mglightning.bench.device_rounds --rounds 10 --skip-without-gpu --output-dir $(GPU_OUT)
 
-test-flower: ## The Flower tests, the simulation's bit-for-bit equality (slow, ~30 s) included
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "slow or not slow" tests/flower
+test-flower: ## The Flower tests, the simulation's bit-for-bit equality (slow, ~30 s) included; deployments: flower-deploy-smoke, flower-drill
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "slow or not slow" tests/flower --ignore=tests/flower/test_deployment.py
 
 lint: ## Lint with ruff
 	$(VENV)/bin/ruff check mglightning tests
@@ -65,8 +65,11 @@ bench: ## Benchmarks → BENCHMARKS.md and BENCHMARKS.json; ARGS="--repeats 5" (
 flower-sim: ## Federated rounds on Flower's simulation engine (Ray), one SuperNode per training node; ARGS: overrides
 	OMP_NUM_THREADS=1 $(PY) -m mglightning.flower.simulate dataset=synthetic logger=none rounds=3 method.clients_per_round=4 output_root=outputs/flower-sim $(ARGS)
 
-flower-deploy-smoke: ## Loopback deployment: 1 SuperLink + 2 SuperNodes on 127.0.0.1, flwr run 2 rounds, all stopped (bounded in time)
+flower-deploy-smoke: ## Loopback deployment with TLS + SuperNode auth: 2 registered SuperNodes run 2 rounds, a stranger is refused (1.5-4 min)
 	VENV=$(VENV) scripts/flower_deploy_smoke.sh
+
+flower-drill: ## Loopback deployment drills: a SuperNode SIGKILLed and restarted, the SuperLink killed and the run resumed (4.5-10 min)
+	VENV=$(VENV) scripts/flower_drill.sh
 
 clean: ## Remove caches and run outputs (keeps .venv and data)
 	rm -rf outputs .pytest_cache .ruff_cache lightning_logs wandb

@@ -1,0 +1,141 @@
+# Sourced by flower_deploy_smoke.sh and flower_drill.sh: a Flower deployment on 127.0.0.1,
+# closed to strangers. A throwaway CA and server certificate (openssl) give the SuperLink TLS;
+# every SuperNode has its own key (ssh-keygen, ECDSA P-384), registered with
+# `flwr supernode register` before it starts, and the SuperLink (--enable-supernode-auth)
+# refuses any other. Certificates, keys, the SuperLink's database, logs and run outputs live in
+# one temporary folder ($work), removed on success and kept (for the logs) on failure.
+# Every wait is bounded; every process started here, and every process it spawned (SuperExec,
+# ServerApp, ClientApps), is stopped by its PID when the script exits, however it exits.
+set -euo pipefail
+
+VENV=$(cd "${VENV:-.venv}" && pwd)                # absolute: the SuperLink spawns from PATH
+PORT=${FLOWER_PORT:-19100}                       # SuperLink; SuperNode i serves PORT+1+i
+START_TIMEOUT=${FLOWER_START_TIMEOUT:-120}       # seconds for each process to come up
+RUN_TIMEOUT=${FLOWER_RUN_TIMEOUT:-600}           # seconds for one flwr run, or a round to come
+export PATH="$VENV/bin:$PATH" OMP_NUM_THREADS=1 WANDB_MODE=disabled
+work=$(mktemp -d -t mg-flower.XXXXXX)
+export FLWR_HOME="$work/flwr-home"
+mkdir -p "$FLWR_HOME" "$work/tls" "$work/keys"
+# The tiny synthetic config, 2 training nodes, both in every round, the server state saved each
+# round: add rounds= and output_root=.
+two_nodes="dataset=synthetic logger=none method.clients_per_round=2 checkpoint.every_n_rounds=1"
+two_nodes+=" dataset.partition.num_nodes=4 dataset.partition.num_target_nodes=2 data_root=$work/data"
+pids=()                                           # started here, each in its own session
+declare -A supernode_pid=()                       # SuperNode name -> PID
+
+descendants() {  # descendants PID: every process below PID, the deepest first
+    local child
+    for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do descendants "$child"; echo "$child"; done
+}
+
+kill_tree() {  # kill_tree SIGNAL PID: PID and all it spawned (the SuperLink detaches its
+    local tree   # SuperExec into a session of its own, so a process group does not reach it)
+    tree="$(descendants "$2") $2"
+    kill "-$1" $tree 2>/dev/null || true
+}
+
+stop_all() {
+    local status=$? pid tree=""
+    for pid in "${pids[@]}"; do tree+=" $(descendants "$pid") $pid"; done
+    kill -TERM $tree 2>/dev/null || true
+    for _ in $(seq 20); do kill -0 $tree 2>/dev/null || break; sleep 0.5; done
+    kill -KILL $tree 2>/dev/null || true
+    if [ "$status" -eq 0 ]; then rm -rf "$work"; else echo "failed; logs in $work" >&2; fi
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+start() {  # start LOG COMMAND...: in a session of its own, whose id is its PID
+    local log=$1; shift
+    setsid "$@" >"$log" 2>&1 &
+    pids+=($!)
+}
+
+forget() {  # forget PID: a process stopped here, reaped, not to be signalled again (its PID
+    local pid kept=()  # may be reused)
+    wait "$1" 2>/dev/null || true
+    for pid in "${pids[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
+    pids=("${kept[@]}")
+}
+
+wait_for() {  # wait_for SECONDS WHAT CHECK...: run CHECK every second until it succeeds
+    local seconds=$1 what=$2; shift 2  # (short sleeps: a trapped signal is handled at once)
+    for _ in $(seq "$seconds"); do "$@" 2>/dev/null && return 0; sleep 1; done
+    echo "timed out after ${seconds}s waiting for $what" >&2
+    return 1
+}
+
+gone() { ! kill -0 "$1" 2>/dev/null; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+check_ports_free() {  # check_ports_free N: PORT..PORT+N are free
+    local port
+    for port in $(seq "$PORT" $((PORT + $1))); do
+        if port_open "$port"; then echo "port $port is in use: set FLOWER_PORT" >&2; exit 1; fi
+    done
+}
+
+make_certificates() {  # a CA valid for a day, and its certificate for 127.0.0.1
+    local tls="$work/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -days 1 \
+        -subj "/CN=mglightning throwaway CA" -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes \
+        -subj "/CN=127.0.0.1" -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+    printf 'subjectAltName = IP:127.0.0.1, DNS:localhost\n' >"$tls/server.ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
+        -CAcreateserial -days 1 -extfile "$tls/server.ext" -out "$tls/server.pem" 2>/dev/null
+    cat >"$FLWR_HOME/config.toml" <<TOML
+[superlink]
+default = "loopback"
+
+[superlink.loopback]
+address = "127.0.0.1:$PORT"
+root-certificates = "$tls/ca.crt"
+TOML
+}
+
+make_node_key() { ssh-keygen -q -t ecdsa -b 384 -N "" -C "$1" -f "$work/keys/$1"; }
+
+start_superlink() {  # TLS, and only registered SuperNodes; the state in $work/superlink.db
+    start "$work/superlink.log" flower-superlink --host 127.0.0.1 --port "$PORT" \
+        --ssl-ca-certfile "$work/tls/ca.crt" --ssl-certfile "$work/tls/server.pem" \
+        --ssl-keyfile "$work/tls/server.key" --enable-supernode-auth \
+        --database "$work/superlink.db" --disable-runtime-dependency-installation
+    wait_for "$START_TIMEOUT" "the SuperLink on port $PORT" port_open "$PORT"
+}
+
+register_node() { flwr supernode register "$work/keys/$1.pub" >>"$work/register.log" 2>&1; }
+
+start_supernode() {  # start_supernode NAME PARTITION [INDEX]: with key NAME, on PORT+1+INDEX
+    local name=$1 partition=$2 index=${3:-$2}
+    start "$work/$name.log" flower-supernode --superlink "127.0.0.1:$PORT" \
+        --root-certificates "$work/tls/ca.crt" --auth-supernode-private-key "$work/keys/$name" \
+        --host 127.0.0.1 --port $((PORT + 1 + index)) --node-config "partition-id=$partition"
+    supernode_pid[$name]=$!
+}
+
+supernode_up() { grep -q "SuperNode ID" "$work/$1.log"; }
+
+start_deployment() {  # start_deployment N: the SuperLink, and SuperNodes node0..node<N-1>, each
+    local i           # with its key registered, node<i> holding training node i; waits for all
+    make_certificates
+    start_superlink
+    for i in $(seq 0 $(($1 - 1))); do
+        make_node_key "node$i"; register_node "node$i"; start_supernode "node$i" "$i"
+    done
+    for i in $(seq 0 $(($1 - 1))); do
+        wait_for "$START_TIMEOUT" "SuperNode node$i" supernode_up "node$i"
+    done
+}
+
+run_flwr() {  # run_flwr LOG OVERRIDES: flwr run in the background; its PID in $run_pid
+    start "$1" timeout "$RUN_TIMEOUT" flwr run . loopback --stream --run-config "overrides='$2'"
+    run_pid=$!
+}
+
+finish_run() {  # finish_run LOG: wait for the flwr run in the background to succeed
+    wait_for "$RUN_TIMEOUT" "flwr run to finish ($1)" gone "$run_pid" \
+        && wait "$run_pid" || { tail -20 "$1" >&2; echo "flwr run failed ($1)" >&2; exit 1; }
+    forget "$run_pid"
+}
