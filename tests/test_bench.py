@@ -245,6 +245,9 @@ class NoCompiler(torch.nn.Module):
     def forward(self, images):
         raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nmore lines")
 
+    def set_gate_noise(self, *args) -> None:  # torch.compile's module forwards it, too
+        self.network.set_gate_noise(*args)
+
 
 def test_a_failing_compile_is_reported_not_fatal(tiny_learner, monkeypatch):
     learner, clients = tiny_learner

@@ -278,5 +278,6 @@ def test_every_target_parameter_range_is_read_from_its_annotation():
     from mglightning.constraints import parameter_rules
     from mglightning.federated.local import PerFedAvg
     rules = parameter_rules(PerFedAvg)
-    assert set(rules) == {"steps", "alpha", "beta", "batch_size", "hessian_free", "delta"}
+    assert set(rules) == {"steps", "alpha", "beta", "batch_size", "hessian_free", "hessian",
+                          "delta"}
     assert not rules["delta"].check(0) and rules["delta"].check(1e-3)

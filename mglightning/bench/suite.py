@@ -41,7 +41,7 @@ class BenchConfig:
     memory: bool = True
     processes: bool = True  # 1 vs 2 training processes (trainer.devices), four short runs
     compile_network: bool = True  # time torch.compile among the tried alternatives (~20 s)
-    device_rounds: int = 20  # CIFAR-10 stand-in rounds per way and device (bench.devices); 0: skip
+    device_rounds: int = 20  # stand-in rounds per way and device (bench.device_rounds); 0: skip
     # after the CIFAR-10 stand-in's, in the device and huge-pages benches (tests shrink it)
     stand_in_overrides: tuple[str, ...] = ()
     huge_pages: bool = True  # stand-in round and evaluation with and without THP, 4 processes

@@ -3,8 +3,8 @@
 The ServerApp composes ``conf/train.yaml`` with the overrides and sends each node the part it
 needs, resolved (:mod:`.node_setup`): the ClientApps compose nothing. Under ``flwr run`` the
 overrides come from the run config (``[tool.flwr.app.config]``, ``overrides = "..."``,
-changeable with ``flwr run --run-config``); ``run_simulation`` has no run config, so its
-ServerApp carries the overrides itself.
+changeable with ``flwr run --run-config``); a ServerApp made with overrides of its own
+(``make_server_app(overrides)``) carries them itself and ignores the run config.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ split at the network.
 
 :class:`FederatedRoundStrategy` keeps the server state in a :class:`FederatedMetaLearner`
 (x, x_ag, rounds done, failed rounds in a row) and runs its ``strategy`` object
-(:class:`AcceleratedProximalStrategy` or :class:`FedAvgStrategy`) through the learner's round
+(:class:`~mglightning.federated.server.AcceleratedProximalStrategy` or
+:class:`~mglightning.federated.server.FedAvgStrategy`) through the learner's round
 seam, as ``FederatedMetaLearner.run_round`` does: ``configure_train`` is the learner's
 ``plan_round`` (x_md and its choice of K nodes) sent as messages, ``aggregate_train`` its
 ``finish_round`` on the replies that did not fail (non-finite ones left out there, the server
