@@ -205,9 +205,9 @@ def test_sigterm_to_the_cli_exits_143_with_a_checkpoint_and_no_summary(tmp_path)
 # --- evaluation -----------------------------------------------------------------------------
 
 
-def test_evaluations_are_shown_and_the_last_round_is_not_adapted_twice(
-    tiny_config, tmp_path, monkeypatch, caplog
-):
+@pytest.fixture
+def adapted_tasks(monkeypatch) -> list[int]:
+    """The task index of every adaptation from here on, in order."""
     calls = []
     adapt_and_evaluate = FastAdaptation.adapt_and_evaluate
 
@@ -216,6 +216,13 @@ def test_evaluations_are_shown_and_the_last_round_is_not_adapted_twice(
         return adapt_and_evaluate(self, client, task_index, measure_gating)
 
     monkeypatch.setattr(FastAdaptation, "adapt_and_evaluate", counted)
+    return calls
+
+
+def test_evaluations_are_shown_and_the_last_round_is_not_adapted_twice(
+    tiny_config, tmp_path, adapted_tasks, caplog
+):
+    calls = adapted_tasks
     with caplog.at_level("INFO", logger="mglightning.callbacks.evaluation"):
         evaluated = tiny_config("rounds=6", "eval_every=3", f"output_root={tmp_path / 'a'}")
         run(evaluated)
@@ -286,19 +293,12 @@ def test_deploy_refuses_a_run_whose_checkpoint_carries_a_pickled_object(tiny_con
 
 
 @pytest.mark.parametrize("rounds, curve_rounds", [(4, ["3", "4"]), (2, ["2"])])
-def test_the_curve_ends_at_the_last_round_at_no_extra_cost(tiny_config, tmp_path, monkeypatch,
+def test_the_curve_ends_at_the_last_round_at_no_extra_cost(tiny_config, tmp_path, adapted_tasks,
                                                            rounds, curve_rounds):
     """eval_every=3: rounds 4 and 2 are not multiples, yet the curve ends with them; their
     evaluation is the final adaptation's (no task adapted twice), so the results equal those
     of a run without a curve."""
-    calls = []
-    adapt_and_evaluate = FastAdaptation.adapt_and_evaluate
-
-    def counted(self, client, task_index, measure_gating=True):
-        calls.append(task_index)
-        return adapt_and_evaluate(self, client, task_index, measure_gating)
-
-    monkeypatch.setattr(FastAdaptation, "adapt_and_evaluate", counted)
+    calls = adapted_tasks
     evaluated = tiny_config(f"rounds={rounds}", "eval_every=3", f"output_root={tmp_path / 'a'}")
     run(evaluated)
     assert [row[0] for row in curve(Path(evaluated.output_dir))] == curve_rounds
