@@ -10,6 +10,9 @@ part or data set needs no edit here:
   rule, logger): the parameters of what it names, and their ranges from the ``Annotated``
   rules beside them (:mod:`mglightning.constraints`). ``name`` is the part's label; a null
   option is unset (:func:`mglightning.build.build_part`).
+* keys of a part whose label picks its class from a registry (:data:`REGISTRY_NODES`:
+  ``dataset.partition.name=natural``): the same, against the chosen class's config keys, and
+  each required key must be set.
 * other keys and their types: the config files. A key of a group (``method.*``) is known when
   the chosen option file (with the files it extends) has it, so a method's key is refused
   under another method; a key's type is the type it has there (an integer may stand for a
@@ -51,7 +54,7 @@ from mglightning.constraints import (
 )
 from mglightning.data.datamodule import node_split
 from mglightning.data.datasets import DATASET_NAMES
-from mglightning.data.partition import NODES_FROM_DATA, PARTITIONER_KEYS, SIZE_DISTRIBUTIONS
+from mglightning.data.partition import NODES_FROM_DATA, PARTITIONER_KEYS, PARTITIONERS
 from mglightning.errors import ConfigError
 from mglightning.federated.faults import FAULT_KINDS
 from mglightning.federated.schedules import GATE_NOISE_SCALES
@@ -67,6 +70,11 @@ INSTANTIATE_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_
 LABEL_KEY = "name"  # beside a _target_: the part's label (run names, tables), not passed
 # Nodes passed as keyword arguments to a fixed callable, checked like ``_target_`` nodes.
 SIGNATURE_NODES = {"trainer": "lightning.pytorch.Trainer"}
+# Parts whose label picks their class from a registry, checked like ``_target_`` nodes against
+# the chosen class: node → (classes by label, each class's config keys). A key that another
+# class of the registry takes is not read, and passes: switching the label on the command
+# line (``dataset.partition.name=natural``) keeps the old class's keys.
+REGISTRY_NODES = {"dataset.partition": (PARTITIONERS, PARTITIONER_KEYS)}
 # Trainer arguments that ``train.run`` sets itself, and what to set instead.
 TRAINER_ARGS_SET_BY_RUN = {
     "max_epochs": "set rounds",
@@ -88,14 +96,6 @@ IGNORED_TOP_KEYS = {"hydra", "reproduce"}
 
 # ``${not:${deterministic}}`` in conf/train.yaml: cudnn autotuning on unless deterministic.
 OmegaConf.register_new_resolver("not", lambda value: not value, replace=True)
-
-
-
-
-SIZE_RANGE = Rule(
-    lambda value: integer_list(1, length=2).check(value) and value[0] <= value[1],
-    "[min, max] with 1 <= min <= max",
-)
 
 # Ranges and choices of the keys that no ``_target_`` takes. A data set with new keys adds
 # its lines here; a part states its ranges beside its parameters.
@@ -121,13 +121,8 @@ RULES: dict[str, Rule] = {
     "dataset.download": boolean(),
     "dataset.batch_size": integer(1),
     "dataset.support_fraction": number(above=0, below=1),
-    "dataset.partition.name": one_of(*PARTITIONER_KEYS),
-    "dataset.partition.num_nodes": integer(1),
-    "dataset.partition.num_target_nodes": integer(0),
-    "dataset.partition.classes_per_node": integer(1),
-    "dataset.partition.size_range": SIZE_RANGE,
-    "dataset.partition.size_distribution": one_of(*SIZE_DISTRIBUTIONS),
-    "dataset.partition.alpha": number(above=0),
+    "dataset.partition.name": one_of(*PARTITIONERS),
+    "dataset.partition.num_target_nodes": integer(0),  # read by the train/target node split
     "dataset.synthetic.num_classes": integer(2),
     "dataset.synthetic.samples_per_class": integer(1),
     "dataset.synthetic.shape": integer_list(1, length=3),
@@ -176,10 +171,15 @@ def _resolved(cfg: DictConfig) -> dict:
 
 
 def _walk(values: Mapping, known: Mapping[str, set[str]], prefix: str) -> Iterator[str]:
-    """Every key once: those of a ``_target_`` node (and of :data:`SIGNATURE_NODES`) against
-    the parameters of the callable they are passed to and the rules beside them; any other
+    """Every key once: those of a ``_target_`` node (and of :data:`SIGNATURE_NODES` and
+    :data:`REGISTRY_NODES`) against the parameters of the callable they are passed to and the
+    rules beside them; any other
     key against the keys and kinds of the config files."""
-    target_name = values.get("_target_") or SIGNATURE_NODES.get(prefix.rstrip("."))
+    node = prefix.rstrip(".")
+    if node in REGISTRY_NODES:
+        yield from _registry_node(values, *REGISTRY_NODES[node], known, prefix)
+        return
+    target_name = values.get("_target_") or SIGNATURE_NODES.get(node)
     if target_name:
         yield from _target_node(values, target_name, known, prefix)
         return
@@ -205,14 +205,53 @@ def _target_node(values: Mapping, target_name: str, known: Mapping[str, set[str]
         yield (f"{prefix}_target_={target_name!r}: must name an importable class or "
                f"function ({_one_line(error)})")
         return
+    is_part = "_target_" in values
+    not_passed = INSTANTIATE_KEYS | ({LABEL_KEY} if is_part else set())  # a label's rule: RULES
+    yield from _parameter_keys(values, target_name, parameters, rules, known, prefix,
+                               not_passed, null_is_unset=is_part)
+
+
+def _registry_node(values: Mapping, classes: Mapping[str, type],
+                   config_keys: Mapping[str, set[str]], known: Mapping[str, set[str]],
+                   prefix: str) -> Iterator[str]:
+    """A node whose ``name`` picks its class from ``classes``: each key one of the class's
+    config keys (or of another class, not read; or declared by a rule), each required one set,
+    each within the rule annotated on it. An unknown name is the label's rule's to report."""
+    label = values.get(LABEL_KEY)
+    chosen = classes.get(label) if isinstance(label, str) else None
+    if chosen is None:
+        return
+    keys = config_keys[label]
+    parameters = {name: parameter
+                  for name, parameter in inspect.signature(chosen).parameters.items()
+                  if name in keys}
+    missing = [name for name, parameter in parameters.items()
+               if parameter.default is inspect.Parameter.empty and values.get(name) is None]
+    if missing:
+        yield (f"{prefix}{LABEL_KEY}={label} needs "
+               f"{', '.join(f'{prefix}{name}' for name in missing)}")
+    other_classes_keys = set().union(*config_keys.values()) - keys
+    declared = {key for key in values if f"{prefix}{key}" in RULES}
+    not_passed = {LABEL_KEY, *missing, *other_classes_keys, *declared}
+    target_name = f"{chosen.__module__}.{chosen.__qualname__}"
+    yield from _parameter_keys(values, target_name, parameters, parameter_rules(chosen), known,
+                               prefix, not_passed, null_is_unset=True)
+
+
+def _parameter_keys(values: Mapping, target_name: str,
+                    parameters: Mapping[str, inspect.Parameter], rules: Mapping[str, Rule],
+                    known: Mapping[str, set[str]], prefix: str, not_passed: set[str],
+                    null_is_unset: bool) -> Iterator[str]:
+    """The keys of a node passed to ``target_name`` but ``not_passed``, against its
+    ``parameters`` and their ``rules``."""
     takes_any = any(param.kind is inspect.Parameter.VAR_KEYWORD for param in parameters.values())
     names = [name for name in parameters if name != "self"]
     for key, value in values.items():
         path = f"{prefix}{key}"
-        if key in INSTANTIATE_KEYS or (key == LABEL_KEY and "_target_" in values):
-            continue  # a label's rule, if any, is in RULES
+        if key in not_passed:
+            continue
         if key not in parameters:
-            if takes_any or (value is None and "_target_" in values):
+            if takes_any or (value is None and null_is_unset):
                 continue
             if path in known:  # an option of another part of this group
                 yield (f"{path}={_show(value)}: {target_name} does not take it; "
@@ -291,7 +330,8 @@ def _clients_against_nodes(values: Mapping) -> Iterator[str]:
     keys = ("seed", "dataset.partition.num_nodes", "dataset.partition.num_target_nodes",
             "method.clients_per_round", "faults.inject.clients")
     looked_up = [_lookup(values, key) for key in keys]
-    if not all(found and RULES[key].check(value)
+    rules = RULES | _registry_rules(values)
+    if not all(found and key in rules and rules[key].check(value)
                for key, (found, value) in zip(keys, looked_up, strict=True)):
         return  # a missing key or a bad value is reported by the other checks
     seed, num_nodes, num_targets, clients_per_round, injected = (value for _, value in looked_up)
@@ -308,6 +348,18 @@ def _clients_against_nodes(values: Mapping) -> Iterator[str]:
     if not_training:
         yield (f"faults.inject.clients={injected}: nodes {not_training} are not training "
                f"nodes; the training nodes are {train_ids}")
+
+
+def _registry_rules(values: Mapping) -> dict[str, Rule]:
+    """``{dotted key: rule}`` annotated on the classes that the labels of the registry nodes
+    pick."""
+    rules = {}
+    for node, (classes, _) in REGISTRY_NODES.items():
+        label = _lookup(values, f"{node}.{LABEL_KEY}")[1]
+        chosen = classes.get(label) if isinstance(label, str) else None
+        if chosen is not None:
+            rules |= {f"{node}.{key}": rule for key, rule in parameter_rules(chosen).items()}
+    return rules
 
 
 def _set_by_run(values: Mapping) -> Iterator[str]:

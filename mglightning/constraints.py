@@ -81,6 +81,14 @@ def integer_list(minimum: int, length: int | None = None, nullable: bool = False
     )
 
 
+def integer_range(minimum: int) -> Rule:
+    """``[min, max]``: two integers with ``minimum <= min <= max`` (an inclusive range)."""
+    return Rule(
+        lambda value: integer_list(minimum, length=2).check(value) and value[0] <= value[1],
+        f"[min, max] with {minimum} <= min <= max",
+    )
+
+
 def parameter_rules(target: Callable) -> dict[str, Rule]:
     """``{parameter: rule}`` from the ``Annotated`` hints of a class's constructor (a dataclass's
     fields), a function, or a callable object's ``__call__``."""

@@ -142,8 +142,9 @@ def test_deterministic_switches_cudnn_autotuning_off(deterministic, benchmark):
 
 
 def test_keys_of_other_options_and_declared_keys_are_accepted():
-    """A partitioner switch needs its own key (declared by a rule), and a Lightning Trainer
-    option is a Trainer parameter. (Nodes 1 and 3 are training nodes at seed 0.)"""
+    """A partitioner switch needs its own key (a field of the partitioner it picks), and a
+    Lightning Trainer option is a Trainer parameter. (Nodes 1 and 3 are training nodes at
+    seed 0.)"""
     validate(compose_train("dataset.partition.name=dirichlet", "+dataset.partition.alpha=0.5",
                            "+trainer.precision=32", "faults.inject.clients=[1,3]",
                            "faults.inject.rounds=[2]"))

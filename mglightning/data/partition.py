@@ -2,20 +2,29 @@
 
 Named and shaped like Flower's partitioners (pathological, Dirichlet, natural): a partitioner
 is built from config once and ``partition(labels, num_classes, node_ids)`` returns one sorted
-index tensor per node. Requests that cannot fit fail before any sample is drawn, with the
-config key to change in the message. A new partitioner is a dataclass here (its fields other
-than ``seed`` are its config keys under ``dataset.partition``), a line in :data:`PARTITIONERS`
-and a config file.
+index tensor per node. A new partitioner is a dataclass here (its fields other than ``seed``
+are its config keys under ``dataset.partition``, each field's range an ``Annotated`` rule beside
+it), a line in :data:`PARTITIONERS` and a config file.
+
+The config walker (:func:`mglightning.config.validate`) checks the node like a ``_target_`` node,
+its class being ``PARTITIONERS[dataset.partition.name]``: unknown and missing keys and each
+field's rule. A partitioner checks only what the walker cannot see, with the config key to
+change in its one-line :class:`PartitionError`: what the loaded data cannot supply (classes,
+samples), before any sample is drawn, and how its fields relate to each other. Built from Python,
+a partitioner takes its fields' ranges on trust.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
+from typing import Annotated
 
 import numpy as np
 import torch
+
+from mglightning.constraints import integer, integer_range, number, one_of, optional
 
 PARTITION_KEY = "dataset.partition"
 DIRICHLET_MAX_ATTEMPTS = 100
@@ -25,9 +34,6 @@ PATHOLOGICAL_MAX_ATTEMPTS = 20
 # taking ~89% of the data, fit on each of 100 seeds tried.
 CLASS_BALANCE_POWER = 4
 SIZE_DISTRIBUTIONS = ("uniform", "log_uniform")
-# Keys under dataset.partition that no partitioner reads: num_target_nodes is read by the
-# train/target split.
-IGNORED_KEYS = {"name", "num_target_nodes"}
 
 
 class PartitionError(ValueError):
@@ -51,13 +57,21 @@ class PathologicalPartitioner:
     ``PATHOLOGICAL_MAX_ATTEMPTS`` times, so near capacity the sizes are drawn conditioned on
     fitting. Samples are then taken without replacement from seeded per-class pools: nodes are
     disjoint and none comes up short.
+
+    Its own checks: ``size_range``'s min of at least ``classes_per_node`` (one sample a class)
+    when built; at :meth:`partition`, classes and samples against the data.
     """
 
-    num_nodes: int
-    classes_per_node: int
-    size_range: tuple[int, int]
+    num_nodes: Annotated[int, integer(1)]
+    classes_per_node: Annotated[int, integer(1)]
+    size_range: Annotated[tuple[int, int], integer_range(1)]
     seed: int
-    size_distribution: str = "uniform"
+    size_distribution: Annotated[str, one_of(*SIZE_DISTRIBUTIONS)] = "uniform"
+
+    def __post_init__(self) -> None:
+        if self.size_range[0] < self.classes_per_node:
+            raise PartitionError(f"{_key('size_range')}={list(self.size_range)}: need min >= "
+                                 f"{_key('classes_per_node')}={self.classes_per_node}")
 
     def partition(self, labels: torch.Tensor, num_classes: int,
                   node_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -80,18 +94,10 @@ class PathologicalPartitioner:
 
     def _validate_config(self, num_classes: int, num_samples: int) -> None:
         """Reject configurations this data set cannot satisfy, before drawing anything."""
-        if self.num_nodes < 1:
-            raise PartitionError(f"{_key('num_nodes')}={self.num_nodes}: need at least 1 node")
-        if not 1 <= self.classes_per_node <= num_classes:
+        if self.classes_per_node > num_classes:
             raise PartitionError(f"{_key('classes_per_node')}={self.classes_per_node}: must be "
                                  f"between 1 and the data set's {num_classes} classes")
         low, high = self.size_range
-        if low > high or low < self.classes_per_node:
-            raise PartitionError(f"{_key('size_range')}={[low, high]}: need min <= max and min >= "
-                                 f"{_key('classes_per_node')}={self.classes_per_node}")
-        if self.size_distribution not in SIZE_DISTRIBUTIONS:
-            raise PartitionError(f"{_key('size_distribution')}={self.size_distribution!r}: use "
-                                 f"one of {list(SIZE_DISTRIBUTIONS)}")
         if self.num_nodes * low > num_samples:
             raise PartitionError(
                 f"{_key('num_nodes')}={self.num_nodes} nodes of at least {low} samples "
@@ -157,13 +163,15 @@ class DirichletPartitioner:
     empty) are redrawn, up to ``DIRICHLET_MAX_ATTEMPTS`` times, so that every node has enough
     for its support/query split. numpy draws the proportions because torch's Dirichlet takes
     no generator.
+
+    Its own check, at :meth:`partition`: ``min_size`` samples for every node against the data.
     """
 
-    num_nodes: int
-    alpha: float
+    num_nodes: Annotated[int, integer(1)]
+    alpha: Annotated[float, number(above=0)]
     seed: int
-    size_range: tuple[int, int] | None = None
-    min_size: int = 1
+    size_range: Annotated[tuple[int, int] | None, optional(integer_range(1))] = None
+    min_size: Annotated[int, integer(1)] = 1
 
     def partition(self, labels: torch.Tensor, num_classes: int,
                   node_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -187,18 +195,12 @@ class DirichletPartitioner:
     def _validate_config(self, num_samples: int) -> None:
         """Reject configurations that cannot give every node ``min_size`` samples, before
         drawing."""
-        if self.min_size < 1:
-            raise PartitionError(f"{_key('min_size')}={self.min_size}: must be at least 1")
-        if not 1 <= self.num_nodes * self.min_size <= num_samples:
+        if self.num_nodes * self.min_size > num_samples:
             raise PartitionError(f"{_key('num_nodes')}={self.num_nodes} nodes of at least "
-                                 f"{_key('min_size')}={self.min_size} samples: need between 1 "
-                                 f"and the data set's {num_samples} samples; lower "
-                                 f"{_key('num_nodes')} or {_key('min_size')}")
-        if not self.alpha > 0:
-            raise PartitionError(f"{_key('alpha')}={self.alpha}: must be positive")
-        if self.size_range is not None and not 1 <= self.size_range[0] <= self.size_range[1]:
-            raise PartitionError(f"{_key('size_range')}={list(self.size_range)}: need "
-                                 "1 <= min <= max")
+                                 f"{_key('min_size')}={self.min_size} samples need "
+                                 f"{self.num_nodes * self.min_size} samples but the data set "
+                                 f"has {num_samples}: lower {_key('num_nodes')} or "
+                                 f"{_key('min_size')}")
 
     def _draw_nodes(
         self, class_pools: list[np.ndarray], rng: np.random.Generator
@@ -246,14 +248,9 @@ PARTITIONERS = {
     "dirichlet": DirichletPartitioner,
     "natural": NaturalPartitioner,
 }
-def _config_keys(partitioner: type) -> dict[str, bool]:
-    """A partitioner's config keys (its fields but ``seed``), each mapped to: is it required."""
-    return {field.name: field.default is MISSING for field in fields(partitioner)
-            if field.name != "seed"}
-
-
-# Config keys of each partitioner under dataset.partition.
-PARTITIONER_KEYS = {name: set(_config_keys(partitioner))
+# Config keys of each partitioner under dataset.partition: its fields but ``seed``, which
+# build_partitioner passes.
+PARTITIONER_KEYS = {name: {field.name for field in fields(partitioner) if field.name != "seed"}
                     for name, partitioner in PARTITIONERS.items()}
 # Partitions whose node count the data give (known once loaded), not dataset.partition.num_nodes.
 NODES_FROM_DATA = tuple(name for name, keys in PARTITIONER_KEYS.items() if "num_nodes" not in keys)
@@ -311,33 +308,15 @@ def split_support_query(
 def build_partitioner(
     cfg_partition: Mapping, seed: int
 ) -> PathologicalPartitioner | DirichletPartitioner | NaturalPartitioner:
-    """Build the partitioner named by ``dataset.partition.name`` from its config group.
+    """Build the partitioner named by ``dataset.partition.name`` from its config group, as the
+    config walker checked it (names, keys, ranges).
 
     Keys of the other partitioners are ignored (a command-line switch of ``name`` keeps them);
-    unknown keys are typos and fail; a null optional key takes the partitioner's default.
+    a null optional key takes the partitioner's default.
     """
-    name = cfg_partition.get("name")
-    if name not in PARTITIONERS:
-        raise PartitionError(f"{_key('name')}={name!r}: use one of {sorted(PARTITIONERS)}")
-    known_keys = set().union(*PARTITIONER_KEYS.values()) | IGNORED_KEYS
-    unknown_keys = sorted(set(cfg_partition) - known_keys)
-    if unknown_keys:
-        raise PartitionError(f"unknown keys {[_key(key) for key in unknown_keys]}: allowed are "
-                             f"{sorted(known_keys)}")
-    keys = _config_keys(PARTITIONERS[name])
-    missing_keys = sorted(key for key, required in keys.items()
-                          if required and cfg_partition.get(key) is None)
-    if missing_keys:
-        raise PartitionError(f"{_key('name')}={name} needs {[_key(key) for key in missing_keys]}")
-    options = {key: cfg_partition[key] for key in keys if cfg_partition.get(key) is not None}
+    name = cfg_partition["name"]
+    options = {key: cfg_partition[key] for key in PARTITIONER_KEYS[name]
+               if cfg_partition.get(key) is not None}
     if "size_range" in options:
-        options["size_range"] = _size_range(options["size_range"])
+        options["size_range"] = tuple(options["size_range"])  # a config list: [min, max]
     return PARTITIONERS[name](seed=seed, **options)
-
-
-def _size_range(value) -> tuple[int, int]:
-    """``[min, max]`` from config (a list, tuple or OmegaConf ListConfig) as an int pair."""
-    bounds = [int(bound) for bound in value]
-    if len(bounds) != 2:
-        raise PartitionError(f"{_key('size_range')}={bounds}: must be [min, max]")
-    return bounds[0], bounds[1]

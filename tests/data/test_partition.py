@@ -6,9 +6,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from mglightning.build import compose_config
+from mglightning.config import ConfigError, validate
+from mglightning.constraints import parameter_rules
 from mglightning.data.partition import (
     NODES_FROM_DATA,
     PARTITIONER_KEYS,
+    PARTITIONERS,
     DirichletPartitioner,
     NaturalPartitioner,
     PartitionError,
@@ -82,15 +86,13 @@ def test_pathological_fits_a_paper_like_load(labels, seed):
 
 @pytest.mark.parametrize("settings, key", [
     (dict(num_nodes=5, classes_per_node=11, size_range=(20, 30)), "classes_per_node"),
-    (dict(num_nodes=5, classes_per_node=2, size_range=(30, 20)), "size_range"),
     (dict(num_nodes=5, classes_per_node=5, size_range=(4, 20)), "size_range"),
-    (dict(num_nodes=0, classes_per_node=2, size_range=(20, 30)), "num_nodes"),
     (dict(num_nodes=30, classes_per_node=2, size_range=(200, 300)), "num_nodes"),
     (dict(num_nodes=20, classes_per_node=2, size_range=(100, 1000)), "size_range"),
-    (dict(num_nodes=5, classes_per_node=2, size_range=(20, 30), size_distribution="normal"),
-     "size_distribution"),
 ])
 def test_impossible_pathological_partition_names_the_key(labels, settings, key):
+    """What the config walker cannot see: the data's classes and samples, and a size range
+    too small for one sample a class."""
     with pytest.raises(PartitionError, match=f"dataset.partition.{key}") as error:
         PathologicalPartitioner(**settings, seed=0).partition(labels, NUM_CLASSES)
     assert "\n" not in str(error.value)
@@ -229,12 +231,63 @@ def test_build_partitioner_from_config_groups():
     assert with_floor == DirichletPartitioner(num_nodes=9, alpha=0.5, seed=4, min_size=10)
 
 
-@pytest.mark.parametrize("config, key", [
-    ({"name": "shards", "num_nodes": 10}, "dataset.partition.name"),
-    ({"name": "pathological", "num_nodes": 10, "size_range": [1, 2]},
-     "dataset.partition.classes_per_node"),
-    ({"name": "dirichlet", "num_nodes": 10, "alpha": 1.0, "alhpa": 2.0}, "dataset.partition.alhpa"),
+def partition_error(*overrides: str) -> str:
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(overrides))
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["dataset.partition.name=shards"],
+     "dataset.partition.name='shards': must be one of ['pathological', 'dirichlet', 'natural']"),
+    (["dataset=arrays", "dataset.partition.name=pathological",
+      "+dataset.partition.size_range=[1,2]"],
+     "dataset.partition.name=pathological needs dataset.partition.classes_per_node"),
+    (["dataset=arrays", "dataset.partition.alpha=null"],
+     "dataset.partition.name=dirichlet needs dataset.partition.alpha"),
+    (["dataset=arrays", "+dataset.partition.alhpa=2.0"],
+     "unknown key dataset.partition.alhpa=2.0 (did you mean alpha?): "
+     "mglightning.data.partition.DirichletPartitioner takes num_nodes, alpha, size_range, "
+     "min_size"),
+    (["+dataset.partition.seed=3"], "unknown key dataset.partition.seed=3: "),
+    (["dataset.partition.num_nodes=0"], "dataset.partition.num_nodes=0: must be an integer >= 1"),
+    (["dataset.partition.size_range=[30,20]"],
+     "dataset.partition.size_range=[30, 20]: must be [min, max] with 1 <= min <= max"),
+    (["+dataset.partition.size_distribution=normal"],
+     "dataset.partition.size_distribution='normal': must be one of ['uniform', 'log_uniform']"),
+    (["dataset=arrays", "dataset.partition.alpha=0"],
+     "dataset.partition.alpha=0: must be a number > 0"),
+    (["dataset=arrays", "dataset.partition.min_size=0"],
+     "dataset.partition.min_size=0: must be an integer >= 1"),
 ])
-def test_build_partitioner_rejects_bad_configs(config, key):
-    with pytest.raises(PartitionError, match=key):
-        build_partitioner(config, seed=0)
+def test_the_config_walker_checks_the_chosen_partitioner(overrides, expected):
+    assert expected in partition_error(*overrides)
+
+
+def test_a_partitioner_switch_ignores_the_other_partitioners_keys():
+    """``dataset.partition.name=natural`` on a pathological data set: its keys are not read."""
+    validate(compose_config(["dataset=folder", "dataset.partition.name=natural"]))
+    validate(compose_config(["dataset=fmnist", "dataset.partition.name=natural",
+                             "dataset.partition.size_range=[9,3]"]))
+
+
+@pytest.mark.parametrize("name, key, refused, accepted", [
+    ("pathological", "classes_per_node", 0, 1),
+    ("pathological", "size_range", [5, 4], [4, 4]),
+    ("dirichlet", "alpha", 0.0, 1e-3),
+    ("dirichlet", "min_size", 0, 1),
+])
+def test_every_partitioner_range_is_read_from_its_annotation(name, key, refused, accepted):
+    """The walker's rule for a partition key is the one annotated on the chosen class's field:
+    a value the annotation refuses is refused, and one it takes passes."""
+    rule = parameter_rules(PARTITIONERS[name])[key]
+    assert not rule.check(refused) and rule.check(accepted)
+    overrides = ["dataset=arrays", f"dataset.partition.name={name}",
+                 "+dataset.partition.classes_per_node=2", "+dataset.partition.size_range=[20,40]"]
+    def override(value) -> str:
+        return f"++dataset.partition.{key}={str(value).replace(' ', '')}"
+
+    validate(compose_config([*overrides, override(accepted)]))
+    message = partition_error(*overrides, override(refused))
+    assert f"dataset.partition.{key}=" in message and f"must be {rule.allowed}" in message
