@@ -7,7 +7,7 @@
 #   VENV=.venv scripts/flower_deploy_smoke.sh      (make flower-deploy-smoke)
 cd "$(dirname "$0")/.."
 source scripts/flower_loopback.sh
-ROUNDS=2
+ROUNDS=${ROUNDS:-2}
 
 t0=$SECONDS
 check_ports_free 3
