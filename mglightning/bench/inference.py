@@ -6,7 +6,8 @@ each gated layer in isolation together with the layer that reads it (the gate, t
 filters only, and the next layer reading only the active channels, vs both layers dense).
 At batch 1 the pair is also timed pruned beforehand to the one input's active channels (no
 gate, no gathers): what the convolution kernels allow, the floor under any slicing. For
-context, the exported task module (channels off for the whole task removed at rest,
+context, the deployed task module (channels off for the whole task removed at rest, compiled
+as an AOTInductor package as `make deploy` does,
 :mod:`mglightning.export`) is timed against the same dense network.
 """
 

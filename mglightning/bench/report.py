@@ -141,8 +141,9 @@ def notes(results: dict) -> list[str]:
         "number of filters, and per-input slicing adds a dozen small ops (gate MLP, "
         "active-channel indices, weight gathers), so the measured speedup stays far below the "
         "MAC ratio; at batch 64 the compute dominates and slicing comes much closer to it. The "
-        "exported task module (channels off for the whole task removed at rest, TorchScript, "
-        "no per-batch gathers) is the deployment path: "
+        "exported task module (channels off for the whole task removed at rest, compiled as "
+        "make deploy does, an AOTInductor package, no per-batch gathers) is the deployment "
+        "path: "
         + _exported_summary(results["inference"]) + ".",
         *_processes_summary(results.get("processes")),
         *_huge_pages_summary(results.get("huge_pages")),

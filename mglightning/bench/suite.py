@@ -6,7 +6,6 @@ import copy
 import os
 import platform
 import time
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +21,7 @@ from mglightning.bench.memory import measure_in_subprocess
 from mglightning.bench.processes import bench_processes
 from mglightning.bench.rounds import bench_rounds
 from mglightning.bench.workload import build_workload, dataset_overrides, sparsify_gates
-from mglightning.export import RawImageInput, task_network
+from mglightning.export import RawImageInput, compile_package, load_package, task_network
 from mglightning.models.backbones import build_network
 from mglightning.models.network import GatedNetwork
 
@@ -93,9 +92,7 @@ def _run_suite(config: BenchConfig) -> dict:
     two_stage(gated, support_images, support_labels, cfg.method.adaptation.lr)  # adapted
     query_images, _ = target.query_set()
     task = task_network(gated, torch.cat([support_images, query_images]))
-    with warnings.catch_warnings():  # torch 2.14: TorchScript is deprecated, still works
-        warnings.simplefilter("ignore", FutureWarning)
-        exported = torch.jit.script(task)
+    exported = load_package(compile_package(task, query_images))  # as make deploy compiles it
     results["inference"] = bench_inference(gated, ungated_copy(gated, cfg.model.name),
                                            query_images, config.inference_batches,
                                            config.repeats, exported)
