@@ -34,7 +34,8 @@ from mglightning.export import (
     task_network,
 )
 from mglightning.run.checkpoint import UnsafeCheckpointError, read_checkpoint
-from mglightning.run.identity import fingerprint
+from mglightning.run.folder import NOT_RECORDED
+from mglightning.run.identity import DATA_KEY, data_fingerprint, fingerprint
 from mglightning.run.io import write_json
 
 
@@ -70,13 +71,19 @@ def meta_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
 
 def deploy(run_dir: Path, target: int) -> Deployment:
     cfg = run_config(run_dir)
-    checkpoint = meta_checkpoint(run_dir, cfg)  # before the data loads: fail fast
+    state = read_checkpoint(meta_checkpoint(run_dir, cfg))  # before the data loads: fail fast
     datamodule = build_datamodule(cfg)
+    loaded = data_fingerprint(datamodule.data.images, datamodule.data.labels)
+    if cfg.get(DATA_KEY) != loaded:
+        raise DeployError(
+            f"{run_dir} was made on other data than data_root={cfg.data_root} holds now "
+            f"({DATA_KEY}: {cfg.get(DATA_KEY, NOT_RECORDED)} -> {loaded}): put the run's data "
+            "there (a folder made before runs recorded their data: python -m "
+            f"mglightning.migrate {run_dir} --apply)")
     clients = datamodule.target_clients
     if not 0 <= target < len(clients):
         raise DeployError(f"--target {target}: the run has target nodes 0..{len(clients) - 1}")
     learner = build_learner(cfg, datamodule)
-    state = read_checkpoint(checkpoint)
     learner.load_state_dict(state["state_dict"])
     adapter = build_adapter(cfg)
     adapter.set_meta_network(learner.meta_network())

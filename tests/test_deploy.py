@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from mglightning.build import build_datamodule
 from mglightning.deploy import main
 from mglightning.export import load_package
+from mglightning.run.identity import DATA_KEY
 from mglightning.train import run
 
 
@@ -95,6 +96,14 @@ def test_a_folder_without_config_or_checkpoint_or_a_bad_target_ends_in_one_line(
         main([str(run_dir), "--target", "3"])
     assert exit_info.value.code == 2
     assert "--target 3: the run has target nodes 0..2" in capsys.readouterr().err
+
+    stored = OmegaConf.load(run_dir / "config.yaml")
+    OmegaConf.save(OmegaConf.merge(stored, {DATA_KEY: "0" * 8}), run_dir / "config.yaml")
+    with pytest.raises(SystemExit):  # the data under data_root are not the run's
+        main([str(run_dir)])
+    assert f"was made on other data than data_root={stored.data_root} holds now " \
+        f"({DATA_KEY}: 00000000 -> {stored[DATA_KEY]})" in capsys.readouterr().err
+    OmegaConf.save(stored, run_dir / "config.yaml")
 
     (run_dir / "checkpoints" / "last.ckpt").unlink()
     with pytest.raises(SystemExit):

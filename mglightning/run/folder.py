@@ -22,8 +22,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mglightning.build import build_datamodule
 from mglightning.config import RUN_CONFIG, ConfigError
-from mglightning.data.datamodule import FederatedDataModule
 from mglightning.run.checkpoint import LAST_NAME
 from mglightning.run.identity import DATA_KEY, data_fingerprint, differing_keys
 from mglightning.run.io import atomic_write_text, write_csv, write_json
@@ -35,10 +35,8 @@ NOT_RECORDED = "<not recorded>"  # a folder made before run folders recorded the
 def pooled_data_fingerprint(cfg: DictConfig) -> str:
     """The :func:`~mglightning.run.identity.data_fingerprint` of the pooled data set ``cfg``
     loads, as the run loads it (SPEC §2)."""
-    datamodule = FederatedDataModule(OmegaConf.to_container(cfg.dataset, resolve=True),
-                                     seed=cfg.seed, data_root=cfg.data_root)
-    datamodule.setup()
-    return data_fingerprint(datamodule.data.images, datamodule.data.labels)
+    data = build_datamodule(cfg).data
+    return data_fingerprint(data.images, data.labels)
 
 
 class RunFolder:
