@@ -159,7 +159,7 @@ class Reproduction:
                        s.name, s.overrides)
             for s in self.specs
         ]
-        compare_with = tuple(self.base.reproduce.compare_with)
+        compare_with = tuple(self.base.reproduce.get("compare_with", ()))
         return write_results(rows, output_dir or self.output_dir, compare_with, heading)
 
     def seeds_and_output(

@@ -26,12 +26,14 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from mglightning.config import CONF_DIR, RUN_CONFIG
+from mglightning.config import RUN_CONFIG, SOURCE_CONF_DIR
 from mglightning.run.identity import DATA_KEY, flatten, identity
 
 RUNS_DIR_VARIABLE = "MG_RUNS_DIR"
 DEFAULT_RUNS_DIR = "outputs"
-PROJECT_ROOT = CONF_DIR.parent  # a relative root is read from here, where `make train` writes
+# A relative root is read from the source checkout, where `make train` writes; from an
+# installed wheel (no checkout beside the package), from the working folder.
+PROJECT_ROOT = SOURCE_CONF_DIR.parent if SOURCE_CONF_DIR.is_dir() else Path.cwd()
 CONFIG_FILES = (RUN_CONFIG, ".hydra/config.yaml")
 LABELS = ("experiment", "group", "method", "dataset", "model", "seed", "run")
 LABEL_FILTERS = ("experiment", "dataset", "model", "method", "seed")

@@ -38,7 +38,7 @@ class NodeSetup:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> NodeSetup:
         """The node's part of the composed config ``cfg`` (the ServerApp's side), as
-        ``mglightning.train`` builds the learner from it."""
+        :func:`mglightning.build.build_learner` builds the learner from it."""
         def plain(node) -> dict:
             return OmegaConf.to_container(node, resolve=True)
 
