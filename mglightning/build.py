@@ -79,10 +79,15 @@ def build_learner(cfg: DictConfig, datamodule,
     network = build_network(cfg, datamodule)
     if device is not None:
         network = network.to(device)
+    local_solver = build_part(cfg.method.local)()
+    if getattr(local_solver, "sparsity_off", None) is not None and not network.gated_layers:
+        raise ConfigError(f"method.local.sparsity_off={local_solver.sparsity_off}: a sparsity "
+                          f"budget needs gates, and method={cfg.method.name} has none; "
+                          "set it to null or use method=metagater")
     learner = FederatedMetaLearner(
         network,
         strategy=None,
-        local_solver=build_part(cfg.method.local)(),
+        local_solver=local_solver,
         clients_per_round=cfg.method.clients_per_round,
         seed=cfg.seed,
         gate_noise=gate_noise_schedule(cfg.method.get("gate_noise", "none"), cfg.rounds),

@@ -80,11 +80,16 @@ def run_specs(cfg: DictConfig) -> list[RunSpec]:
             if needed is not None and needed not in seen:
                 raise SystemExit(f"run {spec.label} needs {needed}, which must be listed before it")
         seen.add(spec.label)
-    plain = sorted({spec.method for spec in specs if not spec.overrides})
+    plain = sorted({spec.method for spec in specs if spec.name is None})
     for method in cfg.reproduce.get("compare_with", ()):
         if method not in plain:
-            raise SystemExit(f"reproduce.compare_with names {method!r}, which has no run without "
-                             f"overrides in {cfg.experiment!r}: use one of {', '.join(plain)}")
+            raise SystemExit(f"reproduce.compare_with names {method!r}, which has no unnamed "
+                             f"run in {cfg.experiment!r}: use one of {', '.join(plain)}")
+    for pair in cfg.reproduce.get("pairs", ()):
+        for label in pair:
+            if label not in seen:
+                raise SystemExit(f"reproduce.pairs names {label!r}, which is no run of "
+                                 f"{cfg.experiment!r}: use one of {', '.join(sorted(seen))}")
     return specs
 
 
@@ -154,13 +159,15 @@ class Reproduction:
                     action,
                     time.perf_counter() - started,
                 )
-        rows = [
-            MethodRuns(s.method, s.local_steps, tuple(self.run_dir(s.label, x) for x in seeds),
-                       s.name, s.overrides)
+        rows = {
+            s.label: MethodRuns(s.method, s.local_steps,
+                                tuple(self.run_dir(s.label, x) for x in seeds), s.name, s.overrides)
             for s in self.specs
-        ]
+        }
         compare_with = tuple(self.base.reproduce.get("compare_with", ()))
-        return write_results(rows, output_dir or self.output_dir, compare_with, heading)
+        pairs = [(rows[row], rows[against]) for row, against in self.base.reproduce.get("pairs", ())]
+        return write_results(list(rows.values()), output_dir or self.output_dir, compare_with,
+                             heading, pairs)
 
     def seeds_and_output(
         self, choose: bool, seeds: list[int] | None

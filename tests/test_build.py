@@ -1,10 +1,12 @@
 """The parts built from their ``_target_`` nodes (mglightning/build.py): a swap in the config
 is a swap of the built object, and a null part is no part."""
 
+import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from mglightning.build import build_datamodule, build_learner, build_logger
+from mglightning.config import ConfigError
 from mglightning.federated.prox import L1, GroupLasso
 from mglightning.models.backbones import cnn7
 
@@ -43,3 +45,12 @@ def test_the_backbone_is_the_model_s_target_at_the_seed_s_x0(tiny_config):
 def test_the_logger_is_the_target_of_its_option(tiny_config):
     assert build_logger(tiny_config("logger=none")) is None
     assert isinstance(build_logger(tiny_config("logger=csv")), CSVLogger)
+
+
+def test_a_sparsity_budget_without_gates_is_refused_in_one_line(tiny_config):
+    cfg = tiny_config("method=metagater_nogate", "method.local.sparsity_off=0.9")
+    with pytest.raises(ConfigError, match="sparsity_off=0.9: a sparsity budget needs gates"):
+        build_learner(cfg, build_datamodule(cfg))
+    gated = tiny_config("method.local.sparsity_off=0.9", "method.local.sparsity_weight=2")
+    solver = build_learner(gated, build_datamodule(gated)).local_solver
+    assert (solver.sparsity_off, solver.sparsity_weight) == (0.9, 2.0)

@@ -26,7 +26,9 @@ from mglightning.data import datasets
 from mglightning.migrate import main as migrate_main
 from mglightning.migrate import migrate, upgrade_config
 from mglightning.run.folder import RunFolder
-from mglightning.run.identity import DATA_KEY, GATE_KEYS, NON_IDENTITY_KEYS, fingerprint
+from mglightning.run.identity import (
+    BUDGET_KEYS, DATA_KEY, GATE_KEYS, NON_IDENTITY_KEYS, fingerprint,
+)
 from mglightning.train import run
 
 CONFIGS_BEFORE_TARGET = Path(__file__).parent / "fixtures" / "configs_before_target.yaml"
@@ -59,6 +61,21 @@ def test_a_gated_fingerprint_holds_every_gate_key(tiny_config):
         assert fingerprint(tiny_config(override)) != base, override
     assert fingerprint(tiny_config("method.gating=false")) != base
     assert fingerprint(tiny_config("method.regularizer=null")) != base
+
+
+def test_an_unset_sparsity_budget_keeps_the_fingerprint_of_a_config_without_it(tiny_config):
+    """Runs made before the budget (SPEC §7) existed stay findable; a set budget, and then
+    its weight, is identity."""
+    cfg = tiny_config()
+    before = OmegaConf.to_container(cfg, resolve=True)
+    for key in BUDGET_KEYS:
+        del before["method"]["local"][key.rsplit(".", 1)[1]]
+    assert fingerprint(before) == fingerprint(cfg)
+    assert fingerprint(tiny_config("method.local.sparsity_weight=9")) == fingerprint(cfg)
+    budget = fingerprint(tiny_config("method.local.sparsity_off=0.9"))
+    assert budget != fingerprint(cfg)
+    assert fingerprint(tiny_config("method.local.sparsity_off=0.9",
+                                   "method.local.sparsity_weight=9")) != budget
 
 
 def test_the_migration_upgrades_an_older_config_to_todays_fingerprint():
@@ -141,9 +158,17 @@ def test_the_same_command_on_other_data_is_refused_not_reused(tmp_path):
 # --- migration ------------------------------------------------------------------------------
 
 
+def old_container(config) -> dict:
+    """``config`` resolved, as the old code wrote it: without the sparsity budget's keys."""
+    container = OmegaConf.to_container(config, resolve=True)
+    for key in BUDGET_KEYS:
+        container["method"]["local"].pop(key.rsplit(".", 1)[1], None)
+    return container
+
+
 def old_fingerprint(config) -> str:
     """The fingerprint before runs left out what they do not read (kept as a fixture)."""
-    container = OmegaConf.to_container(config, resolve=True)
+    container = old_container(config)
     kept = {key: value for key, value in container.items() if key not in NON_IDENTITY_KEYS}
     text = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
@@ -157,7 +182,7 @@ def make_old(cfg) -> Path:
     old_folder = folder.with_name(old_name)
     if old_folder != folder:
         folder.rename(old_folder)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = old_container(cfg)
     config |= {"run_name": old_name, "output_dir": str(old_folder)}
     (old_folder / "config.yaml").write_text(OmegaConf.to_yaml(config))
     return old_folder

@@ -9,7 +9,14 @@ import pytest
 from conftest import TINY
 from omegaconf import OmegaConf
 
-from mglightning.analysis.report import MethodRuns, markdown_table, paired_differences, table_rows
+from mglightning.analysis.report import (
+    MethodRuns,
+    markdown_table,
+    paired_differences,
+    pairs_table,
+    table_rows,
+    write_results,
+)
 from mglightning.reproduce import Reproduction, main, run_specs
 
 
@@ -83,7 +90,10 @@ def test_reproduce_table2_tiny(tmp_path, capsys):
     assert paired == pytest.approx(gater["accuracy_mean"] - snip["accuracy_mean"])
     assert table[1]["vs_metasnip_verdict"] == "not shown"  # one seed shows nothing
     assert table[2]["vs_metasnip_mean"] == ""  # MetaSNIP's own row
-    assert (tmp_path / "table2_fmnist" / "table.md").read_text().startswith("Seeds 0 (given")
+    table_md = (tmp_path / "table2_fmnist" / "table.md").read_text()
+    assert table_md.startswith("Seeds 0 (given")
+    gates = table_md.split("What the gates do")[1].splitlines()
+    assert "Jaccard between tasks" in gates[2] and gates[4].startswith("| metagater | 3 |")
     for name in ("table.md", "convergence.png", "sparsity_histogram.png", "curve.csv",
                  "accuracy_vs_macs.png"):
         assert (tmp_path / "table2_fmnist" / name).stat().st_size > 0
@@ -138,6 +148,28 @@ def test_a_named_row_sets_its_overrides_in_a_folder_of_its_own(tmp_path):
 def test_rows_without_a_label_of_their_own_are_refused(runs, refusal):
     with pytest.raises(SystemExit, match=refusal):
         run_specs(OmegaConf.create({"experiment": "x", "reproduce": {"runs": runs}}))
+
+
+def test_a_pair_names_runs_of_the_experiment():
+    runs = [{"method": "metagater", "local_steps": 1}, {"method": "fedavg", "local_steps": 1}]
+    cfg = {"experiment": "x", "reproduce": {"runs": runs, "pairs": [["metagater-m1", "fedav-m1"]]}}
+    with pytest.raises(SystemExit, match="pairs names 'fedav-m1'.*use one of fedavg-m1, metagater"):
+        run_specs(OmegaConf.create(cfg))
+
+
+def test_a_pair_is_paired_per_seed_beside_both_rows_cost(tmp_path):
+    """Two named rows of one method (points of a front) are compared as a pair, not as a
+    method's default row: the pair's line has both MACs skipped and the per-seed difference."""
+    reference, gater = paired_rows(tmp_path, [0.70, 0.90, 0.80], [0.02, 0.025, 0.03])
+    point = MethodRuns("metagater", 1, gater.run_dirs, "off0.9", ("method.local.sparsity_off=0.9",))
+    snip = MethodRuns("metasnip_structured", 1, reference.run_dirs, "at-off0.9")
+    (line,) = pairs_table([(point, snip)]).splitlines()[2:]
+    assert line == ("| MetaGater w/ gating (local.sparsity_off=0.9) | MetaSNIP (structured) "
+                    "[at-off0.9] | 25.0 / 25.0 | +2.50 ± 0.50 ahead |")
+    paths = write_results([snip, point], tmp_path / "out", pairs=[(point, snip)])
+    assert line in paths["table_md"].read_text()
+    with pytest.raises(ValueError, match="compare_with names 'metasnip_structured'.*unnamed"):
+        table_rows([snip, point], ("metasnip_structured",))  # a named row is no method default
 
 
 def paired_rows(tmp_path, reference_accuracies, differences):

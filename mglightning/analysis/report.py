@@ -23,6 +23,8 @@ from omegaconf import OmegaConf
 from mglightning.analysis.finished_runs import LABELS
 from mglightning.analysis.tables import (
     accuracy_curves,
+    gating_measures,
+    load_summaries,
     plot_accuracy_curves,
     plot_accuracy_vs_macs,
     plot_sparsity_histograms,
@@ -77,6 +79,11 @@ class MethodRuns:
         title = METHOD_TITLES.get(self.method, self.method)
         return f"{title} ({self.settings})" if self.settings else title
 
+    @property
+    def label_title(self) -> str:
+        """The title, with the row's name where its settings do not tell it apart."""
+        return self.title if self.settings or not self.name else f"{self.title} [{self.name}]"
+
     def summaries(self) -> list[dict]:
         return [json.loads((run_dir / "summary.json").read_text()) for run_dir in self.run_dirs]
 
@@ -119,14 +126,14 @@ def paired_differences(row: MethodRuns, reference: MethodRuns) -> list[float]:
 
 
 def reference_rows(rows: list[MethodRuns], compare_with: tuple[str, ...]) -> dict:
-    """``{(method, m): row}``: each compared method's row without overrides, per m."""
+    """``{(method, m): row}``: each compared method's unnamed row (its defaults), per m."""
     references = {(row.method, row.local_steps): row for row in rows
-                  if row.method in compare_with and not row.overrides}
+                  if row.method in compare_with and row.name is None}
     for method in compare_with:
         if not any(found == method for found, _ in references):
-            listed = sorted({row.method for row in rows if not row.overrides})
-            raise ValueError(f"compare_with names {method!r}, which has no row without "
-                             f"overrides here: use one of {', '.join(listed)}")
+            listed = sorted({row.method for row in rows if row.name is None})
+            raise ValueError(f"compare_with names {method!r}, which has no unnamed "
+                             f"row here: use one of {', '.join(listed)}")
     return references
 
 
@@ -174,6 +181,30 @@ def markdown_table(table: list[dict], compare_with: tuple[str, ...] = ()) -> str
     return "\n".join(lines) + "\n"
 
 
+def frame_markdown(frame: pd.DataFrame) -> str:
+    """A data frame as a markdown table, numbers to 3 significant digits."""
+    cells = [[f"{value:.3g}" if isinstance(value, float) else str(value) for value in row]
+             for row in frame.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * frame.shape[1]]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
+
+
+def pairs_table(pairs: list[tuple[MethodRuns, MethodRuns]]) -> str:
+    """Markdown: for each (row, against) pair, the paired accuracy difference with its verdict,
+    beside both rows' MACs skipped (a pair compares points of equal cost, e.g. MetaGater
+    against SNIP at the sparsity MetaGater reached)."""
+    lines = ["| row | against | MACs skipped (%): row / against | Δ accuracy (points, paired) |",
+             "|---|---|---|---|"]
+    for row, against in pairs:
+        mean, std = _spread(paired_differences(row, against))
+        macs = [100 * _spread([float(s["flops_skipped_mean"]) for s in r.summaries()])[0]
+                for r in (row, against)]
+        lines.append(f"| {row.label_title} | {against.label_title} | {macs[0]:.1f} / "
+                     f"{macs[1]:.1f} | {100 * mean:+.2f} ± {100 * std:.2f} "
+                     f"{verdict(mean, std, len(row.run_dirs))} |")
+    return "\n".join(lines) + "\n"
+
+
 def row_runs(rows: list[MethodRuns]) -> list[tuple[Path, dict]]:
     """Every run folder of the rows, labelled for :mod:`mglightning.analysis.tables`: a row is a
     group, ``<method>-m<m>`` when the experiment runs the method with several m."""
@@ -197,18 +228,26 @@ def _save(figure: Figure, path: Path) -> None:
 
 
 def write_results(rows: list[MethodRuns], output_dir: Path, compare_with: tuple[str, ...] = (),
-                  heading: str = "") -> dict[str, Path]:
-    """table.md (under ``heading``, e.g. which seeds), table.csv, accuracy_vs_macs.png (the
+                  heading: str = "", pairs: list[tuple[MethodRuns, MethodRuns]] = ()
+                  ) -> dict[str, Path]:
+    """table.md (under ``heading``, e.g. which seeds; with the ``pairs``' paired differences
+    and, for gated rows, what the gates do), table.csv, accuracy_vs_macs.png (the
     accuracy–sparsity front), and from the runs' curves and tasks (through the notebooks'
     :mod:`mglightning.analysis.tables`): curve.csv, convergence.png and sparsity_histogram.png."""
     table = table_rows(rows, compare_with)
     paths = {"table_md": output_dir / "table.md", "table_csv": output_dir / "table.csv",
              "front": output_dir / "accuracy_vs_macs.png"}
-    atomic_write_text(paths["table_md"], (f"{heading}\n\n" if heading else "")
-                      + markdown_table(table, compare_with))
+    runs = row_runs(rows)
+    text = (f"{heading}\n\n" if heading else "") + markdown_table(table, compare_with)
+    if pairs:
+        text += "\nPaired per seed, at equal cost:\n\n" + pairs_table(list(pairs))
+    gating = gating_measures(load_summaries(runs))
+    if not gating.empty:
+        text += ("\nWhat the gates do on the target tasks (mean over seeds; % unless said):\n\n"
+                 + frame_markdown(gating.reset_index()))
+    atomic_write_text(paths["table_md"], text)
     write_csv(paths["table_csv"], table)
     _save(plot_accuracy_vs_macs(pd.DataFrame(table)), paths["front"])
-    runs = row_runs(rows)
     curves = runs_table(runs, "curve.csv")  # MetaSNIP trains nothing: no curve
     if not curves.empty:
         paths["curve_csv"] = output_dir / "curve.csv"

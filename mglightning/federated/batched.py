@@ -29,6 +29,13 @@ def refuse_gate_noise(plan: RoundPlan, name: str) -> None:
                          "method.gate_noise=none")
 
 
+def refuse_sparsity_budget(solver: ProximalSGD, name: str) -> None:
+    """A batched pass takes the cross-entropy alone: the budget's share on is per client."""
+    if solver.sparsity_off is not None:
+        raise ValueError(f"a {name} round takes no sparsity budget: set "
+                         "method.local.sparsity_off=null")
+
+
 class ConcatenatedRound:
     """Algorithm 1's round for m = 1 as one forward and one backward pass.
 
@@ -43,6 +50,7 @@ class ConcatenatedRound:
         solver = learner.local_solver
         if not isinstance(solver, ProximalSGD) or solver.steps != 1:
             raise ValueError("a concatenated round needs one proximal-SGD local step (m = 1)")
+        refuse_sparsity_budget(solver, "concatenated")
         self.learner, self.clients, self.solver = learner, clients, solver
 
     def __call__(self) -> dict[str, float]:
@@ -92,6 +100,7 @@ class VmappedRound:
         solver = learner.local_solver
         if not isinstance(solver, ProximalSGD):
             raise ValueError("a vmapped round takes proximal-SGD local steps (not Per-FedAvg's)")
+        refuse_sparsity_budget(solver, "vmapped")
         self.learner, self.clients, self.solver = learner, clients, solver
         network, flat = learner.network, learner.flat
         views = {name: (flat.slices[name], param.shape)

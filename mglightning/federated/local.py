@@ -28,6 +28,21 @@ def batch_loss(flat: FlatParameters, images: torch.Tensor, labels: torch.Tensor)
     return F.cross_entropy(flat.module(images), labels)
 
 
+def budget_loss(
+    flat: FlatParameters, images: torch.Tensor, labels: torch.Tensor,
+    share_off: float, weight: float,
+) -> torch.Tensor:
+    """Cross-entropy plus the sparsity budget of SPEC §7 (our extension, the paper has none):
+    ``weight · max(0, share on − (1 − share_off))``, the share on taken over the batch and
+    every gated channel. The masks' straight-through gradient (SPEC §1) carries it to the
+    gates through the whole solve, unlike a gate-bias init; it pushes only while the batch
+    uses more channels than the budget, so which channels stay on is left to the loss."""
+    output = flat.module.forward_with_masks(images)
+    share_on = torch.cat(output.masks, dim=1).mean()
+    return (F.cross_entropy(output.logits, labels)
+            + weight * torch.relu(share_on - (1.0 - share_off)))
+
+
 def loss_accumulator(like: torch.Tensor) -> torch.Tensor:
     """A float64 zero on ``like``'s device, to sum a solve's step losses in without a sync."""
     return torch.zeros((), dtype=torch.float64, device=like.device)
@@ -37,13 +52,17 @@ def loss_accumulator(like: torch.Tensor) -> torch.Tensor:
 class ProximalSGD:
     """Inexact solve of problem (5) (SPEC §3 step 3): m gradient steps of step η on
     L_i(x_i; batch) + (λ/2)‖x_i − x_start‖². With λ = 0 it is FedAvg's local SGD.
-    ``gate_lr`` is the step of the gate parameters φ (None: η, as for θ)."""
+    ``gate_lr`` is the step of the gate parameters φ (None: η, as for θ). ``sparsity_off``
+    adds the sparsity budget of :func:`budget_loss` to L_i (None: none), with the weight
+    ``sparsity_weight``."""
 
     steps: Steps
     lr: Annotated[float, number(above=0)]
     prox_lambda: Annotated[float, number(at_least=0)]
     batch_size: BatchSize
     gate_lr: Annotated[float | None, optional(number(at_least=0))] = None
+    sparsity_off: Annotated[float | None, optional(number(at_least=0, below=1))] = None
+    sparsity_weight: Annotated[float, number(at_least=0)] = 1.0
 
     def __call__(
         self, flat: FlatParameters, start: torch.Tensor, client, generator
@@ -54,7 +73,7 @@ class ProximalSGD:
         for _ in range(self.steps):
             images, labels = client.sample_support_batch(self.batch_size, generator)
             flat.zero_grad()
-            loss = batch_loss(flat, images, labels)
+            loss = self.loss(flat, images, labels)
             loss.backward()
             if self.prox_lambda:
                 flat.grad.add_(flat.vector - start, alpha=self.prox_lambda)
@@ -66,6 +85,12 @@ class ProximalSGD:
         return ClientResult(
             client.node_id, flat.vector.clone(), len(client.support_idx), total_loss / self.steps
         )
+
+    def loss(self, flat: FlatParameters, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """L_i on a batch: cross-entropy, with the sparsity budget when ``sparsity_off`` is set."""
+        if self.sparsity_off is None:
+            return batch_loss(flat, images, labels)
+        return budget_loss(flat, images, labels, self.sparsity_off, self.sparsity_weight)
 
     def step_sizes(self, flat: FlatParameters) -> torch.Tensor | None:
         """Per-entry steps: ``gate_lr`` on φ, ``lr`` on θ; None when they are one step."""

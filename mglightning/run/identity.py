@@ -43,7 +43,11 @@ GATE_KEYS = (
     "model.gated_layers", "model.gate_hidden", "model.temperature", "model.gate_bias_init",
     "method.gate_noise", "method.temperature_end", "method.local.gate_lr", "method.regularizer",
     "method.adaptation.gate_lr", "method.adaptation.stage1_steps",
+    "method.local.sparsity_off", "method.local.sparsity_weight",
 )
+# The sparsity budget (SPEC §7), read only when it is set: a run without it leaves both keys
+# out, so the runs made before the budget existed keep their fingerprints.
+BUDGET_KEYS = ("method.local.sparsity_off", "method.local.sparsity_weight")
 FINGERPRINT_LENGTH = 8
 _DATA_FINGERPRINTS: dict[int, str] = {}  # id of a loaded images tensor → its data fingerprint
 
@@ -70,11 +74,14 @@ def identity(config: DictConfig | Mapping) -> dict:
 
 def unread_keys(values: Mapping) -> list[str]:
     """The dotted keys of a resolved config that its run never reads: :data:`GATE_KEYS` when
-    the network has no gate (a gated run without h(φ) has ``regularizer: null``, no γ)."""
+    the network has no gate (a gated run without h(φ) has ``regularizer: null``, no γ), and
+    :data:`BUDGET_KEYS` when no sparsity budget is set."""
     method, model = values.get("method") or {}, values.get("model") or {}
-    if method.get("gating", True) and model.get("gated_layers"):
-        return []
-    return list(GATE_KEYS)
+    if not (method.get("gating", True) and model.get("gated_layers")):
+        return list(GATE_KEYS)
+    if (method.get("local") or {}).get("sparsity_off") is None:
+        return list(BUDGET_KEYS)
+    return []
 
 
 def fingerprint(config: DictConfig | Mapping) -> str:

@@ -98,3 +98,46 @@ def test_gate_lr_scales_only_the_gate_step():
     gates = flat.gate_mask
     assert torch.equal(fast[~gates], plain[~gates])  # one step: θ's step ignores φ's size
     torch.testing.assert_close(fast[gates] - start[gates], 3 * (plain[gates] - start[gates]))
+
+
+def share_on(flat, client) -> float:
+    with torch.no_grad():
+        return float(torch.cat(flat.module.forward_with_masks(client.images).masks, 1).mean())
+
+
+def test_a_met_sparsity_budget_changes_nothing():
+    flat, client = gated_flat_and_client()
+    start = flat.vector.clone()
+    plain = ProximalSGD(2, 0.1, 1.0, 8)(flat, start, client, None).params
+    met = ProximalSGD(2, 0.1, 1.0, 8, sparsity_off=0.0, sparsity_weight=5.0)(
+        flat, start, client, None).params  # every channel on is within a budget of 100 %
+    assert torch.equal(met, plain)
+
+
+def test_the_budget_pushes_the_share_on_along_the_gates_soft_gradient():
+    """Above its budget the term adds weight · ∇ mean σ(z/τ) (SPEC §1's straight-through
+    gradient of the share on), on the gates and on the layers feeding them, nothing else."""
+    flat, client = gated_flat_and_client()
+    network, start = flat.module, flat.vector.clone()
+    assert share_on(flat, client) > 0.01  # above a budget of 1 % on
+    lr, weight = 0.1, 3.0
+    plain = ProximalSGD(1, lr, 1.0, 8)(flat, start, client, None).params
+    budget = ProximalSGD(1, lr, 1.0, 8, sparsity_off=0.99, sparsity_weight=weight)(
+        flat, start, client, None).params
+    flat.load(start)
+    flat.zero_grad()
+    gated = network.gated_layers[0]
+    logits = network.blocks[gated].gate.logits(network.features(client.images, gated))
+    torch.sigmoid(logits / network.temperature).mean().backward()
+    torch.testing.assert_close(budget - plain, -lr * weight * flat.grad, rtol=1e-4, atol=1e-7)
+    assert float(flat.grad.abs().sum()) > 0
+
+
+def test_a_lasting_budget_brings_the_share_on_down_to_it():
+    flat, client = gated_flat_and_client()
+    start = flat.vector.clone()
+    before = share_on(flat, client)
+    ProximalSGD(40, 0.1, 0.0, 8, gate_lr=1.0, sparsity_off=0.75, sparsity_weight=20.0)(
+        flat, start, client, None)
+    after = share_on(flat, client)
+    assert before > 0.4 and 0.05 < after <= 0.3, (before, after)  # not every channel off
