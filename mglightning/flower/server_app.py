@@ -18,7 +18,12 @@ from mglightning.build import build_datamodule, build_learner
 from mglightning.flower.node_setup import NodeSetup
 from mglightning.flower.protocol import node_setup_config
 from mglightning.flower.run_config import compose_config, run_overrides
-from mglightning.flower.strategy import FederatedRoundStrategy, ServerState, discover_nodes
+from mglightning.flower.strategy import (
+    FederatedRoundStrategy,
+    PromptGrid,
+    ServerState,
+    discover_nodes,
+)
 from mglightning.run.io import write_csv
 
 FLOWER_FOLDER = Path("flower")  # under the run's output_dir
@@ -37,6 +42,7 @@ def make_server_app(overrides: str | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        grid = PromptGrid(grid)
         cfg = compose_config(run_overrides(overrides, context.run_config))
         datamodule = build_datamodule(cfg)  # the number of training nodes and the input shape
         learner = build_learner(cfg, datamodule)

@@ -20,11 +20,12 @@ from mglightning.config import ConfigError  # noqa: E402
 from mglightning.federated.streams import round_generator  # noqa: E402
 from mglightning.flower.client_app import make_client_app  # noqa: E402
 from mglightning.flower.node_setup import NodeSetup  # noqa: E402
-from mglightning.flower.protocol import node_setup_config  # noqa: E402
+from mglightning.flower.protocol import node_setup_config, query_message  # noqa: E402
 from mglightning.flower.run_config import compose_config  # noqa: E402
 from mglightning.flower.shard import load_node_shard  # noqa: E402
 from mglightning.flower.strategy import (  # noqa: E402
     FederatedRoundStrategy,
+    PromptGrid,
     ServerState,
     discover_nodes,
 )
@@ -42,9 +43,9 @@ def task_identity():
 
 
 class LocalGrid:
-    """A stand-in for Flower's Grid (the two methods strategies call), with Flower nodes in
-    this process: node ``node_ids[p]`` runs ``client_app`` as training node
-    p; replies come back shuffled, a raising ClientApp as an error reply (as in Flower)."""
+    """A stand-in for Flower's Grid (the public methods PromptGrid calls), with Flower nodes
+    in this process: node ``node_ids[p]`` runs ``client_app`` as training node p; replies come
+    back shuffled, at most two a pull, a raising ClientApp as an error reply (as in Flower)."""
 
     def __init__(self, client_app, node_ids: list[int], shuffle_seed: int = 0,
                  partitions: list[int] | None = None) -> None:
@@ -52,17 +53,29 @@ class LocalGrid:
         self.partitions = partitions or list(range(len(node_ids)))
         self.shuffle = random.Random(shuffle_seed)
         self.trained_nodes: list[list[int]] = []
+        self.pending: list[Message] = []
+        self.pulls = 0
 
     def get_node_ids(self):
         return list(self.node_ids)
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def push_messages(self, messages):
         messages = list(messages)
         if messages and messages[0].metadata.message_type == "train":
             self.trained_nodes.append([message.metadata.dst_node_id for message in messages])
-        replies = [self.reply(message) for message in messages]
-        self.shuffle.shuffle(replies)
-        return replies
+        for message in messages:  # Flower's Grid names a pushed message by its object id
+            message.metadata.__dict__["_message_id"] = message.object_id
+            self.pending.append(self.reply(message))
+        self.shuffle.shuffle(self.pending)
+        return [message.metadata.message_id for message in messages]
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        ready = [reply for reply in self.pending
+                 if reply.metadata.reply_to_message_id in message_ids][:2]
+        for reply in ready:
+            self.pending.remove(reply)
+        return ready
 
     def reply(self, message: Message) -> Message:
         node_id = message.metadata.dst_node_id
@@ -101,7 +114,7 @@ def run_flower(text: str, rounds: int, state: ServerState | None = None, shuffle
     learner, node_ids = flower_learner(cfg)
     if state is not None:
         state.restore(learner)
-    grid = LocalGrid(make_client_app(), node_ids, shuffle_seed)
+    grid = PromptGrid(LocalGrid(make_client_app(), node_ids, shuffle_seed), poll_seconds=0.0)
     strategy = FederatedRoundStrategy(learner, discover_nodes(grid, len(node_ids), 1.0),
                                       cfg.rounds, state)
     result = strategy.start(grid, strategy.state_arrays(), num_rounds=rounds,
@@ -193,6 +206,28 @@ def test_a_node_shard_draws_the_batches_of_the_pooled_data(tmp_path):
 
 def test_partition_ids_that_do_not_cover_the_training_nodes_are_refused():
     twice_zero = [0, 1, 2, 3, 4, 5, 6, 0]  # training node 7 missing, 0 held twice
-    grid = LocalGrid(make_client_app(), FLOWER_NODE_IDS[:8], partitions=twice_zero)
+    grid = PromptGrid(LocalGrid(make_client_app(), FLOWER_NODE_IDS[:8], partitions=twice_zero))
     with pytest.raises(ConfigError, match="partition-id"):
         discover_nodes(grid, 8, 1.0)
+
+
+def test_a_round_takes_its_replies_as_they_come_and_stops_at_its_timeout(tmp_path):
+    """PromptGrid pulls until the last reply is in (here two a pull), not 3 s a pull, and
+    returns what it has once ``timeout`` has passed."""
+    cfg = compose_config(overrides(tmp_path))
+    node_ids = flower_learner(cfg)[1]
+    local = LocalGrid(make_client_app(), node_ids)
+    grid = PromptGrid(local, poll_seconds=0.0)
+    replies = grid.send_and_receive([query_message(node_id) for node_id in node_ids[:5]])
+    assert sorted(reply.metadata.src_node_id for reply in replies) == sorted(node_ids[:5])
+    assert local.pulls == 3  # 2 + 2 + 1
+
+    class Silent(LocalGrid):
+        def pull_messages(self, message_ids):
+            self.pulls += 1
+            return []
+
+    silent = Silent(make_client_app(), node_ids)
+    assert PromptGrid(silent, poll_seconds=0.01).send_and_receive(
+        [query_message(node_ids[0])], timeout=0.05) == []
+    assert 2 <= silent.pulls <= 10
