@@ -69,7 +69,7 @@ def run_specs(cfg: DictConfig) -> list[RunSpec]:
     if "runs" not in cfg.get("reproduce", {}):
         raise SystemExit(f"experiment {cfg.experiment!r} has no `reproduce.runs:` section")
     specs = [RunSpec(**spec | {"overrides": tuple(spec.get("overrides", ()))})
-             for spec in OmegaConf.to_container(cfg.reproduce.runs)]
+             for spec in OmegaConf.to_container(cfg.reproduce.runs, resolve=True)]
     seen: set[str] = set()
     for spec in specs:
         if spec.overrides and not spec.name:
