@@ -133,6 +133,10 @@ def format_summary(summary: dict) -> str:
         f"FLOPs skipped         {100 * summary['flops_skipped_mean']:.1f} %",
         f"learning time         {1000 * summary['learning_seconds_mean']:.1f} ms per task",
     ]
+    if summary["sparsity_min"] >= 1.0:  # what a too-negative gate bias or budget leads to
+        lines.append("WARNING: every gated channel is off for every input of every target: the "
+                     "gated layers pass nothing on. Lower method.local.sparsity_off or "
+                     "sparsity_weight, or raise model.gate_bias_init.")
     return "\n".join(lines)
 
 

@@ -49,6 +49,15 @@ def test_tiny_run_adapts_and_writes_per_task_results(tiny_config):
     assert {"task_jaccard_layer3", "input_jaccard_layer3_mean", "zeroed_groups_layer3",
             "accuracy_gates_on_mean", "mask_flip_rate_mean"} <= set(saved)
     assert "target accuracy" in format_summary(summary)
+    assert "WARNING" not in format_summary(summary)
+
+
+def test_a_run_whose_gates_are_all_off_says_so_loudly(tiny_config):
+    """From a gate bias of −3 every channel starts off and stays off (PROBES.md): the summary
+    must not pass that for a result."""
+    summary = run(tiny_config("rounds=2", "eval_every=0", "model.gate_bias_init=-3"))
+    assert summary["sparsity_min"] == 1.0
+    assert "WARNING: every gated channel is off" in format_summary(summary)
 
 
 def meta_state(cfg):
