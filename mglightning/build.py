@@ -14,13 +14,12 @@ from collections.abc import Callable, Sequence
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from mglightning.adaptation.module import FastAdaptation
-from mglightning.config import CONF_DIR, LABEL_KEY, ConfigError
+from mglightning.config import CONF_DIR, ConfigError
 from mglightning.data.datamodule import FederatedDataModule
 from mglightning.federated.distributed import ClientParallelStrategy
 from mglightning.federated.learner import FederatedMetaLearner
@@ -28,6 +27,7 @@ from mglightning.federated.prox import L1, GroupLasso
 from mglightning.federated.schedules import gate_noise_schedule, temperature_schedule
 from mglightning.models.network import GatedNetwork
 from mglightning.run.checkpoint import AtomicCheckpointIO
+from mglightning.targets import bind
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -37,14 +37,9 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def build_part(node: DictConfig) -> Callable:
-    """A ``_target_`` node as its target with the node's options bound (Hydra's ``instantiate``
-    with ``_partial_``); the caller passes what the config cannot hold (shapes, the network).
-    ``name`` is the part's label (run names, tables), not an option; a null option is unset,
-    the target's default (a method that inherits another's node nulls the options its own
-    target does not take, as ``conf/method/metagater_nogate.yaml``)."""
-    options = {key: value for key, value in OmegaConf.to_container(node, resolve=True).items()
-               if key != LABEL_KEY and value is not None}
-    return instantiate(options, _partial_=True, _convert_="all")
+    """A ``_target_`` node of the composed config as its target with the node's options bound
+    (:func:`mglightning.targets.bind` on the node resolved)."""
+    return bind(OmegaConf.to_container(node, resolve=True))
 
 
 def build_datamodule(cfg: DictConfig) -> FederatedDataModule:

@@ -30,7 +30,6 @@ is the partitioner's own check, after loading (:class:`~mglightning.data.partiti
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 from collections.abc import Iterator, Mapping
 from functools import cache
@@ -58,6 +57,7 @@ from mglightning.data.partition import NODES_FROM_DATA, PARTITIONER_KEYS, PARTIT
 from mglightning.errors import ConfigError
 from mglightning.federated.faults import FAULT_KINDS
 from mglightning.federated.schedules import GATE_NOISE_SCALES
+from mglightning.targets import LABEL_KEY, TARGET_KEY, import_target
 
 # The configs: inside the package where a wheel put them (setup.py ships conf/ as
 # mglightning/conf), else the top-level conf/ of a source checkout or an editable install.
@@ -65,9 +65,6 @@ PACKAGED_CONF_DIR = Path(str(resources.files("mglightning") / "conf"))
 SOURCE_CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 CONF_DIR = PACKAGED_CONF_DIR if PACKAGED_CONF_DIR.is_dir() else SOURCE_CONF_DIR
 RUN_CONFIG = "config.yaml"  # the resolved config a run folder was made with
-# Keys Hydra's instantiate reads itself, never passed to the target.
-INSTANTIATE_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-LABEL_KEY = "name"  # beside a _target_: the part's label (run names, tables), not passed
 # Nodes passed as keyword arguments to a fixed callable, checked like ``_target_`` nodes.
 SIGNATURE_NODES = {"trainer": "lightning.pytorch.Trainer"}
 # Parts whose label picks their class from a registry, checked like ``_target_`` nodes against
@@ -198,7 +195,7 @@ def _target_node(values: Mapping, target_name: str, known: Mapping[str, set[str]
     """A node whose keys are passed to ``target_name``: each must be one of its parameters
     (a null one is unset, its default) and within the rule annotated on it."""
     try:
-        target = _import_target(target_name)
+        target = import_target(target_name)
         parameters = inspect.signature(target).parameters
         rules = parameter_rules(target)
     except (ImportError, AttributeError, ValueError, TypeError, NameError) as error:
@@ -206,7 +203,7 @@ def _target_node(values: Mapping, target_name: str, known: Mapping[str, set[str]
                f"function ({_one_line(error)})")
         return
     is_part = "_target_" in values
-    not_passed = INSTANTIATE_KEYS | ({LABEL_KEY} if is_part else set())  # a label's rule: RULES
+    not_passed = {TARGET_KEY} | ({LABEL_KEY} if is_part else set())  # a label's rule: RULES
     yield from _parameter_keys(values, target_name, parameters, rules, known, prefix,
                                not_passed, null_is_unset=is_part)
 
@@ -288,25 +285,6 @@ def _unknown_key(path: str, value, known: Mapping[str, set[str]]) -> str:
     return f"unknown key {path}={_show(value)}{hint}: allowed {where} are {', '.join(siblings)}"
 
 
-def _import_target(dotted_name: str):
-    """What a ``_target_`` names: a module attribute, or an attribute of one (a class's
-    ``for_network``)."""
-    parts = str(dotted_name).split(".")
-    if len(parts) < 2:
-        raise ValueError("not a dotted path")
-    for split in range(len(parts) - 1, 0, -1):
-        try:
-            found = importlib.import_module(".".join(parts[:split]))
-        except ImportError:
-            if split == 1:
-                raise
-            continue
-        for attribute in parts[split:]:
-            found = getattr(found, attribute)
-        return found
-    raise ImportError(dotted_name)
-
-
 def _kind_allowed(value, kinds: set[str]) -> bool:
     """A value of the kind a config file gives the key; ints stand for floats; null is open,
     and a node may be null (a part switched off: ``method.regularizer=null``)."""
@@ -373,7 +351,7 @@ def _backbone_layers(values: Mapping) -> Iterator[str]:
     model = values.get("model") or {}
     gated = model.get("gated_layers")
     try:
-        layers = _import_target(model.get("_target_")).layers
+        layers = import_target(model.get("_target_")).layers
     except (ImportError, AttributeError, ValueError, TypeError):
         return  # not a backbone with a layer list: the walker names a bad _target_
     if not integer_list(1).check(gated):

@@ -165,7 +165,8 @@ class Reproduction:
             for s in self.specs
         }
         compare_with = tuple(self.base.reproduce.get("compare_with", ()))
-        pairs = [(rows[row], rows[against]) for row, against in self.base.reproduce.get("pairs", ())]
+        pairs = [(rows[row], rows[against])
+                 for row, against in self.base.reproduce.get("pairs", ())]
         return write_results(list(rows.values()), output_dir or self.output_dir, compare_with,
                              heading, pairs)
 

@@ -27,7 +27,11 @@ from mglightning.migrate import main as migrate_main
 from mglightning.migrate import migrate, upgrade_config
 from mglightning.run.folder import RunFolder
 from mglightning.run.identity import (
-    BUDGET_KEYS, DATA_KEY, GATE_KEYS, NON_IDENTITY_KEYS, fingerprint,
+    BUDGET_KEYS,
+    DATA_KEY,
+    GATE_KEYS,
+    NON_IDENTITY_KEYS,
+    fingerprint,
 )
 from mglightning.train import run
 

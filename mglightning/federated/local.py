@@ -86,7 +86,9 @@ class ProximalSGD:
             client.node_id, flat.vector.clone(), len(client.support_idx), total_loss / self.steps
         )
 
-    def loss(self, flat: FlatParameters, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, flat: FlatParameters, images: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         """L_i on a batch: cross-entropy, with the sparsity budget when ``sparsity_off`` is set."""
         if self.sparsity_off is None:
             return batch_loss(flat, images, labels)

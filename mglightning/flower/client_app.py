@@ -33,7 +33,7 @@ from mglightning.federated.schedules import (
     temperature_schedule,
 )
 from mglightning.federated.server import ClientResult
-from mglightning.flower.node_setup import NodeSetup, instantiate
+from mglightning.flower.node_setup import NodeSetup
 from mglightning.flower.protocol import (
     PARTITION_ID,
     partition_reply,
@@ -42,7 +42,7 @@ from mglightning.flower.protocol import (
     result_reply,
 )
 from mglightning.flower.shard import NodeShard, load_node_shard
-from mglightning.models.backbones import build_network
+from mglightning.targets import bind
 
 
 @dataclass
@@ -60,10 +60,9 @@ class TrainingNode:
     @classmethod
     def build(cls, setup: NodeSetup, partition_id: int) -> TrainingNode:
         shard = load_node_shard(setup, partition_id)
-        network = build_network(input_shape=shard.input_shape, num_classes=shard.num_classes,
-                                **setup.network)
+        network = bind(setup.network)(shard.input_shape, shard.num_classes)
         node = cls(setup, shard, FlatParameters(network, network.is_gate_parameter),
-                   instantiate(setup.local_solver),
+                   bind(setup.local_solver)(),
                    gate_noise_schedule(setup.gate_noise, setup.rounds),
                    temperature_schedule(network.temperature, setup.temperature_end,
                                         setup.rounds))

@@ -11,14 +11,10 @@ its shard, builds its network and local solver, and sets its rounds' gate noise 
 
 from __future__ import annotations
 
-import importlib
 import json
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from omegaconf import DictConfig, OmegaConf
-
-from mglightning.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -29,7 +25,7 @@ class NodeSetup:
     rounds: int
     data_root: str | None  # the node resolves it (``$MG_DATA_DIR``, the user cache) itself
     dataset: dict  # the ``dataset`` group: names the node's shard, and cuts it the first time
-    network: dict  # the backbone's keyword arguments, less the data's shape and classes
+    network: dict  # ``model`` with its ``_target_``, the gates as the method has them
     local_solver: dict  # ``method.local``, with its ``_target_``
     gate_noise: str  # ``method.gate_noise``
     temperature_end: float | None  # ``method.temperature_end``
@@ -47,13 +43,8 @@ class NodeSetup:
             rounds=int(cfg.rounds),
             data_root=cfg.data_root,
             dataset=plain(cfg.dataset),
-            network={
-                "name": cfg.model.name,
-                "gated_layers": list(cfg.model.gated_layers) if cfg.method.gating else [],
-                "gate_hidden": cfg.model.gate_hidden,
-                "temperature": cfg.model.temperature,
-                "gate_bias_init": cfg.model.get("gate_bias_init"),
-            },
+            network=plain(cfg.model) | {
+                "gated_layers": list(cfg.model.gated_layers) if cfg.method.gating else []},
             local_solver=plain(cfg.method.local),
             gate_noise=cfg.method.get("gate_noise", "none"),
             temperature_end=cfg.method.get("temperature_end"),
@@ -66,17 +57,3 @@ class NodeSetup:
     @classmethod
     def from_json(cls, text: str) -> NodeSetup:
         return cls(**json.loads(text))
-
-
-def instantiate(spec: Mapping):
-    """The object a resolved ``_target_`` node describes: its class called with the node's
-    other keys (what Hydra's ``instantiate`` does for our flat nodes, without Hydra)."""
-    options = dict(spec)
-    dotted_name = str(options.pop("_target_", ""))
-    module_name, _, name = dotted_name.rpartition(".")
-    try:
-        target = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ConfigError(f"_target_={dotted_name!r}: must name an importable class or "
-                          f"function ({error})") from error
-    return target(**options)
