@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from mglightning.adaptation.module import FastAdaptation
 from mglightning.config import CONF_DIR, ConfigError
 from mglightning.data.datamodule import FederatedDataModule
+from mglightning.errors import one_line
 from mglightning.federated.distributed import ClientParallelStrategy
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.federated.prox import L1, GroupLasso
@@ -144,4 +145,4 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
     except MisconfigurationException as error:
         raise ConfigError(f"trainer.accelerator={cfg.trainer.get('accelerator')} "
                           f"trainer.devices={cfg.trainer.get('devices')}: "
-                          f"{' '.join(str(error).split())}") from error
+                          f"{one_line(error)}") from error

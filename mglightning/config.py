@@ -54,7 +54,7 @@ from mglightning.constraints import (
 from mglightning.data.datamodule import node_split
 from mglightning.data.datasets import DATASET_NAMES
 from mglightning.data.partition import NODES_FROM_DATA, PARTITIONER_KEYS, PARTITIONERS
-from mglightning.errors import ConfigError
+from mglightning.errors import ConfigError, one_line
 from mglightning.federated.faults import FAULT_KINDS
 from mglightning.federated.schedules import GATE_NOISE_SCALES
 from mglightning.targets import LABEL_KEY, TARGET_KEY, import_target
@@ -164,7 +164,7 @@ def _resolved(cfg: DictConfig) -> dict:
         return OmegaConf.to_container(checked, resolve=True)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
-        raise ConfigError(f"{key}: cannot be resolved ({_one_line(error)})") from error
+        raise ConfigError(f"{key}: cannot be resolved ({one_line(error)})") from error
 
 
 def _walk(values: Mapping, known: Mapping[str, set[str]], prefix: str) -> Iterator[str]:
@@ -200,7 +200,7 @@ def _target_node(values: Mapping, target_name: str, known: Mapping[str, set[str]
         rules = parameter_rules(target)
     except (ImportError, AttributeError, ValueError, TypeError, NameError) as error:
         yield (f"{prefix}_target_={target_name!r}: must name an importable class or "
-               f"function ({_one_line(error)})")
+               f"function ({one_line(error)})")
         return
     is_part = "_target_" in values
     not_passed = {TARGET_KEY} | ({LABEL_KEY} if is_part else set())  # a label's rule: RULES
@@ -465,5 +465,3 @@ def _show(value) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

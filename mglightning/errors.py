@@ -1,7 +1,12 @@
-"""The package's bad-input error, in a module of its own: code that must import little (a Flower
-ClientApp, started afresh for every message) raises it without importing the config validation
-of :mod:`mglightning.config`, which reaches Lightning."""
+"""The package's bad-input error and its one-line messages, in a module of its own: code that
+must import little (a Flower ClientApp, started afresh for every message) raises it without
+importing the config validation of :mod:`mglightning.config`, which reaches Lightning."""
 
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key, the value and the remedy."""
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (torchvision's and Hydra's span several)."""
+    return " ".join(str(error).split()) or type(error).__name__

@@ -33,6 +33,7 @@ from mglightning.config import CONF_DIR, ConfigError, validate
 from mglightning.data.datamodule import FederatedDataModule
 from mglightning.data.datasets import DataError
 from mglightning.data.partition import PartitionError
+from mglightning.errors import one_line
 from mglightning.federated.learner import TrainingFault
 from mglightning.run.checkpoint import (
     CheckpointError,
@@ -173,7 +174,7 @@ def check_overrides(overrides: list[str]) -> None:
     try:
         cfg = compose_config(overrides)
     except HydraException as error:
-        message = " ".join(str(error).split())
+        message = one_line(error)
         try:
             forced = [
                 override.input_line

@@ -19,6 +19,7 @@ import torch
 
 from mglightning.bench.rounds import RoundState
 from mglightning.bench.timing import alternate, ratio
+from mglightning.errors import one_line
 from mglightning.federated.batched import VmappedRound
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.federated.schedules import gate_noise_schedule
@@ -57,10 +58,6 @@ def compiled_network(learner: FederatedMetaLearner) -> Iterator[None]:
         learner.flat.module = module
 
 
-def error_line(error: Exception) -> str:
-    return f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-
-
 def bench_alternatives(learner: FederatedMetaLearner, clients, repeats: int,
                        compile_network: bool = True) -> dict:
     """Time ratios candidate ÷ loop (above 1: slower than the loop), side by side; a
@@ -87,7 +84,7 @@ def bench_alternatives(learner: FederatedMetaLearner, clients, repeats: int,
             vmapped = from_the_state(VmappedRound(learner, clients))
             vmapped()  # refuses what it cannot compute (short batches, Per-FedAvg's steps)
         except ValueError as error:
-            vmap_error = error_line(error)
+            vmap_error = f"{type(error).__name__}: {one_line(error)[:200]}"
         else:
             candidates["vmap"] = vmapped
         if compile_network:
@@ -97,7 +94,7 @@ def bench_alternatives(learner: FederatedMetaLearner, clients, repeats: int,
                 compiled()  # compiles forward and backward
             except Exception as error:  # e.g. no C++ compiler on this machine: report, go on
                 state.restore()
-                compile_error = error_line(error)
+                compile_error = f"{type(error).__name__}: {one_line(error)[:200]}"
             else:
                 candidates["compiled"] = compiled
                 compile_seconds = time.perf_counter() - started

@@ -23,13 +23,14 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from mglightning.data.errors import DataError, one_line
+from mglightning.data.errors import DataError
 from mglightning.data.images import (  # noqa: F401 (re-exported)
     DATA_DIR_ENV,
     ImageData,
     resolve_data_root,
 )
 from mglightning.data.own_data import OWN_DATA_LOADERS
+from mglightning.errors import one_line
 
 logger = logging.getLogger(__name__)
 

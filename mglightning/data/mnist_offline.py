@@ -33,11 +33,11 @@ from mglightning.data.datasets import (
     IDX_IMAGES_MAGIC,
     IDX_LABELS_MAGIC,
     DataError,
-    one_line,
     read_idx,
     resolve_data_root,
     torchvision_folder,
 )
+from mglightning.errors import one_line
 
 logger = logging.getLogger(__name__)
 

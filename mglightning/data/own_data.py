@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mglightning.data.errors import DataError, one_line
+from mglightning.data.errors import DataError
+from mglightning.errors import one_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GRAYSCALE_MODES = ("1", "L", "LA")  # read as one channel; every other mode as RGB

@@ -34,6 +34,7 @@ import torch
 
 from mglightning.data.datasets import DataError
 from mglightning.devices import device_clock
+from mglightning.errors import one_line
 from mglightning.federated.client_solve import solve_client
 from mglightning.federated.distributed import gather_results, own_positions
 from mglightning.federated.faults import ClientError, FaultInjection
@@ -224,7 +225,7 @@ class FederatedMetaLearner(L.LightningModule):
                 results.append((position, self.solve_client(x_md, client, round_index, position)))
             except CLIENT_ERRORS as error:  # the client's own failure: the round goes on
                 log.debug("node %d failed", client.node_id, exc_info=error)
-                message = " ".join(str(error).split())
+                message = one_line(error)
                 failures.append(f"node {client.node_id}: {type(error).__name__}: {message}")
         return results, failures
 

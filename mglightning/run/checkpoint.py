@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mglightning.config import ConfigError
+from mglightning.errors import one_line
 
 LAST_NAME = "last.ckpt"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -42,7 +43,7 @@ def read_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"WeightsUnpickler error: (.+?)(?:\. Please|\n|$)", str(error))
-        reason = found.group(1) if found else " ".join(str(error).split())
+        reason = found.group(1) if found else one_line(error)
         raise UnsafeCheckpointError(
             f"{path} is refused: it holds more than tensors and plain values ({reason}); "
             "a checkpoint made by mglightning never does, so ask for one made by it"
