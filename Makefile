@@ -11,7 +11,7 @@ ARGS   ?=
 .DEFAULT_GOAL := help
 GPU_OUT ?= outputs/gpu-check
 .PHONY: help install test test-all gpu-check lint train train-cifar10 reproduce sweep deploy bench \
-        test-flower flower-sim flower-deploy-smoke flower-drill clean
+        test-flower flower-sim flower-deploy-smoke flower-drill flower-round-times clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-20s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ flower-deploy-smoke: ## Loopback deployment with TLS + SuperNode auth: 2 registe
 
 flower-drill: ## Loopback deployment drills: a SuperNode SIGKILLed and restarted, the SuperLink killed and the run resumed (4.5-10 min)
 	VENV=$(VENV) scripts/flower_drill.sh
+
+flower-round-times: ## A round's time in process, on the simulation engine and in the loopback deployment, side by side (ROUNDS=6; 3-5 min)
+	VENV=$(VENV) scripts/flower_round_times.sh
 
 clean: ## Remove caches and outputs/ (keeps .venv, data and results/)
 	rm -rf outputs .pytest_cache .ruff_cache lightning_logs wandb
