@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -94,6 +95,8 @@ def test_reproduce_table2_tiny(tmp_path, capsys):
     assert table_md.startswith("Seeds 0 (given")
     gates = table_md.split("What the gates do")[1].splitlines()
     assert "Jaccard between tasks" in gates[2] and gates[4].startswith("| metagater | 3 |")
+    columns = [len(re.findall(r"(?<!\\)\|", line)) for line in gates[2:5]]  # unescaped |
+    assert columns[0] == columns[1] == columns[2]  # "mean |gate logit|" is one column
     for name in ("table.md", "convergence.png", "sparsity_histogram.png", "curve.csv",
                  "accuracy_vs_macs.png"):
         assert (tmp_path / "table2_fmnist" / name).stat().st_size > 0

@@ -182,10 +182,13 @@ def markdown_table(table: list[dict], compare_with: tuple[str, ...] = ()) -> str
 
 
 def frame_markdown(frame: pd.DataFrame) -> str:
-    """A data frame as a markdown table, numbers to 3 significant digits."""
-    cells = [[f"{value:.3g}" if isinstance(value, float) else str(value) for value in row]
-             for row in frame.itertuples(index=False)]
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * frame.shape[1]]
+    """A data frame as a markdown table, numbers to 3 significant digits (a ``|`` in a name,
+    as in "mean |gate logit|", escaped)."""
+    def cell(value) -> str:
+        return (f"{value:.3g}" if isinstance(value, float) else str(value)).replace("|", "\\|")
+
+    cells = [[cell(value) for value in row] for row in frame.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(cell, frame.columns)) + " |", "|" + "---|" * frame.shape[1]]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
 
 
