@@ -145,7 +145,7 @@ def table_rows(rows: list[MethodRuns], compare_with: tuple[str, ...] = ()) -> li
     table = []
     for row in rows:
         summaries = row.summaries()
-        entry = {"method": row.method, "title": row.title, "settings": row.settings,
+        entry = {"method": row.method, "title": row.label_title, "settings": row.settings,
                  "local_steps": row.local_steps, "seeds": len(summaries)}
         for column, key, _, _ in COLUMNS:
             mean, std = _spread([float(summary[key]) for summary in summaries])
