@@ -19,7 +19,6 @@ import torch
 
 from mglightning.bench.rounds import RoundState
 from mglightning.bench.timing import alternate, ratio
-from mglightning.errors import one_line
 from mglightning.federated.batched import VmappedRound
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.federated.schedules import gate_noise_schedule
@@ -58,6 +57,11 @@ def compiled_network(learner: FederatedMetaLearner) -> Iterator[None]:
         learner.flat.module = module
 
 
+def first_line(error: Exception) -> str:
+    """The error's type and the first line of its message: a compiler's report spans pages."""
+    return f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+
+
 def bench_alternatives(learner: FederatedMetaLearner, clients, repeats: int,
                        compile_network: bool = True) -> dict:
     """Time ratios candidate ÷ loop (above 1: slower than the loop), side by side; a
@@ -84,7 +88,7 @@ def bench_alternatives(learner: FederatedMetaLearner, clients, repeats: int,
             vmapped = from_the_state(VmappedRound(learner, clients))
             vmapped()  # refuses what it cannot compute (short batches, Per-FedAvg's steps)
         except ValueError as error:
-            vmap_error = f"{type(error).__name__}: {one_line(error)[:200]}"
+            vmap_error = first_line(error)
         else:
             candidates["vmap"] = vmapped
         if compile_network:
@@ -94,7 +98,7 @@ def bench_alternatives(learner: FederatedMetaLearner, clients, repeats: int,
                 compiled()  # compiles forward and backward
             except Exception as error:  # e.g. no C++ compiler on this machine: report, go on
                 state.restore()
-                compile_error = f"{type(error).__name__}: {one_line(error)[:200]}"
+                compile_error = first_line(error)
             else:
                 candidates["compiled"] = compiled
                 compile_seconds = time.perf_counter() - started
