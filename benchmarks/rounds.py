@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from mglightning.bench.timing import alternate, ratio
+from benchmarks.timing import alternate, ratio
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.federated.local import ProximalSGD
 from mglightning.federated.server import ClientResult
