@@ -55,6 +55,15 @@ def test_reference_round_computes_our_update(tiny_learner):
     assert max_update_difference(learner, clients) < 1e-5
 
 
+@pytest.mark.parametrize("override", ["method.local.gate_lr=0.3",
+                                      "method.local.sparsity_off=0.5"])
+def test_reference_refuses_a_step_it_does_not_compute(tiny_config, override):
+    cfg = tiny_config(override)
+    datamodule = build_datamodule(cfg)
+    with pytest.raises(ValueError, match=override.split("=")[0]):
+        ReferenceRound(build_learner(cfg, datamodule), datamodule.train_clients)
+
+
 def test_reference_differs_when_its_draws_differ(tiny_learner):
     learner, clients = tiny_learner
     state = RoundState(learner)
