@@ -36,13 +36,13 @@ test-all: ## Run every test, the slow end-to-end ones too
 gpu-check: ## On a GPU (<= 8 min): the cuda tests, host syncs reported; round time GPU vs CPU (loop, concatenated, vmapped, deterministic) → GPU_OUT/
 	MG_CUDA_SYNC_DEBUG=warn CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 330 \
 		$(PY) -m pytest -q -rs -m cuda --junitxml=$(GPU_OUT)/cuda-tests.xml
-	CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 150 $(PY) -m mglightning.bench.device_rounds --rounds 10 --skip-without-gpu --output-dir $(GPU_OUT)
+	CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 150 $(PY) -m benchmarks.device_rounds --rounds 10 --skip-without-gpu --output-dir $(GPU_OUT)
 
 test-flower: ## The Flower tests, the simulation's bit-for-bit equality (slow, ~30 s) included; deployments: flower-deploy-smoke, flower-drill
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "slow or not slow" tests/flower --ignore=tests/flower/test_deployment.py
 
 lint: ## Lint with ruff
-	$(VENV)/bin/ruff check mglightning tests
+	$(VENV)/bin/ruff check mglightning benchmarks tests
 
 train: ## MetaGater w/ gating on Fashion-MNIST, offline, ~2.5 min on 2 CPU cores; overrides: ARGS="rounds=50 seed=1"
 	$(PY) -m mglightning.train dataset=fmnist model=cnn4 method=metagater $(ARGS)
@@ -60,7 +60,7 @@ deploy: ## RUN's network adapted at target node TARGET, exported → RUN/deploye
 	$(PY) -m mglightning.deploy $(RUN) --target $(TARGET) $(ARGS)
 
 bench: ## Benchmarks → BENCHMARKS.md and BENCHMARKS.json; ARGS="--repeats 5" (ARGS="--help": options)
-	$(PY) -m mglightning.bench $(ARGS)
+	$(PY) -m benchmarks $(ARGS)
 
 flower-sim: ## Federated rounds on Flower's simulation engine (Ray), one SuperNode per training node; ARGS: overrides
 	OMP_NUM_THREADS=1 $(PY) -m mglightning.flower.simulate dataset=synthetic logger=none rounds=3 method.clients_per_round=4 output_root=outputs/flower-sim $(ARGS)

@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch._inductor.exc import InvalidCxxCompiler
 
+from benchmarks.workload import sparsify_gates
 from mglightning import export
 from mglightning.adaptation.steps import two_stage
-from mglightning.bench.workload import sparsify_gates
 from mglightning.build import build_datamodule
 from mglightning.build import build_network as build_model
 from mglightning.export import compile_package, load_package, task_network

@@ -294,9 +294,9 @@ def test_sparsity_diversity_is_mean_std_min_max_over_tasks_in_percent(tmp_path):
     tasks = tables.load_tasks(selected_runs(tmp_path))
     table = tables.sparsity_diversity(tasks)
     gated, plain = (f"a/synthetic-cnn4-{name} (no config.yaml)" for name in ("gated", "plain"))
-    # tasks of both seeds pooled: 10, 30, 20, 40 % -> mean 25, population std sqrt(125)
+    # tasks of both seeds pooled: 10, 30, 20, 40 % -> mean 25, sample std sqrt(500 / 3)
     assert table.loc[gated, ["mean", "min", "max", "tasks"]].tolist() == [25, 10, 40, 4]
-    assert table.loc[gated, "std"] == pytest.approx(math.sqrt(125))
+    assert table.loc[gated, "std"] == pytest.approx(math.sqrt(500 / 3))
     assert table.loc[plain, ["mean", "std", "max"]].tolist() == [0, 0, 0]
     assert tables.sparse_groups(tasks) == [gated]
 
@@ -315,6 +315,8 @@ def test_curves_average_over_seeds_and_round_seconds_divide_intervals(tmp_path):
     assert averaged["accuracy_std"].tolist() == pytest.approx([statistics.stdev([50, 70])] * 2)
     assert averaged["seeds"].tolist() == [2, 2]
     assert tables.round_seconds(curves)["seconds_per_round"].tolist() == [1.5, 2.0] * 2
+    one_seed = tables.accuracy_curves(curves[curves["seed"] == 0])
+    assert one_seed["accuracy_std"].tolist() == [0.0, 0.0]  # no spread to show, and no NaN
 
 
 def test_gating_tables_show_gated_groups_only_and_average_their_seeds(runs_root, monkeypatch):

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from mglightning.analysis.finished_runs import LABELS
+from mglightning.analysis.spread import sample_std
 from mglightning.analysis.tables import (
     accuracy_curves,
     gating_measures,
@@ -89,7 +90,7 @@ class MethodRuns:
 
 
 def _spread(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), sample_std(values)
 
 
 def verdict(mean: float, std: float, seeds: int) -> str:

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mglightning.analysis.finished_runs import LABELS
+from mglightning.analysis.spread import sample_std
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # one a group, beside its colour
 
@@ -72,11 +73,11 @@ def gated_layer_columns(tasks: pd.DataFrame) -> list[str]:
 
 def sparsity_diversity(tasks: pd.DataFrame, column: str = "sparsity") -> pd.DataFrame:
     """Mean, std, min and max over target tasks (all seeds pooled) of per-task sparsity in %,
-    one row per group: the "sparsity diversity" of SPEC §4. std is the population std, as
-    in ``summarize_tasks``."""
+    one row per group: the "sparsity diversity" of SPEC §4. std is :func:`sample_std`, as in
+    ``summarize_tasks``."""
     present = tasks.dropna(subset=[column])  # a layer's column is empty for runs without it
     grouped = (100 * present[column]).groupby(present["group"])
-    table = grouped.agg(["mean", lambda v: v.std(ddof=0), "min", "max", "count"])
+    table = grouped.agg(["mean", sample_std, "min", "max", "count"])
     table.columns = [*STATISTICS, "tasks"]
     return table
 
@@ -147,10 +148,10 @@ def plot_accuracy_vs_macs(table: pd.DataFrame) -> Figure:
 
 
 def accuracy_curves(curves: pd.DataFrame) -> pd.DataFrame:
-    """Target accuracy (%) against rounds per group: mean and sample std over its seeds of the
-    mean over target tasks (SPEC §6, Fig. 4; the std of the tables, empty for one seed)."""
+    """Target accuracy (%) against rounds per group: mean and std (:func:`sample_std`, 0 for
+    one seed) over its seeds of the mean over target tasks (SPEC §6, Fig. 4)."""
     accuracy = (100 * curves["accuracy_mean"]).groupby([curves["group"], curves["round"]])
-    table = accuracy.agg(["mean", "std", "count"])
+    table = accuracy.agg(["mean", sample_std, "count"])
     table.columns = ["accuracy", "accuracy_std", "seeds"]
     return table.reset_index()
 
@@ -160,7 +161,7 @@ def plot_accuracy_curves(curves: pd.DataFrame) -> Figure:
     error bars (bands of several groups would overlap and blend)."""
     figure, axis = plt.subplots(figsize=(5.5, 4.5), layout="constrained")
     for index, (label, group) in enumerate(accuracy_curves(curves).groupby("group")):
-        axis.errorbar(group["round"], group["accuracy"], yerr=group["accuracy_std"].fillna(0.0),
+        axis.errorbar(group["round"], group["accuracy"], yerr=group["accuracy_std"],
                       marker=MARKERS[index % len(MARKERS)], capsize=3, label=label)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("communication round")

@@ -11,6 +11,7 @@ from mglightning.adaptation.gating_stats import (
     channel_set_from_text,
     mean_pairwise_jaccard_distance,
 )
+from mglightning.analysis.spread import sample_std
 
 SPREAD_KEYS = ("accuracy", "accuracy_meta", "sparsity", "flops_skipped", "learning_seconds")
 # Rows of a gated network only (FastAdaptation.gating_measures): absent for ungated methods.
@@ -22,7 +23,7 @@ GATING_LAYER_MEAN_KEYS = ("always_off", "always_on", "input_dependent", "input_j
 def _spread(values: list[float], prefix: str) -> dict[str, float]:
     return {
         f"{prefix}_mean": statistics.fmean(values),
-        f"{prefix}_std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        f"{prefix}_std": sample_std(values),
         f"{prefix}_min": min(values),
         f"{prefix}_max": max(values),
     }

@@ -11,7 +11,7 @@ A round has one seam, shaped like Flower's configure → aggregate: ``plan_round
 (x_md, the chosen clients, τ, the noise scale) and ``finish_round`` ends it from the clients'
 results (the non-finite ones left out, the server step, the failed-round count, x_ag loaded,
 the timings). The loop (``run_round``, in one process or several), the Flower strategy and the
-batched rounds (:mod:`mglightning.federated.batched`) differ only in between.
+batched rounds the bench studies (``benchmarks/batched.py``) differ only in between.
 
 Faults: a node whose local solve fails on its own account (a :class:`ClientError`, such as a
 drill's :class:`InjectedFault`, or a :class:`DataError`) or returns non-finite parameters is

@@ -43,6 +43,26 @@ def budget_loss(
             + weight * torch.relu(share_on - (1.0 - share_off)))
 
 
+def proximal_step_(
+    parameters: torch.Tensor, gradient: torch.Tensor, start: torch.Tensor,
+    lr: float, prox_lambda: float, step_sizes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One local step of problem (5) (METHOD.md §3 step 3), in place:
+    x ← x − η (∇L_i(x; batch) + λ (x − x_start)), η = ``lr``, or per entry ``step_sizes``
+    when given (the gates' own step, :meth:`ProximalSGD.step_sizes`).
+
+    Every proximal-SGD solve steps here: one client's (P,) vector, or the (K, P) rows of K
+    clients taken together (``start`` and ``step_sizes`` broadcast over the rows).
+    Both ``parameters`` and ``gradient`` (the batch gradient at ``parameters``, left holding
+    the proximal one) are updated in place: a solve steps on its own buffers. Returns
+    ``parameters``."""
+    if prox_lambda:
+        gradient.add_(parameters - start, alpha=prox_lambda)
+    if step_sizes is None:
+        return parameters.add_(gradient, alpha=-lr)
+    return parameters.addcmul_(gradient, step_sizes, value=-1.0)
+
+
 def loss_accumulator(like: torch.Tensor) -> torch.Tensor:
     """A float64 zero on ``like``'s device, to sum a solve's step losses in without a sync."""
     return torch.zeros((), dtype=torch.float64, device=like.device)
@@ -75,12 +95,7 @@ class ProximalSGD:
             flat.zero_grad()
             loss = self.loss(flat, images, labels)
             loss.backward()
-            if self.prox_lambda:
-                flat.grad.add_(flat.vector - start, alpha=self.prox_lambda)
-            if step_sizes is None:
-                flat.vector.add_(flat.grad, alpha=-self.lr)
-            else:
-                flat.vector.addcmul_(flat.grad, step_sizes, value=-1.0)
+            proximal_step_(flat.vector, flat.grad, start, self.lr, self.prox_lambda, step_sizes)
             total_loss += loss.detach()
         return ClientResult(
             client.node_id, flat.vector.clone(), len(client.support_idx), total_loss / self.steps

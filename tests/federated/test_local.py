@@ -1,7 +1,7 @@
 import torch
 
 from mglightning.federated.flat import FlatParameters
-from mglightning.federated.local import ProximalSGD
+from mglightning.federated.local import ProximalSGD, proximal_step_
 from mglightning.models import build_network
 
 
@@ -24,6 +24,36 @@ def local_objective(flat, vector, anchor, client, prox_lambda):
     with torch.no_grad():
         loss = torch.nn.functional.cross_entropy(flat.module(client.images), client.labels)
     return loss + prox_lambda / 2 * ((vector - anchor) ** 2).sum()
+
+
+def test_the_proximal_step_by_hand():
+    """x ← x − η (g + λ (x − x_start)), x and g updated in place, with η a number or per entry."""
+    start = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
+    parameters = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    gradient = torch.tensor([0.5, -1.0, 0.0], dtype=torch.float64)
+    returned = proximal_step_(parameters, gradient, start, lr=0.1, prox_lambda=2.0)
+    assert returned is parameters
+    # proximal gradient: g + 2 (x − start) = [2.5, 1.0, 4.0]
+    torch.testing.assert_close(gradient, torch.tensor([2.5, 1.0, 4.0], dtype=torch.float64))
+    torch.testing.assert_close(parameters, torch.tensor([0.75, 1.9, 3.6], dtype=torch.float64))
+    parameters, gradient = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0.5, -1.0, 0.0])
+    proximal_step_(parameters, gradient, start.float(), lr=9.0, prox_lambda=0.0,
+                   step_sizes=torch.tensor([0.1, 0.0, 1.0]))  # λ = 0: the plain gradient
+    torch.testing.assert_close(parameters, torch.tensor([0.95, 2.0, 4.0]))
+    torch.testing.assert_close(gradient, torch.tensor([0.5, -1.0, 0.0]))
+
+
+def test_the_proximal_step_of_k_clients_rows_is_each_clients_own():
+    """(K, P) rows against one start and per-entry steps, broadcast: each row steps as a (P,)
+    vector would, to the bit (the batched rounds of benchmarks/ rely on it)."""
+    generator = torch.Generator().manual_seed(0)
+    rows, gradients = torch.randn(3, 7, generator=generator), torch.randn(3, 7, generator=generator)
+    start, step_sizes = torch.randn(7, generator=generator), torch.rand(7, generator=generator)
+    for sizes in (None, step_sizes):
+        alone = [proximal_step_(rows[k].clone(), gradients[k].clone(), start, 0.1, 0.5, sizes)
+                 for k in range(3)]
+        together = proximal_step_(rows.clone(), gradients.clone(), start, 0.1, 0.5, sizes)
+        assert torch.equal(together, torch.stack(alone))
 
 
 def test_local_step_direction_is_the_proximal_objective_gradient():

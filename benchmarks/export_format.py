@@ -8,7 +8,7 @@ the TorchScript file does. The package stays the format of :mod:`mglightning.dep
 it holds the speed (within :data:`SAME_SPEED` of TorchScript) and predicts as TorchScript does;
 the time to make each file (the package's C++ compile) is reported beside.
 
-``OMP_NUM_THREADS=1 python -m mglightning.bench.export_format``: this measurement alone, on
+``OMP_NUM_THREADS=1 python -m benchmarks.export_format``: this measurement alone, on
 ``make bench``'s deployed module (cnn4 on Fashion-MNIST if present, its gates sparsified).
 """
 
@@ -23,9 +23,9 @@ import warnings
 import torch
 from torch import nn
 
-from mglightning.bench.inference import CALLS_PER_TIMING
-from mglightning.bench.timing import alternate, ratio
-from mglightning.bench.workload import build_workload, dataset_overrides, sparsify_gates
+from benchmarks.inference import CALLS_PER_TIMING
+from benchmarks.timing import alternate, ratio
+from benchmarks.workload import build_workload, dataset_overrides, sparsify_gates
 from mglightning.export import RawImageInput, compile_package, load_package, task_network
 
 SAME_SPEED = 1.10  # a format's time ÷ TorchScript's still counted as holding the speed
@@ -120,7 +120,7 @@ def deployed_module(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mglightning.bench.export_format",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.export_format",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)

@@ -2,9 +2,9 @@
 package sets): the time of a round and of an evaluation of the targets with them and without.
 
 PyTorch reads the setting once per process, so each setting runs in fresh processes
-(``python -m mglightning.bench.huge_pages --child``), alternating (on, off, off, on) so that a
+(``python -m benchmarks.huge_pages --child``), alternating (on, off, off, on) so that a
 change in the machine's load falls on both. A child runs the CIFAR-10 stand-in of
-:mod:`mglightning.bench.device_rounds` (``overrides`` after it): warm-up rounds, timed rounds,
+:mod:`benchmarks.device_rounds` (``overrides`` after it): warm-up rounds, timed rounds,
 then one evaluation of the first ``targets`` target nodes as the accuracy curve takes it,
 counting the page faults the evaluation made. The results are the same bits either way
 (``tests/test_package.py`` checks the faults, ``tests/test_bench.py`` the results).
@@ -32,8 +32,8 @@ def page_faults() -> int:
 
 def measure(overrides: list[str], rounds: int, targets: int) -> dict:
     """One child's figures: median round, one evaluation of ``targets`` targets, its faults."""
-    from mglightning.bench.device_rounds import CIFAR10_STAND_IN
-    from mglightning.bench.workload import compose_config
+    from benchmarks.device_rounds import CIFAR10_STAND_IN
+    from benchmarks.workload import compose_config
     from mglightning.build import build_adapter, build_datamodule, build_learner
 
     cfg = compose_config([*CIFAR10_STAND_IN, *overrides])
@@ -57,7 +57,7 @@ def bench_huge_pages(overrides: list[str] | tuple[str, ...] = (), rounds: int = 
     a round and of an evaluation; whether every child's target accuracies agreed."""
     children: dict[str, list[dict]] = {"on": [], "off": []}
     for setting in SETTING_ORDER:
-        command = [sys.executable, "-m", "mglightning.bench.huge_pages", "--child",
+        command = [sys.executable, "-m", "benchmarks.huge_pages", "--child",
                    f"--rounds={rounds}", f"--targets={targets}", *overrides]
         done = subprocess.run(command, check=True, capture_output=True, text=True, env={
             **os.environ, "OMP_NUM_THREADS": "1", "THP_MEM_ALLOC_ENABLE": setting})
@@ -76,7 +76,7 @@ def bench_huge_pages(overrides: list[str] | tuple[str, ...] = (), rounds: int = 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mglightning.bench.huge_pages",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.huge_pages",
                                      description=__doc__)
     parser.add_argument("--child", action="store_true", help="measure this process, print JSON")
     parser.add_argument("--rounds", type=int, default=4)

@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import torch
 
+from benchmarks.timing import alternate, ratio
 from mglightning.adaptation.snip import snip
 from mglightning.adaptation.steps import one_step, two_stage
-from mglightning.bench.timing import alternate, ratio
 from mglightning.models.network import GatedNetwork
 
 

@@ -1,6 +1,6 @@
 """Goal 5: resident memory of a federation of 1,000 nodes against its raw image tensor.
 
-Measured in a fresh subprocess (``python -m mglightning.bench.memory``): RSS once everything
+Measured in a fresh subprocess (``python -m benchmarks.memory``): RSS once everything
 is imported and a tiny synthetic federation has run the same code once (so that library
 code paged in on first use is not counted as data), then after building and setting up the
 FederatedDataModule. Anonymous RSS (what the data can occupy) is reported beside total RSS.
@@ -36,7 +36,7 @@ def memory_kib() -> dict[str, int]:
 
 def measure(overrides: list[str]) -> dict:
     """RSS increase of building the federation, over the bytes of its uint8 images."""
-    from mglightning.bench.workload import compose_config
+    from benchmarks.workload import compose_config
     from mglightning.build import build_datamodule
 
     build_datamodule(compose_config(["dataset=synthetic"]))  # warm-up: page in the code
@@ -61,7 +61,7 @@ def measure(overrides: list[str]) -> dict:
 def measure_in_subprocess(overrides: list[str]) -> dict:
     """:func:`measure` in a fresh interpreter, so nothing loaded earlier is counted."""
     completed = subprocess.run(
-        [sys.executable, "-m", "mglightning.bench.memory", json.dumps(overrides)],
+        [sys.executable, "-m", "benchmarks.memory", json.dumps(overrides)],
         capture_output=True, text=True, check=True,
     )
     return json.loads(completed.stdout.strip().splitlines()[-1])

@@ -5,7 +5,7 @@ what wins. Each candidate is a whole round from the same server state, gate nois
 cannot draw from each client's seeded generator): the learner's loop; the loop in NCHW layout
 (vmap cannot batch channels-last tensors, so it runs in NCHW: this tells the layout's cost
 from vmap's); the clients' local steps vmapped
-(:class:`~mglightning.federated.batched.VmappedRound`); the loop through a
+(:class:`~benchmarks.batched.VmappedRound`); the loop through a
 ``torch.compile``'d network.
 """
 
@@ -17,9 +17,9 @@ from contextlib import contextmanager
 
 import torch
 
-from mglightning.bench.rounds import RoundState
-from mglightning.bench.timing import alternate, ratio
-from mglightning.federated.batched import VmappedRound
+from benchmarks.batched import VmappedRound
+from benchmarks.rounds import RoundState
+from benchmarks.timing import alternate, ratio
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.federated.schedules import gate_noise_schedule
 

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from mglightning.bench.timing import alternate, ratio
+from benchmarks.timing import alternate, ratio
 from mglightning.export import input_columns
 from mglightning.models.cost import forward_cost, layer_macs
 from mglightning.models.network import GatedNetwork, LayerSpec, active_channels

@@ -9,10 +9,10 @@ rounds (same clients, same batches) then run on each, four ways in alternation:
 - ``loop``: the learner's loop over the clients, as training runs it (``round_seconds``, read
   from clocks that wait for the device, see :mod:`mglightning.devices`);
 - ``concatenated``: the round for m = 1 as one pass for the K clients
-  (:class:`~mglightning.federated.batched.ConcatenatedRound`): whether the learner should run
+  (:class:`~benchmarks.batched.ConcatenatedRound`): whether the learner should run
   it on a GPU is decided by these figures;
 - ``vmapped``: the K clients' local steps taken together, one ``vmap`` call a step
-  (:class:`~mglightning.federated.batched.VmappedRound`), the candidate for m ≥ 2, timed here at
+  (:class:`~benchmarks.batched.VmappedRound`), the candidate for m ≥ 2, timed here at
   the job's m = 1: its cost per local step against the loop's;
 - ``deterministic``: the loop with deterministic kernels only and cuDNN autotuning off, as
   ``deterministic=true`` (``make reproduce``) trains: the cost of that key.
@@ -20,7 +20,7 @@ rounds (same clients, same batches) then run on each, four ways in alternation:
 Each way's meta-model after the rounds is compared with the loop's: float summation order
 alone moves them apart, and more as the rounds go on.
 
-    python -m mglightning.bench.device_rounds [--rounds 20] [--output-dir DIR] [key=value ...]
+    python -m benchmarks.device_rounds [--rounds 20] [--output-dir DIR] [key=value ...]
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-from mglightning.bench.workload import compose_config
+from benchmarks.batched import ConcatenatedRound, VmappedRound
+from benchmarks.workload import compose_config
 from mglightning.build import build_adapter, build_datamodule, build_learner
 from mglightning.devices import device_clock
-from mglightning.federated.batched import ConcatenatedRound, VmappedRound
 from mglightning.run.io import atomic_write_text, write_json
 
 CIFAR10_STAND_IN = [  # the table1_cifar10 job, synthetic images of CIFAR-10's shape and size
@@ -224,7 +224,7 @@ def render(results: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mglightning.bench.device_rounds",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.device_rounds",
                                      description=__doc__)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)

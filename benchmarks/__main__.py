@@ -1,4 +1,4 @@
-"""``python -m mglightning.bench``: run the suite, write BENCHMARKS.md and BENCHMARKS.json."""
+"""``python -m benchmarks``: run the suite, write BENCHMARKS.md and BENCHMARKS.json."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from mglightning.bench.report import render
-from mglightning.bench.suite import BenchConfig, run_suite
+from benchmarks.report import render
+from benchmarks.suite import BenchConfig, run_suite
 from mglightning.run.io import atomic_write_text, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def parse_args(argv=None) -> argparse.Namespace:
     defaults = BenchConfig()
-    parser = argparse.ArgumentParser(prog="python -m mglightning.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--clients", type=int, default=defaults.clients_per_round, help="K")
     parser.add_argument("--local-steps", type=int, default=defaults.local_steps, help="m")
     parser.add_argument("--repeats", type=int, default=defaults.repeats)
@@ -35,7 +35,7 @@ def main(argv=None) -> None:
                                  threads=args.threads, memory=not args.no_memory,
                                  processes=not args.no_processes)
     results = run_suite(config)
-    command = "make bench" if argv is None else "python -m mglightning.bench"
+    command = "make bench" if argv is None else "python -m benchmarks"
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_json(args.output_dir / "BENCHMARKS.json", results)
     atomic_write_text(args.output_dir / "BENCHMARKS.md", render(results, command))

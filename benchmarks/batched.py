@@ -6,7 +6,8 @@ timings are the loop's own. Each client draws its batches from its own stream, a
 ``run_round`` does, so a round leaves the server state a loop round leaves, up to the order
 of float sums. What they cannot compute, they refuse: gate noise (one batched draw is no
 client's own stream), and per-client failures (a client's error is the round's).
-``make gpu-check`` times them against the loop (:mod:`mglightning.bench.device_rounds`).
+``make gpu-check`` times them against the loop (:mod:`benchmarks.device_rounds`); the
+learner keeps its loop until they earn a place on a GPU.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from mglightning.devices import from_host
 from mglightning.federated.learner import FederatedMetaLearner, RoundPlan
-from mglightning.federated.local import ProximalSGD
+from mglightning.federated.local import ProximalSGD, proximal_step_
 from mglightning.federated.server import ClientResult
 from mglightning.federated.streams import client_streams
 
@@ -74,9 +75,8 @@ class ConcatenatedRound:
         losses = F.cross_entropy(flat.module(torch.cat([images for images, _ in batches])),
                                  torch.cat([labels for _, labels in batches]), reduction="none")
         (losses @ from_host(sample_weights, losses.device)).backward()
-        step_sizes = solver.step_sizes(flat)
-        mean_model = plan.x_md - (flat.grad * solver.lr if step_sizes is None
-                                  else flat.grad * step_sizes)
+        mean_model = proximal_step_(plan.x_md.clone(), flat.grad, plan.x_md, solver.lr,
+                                    solver.prox_lambda, solver.step_sizes(flat))
         # The mean model as the one result of the round: the strategy's (weighted) mean of
         # one model is that model.
         mean_result = ClientResult(-1, mean_model, 1, losses.detach().mean())
@@ -90,10 +90,11 @@ class VmappedRound:
 
     Each client's parameters are a row of a (K, P) matrix that starts at x_md; step s takes
     every client's gradient on its s-th batch in one ``vmap(grad)`` call (the network run on
-    each row's parameters), adds λ (x_k − x_md) and steps, as :class:`ProximalSGD` does for
-    one client; the server step then reads the K rows as K results. vmap needs full batches
-    of one size (every support set at least a batch), and runs the network in NCHW layout
-    (it cannot batch channels-last tensors, see :meth:`GatedNetwork.set_layout`).
+    each row's parameters) and steps all rows by :func:`proximal_step_`, as
+    :class:`ProximalSGD` steps one client; the server step then reads the K rows as K
+    results. vmap needs full batches of one size (every support set at least a batch), and
+    runs the network in NCHW layout (it cannot batch channels-last tensors, see
+    :meth:`GatedNetwork.set_layout`).
     """
 
     def __init__(self, learner: FederatedMetaLearner, clients) -> None:
@@ -146,12 +147,8 @@ class VmappedRound:
                 gradients, losses = self.gradients_and_losses(
                     models, torch.stack([images for images, _ in batches]),
                     torch.stack([labels for _, labels in batches]))
-                if solver.prox_lambda:
-                    gradients.add_(models - x_md, alpha=solver.prox_lambda)
-                if step_sizes is None:
-                    models.add_(gradients, alpha=-solver.lr)
-                else:
-                    models.addcmul_(gradients, step_sizes, value=-1.0)
+                proximal_step_(models, gradients, x_md, solver.lr, solver.prox_lambda,
+                               step_sizes)
                 loss_sums += losses.detach()
         finally:
             network.set_layout(channels_last)

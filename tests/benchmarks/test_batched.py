@@ -5,8 +5,8 @@ refusal of what they cannot compute."""
 import pytest
 import torch
 
+from benchmarks.batched import ConcatenatedRound, VmappedRound
 from mglightning.build import build_datamodule, build_learner
-from mglightning.federated.batched import ConcatenatedRound, VmappedRound
 
 CPU = torch.device("cpu")
 

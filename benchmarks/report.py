@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mglightning.bench.export_format import SAME_SPEED, holds_up
+from benchmarks.export_format import SAME_SPEED, holds_up
 
 GOALS = {  # name → (target text, test on the figure)
     "round_speedup": ("≥ 2× faster than the reference", lambda value: value >= 2.0),
@@ -168,7 +168,7 @@ def _alternatives_summary(tried: dict) -> str:
             f"local step(s) at batch {tried['batch_size']}, gate noise off), time ÷ the plain "
             "loop's: ")
     if tried.get("vmap_over_loop"):
-        text += (f"the clients' steps vmapped (`federated/batched.py: VmappedRound`) "
+        text += (f"the clients' steps vmapped (`benchmarks/batched.py: VmappedRound`) "
                  f"{_spread(tried['vmap_over_loop'])} (vmap cannot batch channels-last "
                  f"tensors, so it runs in NCHW: {_spread(tried['vmap_over_loop_nchw'])} against "
                  f"the loop in NCHW, which itself takes {layout['ratio_median']:.2f}× ours)")
@@ -212,7 +212,7 @@ def _devices_summary(devices: dict | None) -> list[str]:
             f"{times['evaluation']['final_seconds']:.1f} s): the whole job projected "
             f"{times['projected_run_seconds']:.0f} s. "
             f"The round for m = 1 as one forward and backward pass over the K clients' batches "
-            f"concatenated (`federated/batched.py: ConcatenatedRound`, a loop round's result up "
+            f"concatenated (`benchmarks/batched.py: ConcatenatedRound`, a loop round's result up "
             f"to float32 rounding) takes {concatenated['over_loop']:.2f}× the loop's time "
             f"(median of the rounds' ratios, range {concatenated['over_loop_range'][0]:.2f}–"
             f"{concatenated['over_loop_range'][1]:.2f}): "

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from mglightning.bench.timing import alternate, ratio
+from benchmarks.timing import alternate, ratio
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.federated.local import ProximalSGD
 from mglightning.federated.server import ClientResult
@@ -51,11 +51,19 @@ class StepBatches(Sampler[list[int]]):
 
 
 class ReferenceRound:
-    """One round of Algorithm 1 as common federated code writes it (see module docstring)."""
+    """One round of Algorithm 1 as common federated code writes it (see module docstring).
+
+    Its step is ``torch.optim.SGD`` on the loss with FedProx's term added, not
+    :func:`~mglightning.federated.local.proximal_step_`: a computation of the same update of
+    its own is what makes :func:`max_update_difference` a check. It takes one step size and
+    the cross-entropy alone, and refuses a solver with more."""
 
     def __init__(self, learner: FederatedMetaLearner, clients) -> None:
         self.learner, self.clients = learner, clients
         self.solver: ProximalSGD = learner.local_solver
+        if self.solver.gate_lr is not None or self.solver.sparsity_off is not None:
+            raise ValueError("the reference round takes one step and no sparsity budget: set "
+                             "method.local.gate_lr=null and method.local.sparsity_off=null")
         self.support_sets = [TensorDataset(*client.support_set()) for client in clients]
 
     def __call__(self) -> dict[str, float]:

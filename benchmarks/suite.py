@@ -10,17 +10,17 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmarks.adaptation import bench_adaptation
+from benchmarks.alternatives import bench_alternatives
+from benchmarks.device_rounds import bench_devices
+from benchmarks.export_format import bench_export_formats
+from benchmarks.huge_pages import bench_huge_pages
+from benchmarks.inference import bench_inference
+from benchmarks.memory import measure_in_subprocess
+from benchmarks.processes import bench_processes
+from benchmarks.rounds import bench_rounds
+from benchmarks.workload import build_workload, dataset_overrides, sparsify_gates
 from mglightning.adaptation.steps import two_stage
-from mglightning.bench.adaptation import bench_adaptation
-from mglightning.bench.alternatives import bench_alternatives
-from mglightning.bench.device_rounds import bench_devices
-from mglightning.bench.export_format import bench_export_formats
-from mglightning.bench.huge_pages import bench_huge_pages
-from mglightning.bench.inference import bench_inference
-from mglightning.bench.memory import measure_in_subprocess
-from mglightning.bench.processes import bench_processes
-from mglightning.bench.rounds import bench_rounds
-from mglightning.bench.workload import build_workload, dataset_overrides, sparsify_gates
 from mglightning.export import RawImageInput, compile_package, load_package, task_network
 from mglightning.models.backbones import build_network
 from mglightning.models.network import GatedNetwork

@@ -1,39 +1,39 @@
 import json
-import time
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from mglightning.bench.alternatives import bench_alternatives
-from mglightning.bench.device_rounds import CIFAR10_STAND_IN, bench_devices, projected_run_seconds
-from mglightning.bench.device_rounds import render as render_devices
-from mglightning.bench.export_format import (
+from benchmarks import timing
+from benchmarks.alternatives import bench_alternatives
+from benchmarks.device_rounds import CIFAR10_STAND_IN, bench_devices, projected_run_seconds
+from benchmarks.device_rounds import render as render_devices
+from benchmarks.export_format import (
     SAME_SPEED,
     bench_export_formats,
     holds_up,
     saved_and_loaded_export,
 )
-from mglightning.bench.huge_pages import bench_huge_pages
-from mglightning.bench.inference import (
+from benchmarks.huge_pages import bench_huge_pages
+from benchmarks.inference import (
     bench_inference,
     block_input,
     pair_macs,
     pruned_copy,
     run_pair,
 )
-from mglightning.bench.memory import measure
-from mglightning.bench.processes import bench_processes
-from mglightning.bench.report import (
+from benchmarks.memory import measure
+from benchmarks.processes import bench_processes
+from benchmarks.report import (
     _alternatives_summary,
     _huge_pages_summary,
     _processes_summary,
     render,
 )
-from mglightning.bench.rounds import ReferenceRound, RoundState, max_update_difference, step_macs
-from mglightning.bench.suite import BenchConfig, run_suite
-from mglightning.bench.timing import alternate, ratio
-from mglightning.bench.workload import compose_config, sparsify_gates
+from benchmarks.rounds import ReferenceRound, RoundState, max_update_difference, step_macs
+from benchmarks.suite import BenchConfig, run_suite
+from benchmarks.timing import alternate, ratio
+from benchmarks.workload import compose_config, sparsify_gates
 from mglightning.build import build_datamodule, build_learner
 from mglightning.config import validate
 from mglightning.export import RawImageInput, task_network
@@ -55,6 +55,15 @@ def test_reference_round_computes_our_update(tiny_learner):
     assert max_update_difference(learner, clients) < 1e-5
 
 
+@pytest.mark.parametrize("override", ["method.local.gate_lr=0.3",
+                                      "method.local.sparsity_off=0.5"])
+def test_reference_refuses_a_step_it_does_not_compute(tiny_config, override):
+    cfg = tiny_config(override)
+    datamodule = build_datamodule(cfg)
+    with pytest.raises(ValueError, match=override.split("=")[0]):
+        ReferenceRound(build_learner(cfg, datamodule), datamodule.train_clients)
+
+
 def test_reference_differs_when_its_draws_differ(tiny_learner):
     learner, clients = tiny_learner
     state = RoundState(learner)
@@ -66,11 +75,45 @@ def test_reference_differs_when_its_draws_differ(tiny_learner):
     assert (learner.x_ag - ours).abs().max() > 1e-4
 
 
-def test_alternate_times_each_candidate_and_ratio_divides_them():
-    seconds = alternate({"slow": lambda: time.sleep(0.02), "fast": lambda: time.sleep(0.01)},
-                        repeats=3, warmup=0)
-    assert all(len(times) == 3 for times in seconds.values())
-    assert 1.3 < ratio(seconds, "slow", "fast").median < 2.5
+class FakeClock:
+    """``perf_counter`` for :mod:`benchmarks.timing`: time moves only when a candidate says so,
+    so the timing logic is checked exactly, whatever else the machine runs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.calls: list[str] = []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def candidate(self, name: str, seconds: float):
+        def run() -> None:
+            self.calls.append(name)
+            self.now += seconds
+        return run
+
+
+def test_alternate_times_each_candidate_in_turn_and_ratio_divides_them(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(timing, "time", clock)
+    slow, fast = 2.0**-5, 2.0**-6  # binary fractions: the clock's sums are exact
+    seconds = alternate({"slow": clock.candidate("slow", slow),
+                         "fast": clock.candidate("fast", fast)}, repeats=3, calls=2, warmup=1)
+    assert seconds == {"slow": [slow] * 3, "fast": [fast] * 3}  # seconds per call
+    # one warm-up call each, then each repeat's calls in turn, the order reversed every other
+    assert clock.calls == ["slow", "fast", *["slow"] * 2, *["fast"] * 4, *["slow"] * 4,
+                           *["fast"] * 2]
+    summary = ratio(seconds, "slow", "fast").summary()
+    assert summary == {"ratio_median": 2.0, "ratio_min": 2.0, "ratio_max": 2.0, "repeats": 3,
+                       "numerator_seconds": slow, "denominator_seconds": fast}
+
+
+def test_ratio_takes_each_repeats_own_pair():
+    seconds = {"a": [1.0, 4.0, 9.0], "b": [1.0, 2.0, 3.0]}
+    summary = ratio(seconds, "a", "b").summary()
+    assert (summary["ratio_median"], summary["ratio_min"], summary["ratio_max"]) == (2.0, 1.0,
+                                                                                    3.0)
+    assert (summary["numerator_seconds"], summary["denominator_seconds"]) == (4.0, 2.0)
 
 
 def test_pair_macs_match_hand_count():
