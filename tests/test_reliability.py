@@ -39,24 +39,22 @@ class Node:
         self.node_id = node_id
 
 
-def constant_solver(flat, start, client, generator) -> ClientResult:
+def constant_solver(flat, start, client, generator, round_index) -> ClientResult:
     return ClientResult(client.node_id, start + client.node_id, 10, 0.5)
 
 
 @pytest.mark.parametrize("kind", ["raise", "nan"])
 def test_fault_injection_fails_only_the_chosen_nodes_at_the_chosen_rounds(kind):
-    round_under_way = [1]
-    solver = FaultInjection(constant_solver, {3}, kind, {2}, lambda: round_under_way[0])
+    solver = FaultInjection(constant_solver, {3}, kind, {2})
     start = torch.zeros(4)
     for round_index, node_id in [(1, 3), (2, 0), (3, 3)]:
-        round_under_way[0] = round_index
-        assert torch.equal(solver(None, start, Node(node_id), None).params, start + node_id)
-    round_under_way[0] = 2
+        assert torch.equal(solver(None, start, Node(node_id), None, round_index).params,
+                           start + node_id)
     if kind == "raise":
         with pytest.raises(InjectedFault, match="node 3, round 2"):
-            solver(None, start, Node(3), None)
+            solver(None, start, Node(3), None, 2)
     else:
-        assert solver(None, start, Node(3), None).params.isnan().all()
+        assert solver(None, start, Node(3), None, 2).params.isnan().all()
 
 
 def learner_pair(tiny_config):
@@ -65,6 +63,12 @@ def learner_pair(tiny_config):
     datamodule = build_datamodule(cfg)
     learners = [build_learner(cfg, datamodule) for _ in range(2)]
     return datamodule.train_clients, *learners
+
+
+def inject_faults(learner: FederatedMetaLearner, clients: set[int], kind: str,
+                  rounds: set[int] | None) -> None:
+    """Make nodes ``clients`` fail at ``rounds`` (None: all), as ``faults.inject`` does."""
+    learner.local_solver = FaultInjection(learner.local_solver, clients, kind, rounds)
 
 
 def record_results(learner: FederatedMetaLearner) -> list[ClientResult]:
@@ -84,7 +88,7 @@ def test_failing_clients_are_left_out_and_the_round_goes_on(tiny_config, kind):
     clients, learner, twin = learner_pair(tiny_config)
     chosen = learner.sample_clients(len(clients), round_generator(learner.seed, 1))
     failing = {clients[i].node_id for i in chosen[:2]}
-    learner.inject_faults(failing, kind, rounds=None)
+    inject_faults(learner, failing, kind, rounds=None)
     twin_results = record_results(twin)
     x, x_ag = learner.x.clone(), learner.x_ag.clone()
     x_md = learner.strategy.configure_fit(x, x_ag, 1)
@@ -104,7 +108,7 @@ def test_failing_clients_are_left_out_and_the_round_goes_on(tiny_config, kind):
 def test_rounds_where_every_client_fails_change_nothing_until_too_many_in_a_row(tiny_config):
     clients, learner, _ = learner_pair(tiny_config)
     learner.max_failed_rounds = 3
-    learner.inject_faults({client.node_id for client in clients}, "nan", rounds={2, 3, 5, 6, 7})
+    inject_faults(learner, {client.node_id for client in clients}, "nan", rounds={2, 3, 5, 6, 7})
     learner.run_round(clients)
     after_round_1 = learner.x_ag.clone()
     for expected_in_a_row in (1, 2):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import lightning as L
@@ -37,7 +37,7 @@ from mglightning.devices import device_clock
 from mglightning.errors import one_line
 from mglightning.federated.client_solve import solve_client
 from mglightning.federated.distributed import gather_results, own_positions
-from mglightning.federated.faults import ClientError, FaultInjection
+from mglightning.federated.faults import ClientError
 from mglightning.federated.flat import FlatParameters
 from mglightning.federated.schedules import gate_noise_schedule, temperature_schedule
 from mglightning.federated.server import ClientResult
@@ -143,14 +143,6 @@ class FederatedMetaLearner(L.LightningModule):
     def current_round(self) -> int:
         """The round under way (1-based): the next one between rounds."""
         return int(self.rounds_done) + 1
-
-    def inject_faults(
-        self, clients: Collection[int], kind: str, rounds: Collection[int] | None
-    ) -> None:
-        """Make nodes ``clients`` fail at ``rounds`` (None: all), by wrapping the local solver."""
-        self.local_solver = FaultInjection(self.local_solver, set(clients), kind,
-                                           None if rounds is None else set(rounds),
-                                           self.current_round)
 
     def plan_round(self, clients: Sequence) -> RoundPlan:
         """The start of the next round, Flower's configure step: x_md from the server state,

@@ -86,7 +86,12 @@ def unread_keys(values: Mapping) -> list[str]:
 
 def fingerprint(config: DictConfig | Mapping) -> str:
     """A short, stable hash of :func:`identity`: equal configs, equal fingerprints."""
-    text = json.dumps(identity(config), sort_keys=True, default=str)
+    return digest(identity(config))
+
+
+def digest(values: Mapping) -> str:
+    """A short, stable hash of plain values (of :data:`FINGERPRINT_LENGTH` hex digits)."""
+    text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_LENGTH]
 
 
