@@ -16,7 +16,7 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 
-from mglightning.constraints import boolean, integer, number, one_of, optional
+from mglightning.constraints import GATES_ONLY, boolean, integer, neutral, number, one_of, optional
 from mglightning.federated.flat import FlatParameters
 from mglightning.federated.server import ClientResult
 
@@ -62,9 +62,10 @@ class ProximalSGD:
     lr: Annotated[float, number(above=0)]
     prox_lambda: Annotated[float, number(at_least=0)]
     batch_size: BatchSize
-    gate_lr: Annotated[float | None, optional(number(at_least=0))] = None
-    sparsity_off: Annotated[float | None, optional(number(at_least=0, below=1))] = None
-    sparsity_weight: Annotated[float, number(at_least=0)] = 1.0
+    gate_lr: Annotated[float | None, optional(number(at_least=0)), GATES_ONLY] = None
+    sparsity_off: Annotated[float | None, optional(number(at_least=0, below=1)), GATES_ONLY,
+                            neutral(None, "sparsity_weight")] = None
+    sparsity_weight: Annotated[float, number(at_least=0), GATES_ONLY] = 1.0
 
     def __call__(
         self, flat: FlatParameters, start: torch.Tensor, client, generator, round_index: int
