@@ -75,7 +75,7 @@ def build_learner(cfg: DictConfig, datamodule,
         node.network.to(device)  # before the learner makes its flat parameter vector
     learner = FederatedMetaLearner(
         node.network,
-        strategy=None,
+        server_step=None,
         local_solver=node.local_solver,
         clients_per_round=cfg.method.clients_per_round,
         seed=cfg.seed,
@@ -85,7 +85,7 @@ def build_learner(cfg: DictConfig, datamodule,
     )
     regularizer = build_regularizer(cfg, learner)
     server_options = {} if regularizer is None else {"regularizer": regularizer}  # FedAvg has none
-    learner.strategy = build_part(cfg.method.server)(**server_options)
+    learner.server_step = build_part(cfg.method.server)(**server_options)
     return learner
 
 

@@ -297,3 +297,28 @@ def test_migration_skips_a_folder_whose_name_is_taken(tiny_config, tmp_path):
     shutil.copytree(old, cfg.output_dir)  # a run made since under the new name
     assert f"skip {old}: {cfg.output_dir} exists already" in migrate(tmp_path, apply=True)
     assert old.exists()
+
+
+@pytest.mark.parametrize("method, old_target", [
+    ("metagater", "mglightning.federated.server.AcceleratedProximalStrategy"),
+    ("fedavg", "mglightning.federated.server.FedAvgStrategy"),
+])
+def test_the_migration_renames_a_server_step_once_named_as_a_flower_strategy(
+        tiny_config, tmp_path, method, old_target):
+    """A run folder whose config names its server step by the old name gets today's run name,
+    and its config today's target."""
+    cfg = tiny_config(f"method={method}")
+    old = OmegaConf.to_container(cfg, resolve=True) | {DATA_KEY: "0123abcd"}
+    old["method"]["server"]["_target_"] = old_target
+    old_name = cfg.run_name.rsplit("-", 1)[0] + f"-{fingerprint(old)}"
+    assert old_name != cfg.run_name  # the target is identity: the old folder is not found
+    folder = Path(cfg.output_dir).with_name(old_name)
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(
+        OmegaConf.to_yaml(old | {"run_name": old_name, "output_dir": str(folder)}))
+
+    migrate_main([str(tmp_path), "--apply"])
+    assert not folder.exists()
+    stored = OmegaConf.load(Path(cfg.output_dir) / "config.yaml")
+    assert stored.method.server._target_ == cfg.method.server._target_
+    assert stored.run_name == cfg.run_name and fingerprint(stored) == fingerprint(cfg)

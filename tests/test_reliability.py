@@ -20,7 +20,7 @@ from mglightning.build import build_datamodule, build_learner
 from mglightning.config import CONF_DIR
 from mglightning.federated.faults import FaultInjection, InjectedFault
 from mglightning.federated.learner import FederatedMetaLearner, TrainingFault
-from mglightning.federated.server import AcceleratedProximalStrategy, ClientResult
+from mglightning.federated.server import AcceleratedProximalStep, ClientResult
 from mglightning.federated.streams import round_generator
 from mglightning.run.checkpoint import AtomicCheckpointIO, CheckpointError
 from mglightning.train import run
@@ -91,14 +91,14 @@ def test_failing_clients_are_left_out_and_the_round_goes_on(tiny_config, kind):
     inject_faults(learner, failing, kind, rounds=None)
     twin_results = record_results(twin)
     x, x_ag = learner.x.clone(), learner.x_ag.clone()
-    x_md = learner.strategy.configure_fit(x, x_ag, 1)
+    x_md = learner.server_step.configure(x, x_ag, 1)
 
     stats = learner.run_round(clients)
     twin.run_round(clients)
 
     kept = [result for result in twin_results if result.node_id not in failing]
     assert len(kept) == len(chosen) - 2 and stats["failed_clients"] == 2
-    expected_x, expected_x_ag = learner.strategy.aggregate_fit(x, x_ag, x_md, kept, 1)
+    expected_x, expected_x_ag = learner.server_step.aggregate(x, x_ag, x_md, kept, 1)
     torch.testing.assert_close(learner.x_ag, expected_x_ag, rtol=0, atol=0)
     torch.testing.assert_close(learner.x, expected_x, rtol=0, atol=0)
     assert stats["train_loss"] == pytest.approx(float(sum(r.loss for r in kept)) / len(kept))
@@ -158,13 +158,13 @@ def test_cli_stops_after_failed_rounds_logs_them_and_keeps_the_last_good_checkpo
 
 
 def test_non_finite_server_state_stops_and_leaves_the_checkpoint_alone(tiny_config, monkeypatch):
-    aggregate_fit = AcceleratedProximalStrategy.aggregate_fit
+    aggregate = AcceleratedProximalStep.aggregate
 
     def diverging(self, x, x_ag, x_md, results, round_index):
-        new_x, new_x_ag = aggregate_fit(self, x, x_ag, x_md, results, round_index)
+        new_x, new_x_ag = aggregate(self, x, x_ag, x_md, results, round_index)
         return (new_x, new_x_ag * float("inf")) if round_index == 3 else (new_x, new_x_ag)
 
-    monkeypatch.setattr(AcceleratedProximalStrategy, "aggregate_fit", diverging)
+    monkeypatch.setattr(AcceleratedProximalStep, "aggregate", diverging)
     cfg = tiny_config("rounds=5", "eval_every=0", "checkpoint.every_n_rounds=1")
     with pytest.raises(TrainingFault, match="server state became non-finite at round 3"):
         run(cfg)

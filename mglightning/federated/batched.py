@@ -62,7 +62,7 @@ class ConcatenatedRound:
                        solver.batch_size, client_streams(learner.seed, plan.index, position)[0])
                    for position, client in enumerate(plan.chosen)]
         sizes = [float(len(client.support_idx)) for client in plan.chosen]
-        client_weights = ([size / sum(sizes) for size in sizes] if learner.strategy.weighted
+        client_weights = ([size / sum(sizes) for size in sizes] if learner.server_step.weighted
                           else [1 / len(plan.chosen)] * len(plan.chosen))
         sample_weights = torch.cat([torch.full((len(labels),), weight / len(labels),
                                                device="cpu")
@@ -77,7 +77,7 @@ class ConcatenatedRound:
         step_sizes = solver.step_sizes(flat)
         mean_model = plan.x_md - (flat.grad * solver.lr if step_sizes is None
                                   else flat.grad * step_sizes)
-        # The mean model as the one result of the round: the strategy's (weighted) mean of
+        # The mean model as the one result of the round: the server step's (weighted) mean of
         # one model is that model.
         mean_result = ClientResult(-1, mean_model, 1, losses.detach().mean())
         return learner.finish_round(plan, [mean_result], [],

@@ -88,7 +88,7 @@ class FederatedMetaLearner(L.LightningModule):
     def __init__(
         self,
         network: GatedNetwork,
-        strategy,
+        server_step,
         local_solver,
         clients_per_round: int,
         seed: int,
@@ -102,7 +102,7 @@ class FederatedMetaLearner(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.network = network
-        self.strategy, self.local_solver = strategy, local_solver
+        self.server_step, self.local_solver = server_step, local_solver
         self.clients_per_round, self.seed = clients_per_round, seed
         self.gate_noise = gate_noise or gate_noise_schedule("none", 1)
         self.temperature = temperature or temperature_schedule(network.temperature, None, 1)
@@ -150,7 +150,7 @@ class FederatedMetaLearner(L.LightningModule):
         live elsewhere), and the network set to the round's τ."""
         index = self.current_round()
         start = device_clock(self.x.device)
-        x_md = self.strategy.configure_fit(self.x, self.x_ag, index)
+        x_md = self.server_step.configure(self.x, self.x_ag, index)
         chosen = [clients[i] for i in self.round_clients(len(clients), index)]
         self.network.temperature = self.temperature(index)
         return RoundPlan(index, x_md, chosen, self.network.temperature, self.gate_noise(index),
@@ -173,7 +173,7 @@ class FederatedMetaLearner(L.LightningModule):
         for failure in failures:
             log.warning("round %d: %s; left out of the round", plan.index, failure)
         if results:
-            self.commit(*self.strategy.aggregate_fit(self.x, self.x_ag, plan.x_md, results,
+            self.commit(*self.server_step.aggregate(self.x, self.x_ag, plan.x_md, results,
                                                      plan.index), plan.index)
         else:
             self.count_failed_round(failures, plan.index)

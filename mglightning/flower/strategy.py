@@ -2,20 +2,20 @@
 split at the network.
 
 :class:`FederatedRoundStrategy` keeps the server state in a :class:`FederatedMetaLearner`
-(x, x_ag, rounds done, failed rounds in a row) and runs its ``strategy`` object
-(:class:`~mglightning.federated.server.AcceleratedProximalStrategy` or
-:class:`~mglightning.federated.server.FedAvgStrategy`) through the learner's round
-seam, as ``FederatedMetaLearner.run_round`` does: ``configure_train`` is the learner's
-``plan_round`` (x_md and its choice of K nodes) sent as messages, ``aggregate_train`` its
-``finish_round`` on the replies that did not fail (non-finite ones left out there, the server
-step, or a failed round counted).
+(x, x_ag, rounds done, failed rounds in a row) and runs its ``server_step``
+(:class:`~mglightning.federated.server.AcceleratedProximalStep` or
+:class:`~mglightning.federated.server.FedAvgStep`) through the learner's round seam, as
+``FederatedMetaLearner.run_round`` does: ``configure_train`` is the learner's ``plan_round``
+(x_md and its choice of K nodes) sent as messages, ``aggregate_train`` its ``finish_round`` on
+the replies that did not fail (non-finite ones left out there, the server step, or a failed
+round counted).
 
 Node choice: it subclasses Flower's ``FedAvg`` with ``fraction_train = K / N`` (what it does)
 but does not let it sample: ``FedAvg`` samples with Python's ``random``, unseeded. Instead the
 learner's ``round_clients`` (from ``round_generator(seed, round)``) chooses K training
 indices, and the message for the k-th goes to the Flower node holding that training node
-(``node_ids[training_index]``, found once by a query round, :func:`discover_nodes`). Replies come
-back in any order; they are put back into position order before aggregating, because the
+(``node_ids[training_index]``, found once by a query round, :func:`discover_nodes`). Replies
+come back in any order; they are put back into position order before aggregating, because the
 in-process learner sums the clients in that order and float sums depend on it.
 
 Rounds are numbered by the learner (``rounds_done + 1``), not by Flower's ``server_round``: a
