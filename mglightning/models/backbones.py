@@ -63,7 +63,7 @@ cnn7 = Backbone((
 def build_network(name: str, input_shape: Sequence[int], num_classes: int,
                   **options) -> GatedNetwork:
     """Backbone ``name`` of this module (``cnn4``, …) by the name the model config gives it:
-    for tests, benches and the Flower ClientApp, which build a network without Hydra."""
+    for tests and benches, which build a network without a config."""
     backbone = globals().get(name)
     if not isinstance(backbone, Backbone):
         raise ValueError(f"model.name={name!r} is not a backbone of {__name__}")
