@@ -1,8 +1,9 @@
 """One node's local solve in a round (SPEC §3 step 3): from x_md, with the node's own streams.
 
-The in-process learner and a Flower ClientApp both call :func:`solve_client`, so a node's
-result is the same function of (seed, round, position, x_md, its data) on either side. Light on
-purpose (torch alone): a ClientApp process imports it for every message.
+The in-process learner and a Flower ClientApp (through
+:meth:`~mglightning.federated.training_node.TrainingNode.solve`) both call :func:`solve_client`,
+so a node's result is the same function of (seed, round, position, x_md, its data) on either
+side. Light on purpose (torch alone): a ClientApp process imports it for every message.
 """
 
 from __future__ import annotations
