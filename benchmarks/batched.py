@@ -63,7 +63,7 @@ class ConcatenatedRound:
                        solver.batch_size, client_streams(learner.seed, plan.index, position)[0])
                    for position, client in enumerate(plan.chosen)]
         sizes = [float(len(client.support_idx)) for client in plan.chosen]
-        client_weights = ([size / sum(sizes) for size in sizes] if learner.strategy.weighted
+        client_weights = ([size / sum(sizes) for size in sizes] if learner.server_step.weighted
                           else [1 / len(plan.chosen)] * len(plan.chosen))
         sample_weights = torch.cat([torch.full((len(labels),), weight / len(labels),
                                                device="cpu")
@@ -77,7 +77,7 @@ class ConcatenatedRound:
         (losses @ from_host(sample_weights, losses.device)).backward()
         mean_model = proximal_step_(plan.x_md.clone(), flat.grad, plan.x_md, solver.lr,
                                     solver.prox_lambda, solver.step_sizes(flat))
-        # The mean model as the one result of the round: the strategy's (weighted) mean of
+        # The mean model as the one result of the round: the server step's (weighted) mean of
         # one model is that model.
         mean_result = ClientResult(-1, mean_model, 1, losses.detach().mean())
         return learner.finish_round(plan, [mean_result], [],

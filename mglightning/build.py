@@ -22,10 +22,10 @@ from mglightning.adaptation.module import FastAdaptation
 from mglightning.config import CONF_DIR, ConfigError
 from mglightning.data.datamodule import FederatedDataModule
 from mglightning.errors import one_line
+from mglightning.federated import training_node
 from mglightning.federated.distributed import ClientParallelStrategy
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.federated.prox import L1, GroupLasso
-from mglightning.federated.schedules import gate_noise_schedule, temperature_schedule
 from mglightning.models.network import GatedNetwork
 from mglightning.run.checkpoint import AtomicCheckpointIO
 from mglightning.targets import bind
@@ -56,47 +56,36 @@ def build_datamodule(cfg: DictConfig) -> FederatedDataModule:
 
 
 def build_network(cfg: DictConfig, datamodule) -> GatedNetwork:
-    """The backbone, gated unless the method says otherwise; its initialization is x_0, a
-    function of the seed alone. ``datamodule`` is anything with ``input_shape`` and
-    ``num_classes`` (a data module, a Flower node's shard)."""
-    gated_layers = list(cfg.model.gated_layers) if cfg.method.gating else []
-    backbone = build_part(cfg.model)
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.seed)
-        return backbone(datamodule.input_shape, datamodule.num_classes,
-                        gated_layers=gated_layers)
+    """The backbone, gated unless the method says otherwise, at x_0
+    (:func:`~mglightning.federated.training_node.build_network`). ``datamodule`` is anything
+    with ``input_shape`` and ``num_classes`` (a data module, a Flower node's shard)."""
+    return training_node.build_network(training_node.node_config(cfg), datamodule.input_shape,
+                                       datamodule.num_classes)
 
 
 def build_learner(cfg: DictConfig, datamodule,
                   device: torch.device | str | None = None) -> FederatedMetaLearner:
-    """The federated meta-learner at x_0 (:func:`build_network`), on ``device`` when given
-    (its flat parameter vector is made there), with the method's solver, server step,
-    regularizer and schedules."""
-    network = build_network(cfg, datamodule)
+    """The federated meta-learner with the node that a Flower ClientApp builds too
+    (:func:`~mglightning.federated.training_node.build_training_node`: the network at x_0,
+    on ``device`` when given, its local solver and schedules), and the method's server step
+    and regularizer."""
+    node = training_node.build_training_node(training_node.node_config(cfg),
+                                             datamodule.input_shape, datamodule.num_classes)
     if device is not None:
-        network = network.to(device)
-    local_solver = build_part(cfg.method.local)()
-    if getattr(local_solver, "sparsity_off", None) is not None and not network.gated_layers:
-        raise ConfigError(f"method.local.sparsity_off={local_solver.sparsity_off}: a sparsity "
-                          f"budget needs gates, and method={cfg.method.name} has none; "
-                          "set it to null or use method=metagater")
+        node.network.to(device)  # before the learner makes its flat parameter vector
     learner = FederatedMetaLearner(
-        network,
-        strategy=None,
-        local_solver=local_solver,
+        node.network,
+        server_step=None,
+        local_solver=node.local_solver,
         clients_per_round=cfg.method.clients_per_round,
         seed=cfg.seed,
-        gate_noise=gate_noise_schedule(cfg.method.get("gate_noise", "none"), cfg.rounds),
-        temperature=temperature_schedule(
-            cfg.model.temperature, cfg.method.get("temperature_end"), cfg.rounds
-        ),
+        gate_noise=node.gate_noise,
+        temperature=node.temperature,
         max_failed_rounds=cfg.faults.max_failed_rounds,
     )
-    if cfg.faults.inject.clients:
-        learner.inject_faults(**cfg.faults.inject)
     regularizer = build_regularizer(cfg, learner)
     server_options = {} if regularizer is None else {"regularizer": regularizer}  # FedAvg has none
-    learner.strategy = build_part(cfg.method.server)(**server_options)
+    learner.server_step = build_part(cfg.method.server)(**server_options)
     return learner
 
 

@@ -18,7 +18,8 @@ part or data set needs no edit here:
   under another method; a key's type is the type it has there (an integer may stand for a
   float; a ``null`` default takes anything). Keys outside the groups: ``conf/train.yaml``.
 * ranges of keys that no class takes: the :data:`RULES` table below (a rule also declares its
-  key known).
+  key known); when a run reads them, for its identity (:mod:`mglightning.run.identity`):
+  :data:`IDENTITY_DECLARATIONS`, as a part declares it beside its parameters.
 
 Hydra itself already rejects ``key=value`` for a key the composed config lacks; this catches
 what Hydra lets through: ``+key=value``, keys an experiment file adds, types, ranges, and K
@@ -41,6 +42,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mglightning.constraints import (
+    GATES_ONLY,
+    IdentityDeclaration,
     Rule,
     boolean,
     integer,
@@ -131,6 +134,13 @@ RULES: dict[str, Rule] = {
     "method.gate_noise": one_of(*GATE_NOISE_SCALES),
     "method.temperature_end": optional(number(above=0)),
     "logger.name": string(),
+}
+# When a run reads the keys that no class takes, for its identity (mglightning.run.identity);
+# a part declares its own beside its parameters (mglightning.constraints: GATES_ONLY, neutral).
+IDENTITY_DECLARATIONS: dict[str, tuple[IdentityDeclaration, ...]] = {
+    "method.gate_noise": (GATES_ONLY,),
+    "method.temperature_end": (GATES_ONLY,),
+    "method.regularizer": (GATES_ONLY,),  # h(φ) over the gate parameters
 }
 
 TYPE_WORDS = {

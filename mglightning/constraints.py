@@ -1,10 +1,14 @@
-"""What a config value may be, stated once, beside the parameter that takes it.
+"""What a config value may be, and when a run reads it, stated once, beside the parameter.
 
 A class or function built from a ``_target_`` node annotates a parameter with its rule,
 ``gamma: Annotated[float, number(at_least=0)]``; the config walker
 (:func:`mglightning.config.validate`) reads the rules from the annotations, so the class states
 its ranges and does not check them again. Keys that no class takes (``rounds``, ``seed``) keep
 their rules in :data:`mglightning.config.RULES`.
+
+Beside the rule, a parameter may declare when a run does not read it, so that a run's identity
+leaves it out (:mod:`mglightning.run.identity`): :data:`GATES_ONLY` (read only when the network
+has gates) and :func:`neutral` (not read at its neutral, "off" value).
 """
 
 from __future__ import annotations
@@ -89,18 +93,54 @@ def integer_range(minimum: int) -> Rule:
     )
 
 
-def parameter_rules(target: Callable) -> dict[str, Rule]:
-    """``{parameter: rule}`` from the ``Annotated`` hints of a class's constructor (a dataclass's
-    fields), a function, or a callable object's ``__call__``."""
+@dataclass(frozen=True)
+class GatesOnly:
+    """Identity declaration: the key is read only when the network has gates; a run without
+    gates leaves it out of its identity."""
+
+
+GATES_ONLY = GatesOnly()
+
+
+@dataclass(frozen=True)
+class Neutral:
+    """Identity declaration: at ``value`` the key is off, and a run leaves it out of its
+    identity, with the sibling keys ``unread`` (keys of the same node, read only when it is
+    on). Configs made before the key existed keep their fingerprints."""
+
+    value: Any
+    unread: tuple[str, ...] = ()
+
+
+def neutral(value, *unread: str) -> Neutral:
+    """``sparsity_off: Annotated[float | None, ..., neutral(None, "sparsity_weight")]``."""
+    return Neutral(value, unread)
+
+
+IdentityDeclaration = GatesOnly | Neutral
+
+
+def parameter_metadata(target: Callable) -> dict[str, tuple]:
+    """``{parameter: its Annotated metadata}`` from the hints of a class's constructor (a
+    dataclass's fields), a function, or a callable object's ``__call__``."""
     annotated = target
     if isinstance(target, type):
         annotated = target if hasattr(target, "__dataclass_fields__") else target.__init__
     elif not hasattr(target, "__code__"):  # a callable object, not a function
         annotated = type(target).__call__
     hints = typing.get_type_hints(annotated, include_extras=True)
-    return {
-        name: rule
-        for name, hint in hints.items()
-        for rule in getattr(hint, "__metadata__", ())
-        if isinstance(rule, Rule)
-    }
+    return {name: tuple(getattr(hint, "__metadata__", ())) for name, hint in hints.items()}
+
+
+def parameter_rules(target: Callable) -> dict[str, Rule]:
+    """``{parameter: rule}`` of ``target`` (:func:`parameter_metadata`)."""
+    return {name: rule for name, metadata in parameter_metadata(target).items()
+            for rule in metadata if isinstance(rule, Rule)}
+
+
+def parameter_declarations(target: Callable) -> dict[str, tuple[IdentityDeclaration, ...]]:
+    """``{parameter: its identity declarations}`` of ``target`` (:func:`parameter_metadata`)."""
+    declarations = {name: tuple(item for item in metadata
+                                if isinstance(item, GatesOnly | Neutral))
+                    for name, metadata in parameter_metadata(target).items()}
+    return {name: declared for name, declared in declarations.items() if declared}

@@ -8,9 +8,11 @@ Three changes leave older folders unfound or refused, none of which changes a re
 - a run folder records the fingerprint of the pooled data it loaded (``data_fingerprint`` in
   ``config.yaml``); a folder without it is refused;
 - parts are named by ``_target_`` (the backbone, the adaptation rule, the regularizer, the
-  logger) and Per-FedAvg HF says how it takes its Hessian product: :func:`upgrade_config`
-  writes an older ``config.yaml`` as today's config of the same run would read (an older HF
-  run took the finite difference, ``method.local.hessian=finite_difference``).
+  logger), the server steps by what they are (``AcceleratedProximalStep``, ``FedAvgStep``,
+  once named as Flower strategies) and Per-FedAvg HF says how it takes its Hessian product:
+  :func:`upgrade_config` writes an older ``config.yaml`` as today's config of the same run
+  would read (an older HF run took the finite difference,
+  ``method.local.hessian=finite_difference``).
 
 For every run folder under RUNS_DIR (a folder whose ``config.yaml`` is a run's, at any depth,
 RUNS_DIR itself included) this renames a folder named by its run name to the name its config
@@ -51,6 +53,11 @@ LOGGER_TARGETS = {
     "wandb": "mglightning.run.loggers.wandb_or_csv_logger",
     "csv": "mglightning.run.loggers.csv_logger",
 }
+SERVER_STEP_TARGETS = {  # the server steps' names before: old target -> today's
+    "mglightning.federated.server.AcceleratedProximalStrategy":
+        "mglightning.federated.server.AcceleratedProximalStep",
+    "mglightning.federated.server.FedAvgStrategy": "mglightning.federated.server.FedAvgStep",
+}
 BACKBONE_MODULE = "mglightning.models.backbones"
 FINGERPRINT_SUFFIX = re.compile(rf"-[0-9a-f]{{{FINGERPRINT_LENGTH}}}$")
 NOT_RUN_FOLDERS = {"wandb", ".hydra"}  # their config.yaml files are not a run's
@@ -87,15 +94,18 @@ def run_configs(root: Path) -> list[Path]:
 
 
 def upgrade_config(config: dict) -> dict:
-    """``config`` (a run's resolved config.yaml) with every part named by ``_target_`` and
-    Per-FedAvg HF's Hessian product stated, as today's config of the same run reads; a config
-    that reads so already comes back equal."""
+    """``config`` (a run's resolved config.yaml) with every part named by today's ``_target_``
+    and Per-FedAvg HF's Hessian product stated, as today's config of the same run reads; a
+    config that reads so already comes back equal."""
     config = copy.deepcopy(config)
     model, method = config["model"], config["method"]
     model.setdefault("_target_", f"{BACKBONE_MODULE}.{model['name']}")
     adaptation = method.get("adaptation") or {}
     if "rule" in adaptation:
         method["adaptation"] = {"_target_": RULE_TARGETS[adaptation.pop("rule")], **adaptation}
+    server = method.get("server") or {}
+    if server.get("_target_") in SERVER_STEP_TARGETS:
+        server["_target_"] = SERVER_STEP_TARGETS[server["_target_"]]
     regularizer = method.get("regularizer")
     if isinstance(regularizer, dict) and "name" in regularizer:
         name = regularizer.pop("name")

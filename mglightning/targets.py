@@ -1,8 +1,9 @@
 """``_target_`` nodes of the config: what they name, and that with their options bound.
 
-One reading for the config walker (:mod:`mglightning.config`), the learner's factories
-(:mod:`mglightning.build`) and the Flower node (:mod:`mglightning.flower.client_app`), which
-builds its network and solver without Hydra: a SuperNode starts its process per message.
+One reading for the config walker (:mod:`mglightning.config`), a run's identity
+(:mod:`mglightning.run.identity`), the learner's factories (:mod:`mglightning.build`) and the
+node builder (:mod:`mglightning.federated.training_node`), which builds a node's network and
+solver without Hydra: a Flower SuperNode starts its process per message.
 """
 
 from __future__ import annotations

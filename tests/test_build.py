@@ -14,19 +14,19 @@ from mglightning.models.backbones import cnn7
 def test_the_regularizer_is_the_target_the_method_names(tiny_config):
     cfg = tiny_config()
     learner = build_learner(cfg, build_datamodule(cfg))
-    regularizer = learner.strategy.regularizer
+    regularizer = learner.server_step.regularizer
     assert isinstance(regularizer, GroupLasso) and regularizer.gamma == cfg.method.regularizer.gamma
     gate_channels = sum(learner.network.blocks[layer].spec.out
                         for layer in learner.network.gated_layers)
     assert regularizer.num_groups == gate_channels  # one group per gated output channel
 
     l1 = tiny_config("method.regularizer._target_=mglightning.federated.prox.L1.for_network")
-    regularizer = build_learner(l1, build_datamodule(l1)).strategy.regularizer
+    regularizer = build_learner(l1, build_datamodule(l1)).server_step.regularizer
     assert isinstance(regularizer, L1)
     assert len(regularizer.members) == int(learner.flat.gate_mask.sum())
 
     off = tiny_config("method.regularizer=null")
-    assert build_learner(off, build_datamodule(off)).strategy.regularizer is None
+    assert build_learner(off, build_datamodule(off)).server_step.regularizer is None
 
 
 def test_the_backbone_is_the_model_s_target_at_the_seed_s_x0(tiny_config):

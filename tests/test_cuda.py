@@ -111,7 +111,7 @@ def test_a_local_solve_never_waits_for_the_gpu(tiny_config, method):
     a client's whole solve queues without one host sync."""
     cfg = tiny_config(f"method={method}", "method.local.steps=3")
     learner, datamodule = learner_on(cfg, torch.device("cuda"))
-    x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, 1)
+    x_md = learner.server_step.configure(learner.x, learner.x_ag, 1)
     client = datamodule.train_clients[0]
     learner.solve_client(x_md, client, round_index=1, position=0)  # cuDNN autotuning first
     previous = torch.cuda.get_sync_debug_mode()

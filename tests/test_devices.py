@@ -18,7 +18,7 @@ from mglightning.adaptation.steps import one_step, two_stage
 from mglightning.build import build_datamodule, build_learner
 from mglightning.federated.faults import InjectedFault
 from mglightning.federated.prox import L1, GroupLasso
-from mglightning.federated.server import AcceleratedProximalStrategy, ClientResult
+from mglightning.federated.server import AcceleratedProximalStep, ClientResult
 from mglightning.models import build_network, forward_cost
 
 METHODS = ["metagater", "fedavg", "perfedavg_fo", "perfedavg_hf", "metagater_nogate"]
@@ -60,9 +60,9 @@ def test_regularizers_and_weighted_mean_make_tensors_on_the_vectors_device(tiny_
         assert group_ids.device == CPU
         for regularizer in (GroupLasso(0.1, group_ids, num_groups),
                             L1(0.1, learner.flat.gate_mask)):
-            strategy = AcceleratedProximalStrategy(1.0, 0.5, weighted=True,
+            server_step = AcceleratedProximalStep(1.0, 0.5, weighted=True,
                                                    regularizer=regularizer)
-            x, x_ag = strategy.aggregate_fit(vector, vector, vector, results, round_index=2)
+            x, x_ag = server_step.aggregate(vector, vector, vector, results, round_index=2)
             assert x.device == x_ag.device == CPU
             assert regularizer.value(x).device == CPU
 
@@ -104,7 +104,7 @@ def test_the_federation_moves_to_the_trainers_device_once(tiny_config):
 
 
 def failing_solver(error: Exception):
-    def solve(flat, start, client, generator):
+    def solve(flat, start, client, generator, round_index):
         raise error
     return solve
 

@@ -3,6 +3,7 @@ folders made before are found again by `python -m mglightning.migrate`."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import gzip
 import hashlib
@@ -12,7 +13,9 @@ import shutil
 import struct
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pytest
@@ -22,15 +25,15 @@ from omegaconf import OmegaConf
 from mglightning.analysis.finished_runs import select_runs
 from mglightning.build import compose_config
 from mglightning.config import CONF_DIR, validate
+from mglightning.constraints import GATES_ONLY, neutral, number
 from mglightning.data import datasets
 from mglightning.migrate import main as migrate_main
 from mglightning.migrate import migrate, upgrade_config
 from mglightning.run.folder import RunFolder
 from mglightning.run.identity import (
-    BUDGET_KEYS,
     DATA_KEY,
-    GATE_KEYS,
     NON_IDENTITY_KEYS,
+    declared_keys,
     fingerprint,
 )
 from mglightning.train import run
@@ -41,13 +44,71 @@ UNGATED = ("fedavg", "perfedavg_fo", "perfedavg_hf", "metagater_nogate", "metasn
 GATE_OVERRIDES = ("model.temperature=0.5", "model.gate_hidden=8", "model.gate_bias_init=1.0",
                   "++method.gate_noise=logistic", "++method.temperature_end=0.5",
                   "++method.regularizer.gamma=0.5", "++method.local.gate_lr=0.05")
+# What only gates read (METHOD.md §1, §3), by hand: the keys that MetaGater's parts declare so.
+GATE_KEYS = {
+    "model.gated_layers", "model.gate_hidden", "model.temperature", "model.gate_bias_init",
+    "method.gate_noise", "method.temperature_end", "method.local.gate_lr", "method.regularizer",
+    "method.adaptation.gate_lr", "method.adaptation.stage1_steps",
+    "method.local.sparsity_off", "method.local.sparsity_weight",
+}
+BUDGET_KEYS = ("sparsity_off", "sparsity_weight")  # of method.local (METHOD.md §7)
 
 
-def test_gate_keys_are_keys_of_a_gated_config(tiny_config):
-    """A renamed gate key would silently stay in ungated runs' identity: each must exist."""
-    cfg = tiny_config("method=metagater")
-    for key in GATE_KEYS:
-        assert OmegaConf.select(cfg, key, default="missing") != "missing", key
+def gates_only_keys(config) -> dict:
+    """{dotted key: value} of the keys a config's parts declare read only with gates."""
+    return {dotted: value for dotted, value, declarations
+            in declared_keys(OmegaConf.to_container(config, resolve=True))
+            if GATES_ONLY in declarations}
+
+
+def test_the_gates_keys_are_declared_beside_their_parameters(tiny_config):
+    """A gate key without its declaration would stay in ungated runs' identity."""
+    assert set(gates_only_keys(tiny_config("method=metagater"))) == GATE_KEYS
+
+
+def test_no_gates_only_key_changes_an_ungated_fingerprint(tiny_config):
+    """Every declared key, whatever its value, when the network has no gates."""
+    ungated = OmegaConf.to_container(tiny_config("method.gating=false"), resolve=True)
+    base = fingerprint(ungated)
+    for dotted in gates_only_keys(tiny_config("method=metagater")):
+        changed = copy.deepcopy(ungated)
+        *parents, leaf = dotted.split(".")
+        node = changed
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = "changed"
+        assert fingerprint(changed) == base, dotted
+        assert fingerprint(changed | {"method": {**changed["method"], "gating": True}}) != base
+
+
+@dataclass
+class SolverWithNewKeys:
+    """A local solver as one with a new option reads: ``width`` off at 1.0 (with
+    ``width_weight`` then unread) and a nested part ``gate_loss`` off at null."""
+
+    lr: Annotated[float, number(above=0)]
+    width: Annotated[float, number(above=0), neutral(1.0, "width_weight")] = 1.0
+    width_weight: Annotated[float, number(at_least=0)] = 1.0
+    gate_loss: Annotated[dict | None, neutral(None)] = None
+
+
+def test_a_key_at_its_neutral_value_keeps_the_fingerprint_of_a_config_without_it(tiny_config):
+    before = OmegaConf.to_container(tiny_config(), resolve=True)
+    before["method"]["local"] = {"_target_": f"{__name__}.SolverWithNewKeys", "lr": 0.1}
+
+    def with_local(**options) -> str:
+        config = copy.deepcopy(before)
+        config["method"]["local"] |= options
+        return fingerprint(config)
+
+    assert with_local(width=1.0, width_weight=9.0, gate_loss=None) == fingerprint(before)
+    assert with_local(width=1, gate_loss=None) == fingerprint(before)
+    wide = with_local(width=2.0)
+    assert wide != fingerprint(before)
+    assert with_local(width=2.0, width_weight=9.0) != wide  # read once the key is on
+    gate_loss = {"_target_": "mglightning.adaptation.steps.one_step", "lr": 0.5}
+    assert with_local(gate_loss=gate_loss) != fingerprint(before)
+    assert with_local(gate_loss=gate_loss | {"lr": 0.7}) != with_local(gate_loss=gate_loss)
 
 
 @pytest.mark.parametrize("method", UNGATED)
@@ -73,7 +134,7 @@ def test_an_unset_sparsity_budget_keeps_the_fingerprint_of_a_config_without_it(t
     cfg = tiny_config()
     before = OmegaConf.to_container(cfg, resolve=True)
     for key in BUDGET_KEYS:
-        del before["method"]["local"][key.rsplit(".", 1)[1]]
+        del before["method"]["local"][key]
     assert fingerprint(before) == fingerprint(cfg)
     assert fingerprint(tiny_config("method.local.sparsity_weight=9")) == fingerprint(cfg)
     budget = fingerprint(tiny_config("method.local.sparsity_off=0.9"))
@@ -166,7 +227,7 @@ def old_container(config) -> dict:
     """``config`` resolved, as the old code wrote it: without the sparsity budget's keys."""
     container = OmegaConf.to_container(config, resolve=True)
     for key in BUDGET_KEYS:
-        container["method"]["local"].pop(key.rsplit(".", 1)[1], None)
+        container["method"]["local"].pop(key, None)
     return container
 
 
@@ -236,3 +297,28 @@ def test_migration_skips_a_folder_whose_name_is_taken(tiny_config, tmp_path):
     shutil.copytree(old, cfg.output_dir)  # a run made since under the new name
     assert f"skip {old}: {cfg.output_dir} exists already" in migrate(tmp_path, apply=True)
     assert old.exists()
+
+
+@pytest.mark.parametrize("method, old_target", [
+    ("metagater", "mglightning.federated.server.AcceleratedProximalStrategy"),
+    ("fedavg", "mglightning.federated.server.FedAvgStrategy"),
+])
+def test_the_migration_renames_a_server_step_once_named_as_a_flower_strategy(
+        tiny_config, tmp_path, method, old_target):
+    """A run folder whose config names its server step by the old name gets today's run name,
+    and its config today's target."""
+    cfg = tiny_config(f"method={method}")
+    old = OmegaConf.to_container(cfg, resolve=True) | {DATA_KEY: "0123abcd"}
+    old["method"]["server"]["_target_"] = old_target
+    old_name = cfg.run_name.rsplit("-", 1)[0] + f"-{fingerprint(old)}"
+    assert old_name != cfg.run_name  # the target is identity: the old folder is not found
+    folder = Path(cfg.output_dir).with_name(old_name)
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(
+        OmegaConf.to_yaml(old | {"run_name": old_name, "output_dir": str(folder)}))
+
+    migrate_main([str(tmp_path), "--apply"])
+    assert not folder.exists()
+    stored = OmegaConf.load(Path(cfg.output_dir) / "config.yaml")
+    assert stored.method.server._target_ == cfg.method.server._target_
+    assert stored.run_name == cfg.run_name and fingerprint(stored) == fingerprint(cfg)

@@ -20,7 +20,7 @@ from mglightning.build import build_datamodule, build_learner
 from mglightning.config import CONF_DIR
 from mglightning.federated.faults import FaultInjection, InjectedFault
 from mglightning.federated.learner import FederatedMetaLearner, TrainingFault
-from mglightning.federated.server import AcceleratedProximalStrategy, ClientResult
+from mglightning.federated.server import AcceleratedProximalStep, ClientResult
 from mglightning.federated.streams import round_generator
 from mglightning.run.checkpoint import AtomicCheckpointIO, CheckpointError
 from mglightning.train import run
@@ -39,24 +39,22 @@ class Node:
         self.node_id = node_id
 
 
-def constant_solver(flat, start, client, generator) -> ClientResult:
+def constant_solver(flat, start, client, generator, round_index) -> ClientResult:
     return ClientResult(client.node_id, start + client.node_id, 10, 0.5)
 
 
 @pytest.mark.parametrize("kind", ["raise", "nan"])
 def test_fault_injection_fails_only_the_chosen_nodes_at_the_chosen_rounds(kind):
-    round_under_way = [1]
-    solver = FaultInjection(constant_solver, {3}, kind, {2}, lambda: round_under_way[0])
+    solver = FaultInjection(constant_solver, {3}, kind, {2})
     start = torch.zeros(4)
     for round_index, node_id in [(1, 3), (2, 0), (3, 3)]:
-        round_under_way[0] = round_index
-        assert torch.equal(solver(None, start, Node(node_id), None).params, start + node_id)
-    round_under_way[0] = 2
+        assert torch.equal(solver(None, start, Node(node_id), None, round_index).params,
+                           start + node_id)
     if kind == "raise":
         with pytest.raises(InjectedFault, match="node 3, round 2"):
-            solver(None, start, Node(3), None)
+            solver(None, start, Node(3), None, 2)
     else:
-        assert solver(None, start, Node(3), None).params.isnan().all()
+        assert solver(None, start, Node(3), None, 2).params.isnan().all()
 
 
 def learner_pair(tiny_config):
@@ -65,6 +63,12 @@ def learner_pair(tiny_config):
     datamodule = build_datamodule(cfg)
     learners = [build_learner(cfg, datamodule) for _ in range(2)]
     return datamodule.train_clients, *learners
+
+
+def inject_faults(learner: FederatedMetaLearner, clients: set[int], kind: str,
+                  rounds: set[int] | None) -> None:
+    """Make nodes ``clients`` fail at ``rounds`` (None: all), as ``faults.inject`` does."""
+    learner.local_solver = FaultInjection(learner.local_solver, clients, kind, rounds)
 
 
 def record_results(learner: FederatedMetaLearner) -> list[ClientResult]:
@@ -84,17 +88,17 @@ def test_failing_clients_are_left_out_and_the_round_goes_on(tiny_config, kind):
     clients, learner, twin = learner_pair(tiny_config)
     chosen = learner.sample_clients(len(clients), round_generator(learner.seed, 1))
     failing = {clients[i].node_id for i in chosen[:2]}
-    learner.inject_faults(failing, kind, rounds=None)
+    inject_faults(learner, failing, kind, rounds=None)
     twin_results = record_results(twin)
     x, x_ag = learner.x.clone(), learner.x_ag.clone()
-    x_md = learner.strategy.configure_fit(x, x_ag, 1)
+    x_md = learner.server_step.configure(x, x_ag, 1)
 
     stats = learner.run_round(clients)
     twin.run_round(clients)
 
     kept = [result for result in twin_results if result.node_id not in failing]
     assert len(kept) == len(chosen) - 2 and stats["failed_clients"] == 2
-    expected_x, expected_x_ag = learner.strategy.aggregate_fit(x, x_ag, x_md, kept, 1)
+    expected_x, expected_x_ag = learner.server_step.aggregate(x, x_ag, x_md, kept, 1)
     torch.testing.assert_close(learner.x_ag, expected_x_ag, rtol=0, atol=0)
     torch.testing.assert_close(learner.x, expected_x, rtol=0, atol=0)
     assert stats["train_loss"] == pytest.approx(float(sum(r.loss for r in kept)) / len(kept))
@@ -104,7 +108,7 @@ def test_failing_clients_are_left_out_and_the_round_goes_on(tiny_config, kind):
 def test_rounds_where_every_client_fails_change_nothing_until_too_many_in_a_row(tiny_config):
     clients, learner, _ = learner_pair(tiny_config)
     learner.max_failed_rounds = 3
-    learner.inject_faults({client.node_id for client in clients}, "nan", rounds={2, 3, 5, 6, 7})
+    inject_faults(learner, {client.node_id for client in clients}, "nan", rounds={2, 3, 5, 6, 7})
     learner.run_round(clients)
     after_round_1 = learner.x_ag.clone()
     for expected_in_a_row in (1, 2):
@@ -154,13 +158,13 @@ def test_cli_stops_after_failed_rounds_logs_them_and_keeps_the_last_good_checkpo
 
 
 def test_non_finite_server_state_stops_and_leaves_the_checkpoint_alone(tiny_config, monkeypatch):
-    aggregate_fit = AcceleratedProximalStrategy.aggregate_fit
+    aggregate = AcceleratedProximalStep.aggregate
 
     def diverging(self, x, x_ag, x_md, results, round_index):
-        new_x, new_x_ag = aggregate_fit(self, x, x_ag, x_md, results, round_index)
+        new_x, new_x_ag = aggregate(self, x, x_ag, x_md, results, round_index)
         return (new_x, new_x_ag * float("inf")) if round_index == 3 else (new_x, new_x_ag)
 
-    monkeypatch.setattr(AcceleratedProximalStrategy, "aggregate_fit", diverging)
+    monkeypatch.setattr(AcceleratedProximalStep, "aggregate", diverging)
     cfg = tiny_config("rounds=5", "eval_every=0", "checkpoint.every_n_rounds=1")
     with pytest.raises(TrainingFault, match="server state became non-finite at round 3"):
         run(cfg)

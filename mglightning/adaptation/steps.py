@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mglightning.constraints import integer, number, optional
+from mglightning.constraints import GATES_ONLY, integer, number, optional
 from mglightning.models.network import GatedNetwork
 
 StepSize = Annotated[float, number(above=0)]  # η_a, every rule's target step (SPEC §4)
@@ -64,8 +64,8 @@ def adapt_backbone(
 
 def two_stage(
     network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: StepSize,
-    gate_lr: Annotated[float | None, optional(number(at_least=0))] = None,
-    stage1_steps: Annotated[int, optional(integer(1))] = 1,
+    gate_lr: Annotated[float | None, optional(number(at_least=0)), GATES_ONLY] = None,
+    stage1_steps: Annotated[int, optional(integer(1)), GATES_ONLY] = 1,
 ) -> None:
     """MetaGater's fast adaptation (SPEC §4): Stage I, then Stage II with the new masks.
 

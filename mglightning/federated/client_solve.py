@@ -1,8 +1,9 @@
 """One node's local solve in a round (SPEC §3 step 3): from x_md, with the node's own streams.
 
-The in-process learner and a Flower ClientApp both call :func:`solve_client`, so a node's
-result is the same function of (seed, round, position, x_md, its data) on either side. Light on
-purpose (torch alone): a ClientApp process imports it for every message.
+The in-process learner and a Flower ClientApp (through
+:meth:`~mglightning.federated.training_node.TrainingNode.solve`) both call :func:`solve_client`,
+so a node's result is the same function of (seed, round, position, x_md, its data) on either
+side. Light on purpose (torch alone): a ClientApp process imports it for every message.
 """
 
 from __future__ import annotations
@@ -33,6 +34,6 @@ def solve_client(
     sampling, noise = client_streams(seed, round_index, position, x_md.device)
     flat.module.set_gate_noise(gate_noise, noise)
     try:
-        return local_solver(flat, x_md, client, sampling)
+        return local_solver(flat, x_md, client, sampling, round_index)
     finally:
         flat.module.set_gate_noise(0.0)

@@ -30,25 +30,22 @@ class InjectedFault(ClientError):
 @dataclass
 class FaultInjection:
     """A local solver whose ``clients`` (node ids) fail at ``rounds`` (None: every round),
-    raising :class:`InjectedFault` or returning NaN parameters; ``current_round()`` says
-    which round is under way."""
+    raising :class:`InjectedFault` or returning NaN parameters; the round under way is the
+    solve's own (its ``round_index``)."""
 
     solver: Callable[..., ClientResult]
     clients: Collection[int]
     kind: str
     rounds: Collection[int] | None
-    current_round: Callable[[], int]
 
-    def __call__(self, flat, start: torch.Tensor, client, generator) -> ClientResult:
-        result = self.solver(flat, start, client, generator)
-        if not self.fails(client.node_id):
+    def __call__(self, flat, start: torch.Tensor, client, generator,
+                 round_index: int) -> ClientResult:
+        result = self.solver(flat, start, client, generator, round_index)
+        if not self.fails(client.node_id, round_index):
             return result
         if self.kind == "raise":
-            raise InjectedFault(f"injected fault at node {client.node_id}, round "
-                                f"{self.current_round()}")
+            raise InjectedFault(f"injected fault at node {client.node_id}, round {round_index}")
         return replace(result, params=torch.full_like(result.params, float("nan")))
 
-    def fails(self, node_id: int) -> bool:
-        return node_id in self.clients and (
-            self.rounds is None or self.current_round() in self.rounds
-        )
+    def fails(self, node_id: int, round_index: int) -> bool:
+        return node_id in self.clients and (self.rounds is None or round_index in self.rounds)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import lightning as L
@@ -37,7 +37,7 @@ from mglightning.devices import device_clock
 from mglightning.errors import one_line
 from mglightning.federated.client_solve import solve_client
 from mglightning.federated.distributed import gather_results, own_positions
-from mglightning.federated.faults import ClientError, FaultInjection
+from mglightning.federated.faults import ClientError
 from mglightning.federated.flat import FlatParameters
 from mglightning.federated.schedules import gate_noise_schedule, temperature_schedule
 from mglightning.federated.server import ClientResult
@@ -88,7 +88,7 @@ class FederatedMetaLearner(L.LightningModule):
     def __init__(
         self,
         network: GatedNetwork,
-        strategy,
+        server_step,
         local_solver,
         clients_per_round: int,
         seed: int,
@@ -102,7 +102,7 @@ class FederatedMetaLearner(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.network = network
-        self.strategy, self.local_solver = strategy, local_solver
+        self.server_step, self.local_solver = server_step, local_solver
         self.clients_per_round, self.seed = clients_per_round, seed
         self.gate_noise = gate_noise or gate_noise_schedule("none", 1)
         self.temperature = temperature or temperature_schedule(network.temperature, None, 1)
@@ -144,21 +144,13 @@ class FederatedMetaLearner(L.LightningModule):
         """The round under way (1-based): the next one between rounds."""
         return int(self.rounds_done) + 1
 
-    def inject_faults(
-        self, clients: Collection[int], kind: str, rounds: Collection[int] | None
-    ) -> None:
-        """Make nodes ``clients`` fail at ``rounds`` (None: all), by wrapping the local solver."""
-        self.local_solver = FaultInjection(self.local_solver, set(clients), kind,
-                                           None if rounds is None else set(rounds),
-                                           self.current_round)
-
     def plan_round(self, clients: Sequence) -> RoundPlan:
         """The start of the next round, Flower's configure step: x_md from the server state,
         the round's choice among ``clients`` (the clients, or just ``range(N)`` where they
         live elsewhere), and the network set to the round's τ."""
         index = self.current_round()
         start = device_clock(self.x.device)
-        x_md = self.strategy.configure_fit(self.x, self.x_ag, index)
+        x_md = self.server_step.configure(self.x, self.x_ag, index)
         chosen = [clients[i] for i in self.round_clients(len(clients), index)]
         self.network.temperature = self.temperature(index)
         return RoundPlan(index, x_md, chosen, self.network.temperature, self.gate_noise(index),
@@ -181,7 +173,7 @@ class FederatedMetaLearner(L.LightningModule):
         for failure in failures:
             log.warning("round %d: %s; left out of the round", plan.index, failure)
         if results:
-            self.commit(*self.strategy.aggregate_fit(self.x, self.x_ag, plan.x_md, results,
+            self.commit(*self.server_step.aggregate(self.x, self.x_ag, plan.x_md, results,
                                                      plan.index), plan.index)
         else:
             self.count_failed_round(failures, plan.index)

@@ -1,9 +1,11 @@
-"""Local solvers: (flat parameters, start point, node data, generator) → ClientResult.
+"""Local solvers: (flat parameters, start point, node data, generator, round) → ClientResult.
 
 They run in place on one shared :class:`FlatParameters` (no model copy per client, no
 optimizer objects): load the start point, take the steps, hand back a copy of the result.
 Losses are summed on the parameters' device and never read back inside a solve: a GPU runs
-the steps of every client of a round without waiting for the host.
+the steps of every client of a round without waiting for the host. The round (1-based) is
+there for what changes over the rounds (a fault drill, a term with a schedule); these two
+solvers do not read it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 
-from mglightning.constraints import boolean, integer, number, one_of, optional
+from mglightning.constraints import GATES_ONLY, boolean, integer, neutral, number, one_of, optional
 from mglightning.federated.flat import FlatParameters
 from mglightning.federated.server import ClientResult
 
@@ -80,12 +82,13 @@ class ProximalSGD:
     lr: Annotated[float, number(above=0)]
     prox_lambda: Annotated[float, number(at_least=0)]
     batch_size: BatchSize
-    gate_lr: Annotated[float | None, optional(number(at_least=0))] = None
-    sparsity_off: Annotated[float | None, optional(number(at_least=0, below=1))] = None
-    sparsity_weight: Annotated[float, number(at_least=0)] = 1.0
+    gate_lr: Annotated[float | None, optional(number(at_least=0)), GATES_ONLY] = None
+    sparsity_off: Annotated[float | None, optional(number(at_least=0, below=1)), GATES_ONLY,
+                            neutral(None, "sparsity_weight")] = None
+    sparsity_weight: Annotated[float, number(at_least=0), GATES_ONLY] = 1.0
 
     def __call__(
-        self, flat: FlatParameters, start: torch.Tensor, client, generator
+        self, flat: FlatParameters, start: torch.Tensor, client, generator, round_index: int
     ) -> ClientResult:
         flat.load(start)
         step_sizes = self.step_sizes(flat)
@@ -142,7 +145,7 @@ class PerFedAvg:
     delta: Annotated[float, number(above=0)] = 1e-3  # δ of the finite difference
 
     def __call__(
-        self, flat: FlatParameters, start: torch.Tensor, client, generator
+        self, flat: FlatParameters, start: torch.Tensor, client, generator, round_index: int
     ) -> ClientResult:
         theta = start.clone()
         total_loss = loss_accumulator(start)

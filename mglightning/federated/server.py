@@ -1,8 +1,10 @@
-"""Server steps, Flower-style: ``configure_fit`` says what clients start from,
-``aggregate_fit`` turns their results into the next server state.
+"""Server steps (``method.server``): ``configure`` says what clients start from (x_md),
+``aggregate`` turns their results into the next server state.
 
-Both are pure functions of tensors so that SPEC §3's special cases can be tested directly,
-and so that a Flower ``Strategy`` could wrap them unchanged.
+Shaped as a Flower strategy's configure → aggregate, but named as our own: they are not
+Flower's methods (``configure_fit``, ``aggregate_fit`` take other arguments), and a Flower
+strategy wraps them unchanged (:mod:`mglightning.flower.strategy`). Both are pure functions of
+tensors so that SPEC §3's special cases can be tested directly.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def client_mean(results: list[ClientResult], weighted: bool) -> torch.Tensor:
 
 
 @dataclass
-class AcceleratedProximalStrategy:
+class AcceleratedProximalStep:
     """Algorithm 1's server (SPEC §3): accelerated proximal meta-gradient steps.
 
     x_md = (1−α_t) x_ag + α_t x;  G = λ (x_md − mean x_i);
@@ -57,7 +59,7 @@ class AcceleratedProximalStrategy:
     def alpha(self, round_index: int) -> float:
         return 2.0 / (round_index + 1) if self.accelerated else 1.0
 
-    def configure_fit(self, x: torch.Tensor, x_ag: torch.Tensor, round_index: int) -> torch.Tensor:
+    def configure(self, x: torch.Tensor, x_ag: torch.Tensor, round_index: int) -> torch.Tensor:
         alpha = self.alpha(round_index)
         return (1 - alpha) * x_ag + alpha * x
 
@@ -65,7 +67,7 @@ class AcceleratedProximalStrategy:
         """G = λ (x_md − mean_i x_i), the average of ∇F_i(x_md) = λ (x_md − x_i*)."""
         return self.prox_lambda * (x_md - client_mean(results, self.weighted))
 
-    def aggregate_fit(
+    def aggregate(
         self,
         x: torch.Tensor,
         x_ag: torch.Tensor,
@@ -84,15 +86,15 @@ class AcceleratedProximalStrategy:
 
 
 @dataclass
-class FedAvgStrategy:
+class FedAvgStep:
     """FedAvg / Per-FedAvg server (SPEC §5): the next model is the (size-weighted) average."""
 
     weighted: Annotated[bool, boolean()] = True
 
-    def configure_fit(self, x: torch.Tensor, x_ag: torch.Tensor, round_index: int) -> torch.Tensor:
+    def configure(self, x: torch.Tensor, x_ag: torch.Tensor, round_index: int) -> torch.Tensor:
         return x
 
-    def aggregate_fit(
+    def aggregate(
         self,
         x: torch.Tensor,
         x_ag: torch.Tensor,

@@ -1,22 +1,22 @@
-"""The ClientApp: one training node (``partition-id`` in its node config) running our local
-solver on its own data shard.
+"""The ClientApp: one training node (Flower's ``partition-id`` in its node config) running our
+local solver on its own data shard.
 
-A node answers a query with its partition-id and a train message with its local solve from
-x_md, drawn from the streams of (seed, round, position) — the same solve, through the same
-:func:`~mglightning.federated.client_solve.solve_client`, as the in-process learner's client
-at that position, with the round's gate noise scale and τ. A solve that raises becomes
-Flower's error reply, which the server counts and leaves out.
+A node answers a query with its training index and a train message with its local solve from
+x_md, drawn from the streams of (seed, round, position) — the same solve, by the same node
+(:func:`~mglightning.federated.training_node.build_training_node`), as the in-process
+learner's client at that position. A solve that raises becomes Flower's error reply, which the
+server counts and leaves out.
 
 A SuperNode starts a process per message, so this module imports what a node needs and no
-more: torch, flwr, the network, the solver and the shard reader; no Hydra, no Lightning, no
-W&B, no entry point (a test checks). The node's config comes resolved in the message
-(:mod:`.node_setup`); its network, solver and shard are built once per process, which a Ray
-actor of the simulation keeps across messages.
+more: torch, flwr, the node builder and the shard reader; no Hydra, no Lightning, no W&B, no
+entry point (a test checks). The node's config parts come resolved in the message
+(:mod:`.protocol`); its node and shard are built once per process, which a Ray actor of the
+simulation keeps across messages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -24,72 +24,50 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from mglightning.errors import ConfigError
-from mglightning.federated.client_solve import solve_client
-from mglightning.federated.faults import FaultInjection
 from mglightning.federated.flat import FlatParameters
-from mglightning.federated.schedules import (
-    LinearSchedule,
-    gate_noise_schedule,
-    temperature_schedule,
-)
-from mglightning.federated.server import ClientResult
-from mglightning.flower.node_setup import NodeSetup
+from mglightning.federated.training_node import TrainingNode, build_training_node
 from mglightning.flower.protocol import (
-    PARTITION_ID,
-    partition_reply,
-    read_node_setup,
+    read_node_config,
     read_train_message,
     result_reply,
+    training_index_reply,
 )
 from mglightning.flower.shard import NodeShard, load_node_shard
-from mglightning.targets import bind
+
+PARTITION_ID = "partition-id"  # Flower's node config key for a node's training index
 
 
 @dataclass
-class TrainingNode:
-    """A node's network (as flat parameters), local solver, round schedules and data."""
+class ClientNode:
+    """A training node as its ClientApp process holds it: its shard, the node built for it
+    and the flat parameters its solves run on."""
 
-    setup: NodeSetup
+    seed: int
     shard: NodeShard
+    node: TrainingNode
     flat: FlatParameters
-    local_solver: Callable[..., ClientResult]
-    gate_noise: LinearSchedule
-    temperature: LinearSchedule
-    round_index: int = 0  # the round under way, for fault injection (faults.inject.rounds)
 
     @classmethod
-    def build(cls, setup: NodeSetup, partition_id: int) -> TrainingNode:
-        shard = load_node_shard(setup, partition_id)
-        network = bind(setup.network)(shard.input_shape, shard.num_classes)
-        node = cls(setup, shard, FlatParameters(network, network.is_gate_parameter),
-                   bind(setup.local_solver)(),
-                   gate_noise_schedule(setup.gate_noise, setup.rounds),
-                   temperature_schedule(network.temperature, setup.temperature_end,
-                                        setup.rounds))
-        faults = setup.faults
-        if faults["clients"]:
-            node.local_solver = FaultInjection(
-                node.local_solver, set(faults["clients"]), faults["kind"],
-                None if faults["rounds"] is None else set(faults["rounds"]),
-                lambda: node.round_index)
-        return node
+    def build(cls, node_config: dict, training_index: int) -> ClientNode:
+        shard = load_node_shard(node_config, training_index)
+        node = build_training_node(node_config, shard.input_shape, shard.num_classes)
+        return cls(node_config["seed"], shard, node,
+                   FlatParameters(node.network, node.network.is_gate_parameter))
 
     def solve(self, message: Message) -> Message:
         task = read_train_message(message)
-        self.round_index = task.round_index
-        self.flat.module.temperature = self.temperature(task.round_index)
-        result = solve_client(self.local_solver, self.flat, task.x_md, self.shard.client,
-                              self.setup.seed, task.round_index, task.position,
-                              self.gate_noise(task.round_index))
+        result = self.node.solve(self.flat, task.x_md, self.shard.client, self.seed,
+                                 task.round_index, task.position)
         return result_reply(message, task, result)
 
 
 @lru_cache(maxsize=4)
-def training_node(setup_json: str, partition_id: int) -> TrainingNode:
-    return TrainingNode.build(NodeSetup.from_json(setup_json), partition_id)
+def client_node(node_config_json: str, training_index: int) -> ClientNode:
+    return ClientNode.build(json.loads(node_config_json), training_index)
 
 
-def partition_id(context: Context) -> int:
+def training_index(context: Context) -> int:
+    """The node's training index, which Flower's node config names ``partition-id``."""
     if PARTITION_ID not in context.node_config:
         raise ConfigError(f"node config has no {PARTITION_ID}: start the SuperNode with "
                           f"--node-config {PARTITION_ID}=<training node index>")
@@ -102,11 +80,11 @@ def make_client_app() -> ClientApp:
 
     @app.query()
     def query(message: Message, context: Context) -> Message:
-        return partition_reply(message, partition_id(context))
+        return training_index_reply(message, training_index(context))
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        return training_node(read_node_setup(message), partition_id(context)).solve(message)
+        return client_node(read_node_config(message), training_index(context)).solve(message)
 
     return app
 

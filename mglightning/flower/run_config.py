@@ -1,7 +1,10 @@
 """The run's config for the ServerApp: our Hydra config, composed from overrides.
 
-The ServerApp composes ``conf/train.yaml`` with the overrides and sends each node the part it
-needs, resolved (:mod:`.node_setup`): the ClientApps compose nothing. Under ``flwr run`` the
+The ServerApp composes ``conf/train.yaml`` with the overrides and sends each node the parts it
+reads, resolved (:func:`~mglightning.federated.training_node.node_config`): the ClientApps
+compose nothing, because a SuperNode starts a ClientApp process for every message, and composing
+(Hydra) and validating (which reaches Lightning) cost seconds where a local solve costs a
+fraction of one. Under ``flwr run`` the
 overrides come from the run config (``[tool.flwr.app.config]``, ``overrides = "..."``,
 changeable with ``flwr run --run-config``); a ServerApp made with overrides of its own
 (``make_server_app(overrides)``) carries them itself and ignores the run config.

@@ -15,8 +15,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from mglightning.build import build_datamodule, build_learner
-from mglightning.flower.node_setup import NodeSetup
-from mglightning.flower.protocol import node_setup_config
+from mglightning.federated.training_node import node_config
+from mglightning.flower.protocol import node_config_record
 from mglightning.flower.run_config import compose_config, run_overrides
 from mglightning.flower.strategy import (
     FederatedRoundStrategy,
@@ -53,7 +53,7 @@ def make_server_app(overrides: str | None = None) -> ServerApp:
         result = strategy.start(grid, strategy.state_arrays(),
                                 num_rounds=cfg.rounds - int(learner.rounds_done),
                                 timeout=REPLY_TIMEOUT_SECONDS,
-                                train_config=node_setup_config(NodeSetup.from_config(cfg)))
+                                train_config=node_config_record(node_config(cfg)))
         write_csv(Path(cfg.output_dir) / ROUNDS_FILE,
                   [dict(metrics) for metrics in result.train_metrics_clientapp.values()])
 

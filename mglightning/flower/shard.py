@@ -12,6 +12,7 @@ data would: the same rows, in the same support order, normalized with the same s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,7 @@ import torch
 from mglightning.data.images import ImageData, resolve_data_root
 from mglightning.data.node import NodeData
 from mglightning.errors import ConfigError
-from mglightning.flower.node_setup import NodeSetup
-from mglightning.run.identity import fingerprint
+from mglightning.run.identity import digest
 
 SHARD_FOLDER = "flower-shards"  # under the data root
 
@@ -35,36 +35,39 @@ class NodeShard:
     input_shape: tuple[int, int, int]
 
 
-def shard_folder(setup: NodeSetup) -> Path:
-    """Where the shards of this data set, partition and seed live."""
-    key = fingerprint({"dataset": setup.dataset, "seed": setup.seed})
-    return resolve_data_root(setup.data_root) / SHARD_FOLDER / key
+def shard_folder(config: Mapping) -> Path:
+    """Where the shards of this data set, partition and seed live (``config``: a node's config
+    parts, :func:`~mglightning.federated.training_node.node_config`)."""
+    key = digest({"dataset": config["dataset"], "seed": config["seed"]})
+    return resolve_data_root(config["data_root"]) / SHARD_FOLDER / key
 
 
-def load_node_shard(setup: NodeSetup, partition_id: int) -> NodeShard:
-    """Training node ``partition_id`` (an index into ``FederatedDataModule.train_clients``)."""
-    path = shard_folder(setup) / f"node{partition_id}.pt"
+def load_node_shard(config: Mapping, training_index: int) -> NodeShard:
+    """The training node of ``training_index`` (an index into
+    ``FederatedDataModule.train_clients``)."""
+    path = shard_folder(config) / f"node{training_index}.pt"
     if not path.exists():
-        write_node_shard(setup, partition_id, path)
+        write_node_shard(config, training_index, path)
     return read_node_shard(path)
 
 
-def write_node_shard(setup: NodeSetup, partition_id: int, path: Path) -> None:
-    """Cut training node ``partition_id``'s rows out of the pooled data set; write atomically."""
+def write_node_shard(config: Mapping, training_index: int, path: Path) -> None:
+    """Cut the rows of the training node of ``training_index`` out of the pooled data set;
+    write atomically."""
     # Lightning and the data set loaders, imported here alone: only a node's first process
     # cuts its shard, and every later one (one a message) reads it without them.
     from mglightning.data.datamodule import FederatedDataModule
     from mglightning.run.checkpoint import AtomicCheckpointIO
 
-    datamodule = FederatedDataModule(setup.dataset, seed=setup.seed,
-                                     batch_size=setup.dataset["batch_size"],
-                                     data_root=setup.data_root)
+    datamodule = FederatedDataModule(config["dataset"], seed=config["seed"],
+                                     batch_size=config["dataset"]["batch_size"],
+                                     data_root=config["data_root"])
     datamodule.setup()
     clients = datamodule.train_clients
-    if not 0 <= partition_id < len(clients):
-        raise ConfigError(f"node config partition-id={partition_id}: the config has "
+    if not 0 <= training_index < len(clients):
+        raise ConfigError(f"node config partition-id={training_index}: the config has "
                           f"{len(clients)} training nodes, use 0..{len(clients) - 1}")
-    AtomicCheckpointIO().save_checkpoint(shard_payload(datamodule.data, clients[partition_id]),
+    AtomicCheckpointIO().save_checkpoint(shard_payload(datamodule.data, clients[training_index]),
                                          path)
 
 

@@ -2,20 +2,20 @@
 split at the network.
 
 :class:`FederatedRoundStrategy` keeps the server state in a :class:`FederatedMetaLearner`
-(x, x_ag, rounds done, failed rounds in a row) and runs its ``strategy`` object
-(:class:`~mglightning.federated.server.AcceleratedProximalStrategy` or
-:class:`~mglightning.federated.server.FedAvgStrategy`) through the learner's round
-seam, as ``FederatedMetaLearner.run_round`` does: ``configure_train`` is the learner's
-``plan_round`` (x_md and its choice of K nodes) sent as messages, ``aggregate_train`` its
-``finish_round`` on the replies that did not fail (non-finite ones left out there, the server
-step, or a failed round counted).
+(x, x_ag, rounds done, failed rounds in a row) and runs its ``server_step``
+(:class:`~mglightning.federated.server.AcceleratedProximalStep` or
+:class:`~mglightning.federated.server.FedAvgStep`) through the learner's round seam, as
+``FederatedMetaLearner.run_round`` does: ``configure_train`` is the learner's ``plan_round``
+(x_md and its choice of K nodes) sent as messages, ``aggregate_train`` its ``finish_round`` on
+the replies that did not fail (non-finite ones left out there, the server step, or a failed
+round counted).
 
 Node choice: it subclasses Flower's ``FedAvg`` with ``fraction_train = K / N`` (what it does)
 but does not let it sample: ``FedAvg`` samples with Python's ``random``, unseeded. Instead the
-learner's ``round_clients`` (from ``round_generator(seed, round)``) chooses K training-node
-indices, and the message for the k-th goes to the Flower node holding that partition-id
-(``node_ids[partition]``, found once by a query round, :func:`discover_nodes`). Replies come
-back in any order; they are put back into position order before aggregating, because the
+learner's ``round_clients`` (from ``round_generator(seed, round)``) chooses K training
+indices, and the message for the k-th goes to the Flower node holding that training node
+(``node_ids[training_index]``, found once by a query round, :func:`discover_nodes`). Replies
+come back in any order; they are put back into position order before aggregating, because the
 in-process learner sums the clients in that order and float sums depend on it.
 
 Rounds are numbered by the learner (``rounds_done + 1``), not by Flower's ``server_round``: a
@@ -41,8 +41,8 @@ from mglightning.federated.learner import FederatedMetaLearner, RoundPlan
 from mglightning.flower.protocol import (
     TrainTask,
     query_message,
-    read_partition,
     read_result,
+    read_training_index,
     train_message,
 )
 from mglightning.run.checkpoint import AtomicCheckpointIO
@@ -104,7 +104,8 @@ class ServerState:
 
 class FederatedRoundStrategy(FedAvg):
     """A Flower strategy running ``learner``'s rounds on the Flower nodes ``node_ids``
-    (``node_ids[p]`` holds training node p); ``state`` (optional) saves the learner."""
+    (``node_ids[i]`` holds the training node of index i); ``state`` (optional) saves the
+    learner."""
 
     def __init__(self, learner: FederatedMetaLearner, node_ids: list[int],
                  last_round: int, state: ServerState | None = None) -> None:
@@ -112,7 +113,7 @@ class FederatedRoundStrategy(FedAvg):
         super().__init__(fraction_train=per_round / num_nodes, fraction_evaluate=0.0,
                          min_train_nodes=per_round, min_available_nodes=num_nodes)
         self.learner, self.node_ids = learner, node_ids
-        self.partition_of = {node_id: index for index, node_id in enumerate(node_ids)}
+        self.training_index_of = {node_id: index for index, node_id in enumerate(node_ids)}
         self.last_round, self.state = last_round, state
         self.plan: RoundPlan | None = None  # the round under way
 
@@ -123,9 +124,9 @@ class FederatedRoundStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         plan = self.plan = self.learner.plan_round(range(len(self.node_ids)))
-        return [train_message(TrainTask(plan.x_md, plan.index, position, partition),
-                              self.node_ids[partition], config)
-                for position, partition in enumerate(plan.chosen)]
+        return [train_message(TrainTask(plan.x_md, plan.index, position, training_index),
+                              self.node_ids[training_index], config)
+                for position, training_index in enumerate(plan.chosen)]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -144,9 +145,9 @@ class FederatedRoundStrategy(FedAvg):
         that failed or did not answer."""
         by_position, failures = {}, []
         for reply in replies:
-            partition = self.partition_of.get(reply.metadata.src_node_id)
+            training_index = self.training_index_of.get(reply.metadata.src_node_id)
             if reply.has_error():
-                failures.append(f"training node {partition}: {reply.error.reason}")
+                failures.append(f"training node {training_index}: {reply.error.reason}")
                 continue
             position, result = read_result(reply)
             by_position[position] = result
@@ -157,8 +158,9 @@ class FederatedRoundStrategy(FedAvg):
 
 
 def discover_nodes(grid: Grid, num_nodes: int, timeout: float) -> list[int]:
-    """The Flower node id of each training node, in partition-id order: wait for ``num_nodes``
-    nodes, ask each its partition-id, and check that they are 0..num_nodes-1, once each."""
+    """The Flower node id of each training node, in training-index order: wait for
+    ``num_nodes`` nodes, ask each its training index (its node config's ``partition-id``), and
+    check that they are 0..num_nodes-1, once each."""
     deadline = time.monotonic() + timeout
     while len(node_ids := list(grid.get_node_ids())) < num_nodes:
         if time.monotonic() > deadline:
@@ -167,14 +169,14 @@ def discover_nodes(grid: Grid, num_nodes: int, timeout: float) -> list[int]:
         time.sleep(NODE_POLL_SECONDS)
     replies = grid.send_and_receive([query_message(node_id) for node_id in node_ids],
                                     timeout=max(deadline - time.monotonic(), 1.0))
-    partitions = {}
+    holders = {}  # training index -> the Flower nodes holding it
     for reply in replies:
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id} did not say its "
                                f"partition-id: {reply.error.reason}")
-        partitions.setdefault(read_partition(reply), []).append(reply.metadata.src_node_id)
-    if sorted(partitions) != list(range(num_nodes)) or len(replies) != num_nodes:
+        holders.setdefault(read_training_index(reply), []).append(reply.metadata.src_node_id)
+    if sorted(holders) != list(range(num_nodes)) or len(replies) != num_nodes:
         raise ConfigError(f"node config partition-id: the {len(node_ids)} nodes hold "
-                          f"{sorted(partitions)}; the config has {num_nodes} training nodes, "
+                          f"{sorted(holders)}; the config has {num_nodes} training nodes, "
                           f"each must be held by one node with partition-id 0..{num_nodes - 1}")
-    return [partitions[index][0] for index in range(num_nodes)]
+    return [holders[index][0] for index in range(num_nodes)]

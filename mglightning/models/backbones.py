@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
-from mglightning.constraints import integer, integer_list, number, optional
+from mglightning.constraints import GATES_ONLY, integer, integer_list, number, optional
 from mglightning.models.network import GatedNetwork, LayerSpec
 
 
@@ -27,10 +27,10 @@ class Backbone:
         self,
         input_shape: Sequence[int],
         num_classes: int,
-        gated_layers: Annotated[Sequence[int], integer_list(1)] = (),
-        gate_hidden: Annotated[int, integer(1)] = 16,
-        temperature: Annotated[float, number(above=0)] = 1.0,
-        gate_bias_init: Annotated[float | None, optional(number())] = None,
+        gated_layers: Annotated[Sequence[int], integer_list(1), GATES_ONLY] = (),
+        gate_hidden: Annotated[int, integer(1), GATES_ONLY] = 16,
+        temperature: Annotated[float, number(above=0), GATES_ONLY] = 1.0,
+        gate_bias_init: Annotated[float | None, optional(number()), GATES_ONLY] = None,
     ) -> GatedNetwork:
         specs = [
             LayerSpec(spec.kind, spec.out, spec.pool, gated=i + 1 in gated_layers)
@@ -63,7 +63,7 @@ cnn7 = Backbone((
 def build_network(name: str, input_shape: Sequence[int], num_classes: int,
                   **options) -> GatedNetwork:
     """Backbone ``name`` of this module (``cnn4``, …) by the name the model config gives it:
-    for tests, benches and the Flower ClientApp, which build a network without Hydra."""
+    for tests and benches, which build a network without a config."""
     backbone = globals().get(name)
     if not isinstance(backbone, Backbone):
         raise ValueError(f"model.name={name!r} is not a backbone of {__name__}")

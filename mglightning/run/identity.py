@@ -7,11 +7,26 @@ devices it runs on — is left out, so that changing it never starts a new run. 
 the fingerprint (``<dataset>-<model>-<method>-seed<s>-<fingerprint>``, see ``conf/train.yaml``),
 so a changed hyperparameter always gets a folder of its own.
 
-Only what a run reads is its identity (:func:`unread_keys`): a run without gates
-(``method.gating: false``, or a model with no ``gated_layers``) reads none of the gates' keys
-(:data:`GATE_KEYS`: their shape, τ, noise, step sizes and the regularizer h(φ) over their
-parameters, SPEC §1, §3); so tuning MetaGater's gates never redoes a baseline's run, whose
-results it cannot change.
+Only what a run reads is its identity (:func:`unread_keys`), and each part declares what it
+reads beside its parameters, in the ``Annotated`` metadata that holds their rules
+(:mod:`mglightning.constraints`; keys that no class takes, such as ``method.gate_noise``, in
+:data:`mglightning.config.IDENTITY_DECLARATIONS`):
+
+* ``GATES_ONLY``: read only when the network has gates. A run without gates
+  (``method.gating: false``, or a model with no ``gated_layers``) leaves such keys out (the
+  gates' shape, τ, noise, step sizes and the regularizer h(φ) over their parameters, METHOD.md
+  §1, §3); so tuning MetaGater's gates never redoes a baseline's run, whose results it cannot
+  change.
+* ``neutral(value, *siblings)``: not read at its neutral, "off" ``value``, and then neither are
+  the sibling keys named (``sparsity_off: ... neutral(None, "sparsity_weight")``, METHOD.md §7).
+  This is how a new key keeps the fingerprints of the runs made before it existed: give it a
+  default that changes nothing, and declare that default neutral beside the parameter,
+  ``width: Annotated[float, number(above=0), neutral(1.0)] = 1.0`` (a whole ``_target_`` node
+  switched off: ``neutral(None)``).
+
+An option of a ``_target_`` node that its target does not take is unread too: null, it stays
+unset (:func:`mglightning.targets.bind`), as ``gate_lr: null`` in the adaptation rule of a
+method without gates; set, the config walker refuses it.
 
 The pooled data a run loads is part of its identity too, but it is known only once the data
 set is loaded, after the run name is composed: :func:`data_fingerprint` hashes the pooled
@@ -23,12 +38,18 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from mglightning.constraints import GatesOnly, IdentityDeclaration, Neutral, parameter_declarations
+from mglightning.targets import LABEL_KEY, TARGET_KEY, import_target
 
 # Top-level keys that never change a run's results.
 NON_IDENTITY_KEYS = frozenset({
@@ -38,16 +59,6 @@ NON_IDENTITY_KEYS = frozenset({
 # The data fingerprint a run folder records in its config.yaml (see the module docstring): a
 # config composed before the data loads lacks it, so the name's fingerprint leaves it out.
 DATA_KEY = "data_fingerprint"
-# What only gates read (SPEC §1, §3); a run without gates leaves them out of its identity.
-GATE_KEYS = (
-    "model.gated_layers", "model.gate_hidden", "model.temperature", "model.gate_bias_init",
-    "method.gate_noise", "method.temperature_end", "method.local.gate_lr", "method.regularizer",
-    "method.adaptation.gate_lr", "method.adaptation.stage1_steps",
-    "method.local.sparsity_off", "method.local.sparsity_weight",
-)
-# The sparsity budget (SPEC §7), read only when it is set: a run without it leaves both keys
-# out, so the runs made before the budget existed keep their fingerprints.
-BUDGET_KEYS = ("method.local.sparsity_off", "method.local.sparsity_weight")
 FINGERPRINT_LENGTH = 8
 _DATA_FINGERPRINTS: dict[int, str] = {}  # id of a loaded images tensor → its data fingerprint
 
@@ -73,20 +84,90 @@ def identity(config: DictConfig | Mapping) -> dict:
 
 
 def unread_keys(values: Mapping) -> list[str]:
-    """The dotted keys of a resolved config that its run never reads: :data:`GATE_KEYS` when
-    the network has no gate (a gated run without h(φ) has ``regularizer: null``, no γ), and
-    :data:`BUDGET_KEYS` when no sparsity budget is set."""
+    """The dotted keys of a resolved config that its run never reads (module docstring): the
+    ``GATES_ONLY`` keys when the network has no gate, the ``neutral`` keys at their neutral
+    value with their siblings, and the options a part does not take."""
     method, model = values.get("method") or {}, values.get("model") or {}
-    if not (method.get("gating", True) and model.get("gated_layers")):
-        return list(GATE_KEYS)
-    if (method.get("local") or {}).get("sparsity_off") is None:
-        return list(BUDGET_KEYS)
-    return []
+    has_gates = bool(method.get("gating", True) and model.get("gated_layers"))
+    unread = []
+    for dotted, value, declarations in declared_keys(values):
+        parent = dotted.rpartition(".")[0]
+        for declaration in declarations:
+            if isinstance(declaration, GatesOnly) and not has_gates:
+                unread.append(dotted)
+            elif isinstance(declaration, Neutral) and value == declaration.value:
+                unread += [dotted, *(f"{parent}.{key}".lstrip(".") for key in declaration.unread)]
+    return unread + list(untaken_keys(values))
+
+
+def declared_keys(values: Mapping, prefix: str = ""
+                  ) -> Iterator[tuple[str, object, tuple[IdentityDeclaration, ...]]]:
+    """(dotted key, value, its identity declarations) for every key of ``values`` that has
+    any: those its ``_target_`` declares beside the parameter, and those of
+    :data:`mglightning.config.IDENTITY_DECLARATIONS`."""
+    # config.py reaches Lightning, and every process imports this module (the package does,
+    # for the resolver): read the table only where a run's config is fingerprinted.
+    from mglightning.config import IDENTITY_DECLARATIONS
+
+    target = _target_parameters(values.get(TARGET_KEY))
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        declarations = (*IDENTITY_DECLARATIONS.get(dotted, ()),
+                        *(target.declarations.get(key, ()) if target else ()))
+        if declarations:
+            yield dotted, value, declarations
+        if isinstance(value, Mapping):
+            yield from declared_keys(value, f"{dotted}.")
+
+
+def untaken_keys(values: Mapping, prefix: str = "") -> Iterator[str]:
+    """The dotted keys of options that their ``_target_`` does not take."""
+    target = _target_parameters(values.get(TARGET_KEY))
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if target is not None and not target.takes(key):
+            yield dotted
+        elif isinstance(value, Mapping):
+            yield from untaken_keys(value, f"{dotted}.")
+
+
+@dataclass(frozen=True)
+class _TargetParameters:
+    """What a ``_target_`` takes (``takes_any``: ``**options``), and the identity
+    declarations beside its parameters."""
+
+    names: frozenset[str]
+    takes_any: bool
+    declarations: dict[str, tuple[IdentityDeclaration, ...]]
+
+    def takes(self, key: str) -> bool:
+        return self.takes_any or key in self.names or key in (TARGET_KEY, LABEL_KEY)
+
+
+@cache
+def _target_parameters(target_name: str | None) -> _TargetParameters | None:
+    """None for no target, or one that cannot be imported (the config walker reports it)."""
+    if not isinstance(target_name, str):
+        return None
+    try:
+        target = import_target(target_name)
+        parameters = inspect.signature(target).parameters
+        declarations = parameter_declarations(target)
+    except (ImportError, AttributeError, ValueError, TypeError, NameError):
+        return None
+    takes_any = any(parameter.kind is inspect.Parameter.VAR_KEYWORD
+                    for parameter in parameters.values())
+    return _TargetParameters(frozenset(parameters), takes_any, declarations)
 
 
 def fingerprint(config: DictConfig | Mapping) -> str:
     """A short, stable hash of :func:`identity`: equal configs, equal fingerprints."""
-    text = json.dumps(identity(config), sort_keys=True, default=str)
+    return digest(identity(config))
+
+
+def digest(values: Mapping) -> str:
+    """A short, stable hash of plain values (of :data:`FINGERPRINT_LENGTH` hex digits)."""
+    text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_LENGTH]
 
 

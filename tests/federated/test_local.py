@@ -66,10 +66,10 @@ def test_local_step_direction_is_the_proximal_objective_gradient():
     start = flat.vector.clone()
     lr, prox_lambda = 0.1, 2.5
     x1 = ProximalSGD(steps=1, lr=lr, prox_lambda=prox_lambda, batch_size=8)(
-        flat, start, client, None
+        flat, start, client, None, 1
     ).params
     x2 = ProximalSGD(steps=2, lr=lr, prox_lambda=prox_lambda, batch_size=8)(
-        flat, start, client, None
+        flat, start, client, None, 1
     ).params
     step_direction = (x1 - x2) / lr  # the second step's gradient, taken at x1, anchored at start
     coords = torch.randperm(len(flat), generator=torch.Generator().manual_seed(1))[:25]
@@ -84,7 +84,7 @@ def test_local_step_direction_is_the_proximal_objective_gradient():
         torch.testing.assert_close(step_direction[k], finite, rtol=1e-4, atol=1e-6)
     # The proximal term really is in there: without it the direction differs.
     assert not torch.allclose(
-        step_direction, (x1 - ProximalSGD(2, lr, 0.0, 8)(flat, start, client, None).params) / lr
+        step_direction, (x1 - ProximalSGD(2, lr, 0.0, 8)(flat, start, client, None, 1).params) / lr
     )
 
 
@@ -113,7 +113,7 @@ def gated_flat_and_client():
 def test_gate_lr_zero_keeps_the_gates_while_the_backbone_moves():
     flat, client = gated_flat_and_client()
     start = flat.vector.clone()
-    moved = ProximalSGD(2, 0.1, 1.0, 8, gate_lr=0.0)(flat, start, client, None).params
+    moved = ProximalSGD(2, 0.1, 1.0, 8, gate_lr=0.0)(flat, start, client, None, 1).params
     assert torch.equal(moved[flat.gate_mask], start[flat.gate_mask])
     assert not torch.equal(moved[~flat.gate_mask], start[~flat.gate_mask])
 
@@ -121,9 +121,9 @@ def test_gate_lr_zero_keeps_the_gates_while_the_backbone_moves():
 def test_gate_lr_scales_only_the_gate_step():
     flat, client = gated_flat_and_client()
     start = flat.vector.clone()
-    plain = ProximalSGD(1, 0.1, 1.0, 8)(flat, start, client, None).params
-    same = ProximalSGD(1, 0.1, 1.0, 8, gate_lr=0.1)(flat, start, client, None).params
-    fast = ProximalSGD(1, 0.1, 1.0, 8, gate_lr=0.3)(flat, start, client, None).params
+    plain = ProximalSGD(1, 0.1, 1.0, 8)(flat, start, client, None, 1).params
+    same = ProximalSGD(1, 0.1, 1.0, 8, gate_lr=0.1)(flat, start, client, None, 1).params
+    fast = ProximalSGD(1, 0.1, 1.0, 8, gate_lr=0.3)(flat, start, client, None, 1).params
     torch.testing.assert_close(same, plain, rtol=0, atol=1e-7)
     gates = flat.gate_mask
     assert torch.equal(fast[~gates], plain[~gates])  # one step: θ's step ignores φ's size
@@ -138,9 +138,9 @@ def share_on(flat, client) -> float:
 def test_a_met_sparsity_budget_changes_nothing():
     flat, client = gated_flat_and_client()
     start = flat.vector.clone()
-    plain = ProximalSGD(2, 0.1, 1.0, 8)(flat, start, client, None).params
+    plain = ProximalSGD(2, 0.1, 1.0, 8)(flat, start, client, None, 1).params
     met = ProximalSGD(2, 0.1, 1.0, 8, sparsity_off=0.0, sparsity_weight=5.0)(
-        flat, start, client, None).params  # every channel on is within a budget of 100 %
+        flat, start, client, None, 1).params  # every channel on is within a budget of 100 %
     assert torch.equal(met, plain)
 
 
@@ -151,9 +151,9 @@ def test_the_budget_pushes_the_share_on_along_the_gates_soft_gradient():
     network, start = flat.module, flat.vector.clone()
     assert share_on(flat, client) > 0.01  # above a budget of 1 % on
     lr, weight = 0.1, 3.0
-    plain = ProximalSGD(1, lr, 1.0, 8)(flat, start, client, None).params
+    plain = ProximalSGD(1, lr, 1.0, 8)(flat, start, client, None, 1).params
     budget = ProximalSGD(1, lr, 1.0, 8, sparsity_off=0.99, sparsity_weight=weight)(
-        flat, start, client, None).params
+        flat, start, client, None, 1).params
     flat.load(start)
     flat.zero_grad()
     gated = network.gated_layers[0]
@@ -168,6 +168,6 @@ def test_a_lasting_budget_brings_the_share_on_down_to_it():
     start = flat.vector.clone()
     before = share_on(flat, client)
     ProximalSGD(40, 0.1, 0.0, 8, gate_lr=1.0, sparsity_off=0.75, sparsity_weight=20.0)(
-        flat, start, client, None)
+        flat, start, client, None, 1)
     after = share_on(flat, client)
     assert before > 0.4 and 0.05 < after <= 0.3, (before, after)  # not every channel off

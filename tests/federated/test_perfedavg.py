@@ -62,7 +62,7 @@ def run_solver(steps, hessian_free, batches, alpha=0.3, beta=0.2, delta=1e-4, he
     start = flat.vector.clone()
     solver = PerFedAvg(steps, alpha, beta, batch_size=6, hessian_free=hessian_free,
                        hessian=hessian, delta=delta)
-    result = solver(flat, start, BatchSequenceClient(batches), None)
+    result = solver(flat, start, BatchSequenceClient(batches), None, 1)
     return start.view(CLASSES, FEATURES), result
 
 
@@ -137,7 +137,7 @@ def solve_tanh_network(hessian, delta=1e-3):
     start = flat.vector.clone()
     solver = PerFedAvg(1, 0.3, 0.2, batch_size=6, hessian_free=True, hessian=hessian,
                        delta=delta)
-    return start, flat, solver(flat, start, BatchSequenceClient(make_batches(3, seed=5)), None)
+    return start, flat, solver(flat, start, BatchSequenceClient(make_batches(3, seed=5)), None, 1)
 
 
 def flat_loss(flat, batch):

@@ -3,9 +3,9 @@ import torch
 
 from mglightning.federated.prox import L1, GroupLasso
 from mglightning.federated.server import (
-    AcceleratedProximalStrategy,
+    AcceleratedProximalStep,
     ClientResult,
-    FedAvgStrategy,
+    FedAvgStep,
     client_mean,
 )
 
@@ -19,14 +19,14 @@ def test_special_case_without_acceleration_is_plain_averaging():
     """SPEC §3: α_t ≡ 1, c = 0, β = 1/λ, γ = 0 → x and x_ag are the plain average."""
     torch.manual_seed(0)
     prox_lambda = 4.0
-    strategy = AcceleratedProximalStrategy(
+    server_step = AcceleratedProximalStep(
         prox_lambda, beta=1 / prox_lambda, c=0.0, accelerated=False
     )
     x, x_ag = torch.randn(10), torch.randn(10)
-    x_md = strategy.configure_fit(x, x_ag, round_index=7)
+    x_md = server_step.configure(x, x_ag, round_index=7)
     torch.testing.assert_close(x_md, x)  # α = 1: clients start from x
     local = [torch.randn(10) for _ in range(3)]
-    new_x, new_x_ag = strategy.aggregate_fit(x, x_ag, x_md, results_of(*local), 7)
+    new_x, new_x_ag = server_step.aggregate(x, x_ag, x_md, results_of(*local), 7)
     average = torch.stack(local).mean(0)
     torch.testing.assert_close(new_x, average)
     torch.testing.assert_close(new_x_ag, average)
@@ -34,25 +34,25 @@ def test_special_case_without_acceleration_is_plain_averaging():
 
 def test_with_c_one_x_overshoots_the_average_by_a_quarter():
     """SPEC §3 note: with α = 1 and c = 1, x takes a 1.25× step, x_ag still averages."""
-    strategy = AcceleratedProximalStrategy(2.0, beta=0.5, c=1.0, accelerated=False)
+    server_step = AcceleratedProximalStep(2.0, beta=0.5, c=1.0, accelerated=False)
     x = torch.zeros(4)
     local = [torch.ones(4), 3 * torch.ones(4)]
-    new_x, new_x_ag = strategy.aggregate_fit(x, x, x, results_of(*local), 1)
+    new_x, new_x_ag = server_step.aggregate(x, x, x, results_of(*local), 1)
     torch.testing.assert_close(new_x_ag, 2 * torch.ones(4))
     torch.testing.assert_close(new_x, 2.5 * torch.ones(4))
 
 
 def test_accelerated_sequence_follows_the_formulas():
-    strategy = AcceleratedProximalStrategy(prox_lambda=3.0, beta=0.2, c=1.0)
+    server_step = AcceleratedProximalStep(prox_lambda=3.0, beta=0.2, c=1.0)
     x, x_ag = torch.randn(6), torch.randn(6)
     t = 3
     alpha = 2 / (t + 1)
-    x_md = strategy.configure_fit(x, x_ag, t)
+    x_md = server_step.configure(x, x_ag, t)
     torch.testing.assert_close(x_md, (1 - alpha) * x_ag + alpha * x)
     local = [torch.randn(6) for _ in range(4)]
     gradient = 3.0 * (x_md - torch.stack(local).mean(0))
-    torch.testing.assert_close(strategy.meta_gradient(x_md, results_of(*local)), gradient)
-    new_x, new_x_ag = strategy.aggregate_fit(x, x_ag, x_md, results_of(*local), t)
+    torch.testing.assert_close(server_step.meta_gradient(x_md, results_of(*local)), gradient)
+    new_x, new_x_ag = server_step.aggregate(x, x_ag, x_md, results_of(*local), t)
     torch.testing.assert_close(new_x, x - (1 + alpha / 4) * 0.2 * gradient)
     torch.testing.assert_close(new_x_ag, x_md - 0.2 * gradient)
 
@@ -64,7 +64,7 @@ def test_size_weighted_mean_matches_hand_computation():
     torch.testing.assert_close(
         client_mean(results_of(*local), weighted=False), torch.tensor([5 / 3, 5 / 3])
     )
-    new_x, new_x_ag = FedAvgStrategy(weighted=True).aggregate_fit(
+    new_x, new_x_ag = FedAvgStep(weighted=True).aggregate(
         None, None, None, results_of(*local, sizes=[1, 3, 4]), 1
     )
     torch.testing.assert_close(new_x, weighted)

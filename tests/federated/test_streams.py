@@ -37,7 +37,7 @@ def round_clients(tiny_config, method: str):
     learner = build_learner(cfg, datamodule)
     clients = datamodule.train_clients
     chosen = learner.sample_clients(len(clients), torch.Generator().manual_seed(0))
-    x_md = learner.strategy.configure_fit(learner.x, learner.x_ag, 1)
+    x_md = learner.server_step.configure(learner.x, learner.x_ag, 1)
     return learner, list(enumerate(clients[i] for i in chosen)), x_md
 
 

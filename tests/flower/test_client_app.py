@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from conftest import TINY  # noqa: E402
 
 from mglightning.build import build_datamodule, build_learner  # noqa: E402
-from mglightning.flower.node_setup import NodeSetup  # noqa: E402
+from mglightning.federated.training_node import node_config  # noqa: E402
 from mglightning.flower.run_config import compose_config  # noqa: E402
 from mglightning.flower.shard import load_node_shard  # noqa: E402
 
@@ -36,12 +36,11 @@ loaded = lambda: [name for name in heavy if name in sys.modules]
 after_import = loaded()
 from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
-from mglightning.flower.node_setup import NodeSetup
-from mglightning.flower.protocol import TrainTask, node_setup_config, train_message
+from mglightning.flower.protocol import TrainTask, node_config_record, train_message
 TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-setup = NodeSetup.from_json(open(sys.argv[2]).read())
-task = TrainTask(torch.load(sys.argv[3]), round_index=2, position=1, partition_id=0)
-message = train_message(task, 7, node_setup_config(setup))
+config = json.loads(open(sys.argv[2]).read())
+task = TrainTask(torch.load(sys.argv[3]), round_index=2, position=1, training_index=0)
+message = train_message(task, 7, node_config_record(config))
 context = Context(run_id=1, node_id=7, node_config={"partition-id": 0}, state=RecordDict(),
                   run_config={})
 reply = client_app.app(message, context)
@@ -54,8 +53,8 @@ def test_a_fresh_client_process_imports_no_heavy_module_and_solves_as_in_process
     text = shlex.join([*TINY, "method=metagater", "method.gate_noise=logistic",
                        f"output_root={tmp_path}", f"data_root={tmp_path / 'data'}"])
     cfg = compose_config(text)
-    setup = NodeSetup.from_config(cfg)
-    load_node_shard(setup, 0)  # the node's first message cut its shard
+    config = node_config(cfg)
+    load_node_shard(config, 0)  # the node's first message cut its shard
     datamodule = build_datamodule(cfg)
     learner = build_learner(cfg, datamodule)
     x_md = learner.x + 0.01  # any start point
@@ -65,12 +64,12 @@ def test_a_fresh_client_process_imports_no_heavy_module_and_solves_as_in_process
         expected = learner.solve_client(x_md, datamodule.train_clients[0], 2, 1).params
     finally:
         torch.set_num_threads(threads)
-    (tmp_path / "setup.json").write_text(setup.to_json())
+    (tmp_path / "config.json").write_text(json.dumps(config))
     torch.save(x_md, tmp_path / "x_md.pt")
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = subprocess.run(
         [sys.executable, "-c", CLIENT_PROCESS, json.dumps(HEAVY_MODULES),
-         str(tmp_path / "setup.json"), str(tmp_path / "x_md.pt"), str(tmp_path / "params.pt")],
+         str(tmp_path / "config.json"), str(tmp_path / "x_md.pt"), str(tmp_path / "params.pt")],
         capture_output=True, text=True, timeout=300, env=environment, check=False)
     assert process.returncode == 0, process.stderr[-2000:]
     loaded = json.loads(process.stdout.strip().splitlines()[-1])

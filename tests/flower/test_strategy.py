@@ -18,9 +18,9 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 from mglightning.build import build_datamodule, build_learner  # noqa: E402
 from mglightning.config import ConfigError  # noqa: E402
 from mglightning.federated.streams import round_generator  # noqa: E402
+from mglightning.federated.training_node import node_config  # noqa: E402
 from mglightning.flower.client_app import make_client_app  # noqa: E402
-from mglightning.flower.node_setup import NodeSetup  # noqa: E402
-from mglightning.flower.protocol import node_setup_config, query_message  # noqa: E402
+from mglightning.flower.protocol import node_config_record, query_message  # noqa: E402
 from mglightning.flower.run_config import compose_config  # noqa: E402
 from mglightning.flower.shard import load_node_shard  # noqa: E402
 from mglightning.flower.strategy import (  # noqa: E402
@@ -118,7 +118,7 @@ def run_flower(text: str, rounds: int, state: ServerState | None = None, shuffle
     strategy = FederatedRoundStrategy(learner, discover_nodes(grid, len(node_ids), 1.0),
                                       cfg.rounds, state)
     result = strategy.start(grid, strategy.state_arrays(), num_rounds=rounds,
-                            train_config=node_setup_config(NodeSetup.from_config(cfg)))
+                            train_config=node_config_record(node_config(cfg)))
     return learner, grid, result
 
 
@@ -195,7 +195,7 @@ def test_a_restarted_server_resumes_from_its_saved_state(tmp_path):
 def test_a_node_shard_draws_the_batches_of_the_pooled_data(tmp_path):
     cfg = compose_config(overrides(tmp_path))
     pooled = build_datamodule(cfg).train_clients[3]
-    shard = load_node_shard(NodeSetup.from_config(cfg), 3)
+    shard = load_node_shard(node_config(cfg), 3)
     assert shard.client.node_id == pooled.node_id
     first = shard.client.sample_support_batch(8, torch.Generator().manual_seed(5))
     again = pooled.sample_support_batch(8, torch.Generator().manual_seed(5))
