@@ -275,15 +275,16 @@ class GatedNetwork(nn.Module):
         return self.run_blocks(self.stem(to_layout(x, self.channels_last)), 0, stop).features
 
     def forward_with_masks(
-        self, x: torch.Tensor, sliced: bool = False, first_block: int = 0,
+        self, x: torch.Tensor, sliced: bool = False, first_block: int | None = None,
         channel_scales: dict[int, torch.Tensor] | None = None,
     ) -> GatedOutput:
-        """Logits, masks and gate logits; ``x`` is the input of block ``first_block`` (see
-        :meth:`features`), or the network's input for block 0. ``channel_scales``: fixed
-        multipliers (C,) of gate point i's channels, where its mask acts (structured SNIP)."""
+        """Logits, masks and gate logits of the network's input ``x``, or, given
+        ``first_block``, of ``x`` the input of that block (see :meth:`features`).
+        ``channel_scales``: fixed multipliers (C,) of gate point i's channels, where its mask
+        acts (structured SNIP)."""
         x = to_layout(x, self.channels_last)
-        if first_block == 0:
-            x = self.stem(x)
+        if first_block is None:
+            x, first_block = self.stem(x), 0
         output = self.run_blocks(x, first_block, len(self.blocks), sliced, channel_scales)
         return GatedOutput(self.head_logits(output.features, output.keep), output.masks,
                            output.gate_logits)

@@ -197,9 +197,10 @@ class ResidualBackbone:
                       gate_hidden, temperature, gate_bias_init)
 
     def layer_count(self, options: Mapping) -> int:
-        """How many blocks ``model.gated_layers`` may name."""
+        """How many blocks ``model.gated_layers`` may name (a mistyped option raises; the
+        config walker names it)."""
         widths = options.get("stage_widths") or STAGE_WIDTHS
-        return len(widths) * (options.get("blocks_per_stage") or BLOCKS_PER_STAGE)
+        return len(widths) * int(options.get("blocks_per_stage") or BLOCKS_PER_STAGE)
 
 
 cifar_resnet = ResidualBackbone()

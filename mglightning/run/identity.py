@@ -48,13 +48,17 @@ GATE_KEYS = (
 # The sparsity budget (SPEC §7), read only when it is set: a run without it leaves both keys
 # out, so the runs made before the budget existed keep their fingerprints.
 BUDGET_KEYS = ("method.local.sparsity_off", "method.local.sparsity_weight")
+# Keys whose value here changes nothing (the model's width multiplier at 1.0): left out of the
+# identity at that value, so the runs made before the key existed keep their fingerprints.
+NEUTRAL_VALUES = {"model.width": 1.0}
 FINGERPRINT_LENGTH = 8
 _DATA_FINGERPRINTS: dict[int, str] = {}  # id of a loaded images tensor → its data fingerprint
 
 
 def identity(config: DictConfig | Mapping) -> dict:
     """The identity part of a config (resolved), as plain containers, without the keys the
-    run does not read (:func:`unread_keys`)."""
+    run does not read (:func:`unread_keys`) and those at their neutral value
+    (:data:`NEUTRAL_VALUES`)."""
     def plain(value):  # a sub-node resolves its interpolations against the whole config
         if OmegaConf.is_config(value):
             return OmegaConf.to_container(value, resolve=True)
@@ -62,7 +66,9 @@ def identity(config: DictConfig | Mapping) -> dict:
 
     excluded = NON_IDENTITY_KEYS | {DATA_KEY}
     values = {key: plain(config[key]) for key in config if key not in excluded}
-    for dotted in unread_keys(values):
+    neutral = [dotted for dotted, value in NEUTRAL_VALUES.items()
+               if _lookup(values, dotted) == (True, value)]
+    for dotted in [*unread_keys(values), *neutral]:
         *parents, leaf = dotted.split(".")
         node = values
         for parent in parents:
@@ -70,6 +76,16 @@ def identity(config: DictConfig | Mapping) -> dict:
         if isinstance(node, Mapping):
             node.pop(leaf, None)
     return values
+
+
+def _lookup(values: Mapping, dotted: str) -> tuple[bool, object]:
+    """(whether the dotted key is there, its value)."""
+    node = values
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
 
 
 def unread_keys(values: Mapping) -> list[str]:
