@@ -31,7 +31,7 @@ from mglightning.models.network import GatedNetwork, GatedOutput
 
 @torch.no_grad()
 def query_forward(network: GatedNetwork, images: torch.Tensor) -> GatedOutput:
-    """The evaluation forward (SPEC §1: no noise; §4: only the active subnet computed):
+    """The evaluation forward (METHOD.md §1: no noise; §4: only the active subnet computed):
     logits and, per gated point, the (B, C) masks and gate logits."""
     network.set_gate_noise(0.0)
     return network.forward_with_masks(images, sliced=True)

@@ -1,4 +1,4 @@
-"""Gates, backbones and the gated network: plain ``nn.Module``s (SPEC §1), and the
+"""Gates, backbones and the gated network: plain ``nn.Module``s (METHOD.md §1), and the
 description of their gate points that every reader of a network works from."""
 
 from mglightning.models.backbones import Backbone, build_network, width_for_macs

@@ -1,10 +1,10 @@
-"""The gated network of SPEC §1: blocks, some of them channel-gated, and a linear head.
+"""The gated network of METHOD.md §1: blocks, some of them channel-gated, and a linear head.
 
 :class:`GatedNetwork` is what every backbone shares: one forward path serving training,
 adaptation and deployment, and the split of its parameters into θ and φ. With
 ``sliced=True`` a gated block computes only the channels that are on for at least one input
 of the batch, whatever reads them reads only those channels, and the masks are constants
-(SPEC §4 Stage II, and real inference savings). With ``sliced=False`` every channel is
+(METHOD.md §4 Stage II, and real inference savings). With ``sliced=False`` every channel is
 computed and masked, which the gate's straight-through gradient needs: it flows through
 channels that are off. A backbone says where its gates sit and what each op costs through
 :meth:`GatedNetwork.describe` (:mod:`mglightning.models.gate_points`).
@@ -55,7 +55,7 @@ class LayerSpec:
 @dataclass
 class GatedOutput:
     """Logits and, per gated point, the (B, C) 0/1 masks that produced them and the gate
-    logits z before binarization (the relaxed mask is σ(z/τ), SPEC §1)."""
+    logits z before binarization (the relaxed mask is σ(z/τ), METHOD.md §1)."""
 
     logits: torch.Tensor
     masks: list[torch.Tensor]
@@ -93,7 +93,7 @@ def apply_mask(
     all_present_on: bool, scale: torch.Tensor | None,
 ) -> torch.Tensor:
     """``y`` (B, C_present[, H, W]) times the mask's present columns, then times ``scale``
-    (C,), structured SNIP's fixed channel multipliers (SPEC §5)."""
+    (C,), structured SNIP's fixed channel multipliers (METHOD.md §5)."""
     if mask is not None and not all_present_on:
         present = mask if keep is None else mask.index_select(1, keep)  # (B, C_present)
         y = y * (present[:, :, None, None] if y.dim() == 4 else present)
@@ -133,7 +133,7 @@ class GatedBlock(nn.Module):
         scale: torch.Tensor | None = None,
     ) -> BlockOutput:
         """``in_keep``: the input channels present (None: all); ``sliced``: compute only the
-        channels some input keeps (SPEC §4); ``noise_scale`` 0: no gate noise (SPEC §1);
+        channels some input keeps (METHOD.md §4); ``noise_scale`` 0: no gate noise (§1);
         ``scale``: fixed multipliers of the output channels (structured SNIP)."""
         if self.spec.kind == "linear" and x.dim() > 2:
             x, in_keep = x.flatten(1), _feature_indices(in_keep, x.shape[2:])

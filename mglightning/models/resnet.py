@@ -6,7 +6,7 @@ shortcut where a stage changes the shape, global average pooling and a linear he
 two or three blocks a stage it is ResNet-8, -14 or -20 (``conf/model/resnet8.yaml`` …).
 
 A block's gate reads the block's input (global average pool → MLP) and switches the output
-channels of its first conv, after their norm and ReLU (SPEC §1 places the mask after the
+channels of its first conv, after their norm and ReLU (METHOD.md §1 places the mask after the
 nonlinearity); the second conv alone reads them. Sliced, the first conv computes only the
 channels on for some input of the batch, its norm's affine entries are sliced alike, and the
 second conv reads only those channels; the residual stream is never sliced.
