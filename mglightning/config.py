@@ -361,15 +361,15 @@ def _backbone_layers(values: Mapping) -> Iterator[str]:
     model = values.get("model") or {}
     gated = model.get("gated_layers")
     try:
-        layers = import_target(model.get("_target_")).layers
+        layers = import_target(model.get("_target_")).layer_count(model)
     except (ImportError, AttributeError, ValueError, TypeError):
-        return  # not a backbone with a layer list: the walker names a bad _target_
+        return  # not a backbone: the walker names a bad _target_ or option
     if not integer_list(1).check(gated):
         return
-    missing = [layer for layer in gated if layer > len(layers)]
+    missing = [layer for layer in gated if layer > layers]
     if missing:
         yield (f"model.gated_layers={gated}: {model.get(LABEL_KEY)} has layers "
-               f"1..{len(layers)}, not {missing}")
+               f"1..{layers}, not {missing}")
 
 
 def _lookup(values: Mapping, path: str) -> tuple[bool, Any]:

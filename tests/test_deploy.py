@@ -137,3 +137,21 @@ def test_ungated_and_snip_runs_deploy_too(tiny_config, tmp_path):
             predicted = load_package(output)(client.data.images[client.query_idx])
         labels = client.data.labels[client.query_idx]
         assert float((predicted.argmax(1) == labels).float().mean()) == pytest.approx(reported)
+
+
+def test_a_residual_network_gated_in_every_block_deploys(tiny_config, tmp_path):
+    """ResNet-8, a gate in each of its blocks: trained, adapted at a target, exported with its
+    always-off channels removed and compiled, it scores what the run reported there."""
+    cfg = tiny_config("model=resnet8", "rounds=2", "eval_every=0",
+                      "model.gate_bias_init=0.0")  # gates near 0: some channels off per task
+    run(cfg)
+    output = tmp_path / "resnet8.pt2"
+    main([cfg.output_dir, "--output", str(output)])
+    with open(f"{cfg.output_dir}/tasks.csv") as handle:
+        reported = float(next(csv.DictReader(handle))["accuracy"])
+    client = build_datamodule(cfg).target_clients[0]
+    predicted = load_package(output)(client.data.images[client.query_idx])
+    labels = client.data.labels[client.query_idx]
+    assert float((predicted.argmax(1) == labels).float().mean()) == pytest.approx(reported)
+    about = json.loads(output.with_suffix(".json").read_text())
+    assert 0 < about["parameters"] < about["gated_network_parameters"]

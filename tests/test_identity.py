@@ -143,6 +143,17 @@ def test_an_unset_sparsity_budget_keeps_the_fingerprint_of_a_config_without_it(t
                                    "method.local.sparsity_weight=9")) != budget
 
 
+@pytest.mark.parametrize("model", ["mlp2", "cnn4", "cnn7", "resnet8"])
+def test_a_width_of_one_keeps_the_fingerprint_of_a_config_without_it(tiny_config, model):
+    """The width multiplier at its neutral 1.0 is left out; any other width is identity."""
+    cfg = tiny_config(f"model={model}")
+    before = OmegaConf.to_container(cfg, resolve=True)
+    del before["model"]["width"]
+    assert fingerprint(before) == fingerprint(cfg) == fingerprint(
+        tiny_config(f"model={model}", "model.width=1"))
+    assert fingerprint(tiny_config(f"model={model}", "model.width=0.5")) != fingerprint(cfg)
+
+
 def test_the_migration_upgrades_an_older_config_to_todays_fingerprint():
     """Configs as the code before ``_target_`` parts composed them (pinned in a fixture),
     upgraded, read as today's config of the same overrides: the same fingerprint, and valid;
@@ -224,10 +235,12 @@ def test_the_same_command_on_other_data_is_refused_not_reused(tmp_path):
 
 
 def old_container(config) -> dict:
-    """``config`` resolved, as the old code wrote it: without the sparsity budget's keys."""
+    """``config`` resolved, as the old code wrote it: without the sparsity budget's keys and
+    the model's width multiplier."""
     container = OmegaConf.to_container(config, resolve=True)
     for key in BUDGET_KEYS:
         container["method"]["local"].pop(key, None)
+    container["model"].pop("width", None)
     return container
 
 

@@ -16,13 +16,15 @@ import math
 
 import torch
 
+from mglightning.models.channels import ChannelSets
+
 
 def channel_shares(masks: torch.Tensor) -> dict[str, float]:
     """Shares of the channels off for every input, on for every input, and decided per
     input (the three add up to 1), over the inputs of ``masks`` (B, C)."""
-    on_count = masks.bool().sum(dim=0)  # (C,)
-    always_off = float((on_count == 0).float().mean())
-    always_on = float((on_count == masks.shape[0]).float().mean())
+    sets = ChannelSets(masks)
+    always_off = float(sets.always_off.float().mean())
+    always_on = float(sets.always_on.float().mean())
     return {
         "always_off": always_off,
         "always_on": always_on,

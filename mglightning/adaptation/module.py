@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -27,37 +26,15 @@ from mglightning.adaptation.gating_stats import (
 )
 from mglightning.devices import device_clock
 from mglightning.models.cost import forward_cost
-from mglightning.models.network import GatedNetwork
-
-
-@dataclass
-class QueryForward:
-    """A sliced, noise-free forward over a query set: logits and, per gated layer, the
-    (B, C_out) masks and gate logits."""
-
-    logits: torch.Tensor
-    masks: list[torch.Tensor]
-    gate_logits: list[torch.Tensor]
+from mglightning.models.network import GatedNetwork, GatedOutput
 
 
 @torch.no_grad()
-def query_forward(network: GatedNetwork, images: torch.Tensor) -> QueryForward:
-    """The evaluation forward (SPEC §1: no noise; §4: only the active subnet computed); the
-    gate logits are read by hooks on each gate's last Linear, the forward itself unchanged."""
+def query_forward(network: GatedNetwork, images: torch.Tensor) -> GatedOutput:
+    """The evaluation forward (METHOD.md §1: no noise; §4: only the active subnet computed):
+    logits and, per gated point, the (B, C) masks and gate logits."""
     network.set_gate_noise(0.0)
-    gate_logits: list[torch.Tensor] = []
-    hooks = [
-        network.blocks[layer].gate.out.register_forward_hook(
-            lambda module, inputs, output: gate_logits.append(output)
-        )
-        for layer in network.gated_layers
-    ]
-    try:
-        output = network.forward_with_masks(images, sliced=True)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return QueryForward(output.logits, output.masks, gate_logits)
+    return network.forward_with_masks(images, sliced=True)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -68,8 +45,11 @@ def stage1_network(meta_network: GatedNetwork, adapted: GatedNetwork) -> GatedNe
     """The meta-model's backbone with the adapted network's gates: (θ*, φ_t), the network
     after Stage I of ``two_stage``, whose Stage II changes θ alone (SPEC §4)."""
     network = copy.deepcopy(meta_network)
-    for layer in network.gated_layers:
-        network.blocks[layer].gate.load_state_dict(adapted.blocks[layer].gate.state_dict())
+    adapted_parameters = dict(adapted.named_parameters())
+    with torch.no_grad():
+        for name, parameter in network.named_parameters():
+            if network.is_gate_parameter(name):
+                parameter.copy_(adapted_parameters[name])
     return network
 
 
@@ -127,8 +107,8 @@ class FastAdaptation(L.LightningModule):
     def gating_measures(
         self,
         network: GatedNetwork,
-        meta_forward: QueryForward,
-        adapted_forward: QueryForward,
+        meta_forward: GatedOutput,
+        adapted_forward: GatedOutput,
         images: torch.Tensor,
         labels: torch.Tensor,
     ) -> dict:
@@ -147,23 +127,21 @@ class FastAdaptation(L.LightningModule):
             "gate_logit_abs_mean": float(torch.cat(adapted_forward.gate_logits, dim=1)
                                          .abs().mean()),
         }
-        for layer, masks in zip(network.gated_layers, adapted_forward.masks, strict=True):
-            suffix = f"_layer{layer + 1}"
+        points = network.describe().points
+        for index, masks in zip(network.gated_layers, adapted_forward.masks, strict=True):
+            suffix = f"_layer{points[index].layer}"
             row |= {f"{share}{suffix}": value for share, value in channel_shares(masks).items()}
             row[f"input_jaccard{suffix}"] = mean_pairwise_jaccard_distance(masks)
             row[f"majority_on{suffix}"] = channel_set_text(majority_on(masks))
-            meta_gate = self.meta_network.blocks[layer].gate.out
-            row[f"zeroed_groups{suffix}"] = zeroed_groups(meta_gate.weight, meta_gate.bias)
+            weight, bias = (self.meta_network.get_parameter(name)
+                            for name in points[index].group)
+            row[f"zeroed_groups{suffix}"] = zeroed_groups(weight, bias)
         return row
 
-    @torch.no_grad()
-    def evaluate(self, network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor) -> dict:
-        """Query-set accuracy and per-task means of the per-input sparsity and MACs."""
-        return self.measure(network, query_forward(network, images), labels)
-
     @staticmethod
-    def measure(network: GatedNetwork, forward: QueryForward, labels: torch.Tensor) -> dict:
-        """:meth:`evaluate` from a forward already made."""
+    def measure(network: GatedNetwork, forward: GatedOutput, labels: torch.Tensor) -> dict:
+        """Query-set accuracy and per-task means of the per-input sparsity and MACs, from the
+        query forward (:func:`query_forward`) of ``network``."""
         cost = forward_cost(network, forward.masks)
         row = {
             "accuracy": accuracy(forward.logits, labels),
@@ -172,8 +150,9 @@ class FastAdaptation(L.LightningModule):
             "dense_macs": cost.dense_macs,
             "executed_macs": float(cost.executed_macs.mean()),
         }
-        for layer, sparsity in zip(network.gated_layers, cost.layer_sparsity, strict=True):
-            row[f"sparsity_layer{layer + 1}"] = float(sparsity.mean())
+        points = network.describe().points
+        for index, sparsity in zip(network.gated_layers, cost.layer_sparsity, strict=True):
+            row[f"sparsity_layer{points[index].layer}"] = float(sparsity.mean())
         return row
 
     def evaluate_targets(self, clients, tasks: Iterable[int] | None = None,

@@ -31,12 +31,9 @@ KeepFraction = Annotated[float, number(above=0, at_most=1)]  # the share of weig
 
 
 def prunable_weights(network: GatedNetwork) -> list[nn.Parameter]:
-    """The weight tensors SNIP scores: every conv and linear layer's, the head's included."""
-    return [
-        module.weight
-        for name, module in network.named_modules()
-        if isinstance(module, nn.Conv2d | nn.Linear) and not network.is_gate_parameter(f"{name}.")
-    ]
+    """The weight tensors SNIP scores: every conv and linear op's of the backbone, the head's
+    included (the network's description lists them; gates are not pruned)."""
+    return [network.get_parameter(op.weight) for op in network.describe().backbone_ops]
 
 
 def snip_masks(
@@ -89,26 +86,16 @@ def _pruned_step(
 def channel_saliency(
     network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, blocks: list[int]
 ) -> list[torch.Tensor]:
-    """Per block of ``blocks``, the (C_out,) saliency |∂L/∂m_c| at m = 1 of a mask m scaling
-    the block's output channel c: SNIP's connection sensitivity of a whole channel."""
+    """Per gate point of ``blocks`` (0-based), the (C,) saliency |∂L/∂m_c| at m = 1 of a
+    mask m scaling the point's channel c where its gate's mask acts: SNIP's connection
+    sensitivity of a whole channel."""
     like = network.head.weight  # the parameters' device and dtype
-    scales = [torch.ones(network.blocks[block].spec.out, device=like.device, dtype=like.dtype,
-                         requires_grad=True) for block in blocks]
-
-    def scaling(scale: torch.Tensor):
-        def hook(module, inputs, output):
-            features, *rest = output  # (B, C, H, W) or (B, C), then the block's keep and mask
-            return (features * (scale[:, None, None] if features.dim() == 4 else scale), *rest)
-        return hook
-
-    hooks = [network.blocks[block].register_forward_hook(scaling(scale))
-             for block, scale in zip(blocks, scales, strict=True)]
-    try:
-        loss = F.cross_entropy(network(images), labels)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return [grad.abs() for grad in torch.autograd.grad(loss, scales)]
+    points = network.describe().points
+    scales = {block: torch.ones(points[block].channels, device=like.device, dtype=like.dtype,
+                                requires_grad=True) for block in blocks}
+    logits = network.forward_with_masks(images, channel_scales=scales).logits
+    return [grad.abs() for grad in torch.autograd.grad(F.cross_entropy(logits, labels),
+                                                       list(scales.values()))]
 
 
 def snip_channels(
@@ -119,11 +106,12 @@ def snip_channels(
     keep_fraction: KeepFraction,
     layers: Annotated[list[int], integer_list(1)],
 ) -> dict[str, float]:
-    """Structured SNIP: in each layer of ``layers`` (1-based, as ``model.gated_layers``) keep
-    the max(1, round(keep_fraction · C)) output channels of highest :func:`channel_saliency`,
-    switch the rest off for every input (filter and bias zeroed: ReLU(0) = 0), then one
-    gradient step on what is left. Returns sparsity, MACs skipped and executed in the units
-    of MetaGater's rows (channels off in those layers; the pruned layer and its reader)."""
+    """Structured SNIP: at each gate point of ``layers`` (1-based, as ``model.gated_layers``)
+    keep the max(1, round(keep_fraction · C)) channels of highest :func:`channel_saliency`,
+    switch the rest off for every input (their producers zeroed: filter, bias, norm affine;
+    ReLU(0) = 0), then one gradient step on what is left. Returns sparsity, MACs skipped and
+    executed in the units of MetaGater's rows (channels off at those points; the ops writing
+    and reading them)."""
     blocks = [layer - 1 for layer in layers]
     keeps = []
     for saliency in channel_saliency(network, images, labels, blocks):
@@ -131,10 +119,11 @@ def snip_channels(
         keep[saliency.topk(max(1, round(keep_fraction * saliency.numel()))).indices] = 1.0
         keeps.append(keep)
     masks = {}
+    points = network.describe().points
     for block, keep in zip(blocks, keeps, strict=True):
-        op = network.blocks[block].op
-        masks[op.weight] = keep.view(-1, *[1] * (op.weight.dim() - 1))
-        masks[op.bias] = keep
+        for name in points[block].producers:  # entry c along dim 0 makes channel c
+            producer = network.get_parameter(name)
+            masks[producer] = keep.view(-1, *[1] * (producer.dim() - 1))
     _pruned_step(network, images, labels, lr, masks)
     cost = forward_cost(network, [keep[None] for keep in keeps], blocks)
     return {

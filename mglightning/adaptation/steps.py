@@ -38,7 +38,7 @@ def _split_parameters(network: GatedNetwork) -> tuple[list[nn.Parameter], list[n
 
 def adapt_gates(
     network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float,
-    first_block: int = 0,
+    first_block: int | None = None,
 ) -> None:
     """Stage I: φ_t = φ* − η_a ∇_φ L(θ*, φ*), the backbone fixed. The forward is dense: the
     gate's straight-through gradient needs every channel's output, on or off. ``images``
@@ -51,7 +51,7 @@ def adapt_gates(
 
 def adapt_backbone(
     network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor, lr: float,
-    first_block: int = 0,
+    first_block: int | None = None,
 ) -> None:
     """Stage II: θ_t = θ* − η_a ∇_θ L(θ*, φ_t) through the sliced forward: only the active
     subnet is computed, so only the active channels' filters (and the weights reading them)
@@ -71,8 +71,9 @@ def two_stage(
 
     Stage I takes ``stage1_steps`` gradient steps of size ``gate_lr`` (None: ``lr``) on the
     gates; SPEC §4 is one step of η_a. Stage II takes one step of ``lr`` on the backbone.
-    The blocks before the first gated one depend on θ alone, which Stage I leaves as it is:
-    their output is computed once and serves both stages (Stage I reads it detached)."""
+    The stem and the blocks before the first gated one depend on θ alone, which Stage I
+    leaves as it is: their output is computed once and serves both stages (Stage I reads it
+    detached)."""
     gated = network.gated_layers
     first = gated[0] if gated else len(network.blocks)
     features = network.features(images, first)  # input of the first gated block

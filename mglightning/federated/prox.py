@@ -33,9 +33,9 @@ class GroupLasso:
     @classmethod
     def for_network(cls, gamma: Weight, flat: FlatParameters,
                     network: GatedNetwork) -> GroupLasso:
-        """One group per gated output channel: row c of the gate's last Linear with bias c."""
-        pairs = [(f"blocks.{i}.gate.out.weight", f"blocks.{i}.gate.out.bias")
-                 for i in network.gated_layers]
+        """One group per gated channel: row c of the gate's last Linear with bias c, for
+        every gated point of the network's description."""
+        pairs = [point.group for point in network.describe().points if point.gate is not None]
         return cls(gamma, *flat.group_index(pairs))
 
     def _indices(self, vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,18 +1,32 @@
 """The paper's backbones (SPEC §1), built for any input shape and class count.
 
-A backbone is a :class:`Backbone` object named by a config's ``model._target_``
-(``conf/model/cnn4.yaml``: ``_target_: mglightning.models.backbones.cnn4``); a new backbone is
-a new object here and a YAML file there.
+A backbone is an object named by a config's ``model._target_``
+(``conf/model/cnn4.yaml``: ``_target_: mglightning.models.backbones.cnn4``); called with the
+input shape, the class count and the model config's options, it builds the gated network. A
+chain of conv/linear layers is a :class:`Backbone` here; another topology is a module of its
+own (:mod:`mglightning.models.resnet`) and a YAML file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated
 
-from mglightning.constraints import GATES_ONLY, integer, integer_list, number, optional
-from mglightning.models.network import GatedNetwork, LayerSpec
+import torch
+
+from mglightning.models.cost import dense_macs
+from mglightning.models.network import (
+    GateBiasInit,
+    GatedLayers,
+    GatedNetwork,
+    GateHidden,
+    LayerSpec,
+    LayerStack,
+    Temperature,
+    Width,
+    scaled_width,
+)
+from mglightning.models.resnet import ResidualBackbone, cifar_resnet
 
 
 @dataclass(frozen=True)
@@ -27,18 +41,24 @@ class Backbone:
         self,
         input_shape: Sequence[int],
         num_classes: int,
-        gated_layers: Annotated[Sequence[int], integer_list(1), GATES_ONLY] = (),
-        gate_hidden: Annotated[int, integer(1), GATES_ONLY] = 16,
-        temperature: Annotated[float, number(above=0), GATES_ONLY] = 1.0,
-        gate_bias_init: Annotated[float | None, optional(number()), GATES_ONLY] = None,
+        gated_layers: GatedLayers = (),
+        gate_hidden: GateHidden = 16,
+        temperature: Temperature = 1.0,
+        gate_bias_init: GateBiasInit = None,
+        width: Width = 1.0,
     ) -> GatedNetwork:
         specs = [
-            LayerSpec(spec.kind, spec.out, spec.pool, gated=i + 1 in gated_layers)
+            LayerSpec(spec.kind, scaled_width(spec.out, width), spec.pool,
+                      gated=i + 1 in gated_layers)
             for i, spec in enumerate(self.layers)
         ]
-        return GatedNetwork(
+        return LayerStack(
             tuple(input_shape), num_classes, specs, gate_hidden, temperature, gate_bias_init
         )
+
+    def layer_count(self, options: Mapping) -> int:
+        """How many layers ``model.gated_layers`` may name."""
+        return len(self.layers)
 
 
 mlp2 = Backbone((LayerSpec("linear", 100),))
@@ -58,13 +78,43 @@ cnn7 = Backbone((
     LayerSpec("conv", 128),
     LayerSpec("conv", 128, "global_avg"),
 ))
+BACKBONES = {"mlp2": mlp2, "cnn4": cnn4, "cnn7": cnn7, "cifar_resnet": cifar_resnet}
 
 
 def build_network(name: str, input_shape: Sequence[int], num_classes: int,
                   **options) -> GatedNetwork:
-    """Backbone ``name`` of this module (``cnn4``, …) by the name the model config gives it:
-    for tests and benches, which build a network without a config."""
-    backbone = globals().get(name)
-    if not isinstance(backbone, Backbone):
-        raise ValueError(f"model.name={name!r} is not a backbone of {__name__}")
-    return backbone(input_shape, num_classes, **options)
+    """Backbone ``name`` (``cnn4``, …, ``cifar_resnet``) with ``options`` as a model config
+    gives them: for tests, benches and the Flower ClientApp, which build a network without
+    Hydra."""
+    if name not in BACKBONES:
+        raise ValueError(f"model.name={name!r} is not one of the backbones {sorted(BACKBONES)}")
+    return BACKBONES[name](input_shape, num_classes, **options)
+
+
+def width_for_macs(
+    backbone: Backbone | ResidualBackbone, input_shape: Sequence[int], num_classes: int,
+    target_macs: float, max_width: float = 4.0, resolution: float = 1e-3, **options,
+) -> float:
+    """The width multiplier (a multiple of ``resolution`` up to ``max_width``) whose ungated
+    network's dense MACs come closest to ``target_macs``: the dense narrower partner of a
+    gated network at equal MACs (METHOD.md §7). Dense MACs never fall as the width grows, so
+    a bisection finds the last width at or under the target; it or the next is closest."""
+
+    def macs(steps: int) -> int:
+        with torch.device("meta"):  # shapes only: no memory, no random draws
+            network = backbone(input_shape, num_classes, width=steps * resolution, **options)
+        return dense_macs(network)
+
+    low, high = 1, round(max_width / resolution)  # the last width at or under the target
+    if macs(low) > target_macs:
+        return low * resolution
+    while low < high:
+        middle = (low + high + 1) // 2
+        if macs(middle) <= target_macs:
+            low = middle
+        else:
+            high = middle - 1
+    if low < round(max_width / resolution) and (
+            macs(low + 1) - target_macs < target_macs - macs(low)):
+        low += 1
+    return round(low * resolution, 6)

@@ -1,25 +1,46 @@
-"""The gated network of SPEC §1: a stack of conv/linear blocks, some of them channel-gated.
+"""The gated network of METHOD.md §1: blocks, some of them channel-gated, and a linear head.
 
-One forward path serves training, adaptation and deployment. With ``sliced=True`` a gated
-block computes only the channels that are on for at least one input of the batch, the next
-layer reads only those channels, and the masks are constants (SPEC §4 Stage II, and real
-inference savings). With ``sliced=False`` every channel is computed and masked, which the
-gate's straight-through gradient needs: it flows through channels that are off.
+:class:`GatedNetwork` is what every backbone shares: one forward path serving training,
+adaptation and deployment, and the split of its parameters into θ and φ. With
+``sliced=True`` a gated block computes only the channels that are on for at least one input
+of the batch, whatever reads them reads only those channels, and the masks are constants
+(METHOD.md §4 Stage II, and real inference savings). With ``sliced=False`` every channel is
+computed and masked, which the gate's straight-through gradient needs: it flows through
+channels that are off. A backbone says where its gates sit and what each op costs through
+:meth:`GatedNetwork.describe` (:mod:`mglightning.models.gate_points`).
+
+:class:`LayerStack` is the paper's backbones: a chain of conv/linear blocks.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mglightning.constraints import GATES_ONLY, integer, integer_list, neutral, number, optional
+from mglightning.models.channels import ChannelSets
 from mglightning.models.gate import ChannelGate, binarize
+from mglightning.models.gate_points import GateOp, GatePoint, MacOp, NetworkDescription, Reader
 
 Pool = Literal["max", "avg", "global_avg"] | None
+# The options every backbone takes (a model config's keys), with the config walker's rules.
+GatedLayers = Annotated[Sequence[int], integer_list(1), GATES_ONLY]  # 1-based block numbers
+GateHidden = Annotated[int, integer(1), GATES_ONLY]
+Temperature = Annotated[float, number(above=0), GATES_ONLY]  # τ of the straight-through estimator
+GateBiasInit = Annotated[float | None, optional(number()), GATES_ONLY]
+# Every hidden width × this (see scaled_width); at 1.0 it is left out of the identity.
+Width = Annotated[float, number(above=0), neutral(1.0)]
+
+
+def scaled_width(channels: int, width: float) -> int:
+    """A hidden width under the width multiplier: rounded, at least 1."""
+    return max(1, round(channels * width))
 
 
 @dataclass(frozen=True)
@@ -34,15 +55,58 @@ class LayerSpec:
 
 @dataclass
 class GatedOutput:
-    """Logits and, per gated layer, the (B, C_out) 0/1 masks that produced them."""
+    """Logits and, per gated point, the (B, C) 0/1 masks that produced them and the gate
+    logits z before binarization (the relaxed mask is σ(z/τ), METHOD.md §1)."""
 
     logits: torch.Tensor
     masks: list[torch.Tensor]
+    gate_logits: list[torch.Tensor]
+
+
+class BlockOutput(NamedTuple):
+    """What a block returns: its output, the indices of the output channels present (None:
+    all), and, if gated, its mask (B, C) and gate logits (B, C)."""
+
+    features: torch.Tensor
+    keep: torch.Tensor | None
+    mask: torch.Tensor | None
+    gate_logits: torch.Tensor | None
+
+
+def gate_mask(
+    gate: ChannelGate, x: torch.Tensor, in_keep: torch.Tensor | None, temperature: float,
+    sliced: bool, noise_scale: float, generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
+    """(mask (B, C), gate logits, indices of the channels to compute or None for all, whether
+    every computed channel is on for every input) of ``gate`` reading ``x``. Sliced, the mask
+    is a constant and only the channels on for some input are computed."""
+    logits = gate.logits(x, in_keep)
+    mask = binarize(logits, temperature, noise_scale, generator)
+    if not sliced:
+        return mask, logits, None, False
+    mask = mask.detach()
+    keep, any_on = ChannelSets(mask).present()
+    return mask, logits, keep, any_on and mask.shape[0] == 1
+
+
+def apply_mask(
+    y: torch.Tensor, mask: torch.Tensor | None, keep: torch.Tensor | None,
+    all_present_on: bool, scale: torch.Tensor | None,
+) -> torch.Tensor:
+    """``y`` (B, C_present[, H, W]) times the mask's present columns, then times ``scale``
+    (C,), structured SNIP's fixed channel multipliers (METHOD.md §5)."""
+    if mask is not None and not all_present_on:
+        present = mask if keep is None else mask.index_select(1, keep)  # (B, C_present)
+        y = y * (present[:, :, None, None] if y.dim() == 4 else present)
+    if scale is not None:
+        y = y * (scale[:, None, None] if y.dim() == 4 else scale)
+    return y
 
 
 class GatedBlock(nn.Module):
     """conv/linear → ReLU → channel mask (from the gate reading the block input) → pool;
-    ``channels_last``: pooled in that layout (see :func:`pool_relu`), else in NCHW."""
+    ``channels_last``: pooled in that layout (see :func:`pool_relu`), else in NCHW. A linear
+    block reads its input flattened."""
 
     def __init__(
         self, spec: LayerSpec, in_channels: int, gate_hidden: int,
@@ -67,44 +131,32 @@ class GatedBlock(nn.Module):
         sliced: bool = False,
         noise_scale: float = 0.0,
         generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Returns (output, indices of the output channels present or None for all, mask).
-        ``in_keep``: the input channels present (None: all); ``sliced``: compute only the
-        channels some input keeps (SPEC §4); ``noise_scale`` 0: no gate noise (SPEC §1)."""
+        scale: torch.Tensor | None = None,
+    ) -> BlockOutput:
+        """``in_keep``: the input channels present (None: all); ``sliced``: compute only the
+        channels some input keeps (METHOD.md §4); ``noise_scale`` 0: no gate noise (§1);
+        ``scale``: fixed multipliers of the output channels (structured SNIP)."""
+        if self.spec.kind == "linear" and x.dim() > 2:
+            x, in_keep = x.flatten(1), _feature_indices(in_keep, x.shape[2:])
         weight, bias = self.op.weight, self.op.bias
         if in_keep is not None:
             weight = weight.index_select(1, in_keep)
-        mask = out_keep = None
+        mask = logits = out_keep = None
         all_present_on = False  # whether every computed channel is on for every input
         if self.gate is not None:
-            mask = binarize(self.gate.logits(x, in_keep), temperature, noise_scale, generator)
-            if sliced:
-                mask = mask.detach()
-                out_keep, any_on = active_channels(mask)
-                all_present_on = any_on and mask.shape[0] == 1
-                if out_keep is not None:
-                    weight, bias = weight.index_select(0, out_keep), bias.index_select(0, out_keep)
+            mask, logits, out_keep, all_present_on = gate_mask(
+                self.gate, x, in_keep, temperature, sliced, noise_scale, generator)
+            if out_keep is not None:
+                weight, bias = weight.index_select(0, out_keep), bias.index_select(0, out_keep)
         y = (
             F.conv2d(x, weight, bias, padding=1)
             if self.spec.kind == "conv"
             else F.linear(x, weight, bias)
         )
         y = pool_relu(y, self.spec.pool, self.channels_last)
-        if mask is not None and not all_present_on:  # masking after pooling: same values
-            present = mask if out_keep is None else mask.index_select(1, out_keep)  # (B, C_pres.)
-            y = y * (present[:, :, None, None] if y.dim() == 4 else present)
-        return y, out_keep, mask
-
-
-def active_channels(mask: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
-    """(indices of the channels on for some input, or None when all are on; whether any is
-    on). With none on, channel 0 stands in (computed, then masked to 0)."""
-    keep = (mask.amax(dim=0) > 0).nonzero().squeeze(1)  # (C_on,)
-    if keep.numel() == mask.shape[1]:
-        return None, True
-    if keep.numel() == 0:
-        return torch.zeros(1, dtype=torch.long, device=mask.device), False
-    return keep, True
+        # masking after pooling: the same values
+        return BlockOutput(apply_mask(y, mask, out_keep, all_present_on, scale), out_keep,
+                           mask, logits)
 
 
 def pool_relu(y: torch.Tensor, pool: str, channels_last: bool = True) -> torch.Tensor:
@@ -138,8 +190,21 @@ def _pool(y: torch.Tensor, pool: str) -> torch.Tensor:
     return y
 
 
+class BlocksOutput(NamedTuple):
+    """The last block's output, the indices of its channels present (None: all), and the
+    masks and gate logits of the gated blocks among them."""
+
+    features: torch.Tensor
+    keep: torch.Tensor | None
+    masks: list[torch.Tensor]
+    gate_logits: list[torch.Tensor]
+
+
 class GatedNetwork(nn.Module):
-    """Backbone blocks + a linear classifier head; gates where the layer specs say.
+    """A backbone's blocks (``self.blocks``; block i holds gate point i, its ``gate`` None when
+    ungated) between a stem (:meth:`stem`) and a linear classifier head (:meth:`head_logits`),
+    each block called as :class:`GatedBlock` is. A subclass builds them and describes them
+    (:meth:`describe`); this class runs them.
 
     ``theta`` (backbone) and ``phi`` (gates) are told apart by parameter name: every gate
     parameter lives under a ``.gate.`` submodule (see :meth:`is_gate_parameter`). The memory
@@ -147,31 +212,31 @@ class GatedNetwork(nn.Module):
     :func:`pool_relu`) unless set otherwise (:meth:`set_layout`); the values are the same.
     """
 
-    def __init__(
-        self,
-        input_shape: tuple[int, ...],
-        num_classes: int,
-        layers: list[LayerSpec],
-        gate_hidden: int = 16,
-        temperature: float = 1.0,
-        gate_bias_init: float | None = None,
-        channels_last: bool = True,
-    ) -> None:
+    blocks: nn.ModuleList
+    head: nn.Linear
+
+    def __init__(self, input_shape: tuple[int, ...], temperature: float = 1.0,
+                 channels_last: bool = True) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.channels_last = channels_last
         self.temperature = temperature
         self.gate_noise = 0.0  # the scale of the Logistic gate noise; 0: none
         self.noise_generator: torch.Generator | None = None
-        blocks, shapes = [], [self.input_shape]
-        for spec in layers:
-            in_channels = shapes[-1][0] if spec.kind == "conv" else _numel(shapes[-1])
-            blocks.append(GatedBlock(spec, in_channels, gate_hidden, gate_bias_init,
-                                     channels_last))
-            shapes.append(_block_output_shape(spec, shapes[-1]))
-        self.blocks = nn.ModuleList(blocks)
-        self.layer_shapes = shapes  # input shape of block i is shapes[i]; head reads shapes[-1]
-        self.head = nn.Linear(_numel(shapes[-1]), num_classes)
+
+    def describe(self) -> NetworkDescription:
+        """The gate points and the ops that cost MACs, from the parameters as they are (a
+        network pruned at rest describes its smaller self)."""
+        raise NotImplementedError
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """What block 0 reads, from the input (in the activations' layout); no gate there."""
+        return x
+
+    def head_logits(self, x: torch.Tensor, in_keep: torch.Tensor | None) -> torch.Tensor:
+        """The classifier on the last block's output, of which only the channels ``in_keep``
+        are present (None: all)."""
+        raise NotImplementedError
 
     @property
     def gated_layers(self) -> list[int]:
@@ -208,42 +273,111 @@ class GatedNetwork(nn.Module):
         (their masks would be lost). Lets callers reuse a gate-free prefix across passes."""
         if any(block.gate is not None for block in self.blocks[:stop]):
             raise ValueError(f"blocks before {stop} carry gates: their masks would be lost")
-        return self.run_blocks(to_layout(x, self.channels_last), 0, stop)[0]
+        return self.run_blocks(self.stem(to_layout(x, self.channels_last)), 0, stop).features
 
     def forward_with_masks(
-        self, x: torch.Tensor, sliced: bool = False, first_block: int = 0
+        self, x: torch.Tensor, sliced: bool = False, first_block: int | None = None,
+        channel_scales: dict[int, torch.Tensor] | None = None,
     ) -> GatedOutput:
-        """Logits and masks; ``x`` is the input of block ``first_block`` (see :meth:`features`)."""
-        x, in_keep, masks = self.run_blocks(to_layout(x, self.channels_last), first_block,
-                                            len(self.blocks), sliced)
-        return GatedOutput(self.head_logits(x, in_keep), masks)
+        """Logits, masks and gate logits of the network's input ``x``, or, given
+        ``first_block``, of ``x`` the input of that block (see :meth:`features`).
+        ``channel_scales``: fixed multipliers (C,) of gate point i's channels, where its mask
+        acts (structured SNIP)."""
+        x = to_layout(x, self.channels_last)
+        if first_block is None:
+            x, first_block = self.stem(x), 0
+        output = self.run_blocks(x, first_block, len(self.blocks), sliced, channel_scales)
+        return GatedOutput(self.head_logits(output.features, output.keep), output.masks,
+                           output.gate_logits)
 
     def run_blocks(
-        self, x: torch.Tensor, start: int, stop: int, sliced: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
-        """Blocks ``start`` to ``stop - 1`` on ``x``, the dense input of block ``start``:
-        (their output, the indices of its channels present or None for all, the masks of the
-        gated blocks among them). A linear block reads its input flattened."""
-        masks, in_keep = [], None
-        for block in self.blocks[start:stop]:
-            if block.spec.kind == "linear" and x.dim() > 2:
-                x, in_keep = x.flatten(1), _feature_indices(in_keep, x.shape[2:])
-            x, in_keep, mask = block(
+        self, x: torch.Tensor, start: int, stop: int, sliced: bool = False,
+        channel_scales: dict[int, torch.Tensor] | None = None,
+    ) -> BlocksOutput:
+        """Blocks ``start`` to ``stop - 1`` on ``x``, the dense input of block ``start``."""
+        masks, gate_logits, in_keep = [], [], None
+        for index in range(start, stop):
+            x, in_keep, mask, logits = self.blocks[index](
                 x, in_keep, temperature=self.temperature, sliced=sliced,
                 noise_scale=self.gate_noise, generator=self.noise_generator,
+                scale=None if channel_scales is None else channel_scales.get(index),
             )
             if mask is not None:
                 masks.append(mask)
-        return x, in_keep, masks
+                gate_logits.append(logits)
+        return BlocksOutput(x, in_keep, masks, gate_logits)
+
+
+class LayerStack(GatedNetwork):
+    """The paper's backbones: a chain of conv/linear blocks, gates where the layer specs say,
+    and a linear head reading the last block's output flattened."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        layers: list[LayerSpec],
+        gate_hidden: int = 16,
+        temperature: float = 1.0,
+        gate_bias_init: float | None = None,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__(input_shape, temperature, channels_last)
+        blocks, shapes = [], [self.input_shape]
+        for spec in layers:
+            in_channels = shapes[-1][0] if spec.kind == "conv" else _numel(shapes[-1])
+            blocks.append(GatedBlock(spec, in_channels, gate_hidden, gate_bias_init,
+                                     channels_last))
+            shapes.append(_block_output_shape(spec, shapes[-1]))
+        self.blocks = nn.ModuleList(blocks)
+        self.layer_shapes = shapes  # input shape of block i is shapes[i]; head reads shapes[-1]
+        self.head = nn.Linear(_numel(shapes[-1]), num_classes)
 
     def head_logits(self, x: torch.Tensor, in_keep: torch.Tensor | None) -> torch.Tensor:
-        """The classifier on the last block's output, of which only the channels ``in_keep``
-        are present (None: all): it reads only their weight columns."""
+        """Only the weight columns of the present channels are read."""
         weight = self.head.weight
         if in_keep is not None:  # the columns of the present channels (flatten is channel-major)
             columns = weight.unflatten(1, (-1, _numel(x.shape[2:]))) if x.dim() > 2 else weight
             weight = columns.index_select(1, in_keep).flatten(1)
         return F.linear(x.flatten(1), weight, self.head.bias)
+
+    def describe(self) -> NetworkDescription:
+        """Point i: block i's output channels, read by the next block's op and gate (or the
+        head). A conv costs 9 MACs per channel pair and position at its input resolution
+        (padding 1, then pooling); a linear layer reading a map reads each channel's H·W."""
+        points, ops = [], []
+        in_channels = self.input_shape[0]
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            out_channels = block.op.weight.shape[0]
+            in_point = i - 1 if i else None
+            in_area = _numel(self.layer_shapes[i][1:])
+            conv = block.spec.kind == "conv"
+            ops.append(MacOp(f"blocks.{i}.op.weight", in_channels, out_channels,
+                             in_area * (9 if conv else 1), in_point, i))
+            if block.gate is not None:
+                ops.append(GateOp(i, in_point, in_channels, 1 if conv else in_area,
+                                  block.gate.hidden.out_features, out_channels))
+            points.append(GatePoint(
+                i + 1, out_channels, (f"blocks.{i}.op.weight", f"blocks.{i}.op.bias"),
+                self._readers(i), None if block.gate is None else f"blocks.{i}.gate"))
+            in_channels = out_channels
+        ops.append(MacOp("head.weight", in_channels, self.head.out_features,
+                         _numel(self.layer_shapes[-1][1:]), last if last >= 0 else None))
+        return NetworkDescription(tuple(points), tuple(ops))
+
+    def _readers(self, index: int) -> tuple[Reader, ...]:
+        """What reads block ``index``'s output: the next block's op and gate (a linear one
+        reads it flattened; a conv's gate pools it), or the head (flattened)."""
+        area = _numel(self.layer_shapes[index + 1][1:])
+        if index + 1 == len(self.blocks):
+            return (Reader("head.weight", area),)
+        following = self.blocks[index + 1]
+        per_channel = area if following.spec.kind == "linear" else 1
+        readers = [Reader(f"blocks.{index + 1}.op.weight", per_channel)]
+        if following.gate is not None:
+            readers.append(Reader(f"blocks.{index + 1}.gate.hidden.weight", per_channel))
+        return tuple(readers)
 
 
 def _feature_indices(channel_keep: torch.Tensor | None, spatial: torch.Size) -> torch.Tensor | None:
