@@ -10,7 +10,7 @@ ARGS   ?=
 
 .DEFAULT_GOAL := help
 GPU_OUT ?= outputs/gpu-check
-.PHONY: help install test test-all gpu-check lint train train-cifar10 reproduce sweep deploy bench \
+.PHONY: help install test test-integration test-all gpu-check lint train train-cifar10 reproduce sweep deploy bench \
         test-flower flower-sim flower-deploy-smoke flower-drill flower-round-times clean
 
 help: ## List the targets
@@ -27,10 +27,13 @@ install: ## Create .venv with torch 2.14.1 + torchvision 0.29.1 and the package 
 	fi
 	@$(PY) -m mglightning.data.mnist_offline || echo "note: MNIST not written (see the line above); dataset=mnist will try torchvision's download"
 
-test: ## Run the test suite (slow tests excluded)
+test: ## Run the test suite, less the slow and the integration tests (pyproject's addopts)
 	$(PY) -m pytest -q
 
-test-all: ## Run every test, the slow end-to-end ones too
+test-integration: ## The tests make test leaves out as integration: AOTInductor compiles, the wheel in a fresh venv, the notebooks run (CI runs them)
+	$(PY) -m pytest -q -m integration
+
+test-all: ## Run every test: the slow end-to-end and the integration ones too
 	$(PY) -m pytest -q -m "slow or not slow"
 
 gpu-check: ## On a GPU (<= 8 min): the cuda tests, host syncs reported; round time GPU vs CPU (loop, concatenated, vmapped, deterministic) → GPU_OUT/
@@ -38,8 +41,8 @@ gpu-check: ## On a GPU (<= 8 min): the cuda tests, host syncs reported; round ti
 		$(PY) -m pytest -q -rs -m cuda --junitxml=$(GPU_OUT)/cuda-tests.xml
 	CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 150 $(PY) -m benchmarks.device_rounds --rounds 10 --skip-without-gpu --output-dir $(GPU_OUT)
 
-test-flower: ## The Flower tests, the simulation's bit-for-bit equality (slow, ~30 s) included; deployments: flower-deploy-smoke, flower-drill
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "slow or not slow" tests/flower --ignore=tests/flower/test_deployment.py
+test-flower: ## The Flower test make test leaves out: the simulation's bit-for-bit equality (slow, ~30 s); deployments: flower-deploy-smoke, flower-drill
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/flower --ignore=tests/flower/test_deployment.py
 
 lint: ## Lint with ruff
 	$(VENV)/bin/ruff check mglightning benchmarks tests

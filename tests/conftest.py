@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from mglightning import build
+from mglightning.train import run
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -22,6 +26,9 @@ TINY = [
     "method.clients_per_round=4",
     "trainer.accelerator=cpu",  # the default suite runs on the CPU; tests marked cuda use a GPU
 ]
+# The run the ``finished_run`` fixture trains once per session: gated MetaGater, evaluated at
+# rounds 2 and 4, its per-round metrics in csv/metrics.csv (the logger is not in its identity).
+FINISHED_RUN = ["rounds=4", "eval_every=2", "logger=csv"]
 
 
 SYNC_DEBUG_ENV = "MG_CUDA_SYNC_DEBUG"  # make gpu-check: "warn" reports every host sync
@@ -51,3 +58,40 @@ def compose_config(overrides: list[str], tmp_path) -> object:
 @pytest.fixture
 def tiny_config(tmp_path):
     return lambda *overrides: compose_config(list(overrides), tmp_path)
+
+
+def folder_digest(folder: Path) -> str:
+    """One hash of every file's path and bytes under ``folder``."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """The config of one tiny run (``FINISHED_RUN``), trained once for every test that only
+    reads a finished run's folder. A test that writes into a run takes ``finished_run_copy``:
+    a write here fails the session at its end."""
+    cfg = compose_config(FINISHED_RUN, tmp_path_factory.mktemp("finished"))
+    run(cfg)
+    before = folder_digest(Path(cfg.output_dir))
+    yield cfg
+    assert folder_digest(Path(cfg.output_dir)) == before, (
+        f"a test wrote into the shared finished run {cfg.output_dir}: use finished_run_copy")
+
+
+def copy_finished_run(finished, output_root: Path) -> object:
+    """``finished``'s folder copied to where the same config writes under ``output_root``;
+    that config (the folder's identity holds, its output_dir is the copy)."""
+    cfg = compose_config(FINISHED_RUN, output_root)
+    shutil.copytree(finished.output_dir, cfg.output_dir)
+    return cfg
+
+
+@pytest.fixture
+def finished_run_copy(finished_run, tmp_path):
+    """A fresh copy of ``finished_run`` under ``tmp_path`` (as ``tiny_config(*FINISHED_RUN)``
+    finds it), for a test that writes into the run: its config."""
+    return copy_finished_run(finished_run, tmp_path)

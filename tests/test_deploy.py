@@ -6,12 +6,10 @@ import contextlib
 import csv
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config
 from omegaconf import OmegaConf
 
 from mglightning.build import build_datamodule
@@ -19,14 +17,6 @@ from mglightning.deploy import main
 from mglightning.export import load_package
 from mglightning.run.identity import DATA_KEY
 from mglightning.train import run
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    cfg = compose_config(["rounds=4", "eval_every=0", "dataset.partition.num_target_nodes=3"],
-                         tmp_path_factory.mktemp("run"))
-    run(cfg)
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +30,7 @@ def deployed_target1(finished_run, tmp_path_factory):
     return output, printed.getvalue()
 
 
+@pytest.mark.integration  # an AOTInductor compile
 def test_the_saved_module_reproduces_the_runs_result_at_that_target(finished_run,
                                                                     deployed_target1):
     """Rebuilt from config.yaml and the checkpoint, adapted again and exported, the module
@@ -61,6 +52,7 @@ def test_the_saved_module_reproduces_the_runs_result_at_that_target(finished_run
                                    logits[:batch_size])
 
 
+@pytest.mark.integration
 def test_the_metadata_beside_the_module_describes_it(finished_run, deployed_target1):
     """target<N>.json: its normalization turns the raw images into exactly what the network
     was given, its classes are the node's, its accuracy is the run's own for that target."""
@@ -88,14 +80,15 @@ def test_the_metadata_beside_the_module_describes_it(finished_run, deployed_targ
 
 
 def test_a_folder_without_config_or_checkpoint_or_a_bad_target_ends_in_one_line(
-    finished_run, tmp_path, capsys
+    finished_run, finished_run_copy, capsys
 ):
-    run_dir = tmp_path / "copy"
-    shutil.copytree(finished_run.output_dir, run_dir)
+    run_dir = Path(finished_run_copy.output_dir)
+    targets = finished_run.dataset.partition.num_target_nodes
     with pytest.raises(SystemExit) as exit_info:
-        main([str(run_dir), "--target", "3"])
+        main([str(run_dir), "--target", str(targets)])
     assert exit_info.value.code == 2
-    assert "--target 3: the run has target nodes 0..2" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"--target {targets}: the run has target nodes 0..{targets - 1}" in error
 
     stored = OmegaConf.load(run_dir / "config.yaml")
     OmegaConf.save(OmegaConf.merge(stored, {DATA_KEY: "0" * 8}), run_dir / "config.yaml")
@@ -118,6 +111,7 @@ def test_a_folder_without_config_or_checkpoint_or_a_bad_target_ends_in_one_line(
     assert OmegaConf.load(finished_run.output_dir + "/config.yaml").seed == finished_run.seed
 
 
+@pytest.mark.integration
 def test_ungated_and_snip_runs_deploy_too(tiny_config, tmp_path):
     """w/o gating exports the plain network; MetaSNIP adapts the meta-model it was given."""
     nogate = tiny_config("method=metagater_nogate", "rounds=2", "eval_every=0",

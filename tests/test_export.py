@@ -87,6 +87,7 @@ def test_export_matches_for_every_backbone_and_gate_layout(name, shape, gated):
         torch.testing.assert_close(exported(images), network(images), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.integration  # an AOTInductor compile
 def test_the_compiled_package_loads_back_and_predicts_alike_at_every_batch_size(adapted_task):
     """The .pt2 package (exported at batch 2 with a dynamic batch dimension) from its bytes."""
     network, support_images, query_images = adapted_task

@@ -59,6 +59,7 @@ def installed_python(tmp_path_factory) -> Path:
     return python
 
 
+@pytest.mark.integration  # builds the wheel, makes a venv
 def test_the_installed_wheel_trains_two_rounds_from_another_folder(installed_python, tmp_path):
     where = run([installed_python, "-c", "import mglightning.config as c; print(c.CONF_DIR)"],
                 cwd=tmp_path).strip()
@@ -70,6 +71,7 @@ def test_the_installed_wheel_trains_two_rounds_from_another_folder(installed_pyt
     assert json.loads(summary.read_text())["rounds"] == 2
 
 
+@pytest.mark.integration  # builds the wheel, makes a venv
 def test_the_installed_entry_points_find_their_configs(installed_python, tmp_path):
     sweeps = run([installed_python, "-c",
                   "from mglightning.sweep import SWEEP_DIR; print(*SWEEP_DIR.glob('*.yaml'))"],

@@ -12,7 +12,7 @@ import matplotlib
 import nbformat
 import pandas as pd
 import pytest
-from conftest import compose_config
+from conftest import FINISHED_RUN, compose_config, copy_finished_run
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from omegaconf import OmegaConf
@@ -25,18 +25,16 @@ matplotlib.use("Agg")
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-TWO_METHODS = {
-    "metagater": ["logger=csv"],  # per-round timings in csv/metrics.csv
-    "metagater_nogate": ["method=metagater_nogate"],
-}
+TWO_METHODS = ("metagater", "metagater_nogate")
 
 
 @pytest.fixture(scope="module")
-def runs_root(tmp_path_factory):
-    """MetaGater with and without gates, 4 rounds each, evaluated at rounds 2 and 4."""
+def runs_root(finished_run, tmp_path_factory):
+    """MetaGater with and without gates, 4 rounds each, evaluated at rounds 2 and 4: a copy of
+    the shared finished run (per-round timings in csv/metrics.csv) and the run w/o gating."""
     root = tmp_path_factory.mktemp("runs")
-    for overrides in TWO_METHODS.values():
-        run(compose_config(["rounds=4", "eval_every=2", *overrides], root))
+    copy_finished_run(finished_run, root)
+    run(compose_config([*FINISHED_RUN, "logger=none", "method=metagater_nogate"], root))
     return root
 
 
@@ -99,17 +97,21 @@ def html_outputs(notebook) -> list[str]:
     return [output.data["text/html"] for output in outputs if "text/html" in output.get("data", {})]
 
 
+@pytest.mark.integration  # a Jupyter kernel each
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_executes_on_finished_runs(path, runs_root, monkeypatch):
     notebook = execute(path, runs_root, monkeypatch)
     tables = html_outputs(notebook)
     assert tables, "the notebook shows no table"
     assert "metagater_nogate" in "".join(tables)
+    gating_title = "after Stage I" if path.stem == "convergence" else "Jaccard between tasks"
+    assert gating_title in "".join(tables), "the notebook shows no gating table"
     outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
     figures = [output for output in outputs if "image/png" in output.get("data", {})]
     assert len(figures) >= 2, "the notebook draws fewer than two figures"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_on_an_empty_root_stops_in_its_first_cell_with_one_line(path, tmp_path):
     notebook = nbformat.read(path, as_version=4)
@@ -223,6 +225,7 @@ def test_filters_take_labels_and_config_keys_and_name_an_unknown_key(beta_root):
         selected_runs(beta_root, {"dataset": "cifar10"})
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_shows_two_configs_apart_and_filters_out_other_data_sets(
     path, beta_root, monkeypatch
@@ -319,7 +322,7 @@ def test_curves_average_over_seeds_and_round_seconds_divide_intervals(tmp_path):
     assert one_seed["accuracy_std"].tolist() == [0.0, 0.0]  # no spread to show, and no NaN
 
 
-def test_gating_tables_show_gated_groups_only_and_average_their_seeds(runs_root, monkeypatch):
+def test_gating_tables_show_gated_groups_only_and_average_their_seeds(runs_root):
     runs = finished_runs.select_runs(runs_root, {})
     summaries = tables.load_summaries(runs)
     gated = summaries[summaries["method"] == "metagater"].iloc[0]
@@ -336,12 +339,6 @@ def test_gating_tables_show_gated_groups_only_and_average_their_seeds(runs_root,
     # Two seeds of one group: their mean.
     both = tables.gating_measures(pd.concat([summaries, summaries.assign(seed=1)]))
     assert both.loc[(gated["group"], 3), "seeds"] == 2
-    # The notebooks show both tables.
-    for path in NOTEBOOKS:
-        notebook = execute(path, runs_root, monkeypatch)
-        html = "".join(html_outputs(notebook))
-        title = "after Stage I" if path.stem == "convergence" else "Jaccard between tasks"
-        assert title in html, path.stem
 
 
 def two_sparse_groups() -> pd.DataFrame:

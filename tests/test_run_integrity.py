@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FINISHED_RUN
 from omegaconf import OmegaConf
 
 from mglightning.adaptation.module import FastAdaptation
@@ -66,33 +67,35 @@ def test_fingerprint_covers_results_not_where_or_how_a_run_logs(tiny_config):
     assert base.run_name.endswith(f"-seed0-{fingerprint(base)}")
 
 
-def test_changed_key_gets_its_own_folder_a_finished_run_is_left_alone(tmp_path):
+def test_changed_key_gets_its_own_folder_a_finished_run_is_left_alone(finished_run_copy,
+                                                                      tmp_path):
     """The trap of issue #11: a changed hyperparameter must never reuse (or rewrite) the old
     run; re-running a finished run touches nothing; a pinned folder of another config is
     refused in one line."""
-    first = cli("rounds=2", "eval_every=0", f"output_root={tmp_path}")
-    assert first.returncode == 0, first.stderr
-    (old,) = run_folders(tmp_path)
+    (old,) = run_folders(tmp_path)  # the finished run of `cli(*FINISHED_RUN)` under tmp_path
+    assert old == Path(finished_run_copy.output_dir)
     before = snapshot(old)
 
-    changed = cli("rounds=2", "eval_every=0", "method.server.beta=0.5", f"output_root={tmp_path}")
+    changed = cli(*FINISHED_RUN, "method.server.beta=0.5", f"output_root={tmp_path}")
     assert changed.returncode == 0, changed.stderr
     assert len(run_folders(tmp_path)) == 2
     assert snapshot(old) == before
 
-    again = cli("rounds=2", "eval_every=0", f"output_root={tmp_path}")
+    again = cli(*FINISHED_RUN, f"output_root={tmp_path}")
     assert again.returncode == 0, again.stderr
     assert "target accuracy" in again.stdout and "nothing to do" in again.stdout
     assert snapshot(old) == before
 
-    machine = cli("rounds=2", "eval_every=0", "trainer.accelerator=gpu", f"output_root={tmp_path}")
+    machine = cli(*FINISHED_RUN, "trainer.accelerator=gpu", f"output_root={tmp_path}")
     if not torch.cuda.is_available():  # a finished run too: the setting is checked first
         assert machine.returncode == 2 and machine.stderr.startswith("error: trainer.")
 
-    pinned = cli("rounds=20", "eval_every=0", "method.server.beta=0.5", f"output_dir={old}")
+    pinned = cli("rounds=20", "method.server.beta=0.5", f"output_dir={old}")
     assert pinned.returncode == 2
     assert pinned.stderr.count("\n") == 1 and pinned.stderr.startswith("error: ")
-    assert "method.server.beta: 2.0 -> 0.5" in pinned.stderr and "rounds: 2 -> 20" in pinned.stderr
+    rounds = finished_run_copy.rounds
+    assert "method.server.beta: 2.0 -> 0.5" in pinned.stderr
+    assert f"rounds: {rounds} -> 20" in pinned.stderr
     assert snapshot(old) == before
 
 

@@ -65,17 +65,16 @@ def meta_state(cfg):
     return checkpoint["state_dict"]["x_ag"]
 
 
-def test_trainer_rounds_equal_direct_rounds(tiny_config):
+def test_trainer_rounds_equal_direct_rounds(finished_run):
     """Lightning's loop adds bookkeeping only: the rounds it drives move the meta state
     exactly as calling ``run_round`` by hand does (and they do move it)."""
     from mglightning.build import build_datamodule, build_learner
 
-    cfg = tiny_config("rounds=3", "eval_every=0")
-    run(cfg)
+    cfg = finished_run
     datamodule = build_datamodule(cfg)
     learner = build_learner(cfg, datamodule)
     start = learner.x_ag.clone()
-    for _ in range(3):
+    for _ in range(cfg.rounds):
         learner.run_round(datamodule.train_clients)
     assert not torch.allclose(learner.x_ag, start)
     torch.testing.assert_close(meta_state(cfg), learner.x_ag)
