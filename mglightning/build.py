@@ -80,6 +80,10 @@ def build_learner(cfg: DictConfig, datamodule,
         raise ConfigError(f"method.local.sparsity_off={local_solver.sparsity_off}: a sparsity "
                           f"budget needs gates, and method={cfg.method.name} has none; "
                           "set it to null or use method=metagater")
+    if getattr(local_solver, "gate_loss", None) is not None and not network.gated_layers:
+        raise ConfigError(f"method.local.gate_loss: a gate loss needs gates, and "
+                          f"method={cfg.method.name} has none; set it to null or use "
+                          "method=metagater")
     learner = FederatedMetaLearner(
         network,
         strategy=None,

@@ -30,6 +30,7 @@ from mglightning.run.identity import (
     BUDGET_KEYS,
     DATA_KEY,
     GATE_KEYS,
+    GATE_LOSS_KEY,
     NON_IDENTITY_KEYS,
     fingerprint,
 )
@@ -163,9 +164,10 @@ def test_the_same_command_on_other_data_is_refused_not_reused(tmp_path):
 
 
 def old_container(config) -> dict:
-    """``config`` resolved, as the old code wrote it: without the sparsity budget's keys."""
+    """``config`` resolved, as the old code wrote it: without the sparsity budget's keys and
+    the gate loss's."""
     container = OmegaConf.to_container(config, resolve=True)
-    for key in BUDGET_KEYS:
+    for key in (*BUDGET_KEYS, GATE_LOSS_KEY):
         container["method"]["local"].pop(key.rsplit(".", 1)[1], None)
     return container
 

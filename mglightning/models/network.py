@@ -34,10 +34,12 @@ class LayerSpec:
 
 @dataclass
 class GatedOutput:
-    """Logits and, per gated layer, the (B, C_out) 0/1 masks that produced them."""
+    """Logits and, per gated layer, the (B, C_out) 0/1 masks that produced them and the gate
+    logits z they were binarized from (without the training noise)."""
 
     logits: torch.Tensor
     masks: list[torch.Tensor]
+    gate_logits: list[torch.Tensor]
 
 
 class GatedBlock(nn.Module):
@@ -67,17 +69,19 @@ class GatedBlock(nn.Module):
         sliced: bool = False,
         noise_scale: float = 0.0,
         generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Returns (output, indices of the output channels present or None for all, mask).
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Returns (output, indices of the output channels present or None for all, mask, gate
+        logits; the last two None without a gate).
         ``in_keep``: the input channels present (None: all); ``sliced``: compute only the
         channels some input keeps (SPEC §4); ``noise_scale`` 0: no gate noise (SPEC §1)."""
         weight, bias = self.op.weight, self.op.bias
         if in_keep is not None:
             weight = weight.index_select(1, in_keep)
-        mask = out_keep = None
+        mask = out_keep = gate_logits = None
         all_present_on = False  # whether every computed channel is on for every input
         if self.gate is not None:
-            mask = binarize(self.gate.logits(x, in_keep), temperature, noise_scale, generator)
+            gate_logits = self.gate.logits(x, in_keep)
+            mask = binarize(gate_logits, temperature, noise_scale, generator)
             if sliced:
                 mask = mask.detach()
                 out_keep, any_on = active_channels(mask)
@@ -93,7 +97,7 @@ class GatedBlock(nn.Module):
         if mask is not None and not all_present_on:  # masking after pooling: same values
             present = mask if out_keep is None else mask.index_select(1, out_keep)  # (B, C_pres.)
             y = y * (present[:, :, None, None] if y.dim() == 4 else present)
-        return y, out_keep, mask
+        return y, out_keep, mask, gate_logits
 
 
 def active_channels(mask: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
@@ -213,28 +217,31 @@ class GatedNetwork(nn.Module):
     def forward_with_masks(
         self, x: torch.Tensor, sliced: bool = False, first_block: int = 0
     ) -> GatedOutput:
-        """Logits and masks; ``x`` is the input of block ``first_block`` (see :meth:`features`)."""
-        x, in_keep, masks = self.run_blocks(to_layout(x, self.channels_last), first_block,
-                                            len(self.blocks), sliced)
-        return GatedOutput(self.head_logits(x, in_keep), masks)
+        """Logits, masks and gate logits; ``x`` is the input of block ``first_block`` (see
+        :meth:`features`)."""
+        x, in_keep, masks, gate_logits = self.run_blocks(
+            to_layout(x, self.channels_last), first_block, len(self.blocks), sliced)
+        return GatedOutput(self.head_logits(x, in_keep), masks, gate_logits)
 
     def run_blocks(
         self, x: torch.Tensor, start: int, stop: int, sliced: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor], list[torch.Tensor]]:
         """Blocks ``start`` to ``stop - 1`` on ``x``, the dense input of block ``start``:
         (their output, the indices of its channels present or None for all, the masks of the
-        gated blocks among them). A linear block reads its input flattened."""
-        masks, in_keep = [], None
+        gated blocks among them, their gate logits). A linear block reads its input
+        flattened."""
+        masks, gate_logits, in_keep = [], [], None
         for block in self.blocks[start:stop]:
             if block.spec.kind == "linear" and x.dim() > 2:
                 x, in_keep = x.flatten(1), _feature_indices(in_keep, x.shape[2:])
-            x, in_keep, mask = block(
+            x, in_keep, mask, logits = block(
                 x, in_keep, temperature=self.temperature, sliced=sliced,
                 noise_scale=self.gate_noise, generator=self.noise_generator,
             )
             if mask is not None:
                 masks.append(mask)
-        return x, in_keep, masks
+                gate_logits.append(logits)
+        return x, in_keep, masks, gate_logits
 
     def head_logits(self, x: torch.Tensor, in_keep: torch.Tensor | None) -> torch.Tensor:
         """The classifier on the last block's output, of which only the channels ``in_keep``

@@ -43,11 +43,13 @@ GATE_KEYS = (
     "model.gated_layers", "model.gate_hidden", "model.temperature", "model.gate_bias_init",
     "method.gate_noise", "method.temperature_end", "method.local.gate_lr", "method.regularizer",
     "method.adaptation.gate_lr", "method.adaptation.stage1_steps",
-    "method.local.sparsity_off", "method.local.sparsity_weight",
+    "method.local.sparsity_off", "method.local.sparsity_weight", "method.local.gate_loss",
 )
 # The sparsity budget (SPEC §7), read only when it is set: a run without it leaves both keys
 # out, so the runs made before the budget existed keep their fingerprints.
 BUDGET_KEYS = ("method.local.sparsity_off", "method.local.sparsity_weight")
+# A gate loss (METHOD.md §7), likewise: left out while null (off).
+GATE_LOSS_KEY = "method.local.gate_loss"
 FINGERPRINT_LENGTH = 8
 _DATA_FINGERPRINTS: dict[int, str] = {}  # id of a loaded images tensor → its data fingerprint
 
@@ -74,14 +76,15 @@ def identity(config: DictConfig | Mapping) -> dict:
 
 def unread_keys(values: Mapping) -> list[str]:
     """The dotted keys of a resolved config that its run never reads: :data:`GATE_KEYS` when
-    the network has no gate (a gated run without h(φ) has ``regularizer: null``, no γ), and
-    :data:`BUDGET_KEYS` when no sparsity budget is set."""
+    the network has no gate (a gated run without h(φ) has ``regularizer: null``, no γ),
+    :data:`BUDGET_KEYS` when no sparsity budget is set, and :data:`GATE_LOSS_KEY` when no
+    gate loss is set."""
     method, model = values.get("method") or {}, values.get("model") or {}
     if not (method.get("gating", True) and model.get("gated_layers")):
         return list(GATE_KEYS)
-    if (method.get("local") or {}).get("sparsity_off") is None:
-        return list(BUDGET_KEYS)
-    return []
+    local = method.get("local") or {}
+    unread = list(BUDGET_KEYS) if local.get("sparsity_off") is None else []
+    return unread + ([GATE_LOSS_KEY] if local.get("gate_loss") is None else [])
 
 
 def fingerprint(config: DictConfig | Mapping) -> str:
