@@ -104,7 +104,7 @@ def test_the_federation_moves_to_the_trainers_device_once(tiny_config):
 
 
 def failing_solver(error: Exception):
-    def solve(flat, start, client, generator):
+    def solve(flat, start, client, generator, round_index):
         raise error
     return solve
 

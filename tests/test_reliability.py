@@ -39,7 +39,7 @@ class Node:
         self.node_id = node_id
 
 
-def constant_solver(flat, start, client, generator) -> ClientResult:
+def constant_solver(flat, start, client, generator, round_index=1) -> ClientResult:
     return ClientResult(client.node_id, start + client.node_id, 10, 0.5)
 
 

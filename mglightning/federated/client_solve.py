@@ -33,6 +33,6 @@ def solve_client(
     sampling, noise = client_streams(seed, round_index, position, x_md.device)
     flat.module.set_gate_noise(gate_noise, noise)
     try:
-        return local_solver(flat, x_md, client, sampling)
+        return local_solver(flat, x_md, client, sampling, round_index)
     finally:
         flat.module.set_gate_noise(0.0)

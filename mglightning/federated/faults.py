@@ -39,8 +39,9 @@ class FaultInjection:
     rounds: Collection[int] | None
     current_round: Callable[[], int]
 
-    def __call__(self, flat, start: torch.Tensor, client, generator) -> ClientResult:
-        result = self.solver(flat, start, client, generator)
+    def __call__(self, flat, start: torch.Tensor, client, generator,
+                 round_index: int = 1) -> ClientResult:
+        result = self.solver(flat, start, client, generator, round_index)
         if not self.fails(client.node_id):
             return result
         if self.kind == "raise":

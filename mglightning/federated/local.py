@@ -144,8 +144,10 @@ class PerFedAvg:
     delta: Annotated[float, number(above=0)] = 1e-3  # δ of the finite difference
 
     def __call__(
-        self, flat: FlatParameters, start: torch.Tensor, client, generator
+        self, flat: FlatParameters, start: torch.Tensor, client, generator,
+        round_index: int = 1,
     ) -> ClientResult:
+        """``round_index``: the solver call's common signature; Per-FedAvg reads no round."""
         theta = start.clone()
         total_loss = loss_accumulator(start)
         for _ in range(self.steps):

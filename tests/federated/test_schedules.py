@@ -36,9 +36,9 @@ class RecordingSolver:
     def __init__(self, solver):
         self.solver, self.seen = solver, []
 
-    def __call__(self, flat, start, client, generator):
+    def __call__(self, flat, start, client, generator, round_index):
         self.seen.append((flat.module.gate_noise, flat.module.temperature))
-        return self.solver(flat, start, client, generator)
+        return self.solver(flat, start, client, generator, round_index)
 
 
 def test_each_round_solves_with_its_noise_scale_and_temperature(tiny_config):
