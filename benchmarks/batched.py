@@ -31,10 +31,13 @@ def refuse_gate_noise(plan: RoundPlan, name: str) -> None:
 
 
 def refuse_sparsity_budget(solver: ProximalSGD, name: str) -> None:
-    """A batched pass takes the cross-entropy alone: the budget's share on is per client."""
+    """A batched pass takes the cross-entropy alone: the budget's share on and a gate loss's
+    batch statistics are per client."""
     if solver.sparsity_off is not None:
         raise ValueError(f"a {name} round takes no sparsity budget: set "
                          "method.local.sparsity_off=null")
+    if solver.gate_loss is not None:
+        raise ValueError(f"a {name} round takes no gate loss: set method.local.gate_loss=null")
 
 
 class ConcatenatedRound:

@@ -56,7 +56,7 @@ def run_pair(network: GatedNetwork, index: int, x: torch.Tensor, sliced: bool) -
     """Block ``index`` and the layer reading it (the next block, or the head); sliced: only
     the active channels."""
     following = index + 1
-    y, keep, _ = network.run_blocks(x, index, following + 1, sliced)
+    y, keep, *_ = network.run_blocks(x, index, following + 1, sliced)
     return y if following < len(network.blocks) else network.head_logits(y, keep)
 
 

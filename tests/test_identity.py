@@ -49,7 +49,7 @@ GATE_KEYS = {
     "model.gated_layers", "model.gate_hidden", "model.temperature", "model.gate_bias_init",
     "method.gate_noise", "method.temperature_end", "method.local.gate_lr", "method.regularizer",
     "method.adaptation.gate_lr", "method.adaptation.stage1_steps",
-    "method.local.sparsity_off", "method.local.sparsity_weight",
+    "method.local.sparsity_off", "method.local.sparsity_weight", "method.local.gate_loss",
 }
 BUDGET_KEYS = ("sparsity_off", "sparsity_weight")  # of method.local (METHOD.md §7)
 
@@ -236,9 +236,9 @@ def test_the_same_command_on_other_data_is_refused_not_reused(tmp_path):
 
 def old_container(config) -> dict:
     """``config`` resolved, as the old code wrote it: without the sparsity budget's keys and
-    the model's width multiplier."""
+    the model's width multiplier and the gate loss."""
     container = OmegaConf.to_container(config, resolve=True)
-    for key in BUDGET_KEYS:
+    for key in (*BUDGET_KEYS, "gate_loss"):
         container["method"]["local"].pop(key, None)
     container["model"].pop("width", None)
     return container

@@ -10,7 +10,8 @@ solvers do not read it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import torch
@@ -18,7 +19,9 @@ import torch.nn.functional as F
 
 from mglightning.constraints import GATES_ONLY, boolean, integer, neutral, number, one_of, optional
 from mglightning.federated.flat import FlatParameters
+from mglightning.federated.gate_losses import GateLoss
 from mglightning.federated.server import ClientResult
+from mglightning.targets import bind
 
 Steps = Annotated[int, integer(1)]  # m, local updates
 BatchSize = Annotated[int, integer(1)]
@@ -30,19 +33,14 @@ def batch_loss(flat: FlatParameters, images: torch.Tensor, labels: torch.Tensor)
     return F.cross_entropy(flat.module(images), labels)
 
 
-def budget_loss(
-    flat: FlatParameters, images: torch.Tensor, labels: torch.Tensor,
-    share_off: float, weight: float,
-) -> torch.Tensor:
-    """Cross-entropy plus the sparsity budget of SPEC §7 (our extension, the paper has none):
+def budget_term(masks: list[torch.Tensor], share_off: float, weight: float) -> torch.Tensor:
+    """The sparsity budget of SPEC §7 (our extension, the paper has none):
     ``weight · max(0, share on − (1 − share_off))``, the share on taken over the batch and
     every gated channel. The masks' straight-through gradient (SPEC §1) carries it to the
     gates through the whole solve, unlike a gate-bias init; it pushes only while the batch
     uses more channels than the budget, so which channels stay on is left to the loss."""
-    output = flat.module.forward_with_masks(images)
-    share_on = torch.cat(output.masks, dim=1).mean()
-    return (F.cross_entropy(output.logits, labels)
-            + weight * torch.relu(share_on - (1.0 - share_off)))
+    share_on = torch.cat(masks, dim=1).mean()
+    return weight * torch.relu(share_on - (1.0 - share_off))
 
 
 def proximal_step_(
@@ -75,8 +73,10 @@ class ProximalSGD:
     """Inexact solve of problem (5) (SPEC §3 step 3): m gradient steps of step η on
     L_i(x_i; batch) + (λ/2)‖x_i − x_start‖². With λ = 0 it is FedAvg's local SGD.
     ``gate_lr`` is the step of the gate parameters φ (None: η, as for θ). ``sparsity_off``
-    adds the sparsity budget of :func:`budget_loss` to L_i (None: none), with the weight
-    ``sparsity_weight``."""
+    adds the sparsity budget of :func:`budget_term` to L_i (None: none), with the weight
+    ``sparsity_weight``. ``gate_loss`` adds a loss on each gate's values over the batch
+    (a ``_target_`` node of :mod:`mglightning.federated.gate_losses`, METHOD.md §7, bound
+    once here; None: none); with the budget set too, both are added."""
 
     steps: Steps
     lr: Annotated[float, number(above=0)]
@@ -86,6 +86,13 @@ class ProximalSGD:
     sparsity_off: Annotated[float | None, optional(number(at_least=0, below=1)), GATES_ONLY,
                             neutral(None, "sparsity_weight")] = None
     sparsity_weight: Annotated[float, number(at_least=0), GATES_ONLY] = 1.0
+    # No rule: the config walker checks the node's keys against its own _target_.
+    gate_loss: Annotated[Mapping | GateLoss | None, GATES_ONLY, neutral(None)] = None
+    gate_loss_term: GateLoss | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.gate_loss_term = (bind(self.gate_loss)() if isinstance(self.gate_loss, Mapping)
+                               else self.gate_loss)
 
     def __call__(
         self, flat: FlatParameters, start: torch.Tensor, client, generator, round_index: int
@@ -96,7 +103,7 @@ class ProximalSGD:
         for _ in range(self.steps):
             images, labels = client.sample_support_batch(self.batch_size, generator)
             flat.zero_grad()
-            loss = self.loss(flat, images, labels)
+            loss = self.loss(flat, images, labels, round_index)
             loss.backward()
             proximal_step_(flat.vector, flat.grad, start, self.lr, self.prox_lambda, step_sizes)
             total_loss += loss.detach()
@@ -105,12 +112,21 @@ class ProximalSGD:
         )
 
     def loss(
-        self, flat: FlatParameters, images: torch.Tensor, labels: torch.Tensor
+        self, flat: FlatParameters, images: torch.Tensor, labels: torch.Tensor,
+        round_index: int = 1,
     ) -> torch.Tensor:
-        """L_i on a batch: cross-entropy, with the sparsity budget when ``sparsity_off`` is set."""
-        if self.sparsity_off is None:
+        """L_i on a batch at round ``round_index``: cross-entropy, plus the sparsity budget
+        when ``sparsity_off`` is set, plus the gate loss when one is set."""
+        if self.sparsity_off is None and self.gate_loss_term is None:
             return batch_loss(flat, images, labels)
-        return budget_loss(flat, images, labels, self.sparsity_off, self.sparsity_weight)
+        output = flat.module.forward_with_masks(images)
+        loss = F.cross_entropy(output.logits, labels)
+        if self.sparsity_off is not None:
+            loss = loss + budget_term(output.masks, self.sparsity_off, self.sparsity_weight)
+        if self.gate_loss_term is not None:
+            loss = loss + self.gate_loss_term(output.gate_logits, output.masks,
+                                              flat.module.temperature, round_index)
+        return loss
 
     def step_sizes(self, flat: FlatParameters) -> torch.Tensor | None:
         """Per-entry steps: ``gate_lr`` on φ, ``lr`` on θ; None when they are one step."""
@@ -147,6 +163,7 @@ class PerFedAvg:
     def __call__(
         self, flat: FlatParameters, start: torch.Tensor, client, generator, round_index: int
     ) -> ClientResult:
+        """``round_index``: the solver call's common signature; Per-FedAvg reads no round."""
         theta = start.clone()
         total_loss = loss_accumulator(start)
         for _ in range(self.steps):

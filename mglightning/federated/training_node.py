@@ -88,6 +88,10 @@ def build_local_solver(config: Mapping, network: GatedNetwork) -> LocalSolver:
         raise ConfigError(f"method.local.sparsity_off={local_solver.sparsity_off}: a sparsity "
                           f"budget needs gates, and method={method['name']} has none; "
                           "set it to null or use method=metagater")
+    if getattr(local_solver, "gate_loss", None) is not None and not network.gated_layers:
+        raise ConfigError(f"method.local.gate_loss: a gate loss needs gates, and "
+                          f"method={method['name']} has none; set it to null or use "
+                          "method=metagater")
     faults = config["faults"]["inject"]
     if not faults["clients"]:
         return local_solver

@@ -99,6 +99,9 @@ def test_a_batched_round_with_a_non_finite_result_counts_a_failed_round(tiny_con
     (VmappedRound, ("method=perfedavg_fo",), "proximal-SGD"),
     (VmappedRound, ("method.gate_noise=logistic",), "gate_noise=none"),
     (VmappedRound, ("dataset.batch_size=64",), "batch full"),  # tiny nodes: 30-60 support images
+    (ConcatenatedRound, ("method.local.steps=1", "+method/local/gate_loss=target_rate"),
+     "no gate loss"),
+    (VmappedRound, ("+method/local/gate_loss=target_rate",), "no gate loss"),
 ])
 def test_a_batched_round_refuses_what_it_cannot_compute(tiny_config, candidate, overrides,
                                                        refusal):

@@ -170,7 +170,7 @@ def test_pruned_copy_computes_the_sliced_pair(backbone, gated_layer):
     index = gated_layer - 1
     with torch.no_grad():
         layer_input = block_input(dense, index, torch.randn(1, 1, 16, 16))
-        _, _, mask = gated.blocks[index](layer_input, temperature=1.0, sliced=True)
+        _, _, mask, _ = gated.blocks[index](layer_input, temperature=1.0, sliced=True)
         keep = mask[0].nonzero().squeeze(1)
         pruned = pruned_copy(dense, index, keep)
         assert pruned.blocks[index].op.weight.shape[0] == len(keep) < mask.shape[1]
