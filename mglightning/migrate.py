@@ -30,11 +30,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mglightning.config import RUN_CONFIG
+from mglightning.build import build_datamodule
 from mglightning.data.datasets import DataError
 from mglightning.data.partition import PartitionError
-from mglightning.run.folder import RunFolder, pooled_data_fingerprint
-from mglightning.run.identity import DATA_KEY, FINGERPRINT_LENGTH, fingerprint
+from mglightning.run.folder import RunFolder
+from mglightning.run.identity import DATA_KEY, FINGERPRINT_LENGTH, data_fingerprint, fingerprint
 
 # The config schema before parts were named by ``_target_``: old name -> today's target.
 RULE_TARGETS = {
@@ -69,7 +69,7 @@ class Migration:
         lines = [f"rename {self.path} -> {self.new_path.name}"] if self.new_path else []
         if self.config is not None:
             lines.append(f"record {DATA_KEY}={self.config[DATA_KEY]} and run_name="
-                         f"{self.config['run_name']} in {self.path / RUN_CONFIG}")
+                         f"{self.config['run_name']} in {RunFolder(self.path).config_path}")
         return lines
 
     def apply(self) -> None:
@@ -82,7 +82,7 @@ class Migration:
 
 def run_configs(root: Path) -> list[Path]:
     """Every run's ``config.yaml`` under ``root`` (W&B's and Hydra's own are not)."""
-    return sorted(path for path in root.rglob(RUN_CONFIG)
+    return sorted(path for path in root.rglob(RunFolder.CONFIG)
                   if not NOT_RUN_FOLDERS & set(path.relative_to(root).parts[:-1]))
 
 
@@ -108,6 +108,12 @@ def upgrade_config(config: dict) -> dict:
     if logger.get("name") in LOGGER_TARGETS:
         logger.setdefault("_target_", LOGGER_TARGETS[logger["name"]])
     return config
+
+
+def pooled_data_fingerprint(cfg: DictConfig) -> str:
+    """The fingerprint of the data ``cfg`` loads now, as a run records it."""
+    data = build_datamodule(cfg).data
+    return data_fingerprint(data.images, data.labels)
 
 
 def plan(folder: Path, stored: DictConfig) -> Migration:

@@ -20,7 +20,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from mglightning.analysis.finished_runs import select_runs
-from mglightning.build import compose_config
+from mglightning.build import build_datamodule, compose_config
 from mglightning.config import CONF_DIR, validate
 from mglightning.data import datasets
 from mglightning.migrate import main as migrate_main
@@ -31,6 +31,7 @@ from mglightning.run.identity import (
     DATA_KEY,
     GATE_KEYS,
     NON_IDENTITY_KEYS,
+    data_fingerprint,
     fingerprint,
 )
 from mglightning.train import run
@@ -93,6 +94,12 @@ def test_the_migration_upgrades_an_older_config_to_todays_fingerprint():
         assert fingerprint(upgraded) == fingerprint(today), overrides
         assert fingerprint(old) != fingerprint(today), overrides  # there was something to do
         validate(OmegaConf.create(upgraded))  # deploy rebuilds a run from it
+
+
+def loaded_data(cfg) -> str:
+    """The fingerprint of the data ``cfg`` loads."""
+    data = build_datamodule(cfg).data
+    return data_fingerprint(data.images, data.labels)
 
 
 def task_rows(folder: Path) -> list[dict]:
@@ -201,8 +208,9 @@ def test_migration_finds_old_runs_again_and_is_idempotent(tiny_config, tmp_path,
     old_nogate, old_gated = make_old(nogate), make_old(gated)
     assert old_nogate.name != Path(nogate.output_dir).name  # the gate keys left its identity
     assert old_gated.name == Path(gated.output_dir).name
+    data = loaded_data(gated)
     with pytest.raises(Exception, match="mglightning.migrate"):  # unmigrated: refused, told how
-        RunFolder(old_gated).check_config(gated)
+        RunFolder(old_gated).check_config(gated, data)
     tasks = (old_nogate / "tasks.csv").read_bytes()
 
     root = tmp_path  # tiny_config writes under tmp_path
@@ -214,7 +222,7 @@ def test_migration_finds_old_runs_again_and_is_idempotent(tiny_config, tmp_path,
     migrate_main([str(root), "--apply"])
     for cfg in (nogate, gated):
         folder = RunFolder(cfg.output_dir)
-        assert folder.finished and folder.differences(cfg) == []
+        assert folder.finished and folder.differences(cfg, data) == []
         stored = OmegaConf.load(folder.config_path)
         assert stored.run_name == cfg.run_name and stored.output_dir == cfg.output_dir
     assert not old_nogate.exists()
