@@ -4,7 +4,7 @@ A class or function built from a ``_target_`` node annotates a parameter with it
 ``gamma: Annotated[float, number(at_least=0)]``; the config walker
 (:func:`mglightning.config.validate`) reads the rules from the annotations, so the class states
 its ranges and does not check them again. Keys that no class takes (``rounds``, ``seed``) keep
-their rules in :data:`mglightning.config.RULES`.
+their rules in :data:`mglightning.config.rules.RULES`.
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ Three changes leave older folders unfound or refused, none of which changes a re
 - a run folder records the fingerprint of the pooled data it loaded (``data_fingerprint`` in
   ``config.yaml``); a folder without it is refused;
 - parts are named by ``_target_`` (the backbone, the adaptation rule, the regularizer, the
-  logger) and Per-FedAvg HF says how it takes its Hessian product: :func:`upgrade_config`
-  writes an older ``config.yaml`` as today's config of the same run would read (an older HF
-  run took the finite difference, ``method.local.hessian=finite_difference``).
+  logger, and since then the data set's loader, ``dataset.source``, and its partitioner, with
+  the target nodes' count moved beside them to ``dataset.num_target_nodes``) and Per-FedAvg HF
+  says how it takes its Hessian product: :func:`upgrade_config` writes an older ``config.yaml``
+  as today's config of the same run would read (an older HF run took the finite difference,
+  ``method.local.hessian=finite_difference``). Each of these changed every run's name.
 
 For every run folder under RUNS_DIR (a folder whose ``config.yaml`` is a run's, at any depth,
 RUNS_DIR itself included) this renames a folder named by its run name to the name its config
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import re
 import sys
 from dataclasses import dataclass
@@ -35,6 +38,7 @@ from mglightning.data.datasets import DataError
 from mglightning.data.partition import PartitionError
 from mglightning.run.folder import RunFolder
 from mglightning.run.identity import DATA_KEY, FINGERPRINT_LENGTH, data_fingerprint, fingerprint
+from mglightning.targets import TARGET_KEY, import_target
 
 # The config schema before parts were named by ``_target_``: old name -> today's target.
 RULE_TARGETS = {
@@ -52,6 +56,23 @@ LOGGER_TARGETS = {
     "csv": "mglightning.run.loggers.csv_logger",
 }
 BACKBONE_MODULE = "mglightning.models.backbones"
+# The data set before its loader was a ``_target_`` (``dataset.source``): dataset.name -> target;
+# its options were dataset.download, .path, .image_size and the dataset.synthetic group.
+SOURCE_TARGETS = {
+    "mnist": "mglightning.data.datasets.mnist",
+    "fmnist": "mglightning.data.datasets.fmnist",
+    "cifar10": "mglightning.data.datasets.cifar10",
+    "cifar100": "mglightning.data.datasets.cifar100",
+    "synthetic": "mglightning.data.datasets.make_synthetic",
+    "folder": "mglightning.data.own_data.load_image_folder",
+    "arrays": "mglightning.data.own_data.load_arrays",
+}
+OLD_SOURCE_KEYS = ("download", "path", "image_size")
+PARTITIONER_TARGETS = {  # dataset.partition.name -> target
+    "pathological": "mglightning.data.partition.PathologicalPartitioner",
+    "dirichlet": "mglightning.data.partition.DirichletPartitioner",
+    "natural": "mglightning.data.partition.NaturalPartitioner",
+}
 FINGERPRINT_SUFFIX = re.compile(rf"-[0-9a-f]{{{FINGERPRINT_LENGTH}}}$")
 NOT_RUN_FOLDERS = {"wandb", ".hydra"}  # their config.yaml files are not a run's
 
@@ -91,6 +112,7 @@ def upgrade_config(config: dict) -> dict:
     Per-FedAvg HF's Hessian product stated, as today's config of the same run reads; a config
     that reads so already comes back equal."""
     config = copy.deepcopy(config)
+    _upgrade_dataset(config["dataset"])
     model, method = config["model"], config["method"]
     model.setdefault("_target_", f"{BACKBONE_MODULE}.{model['name']}")
     adaptation = method.get("adaptation") or {}
@@ -108,6 +130,32 @@ def upgrade_config(config: dict) -> dict:
     if logger.get("name") in LOGGER_TARGETS:
         logger.setdefault("_target_", LOGGER_TARGETS[logger["name"]])
     return config
+
+
+def _upgrade_dataset(dataset: dict) -> None:
+    """The data set's loader and partitioner as ``_target_`` nodes, each with the options its
+    target takes (a partition key the partitioner does not take is null, as the config walker
+    asks of a switched partitioner), and the target nodes' count beside them."""
+    if "source" in dataset or dataset.get("name") not in SOURCE_TARGETS:
+        return
+    old_options = {**(dataset.pop("synthetic", None) or {}),
+                   **{key: dataset.pop(key) for key in OLD_SOURCE_KEYS if key in dataset}}
+    source = SOURCE_TARGETS[dataset["name"]]
+    dataset["source"] = {TARGET_KEY: source, **{
+        key: value for key, value in old_options.items() if key in _keys_taken(source)}}
+    partition = dataset["partition"]
+    dataset["num_target_nodes"] = partition.pop("num_target_nodes", 0)
+    partitioner = PARTITIONER_TARGETS[partition.pop("name")]
+    dataset["partition"] = {TARGET_KEY: partitioner, **{
+        key: value if key in _keys_taken(partitioner) else None
+        for key, value in partition.items()}}
+
+
+def _keys_taken(target_name: str) -> set[str]:
+    """The config keys of a ``_target_``: its keyword parameters."""
+    parameters = inspect.signature(import_target(target_name)).parameters.values()
+    return {parameter.name for parameter in parameters
+            if parameter.kind is not inspect.Parameter.POSITIONAL_ONLY}
 
 
 def pooled_data_fingerprint(cfg: DictConfig) -> str:

@@ -23,7 +23,7 @@ from mglightning.train import run
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    cfg = compose_config(["rounds=4", "eval_every=0", "dataset.partition.num_target_nodes=3"],
+    cfg = compose_config(["rounds=4", "eval_every=0", "dataset.num_target_nodes=3"],
                          tmp_path_factory.mktemp("run"))
     run(cfg)
     return cfg

@@ -3,6 +3,7 @@ folders made before are found again by `python -m mglightning.migrate`."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import gzip
 import hashlib
@@ -36,7 +37,11 @@ from mglightning.run.identity import (
 )
 from mglightning.train import run
 
-CONFIGS_BEFORE_TARGET = Path(__file__).parent / "fixtures" / "configs_before_target.yaml"
+FIXTURES = Path(__file__).parent / "fixtures"
+# Configs as the code composed them before parts were named by ``_target_``, and before data
+# sets' loaders and partitioners were.
+CONFIGS_BEFORE = (FIXTURES / "configs_before_target.yaml",
+                  FIXTURES / "configs_before_data_target.yaml")
 UNGATED = ("fedavg", "perfedavg_fo", "perfedavg_hf", "metagater_nogate", "metasnip",
            "metasnip_structured")
 GATE_OVERRIDES = ("model.temperature=0.5", "model.gate_hidden=8", "model.gate_bias_init=1.0",
@@ -83,11 +88,12 @@ def test_an_unset_sparsity_budget_keeps_the_fingerprint_of_a_config_without_it(t
                                    "method.local.sparsity_weight=9")) != budget
 
 
-def test_the_migration_upgrades_an_older_config_to_todays_fingerprint():
-    """Configs as the code before ``_target_`` parts composed them (pinned in a fixture),
-    upgraded, read as today's config of the same overrides: the same fingerprint, and valid;
-    Per-FedAvg HF's as the finite difference those runs took."""
-    for overrides, old in yaml.safe_load(CONFIGS_BEFORE_TARGET.read_text()).items():
+@pytest.mark.parametrize("fixture", CONFIGS_BEFORE, ids=lambda path: path.stem)
+def test_the_migration_upgrades_an_older_config_to_todays_fingerprint(fixture):
+    """Configs as older code composed them (pinned in fixtures), upgraded, read as today's
+    config of the same run: the same fingerprint, and valid; Per-FedAvg HF's as the finite
+    difference those runs took."""
+    for overrides, old in yaml.safe_load(fixture.read_text()).items():
         hessian = ["method.local.hessian=finite_difference"] if "perfedavg_hf" in overrides else []
         today = compose_config([*overrides.split(), *hessian])
         upgraded = upgrade_config(old)
@@ -147,7 +153,7 @@ def test_the_same_command_on_other_data_is_refused_not_reused(tmp_path):
         write_fake_fmnist(tmp_path / name, seed)
     command = [sys.executable, "-m", "mglightning.train", "dataset=fmnist", "logger=none",
                "progress_bar=false", "rounds=1", "eval_every=0", "method.clients_per_round=4",
-               "dataset.partition.num_nodes=24", "dataset.partition.num_target_nodes=4",
+               "dataset.partition.num_nodes=24", "dataset.num_target_nodes=4",
                "dataset.partition.size_range=[40,80]", f"data_root={tmp_path / 'root'}",
                f"output_root={tmp_path / 'runs'}"]
 
@@ -235,6 +241,46 @@ def test_migration_finds_old_runs_again_and_is_idempotent(tiny_config, tmp_path,
     assert capsys.readouterr().out.startswith("nothing to do")
     labels = [labels for _, labels in select_runs(root)]
     assert sorted(label["method"] for label in labels) == ["metagater", "metagater_nogate"]
+
+
+def before_data_targets(config: dict) -> dict:
+    """A resolved synthetic config as the code before data sets' ``_target_`` nodes wrote it
+    (checked against the pinned fixture below)."""
+    config = copy.deepcopy(config)
+    dataset = config["dataset"]
+    source, partition = dataset.pop("source"), dataset.pop("partition")
+    del source["_target_"], partition["_target_"]
+    dataset |= {"download": False, "synthetic": source, "partition": {
+        "name": "pathological", "num_target_nodes": dataset.pop("num_target_nodes"),
+        **partition}}
+    return config
+
+
+def test_the_old_synthetic_config_is_the_pinned_one():
+    pinned = yaml.safe_load(CONFIGS_BEFORE[1].read_text())["dataset=synthetic model=cnn4 "
+                                                             "method=metagater"]
+    today = OmegaConf.to_container(compose_config(["dataset=synthetic", "model=cnn4",
+                                                   "method=metagater"]), resolve=True)
+    assert before_data_targets(today)["dataset"] == pinned["dataset"]
+
+
+def test_migration_finds_a_run_made_before_data_targets(tiny_config, tmp_path):
+    """A finished run whose config.yaml names its data set and partitioner as the code before
+    their ``_target_`` nodes did, in a folder named by that config's fingerprint: found again,
+    its results untouched."""
+    cfg = tiny_config("rounds=1", "eval_every=0", "method=fedavg")
+    run(cfg)
+    folder = Path(cfg.output_dir)
+    config = before_data_targets(OmegaConf.to_container(OmegaConf.load(folder / "config.yaml")))
+    old_name = cfg.run_name.rsplit("-", 1)[0] + f"-{fingerprint(config)}"
+    config |= {"run_name": old_name, "output_dir": str(folder.with_name(old_name))}
+    old = folder.rename(folder.with_name(old_name))
+    RunFolder(old).record_config(config, config[DATA_KEY])
+    tasks = (old / "tasks.csv").read_bytes()
+    migrate_main([str(tmp_path), "--apply"])
+    migrated = RunFolder(cfg.output_dir)
+    assert not old.exists() and migrated.differences(cfg, loaded_data(cfg)) == []
+    assert migrated.tasks_path.read_bytes() == tasks
 
 
 def test_migration_skips_a_folder_whose_name_is_taken(tiny_config, tmp_path):
