@@ -25,6 +25,7 @@ class NodeSetup:
     rounds: int
     data_root: str | None  # the node resolves it (``$MG_DATA_DIR``, the user cache) itself
     dataset: dict  # the ``dataset`` group: names the node's shard, and cuts it the first time
+    data: str  # the fingerprint of the pooled data the ServerApp loaded: keys the node's shard
     network: dict  # ``model`` with its ``_target_``, the gates as the method has them
     local_solver: dict  # ``method.local``, with its ``_target_``
     gate_noise: str  # ``method.gate_noise``
@@ -32,9 +33,10 @@ class NodeSetup:
     faults: dict  # ``faults.inject``
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> NodeSetup:
+    def from_config(cls, cfg: DictConfig, data: str) -> NodeSetup:
         """The node's part of the composed config ``cfg`` (the ServerApp's side), as
-        :func:`mglightning.build.build_learner` builds the learner from it."""
+        :func:`mglightning.build.build_learner` builds the learner from it, and ``data``, the
+        :func:`~mglightning.run.identity.data_fingerprint` of the data the ServerApp loaded."""
         def plain(node) -> dict:
             return OmegaConf.to_container(node, resolve=True)
 
@@ -43,6 +45,7 @@ class NodeSetup:
             rounds=int(cfg.rounds),
             data_root=cfg.data_root,
             dataset=plain(cfg.dataset),
+            data=data,
             network=plain(cfg.model) | {
                 "gated_layers": list(cfg.model.gated_layers) if cfg.method.gating else []},
             local_solver=plain(cfg.method.local),

@@ -4,7 +4,10 @@ A node's shard is a function of the pooled data set, the partition and the seed 
 cutting it needs every label of the pooled set. A node's first ClientApp process builds the
 :class:`~mglightning.data.datamodule.FederatedDataModule` once and writes the node's shard (its
 images and labels, the pooled normalization statistics, its support/query split); from then on
-the node loads its own rows alone, with torch alone. This matters under a SuperNode, which
+the node loads its own rows alone, with torch alone. The shards are filed under the config's
+fingerprint and the pooled data's (the ServerApp's, :attr:`NodeSetup.data`, checked against
+the node's own data when a shard is cut): changed data get shards of their own, never stale
+ones. This matters under a SuperNode, which
 starts a fresh ClientApp process per message. Each node writes only its own file, so nodes
 sharing a disk never race. A shard gives the node's local solver exactly the batches the pooled
 data would: the same rows, in the same support order, normalized with the same statistics.
@@ -21,7 +24,7 @@ from mglightning.data.images import ImageData, resolve_data_root
 from mglightning.data.node import NodeData
 from mglightning.errors import ConfigError
 from mglightning.flower.node_setup import NodeSetup
-from mglightning.run.identity import fingerprint
+from mglightning.run.identity import data_fingerprint, fingerprint
 
 SHARD_FOLDER = "flower-shards"  # under the data root
 
@@ -36,9 +39,10 @@ class NodeShard:
 
 
 def shard_folder(setup: NodeSetup) -> Path:
-    """Where the shards of this data set, partition and seed live."""
+    """Where the shards of this data set, partition and seed, cut from the pooled data of
+    fingerprint ``setup.data``, live."""
     key = fingerprint({"dataset": setup.dataset, "seed": setup.seed})
-    return resolve_data_root(setup.data_root) / SHARD_FOLDER / key
+    return resolve_data_root(setup.data_root) / SHARD_FOLDER / f"{key}-{setup.data}"
 
 
 def load_node_shard(setup: NodeSetup, partition_id: int) -> NodeShard:
@@ -60,6 +64,11 @@ def write_node_shard(setup: NodeSetup, partition_id: int, path: Path) -> None:
                                      batch_size=setup.dataset["batch_size"],
                                      data_root=setup.data_root)
     datamodule.setup()
+    loaded = data_fingerprint(datamodule.data.images, datamodule.data.labels)
+    if loaded != setup.data:
+        raise ConfigError(f"this node's data (data_fingerprint {loaded}) differ from the "
+                          f"ServerApp's ({setup.data}): give every node the server's data under "
+                          f"its data_root ({resolve_data_root(setup.data_root)})")
     clients = datamodule.train_clients
     if not 0 <= partition_id < len(clients):
         raise ConfigError(f"node config partition-id={partition_id}: the config has "
