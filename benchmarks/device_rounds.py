@@ -44,11 +44,12 @@ from mglightning.run.io import atomic_write_text, write_json
 CIFAR10_STAND_IN = [  # the table1_cifar10 job, synthetic images of CIFAR-10's shape and size
     "experiment=table1_cifar10",
     "dataset.name=synthetic",
-    "dataset.download=false",
-    "+dataset.synthetic.num_classes=10",
-    "+dataset.synthetic.shape=[3,32,32]",
-    "+dataset.synthetic.samples_per_class=6000",
-    "+dataset.synthetic.seed=0",
+    "dataset.source._target_=mglightning.data.datasets.make_synthetic",
+    "dataset.source.download=null",  # make_synthetic reads no files
+    "+dataset.source.num_classes=10",
+    "+dataset.source.shape=[3,32,32]",
+    "+dataset.source.samples_per_class=6000",
+    "+dataset.source.seed=0",
     "method.clients_per_round=20",
     "method.local.steps=1",
 ]
@@ -156,7 +157,7 @@ def bench_devices(rounds: int, warmup: int, overrides: list[str] | tuple[str, ..
     # Deterministic cuBLAS needs this before its first call (Lightning sets it alike).
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     cfg = compose_config([*CIFAR10_STAND_IN, *overrides])
-    synthetic = cfg.dataset.synthetic
+    synthetic = cfg.dataset.source
     datamodule = build_datamodule(cfg)
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = not cfg.deterministic  # as the Trainer sets it for training

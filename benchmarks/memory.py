@@ -18,7 +18,7 @@ from pathlib import Path
 NUM_NODES = 1000
 NODE_OVERRIDES = [  # 1,000 nodes of 30–90 samples: ~60k of the 70k images
     f"dataset.partition.num_nodes={NUM_NODES}",
-    "dataset.partition.num_target_nodes=100",
+    "dataset.num_target_nodes=100",
     "dataset.partition.size_range=[30,90]",
 ]
 

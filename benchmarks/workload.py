@@ -14,18 +14,18 @@ from omegaconf import DictConfig
 
 from mglightning import build
 from mglightning.data.datamodule import FederatedDataModule
-from mglightning.data.datasets import DataError, load_dataset
+from mglightning.data.datasets import DataError, fmnist
 from mglightning.federated.learner import FederatedMetaLearner
 from mglightning.models.network import GatedNetwork
 
 FMNIST_STAND_IN = [  # synthetic data of Fashion-MNIST's shape and size
     "dataset=synthetic",
-    "dataset.synthetic.num_classes=10",
-    "dataset.synthetic.shape=[1,28,28]",
-    "dataset.synthetic.samples_per_class=7000",
+    "dataset.source.num_classes=10",
+    "dataset.source.shape=[1,28,28]",
+    "dataset.source.samples_per_class=7000",
     "dataset.batch_size=32",
     "dataset.partition.num_nodes=120",
-    "dataset.partition.num_target_nodes=20",
+    "dataset.num_target_nodes=20",
     "dataset.partition.size_range=[100,800]",
 ]
 
@@ -33,7 +33,7 @@ FMNIST_STAND_IN = [  # synthetic data of Fashion-MNIST's shape and size
 def fmnist_available() -> bool:
     """Whether Fashion-MNIST loads offline here."""
     try:
-        load_dataset("fmnist", download=False)
+        fmnist(download=False)
     except DataError:
         return False
     return True
@@ -42,7 +42,7 @@ def fmnist_available() -> bool:
 def dataset_overrides() -> tuple[list[str], str]:
     """Config overrides selecting the bench's data set, and a line naming it for the report."""
     if fmnist_available():
-        return ["dataset=fmnist", "dataset.download=false"], "Fashion-MNIST (offline files)"
+        return ["dataset=fmnist", "dataset.source.download=false"], "Fashion-MNIST (offline files)"
     return FMNIST_STAND_IN, "synthetic stand-in of Fashion-MNIST's shape (files not found)"
 
 

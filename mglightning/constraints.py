@@ -4,7 +4,7 @@ A class or function built from a ``_target_`` node annotates a parameter with it
 ``gamma: Annotated[float, number(at_least=0)]``; the config walker
 (:func:`mglightning.config.validate`) reads the rules from the annotations, so the class states
 its ranges and does not check them again. Keys that no class takes (``rounds``, ``seed``) keep
-their rules in :data:`mglightning.config.RULES`.
+their rules in :data:`mglightning.config.rules.RULES`.
 
 Beside the rule, a parameter may declare when a run does not read it, so that a run's identity
 leaves it out (:mod:`mglightning.run.identity`): :data:`GATES_ONLY` (read only when the network

@@ -23,7 +23,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mglightning.build import build_adapter, build_datamodule, build_learner, compose_config
-from mglightning.config import RUN_CONFIG
 from mglightning.data.datamodule import ClientDataModule
 from mglightning.data.datasets import DataError
 from mglightning.export import (
@@ -34,7 +33,7 @@ from mglightning.export import (
     task_network,
 )
 from mglightning.run.checkpoint import UnsafeCheckpointError, read_checkpoint
-from mglightning.run.folder import NOT_RECORDED
+from mglightning.run.folder import NOT_RECORDED, RunFolder
 from mglightning.run.identity import DATA_KEY, data_fingerprint, fingerprint
 from mglightning.run.io import write_json
 
@@ -53,9 +52,9 @@ class Deployment:
 
 
 def run_config(run_dir: Path) -> DictConfig:
-    path = run_dir / RUN_CONFIG
+    path = RunFolder(run_dir).config_path
     if not path.exists():
-        raise DeployError(f"{run_dir} has no {RUN_CONFIG}: pass a run's folder (a run made "
+        raise DeployError(f"{run_dir} has no {RunFolder.CONFIG}: pass a run's folder (a run made "
                           f"before runs wrote one gets it when its command is run again: it "
                           f"resumes from its last checkpoint)")
     return OmegaConf.load(path)
@@ -63,7 +62,7 @@ def run_config(run_dir: Path) -> DictConfig:
 
 def meta_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
     """The run's own last checkpoint, or (MetaSNIP) the meta-model it adapted."""
-    path = Path(cfg.method.get("meta_checkpoint") or run_dir / "checkpoints" / "last.ckpt")
+    path = Path(cfg.method.get("meta_checkpoint") or RunFolder(run_dir).checkpoint_path)
     if not path.exists():
         raise DeployError(f"{path} is missing: finish (or resume) the run first")
     return path
@@ -99,7 +98,7 @@ def deploy(run_dir: Path, target: int) -> Deployment:
     if not torch.equal(predicted, expected):
         raise RuntimeError(f"the export disagrees with the adapted network on "
                            f"{int((predicted != expected).sum())} of {len(rows)} images: nothing "
-                           f"saved (a bug: please report it with this run's config.yaml)")
+                           f"saved (a bug: please report it with this run's {RunFolder.CONFIG})")
     query = slice(len(client.support_idx), None)
     return Deployment(package, metadata(
         run_dir, cfg, target, client,
@@ -118,7 +117,7 @@ def metadata(run_dir: Path, cfg: DictConfig, target: int, client: ClientDataModu
                else {"id": label, "name": data.class_names[label]}
                for label in sorted(set(labels.tolist()))]
     return {
-        "run": {"dir": str(run_dir.resolve()), "name": cfg.run_name, "config": RUN_CONFIG,
+        "run": {"dir": str(run_dir.resolve()), "name": cfg.run_name, "config": RunFolder.CONFIG,
                 "fingerprint": fingerprint(cfg)},
         "target": target,
         "node_id": client.node_id,
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     except (DeployError, DataError, UnsafeCheckpointError, NoCompilerError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    output = args.output or args.run_dir / "deployed" / f"target{args.target}.pt2"
+    output = args.output or RunFolder(args.run_dir).deployed_path / f"target{args.target}.pt2"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(deployment.package)
     write_json(output.with_suffix(".json"), deployment.metadata)

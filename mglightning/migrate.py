@@ -8,11 +8,13 @@ Three changes leave older folders unfound or refused, none of which changes a re
 - a run folder records the fingerprint of the pooled data it loaded (``data_fingerprint`` in
   ``config.yaml``); a folder without it is refused;
 - parts are named by ``_target_`` (the backbone, the adaptation rule, the regularizer, the
-  logger), the server steps by what they are (``AcceleratedProximalStep``, ``FedAvgStep``,
-  once named as Flower strategies) and Per-FedAvg HF says how it takes its Hessian product:
-  :func:`upgrade_config` writes an older ``config.yaml`` as today's config of the same run
-  would read (an older HF run took the finite difference,
-  ``method.local.hessian=finite_difference``).
+  logger, the data set's loader, ``dataset.source``, and its partitioner, with the target
+  nodes' count moved beside them to ``dataset.num_target_nodes``), the server steps by what
+  they are (``AcceleratedProximalStep``, ``FedAvgStep``, once named as Flower strategies) and
+  Per-FedAvg HF says how it takes its Hessian product: :func:`upgrade_config` writes an older
+  ``config.yaml`` as today's config of the same run would read (an older HF run took the
+  finite difference, ``method.local.hessian=finite_difference``). Each of these changed every
+  run's name.
 
 For every run folder under RUNS_DIR (a folder whose ``config.yaml`` is a run's, at any depth,
 RUNS_DIR itself included) this renames a folder named by its run name to the name its config
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import re
 import sys
 from dataclasses import dataclass
@@ -32,11 +35,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mglightning.config import RUN_CONFIG
+from mglightning.build import build_datamodule
 from mglightning.data.datasets import DataError
 from mglightning.data.partition import PartitionError
-from mglightning.run.folder import RunFolder, pooled_data_fingerprint
-from mglightning.run.identity import DATA_KEY, FINGERPRINT_LENGTH, fingerprint
+from mglightning.run.folder import RunFolder
+from mglightning.run.identity import DATA_KEY, FINGERPRINT_LENGTH, data_fingerprint, fingerprint
+from mglightning.targets import TARGET_KEY, import_target
 
 # The config schema before parts were named by ``_target_``: old name -> today's target.
 RULE_TARGETS = {
@@ -59,6 +63,23 @@ SERVER_STEP_TARGETS = {  # the server steps' names before: old target -> today's
     "mglightning.federated.server.FedAvgStrategy": "mglightning.federated.server.FedAvgStep",
 }
 BACKBONE_MODULE = "mglightning.models.backbones"
+# The data set before its loader was a ``_target_`` (``dataset.source``): dataset.name -> target;
+# its options were dataset.download, .path, .image_size and the dataset.synthetic group.
+SOURCE_TARGETS = {
+    "mnist": "mglightning.data.datasets.mnist",
+    "fmnist": "mglightning.data.datasets.fmnist",
+    "cifar10": "mglightning.data.datasets.cifar10",
+    "cifar100": "mglightning.data.datasets.cifar100",
+    "synthetic": "mglightning.data.datasets.make_synthetic",
+    "folder": "mglightning.data.own_data.load_image_folder",
+    "arrays": "mglightning.data.own_data.load_arrays",
+}
+OLD_SOURCE_KEYS = ("download", "path", "image_size")
+PARTITIONER_TARGETS = {  # dataset.partition.name -> target
+    "pathological": "mglightning.data.partition.PathologicalPartitioner",
+    "dirichlet": "mglightning.data.partition.DirichletPartitioner",
+    "natural": "mglightning.data.partition.NaturalPartitioner",
+}
 FINGERPRINT_SUFFIX = re.compile(rf"-[0-9a-f]{{{FINGERPRINT_LENGTH}}}$")
 NOT_RUN_FOLDERS = {"wandb", ".hydra"}  # their config.yaml files are not a run's
 
@@ -76,7 +97,7 @@ class Migration:
         lines = [f"rename {self.path} -> {self.new_path.name}"] if self.new_path else []
         if self.config is not None:
             lines.append(f"record {DATA_KEY}={self.config[DATA_KEY]} and run_name="
-                         f"{self.config['run_name']} in {self.path / RUN_CONFIG}")
+                         f"{self.config['run_name']} in {RunFolder(self.path).config_path}")
         return lines
 
     def apply(self) -> None:
@@ -89,7 +110,7 @@ class Migration:
 
 def run_configs(root: Path) -> list[Path]:
     """Every run's ``config.yaml`` under ``root`` (W&B's and Hydra's own are not)."""
-    return sorted(path for path in root.rglob(RUN_CONFIG)
+    return sorted(path for path in root.rglob(RunFolder.CONFIG)
                   if not NOT_RUN_FOLDERS & set(path.relative_to(root).parts[:-1]))
 
 
@@ -98,6 +119,7 @@ def upgrade_config(config: dict) -> dict:
     and Per-FedAvg HF's Hessian product stated, as today's config of the same run reads; a
     config that reads so already comes back equal."""
     config = copy.deepcopy(config)
+    _upgrade_dataset(config["dataset"])
     model, method = config["model"], config["method"]
     model.setdefault("_target_", f"{BACKBONE_MODULE}.{model['name']}")
     adaptation = method.get("adaptation") or {}
@@ -118,6 +140,38 @@ def upgrade_config(config: dict) -> dict:
     if logger.get("name") in LOGGER_TARGETS:
         logger.setdefault("_target_", LOGGER_TARGETS[logger["name"]])
     return config
+
+
+def _upgrade_dataset(dataset: dict) -> None:
+    """The data set's loader and partitioner as ``_target_`` nodes, each with the options its
+    target takes (a partition key the partitioner does not take is null, as the config walker
+    asks of a switched partitioner), and the target nodes' count beside them."""
+    if "source" in dataset or dataset.get("name") not in SOURCE_TARGETS:
+        return
+    old_options = {**(dataset.pop("synthetic", None) or {}),
+                   **{key: dataset.pop(key) for key in OLD_SOURCE_KEYS if key in dataset}}
+    source = SOURCE_TARGETS[dataset["name"]]
+    dataset["source"] = {TARGET_KEY: source, **{
+        key: value for key, value in old_options.items() if key in _keys_taken(source)}}
+    partition = dataset["partition"]
+    dataset["num_target_nodes"] = partition.pop("num_target_nodes", 0)
+    partitioner = PARTITIONER_TARGETS[partition.pop("name")]
+    dataset["partition"] = {TARGET_KEY: partitioner, **{
+        key: value if key in _keys_taken(partitioner) else None
+        for key, value in partition.items()}}
+
+
+def _keys_taken(target_name: str) -> set[str]:
+    """The config keys of a ``_target_``: its keyword parameters."""
+    parameters = inspect.signature(import_target(target_name)).parameters.values()
+    return {parameter.name for parameter in parameters
+            if parameter.kind is not inspect.Parameter.POSITIONAL_ONLY}
+
+
+def pooled_data_fingerprint(cfg: DictConfig) -> str:
+    """The fingerprint of the data ``cfg`` loads now, as a run records it."""
+    data = build_datamodule(cfg).data
+    return data_fingerprint(data.images, data.labels)
 
 
 def plan(folder: Path, stored: DictConfig) -> Migration:

@@ -22,7 +22,6 @@ method's, paired per seed (:func:`mglightning.analysis.report.paired_differences
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import time
@@ -32,8 +31,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mglightning.analysis.report import MethodRuns, write_results
-from mglightning.build import compose_config
+from mglightning.build import build_datamodule, compose_config
+from mglightning.config import validate
 from mglightning.run.folder import RunFolder
+from mglightning.run.identity import data_fingerprint
 from mglightning.train import run
 
 log = logging.getLogger(__name__)
@@ -118,26 +119,29 @@ class Reproduction:
             *spec.overrides,
         ]
         if spec.meta_from:
-            checkpoint = self.run_dir(spec.meta_from, seed) / "checkpoints" / "last.ckpt"
+            checkpoint = RunFolder(self.run_dir(spec.meta_from, seed)).checkpoint_path
             overrides.append(f"method.meta_checkpoint={checkpoint}")
         if spec.sparsity_from:
-            summary_path = self.run_dir(spec.sparsity_from, seed) / "summary.json"
-            sparsity = json.loads(summary_path.read_text())["sparsity_mean"]
+            sparsity = RunFolder(self.run_dir(spec.sparsity_from, seed)).read_summary()[
+                "sparsity_mean"]
             overrides.append(f"method.adaptation.keep_fraction={1.0 - sparsity}")
         return compose_run(self.experiment, [*RUN_DEFAULTS, *self.overrides, *overrides])
 
     def ensure_run(self, spec: RunSpec, seed: int) -> str:
-        """Run, resume or reuse one run; returns what was done."""
+        """Run, resume or reuse one run, loading its data once; returns what was done."""
         cfg = self.run_config(spec, seed)
+        validate(cfg)  # before its data load
+        datamodule = build_datamodule(cfg)
+        data = data_fingerprint(datamodule.data.images, datamodule.data.labels)
         folder = RunFolder(cfg.output_dir)
-        stale = bool(folder.differences(cfg))
+        stale = bool(folder.differences(cfg, data))
         if self.fresh or stale:
             shutil.rmtree(folder.path, ignore_errors=True)
         if folder.finished:
             return "reused"
         resumed = folder.checkpoint_path.exists()
-        folder.write_config(cfg)  # before the work: a killed run is still known as this config's
-        run(cfg)
+        folder.write_config(cfg, data)  # before the work: a killed run is known as this config's
+        run(cfg, datamodule)
         return "redone (stale)" if stale else "resumed" if resumed else "ran"
 
     def reproduce(self, seeds: list[int], output_dir: Path | None = None,

@@ -43,39 +43,44 @@ from mglightning.run.checkpoint import (
     read_checkpoint,
 )
 from mglightning.run.folder import RunFolder
+from mglightning.run.identity import data_fingerprint
 from mglightning.run.loggers import finish_wandb_run, quiet_lightning
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, datamodule: FederatedDataModule | None = None) -> dict:
     """Train, adapt at the targets and write the run folder (:class:`RunFolder`): resume an
     unfinished run of the same config, leave a finished one alone (``reevaluate=true`` adapts
-    its targets again), refuse a folder made with another config. A SIGTERM or SIGINT stops
-    after the round under way with a checkpoint and no results (:class:`RunInterrupted`)."""
+    its targets again), refuse a folder made with another config or other data. A SIGTERM or
+    SIGINT stops after the round under way with a checkpoint and no results
+    (:class:`RunInterrupted`). The run's data are loaded once, here or by the caller, who
+    passes them as ``datamodule`` (built by :func:`build_datamodule` from ``cfg``)."""
     validate(cfg)
     quiet_lightning()
+    if datamodule is None:
+        datamodule = build_datamodule(cfg)
+    data = data_fingerprint(datamodule.data.images, datamodule.data.labels)
     folder = RunFolder(cfg.output_dir)
-    folder.check_config(cfg)
+    folder.check_config(cfg, data)
     with StopRequest() as stop_request, logging_redirect_tqdm():
         adapter = build_adapter(cfg)
-        evaluation = TargetEvaluation(adapter, cfg.eval_every, folder.path, cfg.progress_bar)
+        evaluation = TargetEvaluation(adapter, cfg.eval_every, folder.curve_path,
+                                      cfg.progress_bar)
         trainer = build_trainer(cfg, [
             stop_request,
             RoundProgress(show_bar=cfg.progress_bar),
             evaluation,
-            RoundCheckpoint(folder.checkpoint_path.parent, cfg.checkpoint.every_n_rounds,
-                            stop_request),
+            RoundCheckpoint(folder.checkpoint_path, cfg.checkpoint.every_n_rounds, stop_request),
         ])
         if folder.finished and not cfg.reevaluate:
             log.info("%s holds this config's finished run: nothing to do (reevaluate=true "
                      "adapts its targets again)", folder.path)
             return folder.read_summary()
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule = build_datamodule(cfg)
         first_process = rank_zero_only.rank == 0  # processes launched for more devices: no files
         if first_process:
-            folder.write_config(cfg)
+            folder.write_config(cfg, data)
         with folder.logging_to_file(first_process):
             return train_and_adapt(cfg, folder, trainer, datamodule, adapter, evaluation,
                                    stop_request)

@@ -19,7 +19,7 @@ mkdir -p "$FLWR_HOME" "$work/tls" "$work/keys"
 # The tiny synthetic config, 2 training nodes, both in every round, the server state saved each
 # round: add rounds= and output_root=.
 two_nodes="dataset=synthetic logger=none method.clients_per_round=2 checkpoint.every_n_rounds=1"
-two_nodes+=" dataset.partition.num_nodes=4 dataset.partition.num_target_nodes=2 data_root=$work/data"
+two_nodes+=" dataset.partition.num_nodes=4 dataset.num_target_nodes=2 data_root=$work/data"
 pids=()                                           # started here, each in its own session
 declare -A supernode_pid=()                       # SuperNode name -> PID
 

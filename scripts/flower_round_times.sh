@@ -13,7 +13,7 @@ export OMP_NUM_THREADS=1 WANDB_MODE=disabled
 work=$(mktemp -d -t mg-round-times.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 config="dataset=synthetic logger=none method.clients_per_round=2 checkpoint.every_n_rounds=1
-  dataset.partition.num_nodes=4 dataset.partition.num_target_nodes=2 rounds=$ROUNDS
+  dataset.partition.num_nodes=4 dataset.num_target_nodes=2 rounds=$ROUNDS
   data_root=$work/data"
 
 # shellcheck disable=SC2086  # $config is a list of overrides

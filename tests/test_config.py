@@ -100,6 +100,15 @@ def config_error(*overrides: str) -> str:
         ("deterministic=always", "deterministic='always': must be one of [False, True, 'warn']"),
         ("output_root=5", "output_root=5: must be a string"),
         ("output_root=${nowhere}", "output_root: cannot be resolved"),
+        ("dataset.source.download=maybe", "dataset.source.download='maybe': must be true or "
+                                          "false"),
+        ("dataset=synthetic dataset.source.num_classes=1", "dataset.source.num_classes=1: must "
+                                                           "be an integer >= 2"),
+        ("dataset=synthetic dataset.source.shape=[1,16]", "dataset.source.shape=[1, 16]: must "
+                                                          "be a list of 3 integers >= 1"),
+        ("dataset.source._target_=mglightning.data.datasets.imagenet",
+         "dataset.source._target_='mglightning.data.datasets.imagenet': must name an importable "
+         "class or function"),
     ],
 )
 def test_bad_value_names_key_value_and_what_is_allowed(override, expected):
@@ -127,6 +136,10 @@ def test_bad_value_names_key_value_and_what_is_allowed(override, expected):
                                            "allowed under method are"),
         ("method.server._target_=nowhere.Strategy", "method.server._target_='nowhere.Strategy': "
                                                     "must name an importable class"),
+        ("+dataset.source.samples_per_class=3", "unknown key dataset.source.samples_per_class=3: "
+                                                "mglightning.data.datasets.fmnist takes download"),
+        # the loader's data_root is the caller's (positional-only), never a key
+        ("+dataset.source.data_root=x", "unknown key dataset.source.data_root='x'"),
     ],
 )
 def test_unknown_keys_added_with_plus_are_rejected(override, expected):
@@ -142,12 +155,13 @@ def test_deterministic_switches_cudnn_autotuning_off(deterministic, benchmark):
 
 
 def test_keys_of_other_options_and_declared_keys_are_accepted():
-    """A partitioner switch needs its own key (a field of the partitioner it picks), and a
-    Lightning Trainer option is a Trainer parameter. (Nodes 1 and 3 are training nodes at
-    seed 0.)"""
-    validate(compose_train("dataset.partition.name=dirichlet", "+dataset.partition.alpha=0.5",
-                           "+trainer.precision=32", "faults.inject.clients=[1,3]",
-                           "faults.inject.rounds=[2]"))
+    """A partitioner switched by its ``_target_`` takes its own key (a field of the partitioner
+    it names) and its predecessor's, nulled; a Lightning Trainer option is a Trainer parameter.
+    (Nodes 1 and 3 are training nodes at seed 0.)"""
+    validate(compose_train(
+        "dataset.partition._target_=mglightning.data.partition.DirichletPartitioner",
+        "dataset.partition.classes_per_node=null", "+dataset.partition.alpha=0.5",
+        "+trainer.precision=32", "faults.inject.clients=[1,3]", "faults.inject.rounds=[2]"))
 
 
 def test_unknown_key_from_an_experiment_file_is_rejected():
@@ -197,9 +211,9 @@ def test_fault_injection_into_a_target_node_is_rejected(tiny_config):
 
 
 def test_no_training_node_left_is_a_config_error():
-    message = config_error("dataset=synthetic", "dataset.partition.num_target_nodes=24")
-    assert message.startswith("dataset.partition.num_target_nodes=24: must be less than "
-                              "dataset.partition.num_nodes=24")
+    message = config_error("dataset=synthetic", "dataset.num_target_nodes=24")
+    assert message == ("dataset.num_target_nodes=24: must be between 0 and the 24 nodes minus "
+                       "one (23), so that at least one training node remains")
 
 
 @pytest.mark.parametrize("override", ["rounds=-2", "method.clients_per_round=21"])
@@ -225,8 +239,8 @@ def run_cli(*overrides: str, env=None) -> subprocess.CompletedProcess:
     [
         ("method.local.steps=-1", "method.local.steps=-1: must be an integer >= 1"),
         ("method.clients_per_round=21", "method.clients_per_round=21: must be at most the 20 "
-                                        "training nodes (dataset.partition.num_nodes=24 minus "
-                                        "num_target_nodes=4)"),
+                                        "training nodes (24 nodes minus "
+                                        "dataset.num_target_nodes=4)"),
         # A key valid once added: Hydra's own advice, said in one line.
         ("trainer.precision=32", "Could not override 'trainer.precision'. To append to your "
                                  "config use +trainer.precision=32"),

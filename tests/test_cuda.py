@@ -57,7 +57,7 @@ def test_every_method_trains_and_adapts_on_the_gpu(tiny_config, monkeypatch, met
                       "eval_every=2")
     summary = run(cfg)
     assert seen == {"rounds": {"cuda"}, "adaptation": {"cuda"}}
-    assert len(task_rows(cfg)) == cfg.dataset.partition.num_target_nodes
+    assert len(task_rows(cfg)) == cfg.dataset.num_target_nodes
     assert 0.0 <= summary["accuracy_mean"] <= 1.0 and summary["training_seconds"] > 0
 
 

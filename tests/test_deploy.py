@@ -83,7 +83,7 @@ def test_a_folder_without_config_or_checkpoint_or_a_bad_target_ends_in_one_line(
     finished_run, finished_run_copy, capsys
 ):
     run_dir = Path(finished_run_copy.output_dir)
-    targets = finished_run.dataset.partition.num_target_nodes
+    targets = finished_run.dataset.num_target_nodes
     with pytest.raises(SystemExit) as exit_info:
         main([str(run_dir), "--target", str(targets)])
     assert exit_info.value.code == 2

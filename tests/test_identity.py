@@ -23,7 +23,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from mglightning.analysis.finished_runs import select_runs
-from mglightning.build import compose_config
+from mglightning.build import build_datamodule, compose_config
 from mglightning.config import CONF_DIR, validate
 from mglightning.constraints import GATES_ONLY, neutral, number
 from mglightning.data import datasets
@@ -33,12 +33,17 @@ from mglightning.run.folder import RunFolder
 from mglightning.run.identity import (
     DATA_KEY,
     NON_IDENTITY_KEYS,
+    data_fingerprint,
     declared_keys,
     fingerprint,
 )
 from mglightning.train import run
 
-CONFIGS_BEFORE_TARGET = Path(__file__).parent / "fixtures" / "configs_before_target.yaml"
+FIXTURES = Path(__file__).parent / "fixtures"
+# Configs as the code composed them before parts were named by ``_target_``, and before data
+# sets' loaders and partitioners were.
+CONFIGS_BEFORE = (FIXTURES / "configs_before_target.yaml",
+                  FIXTURES / "configs_before_data_target.yaml")
 UNGATED = ("fedavg", "perfedavg_fo", "perfedavg_hf", "metagater_nogate", "metasnip",
            "metasnip_structured")
 GATE_OVERRIDES = ("model.temperature=0.5", "model.gate_hidden=8", "model.gate_bias_init=1.0",
@@ -154,17 +159,24 @@ def test_a_width_of_one_keeps_the_fingerprint_of_a_config_without_it(tiny_config
     assert fingerprint(tiny_config(f"model={model}", "model.width=0.5")) != fingerprint(cfg)
 
 
-def test_the_migration_upgrades_an_older_config_to_todays_fingerprint():
-    """Configs as the code before ``_target_`` parts composed them (pinned in a fixture),
-    upgraded, read as today's config of the same overrides: the same fingerprint, and valid;
-    Per-FedAvg HF's as the finite difference those runs took."""
-    for overrides, old in yaml.safe_load(CONFIGS_BEFORE_TARGET.read_text()).items():
+@pytest.mark.parametrize("fixture", CONFIGS_BEFORE, ids=lambda path: path.stem)
+def test_the_migration_upgrades_an_older_config_to_todays_fingerprint(fixture):
+    """Configs as older code composed them (pinned in fixtures), upgraded, read as today's
+    config of the same run: the same fingerprint, and valid; Per-FedAvg HF's as the finite
+    difference those runs took."""
+    for overrides, old in yaml.safe_load(fixture.read_text()).items():
         hessian = ["method.local.hessian=finite_difference"] if "perfedavg_hf" in overrides else []
         today = compose_config([*overrides.split(), *hessian])
         upgraded = upgrade_config(old)
         assert fingerprint(upgraded) == fingerprint(today), overrides
         assert fingerprint(old) != fingerprint(today), overrides  # there was something to do
         validate(OmegaConf.create(upgraded))  # deploy rebuilds a run from it
+
+
+def loaded_data(cfg) -> str:
+    """The fingerprint of the data ``cfg`` loads."""
+    data = build_datamodule(cfg).data
+    return data_fingerprint(data.images, data.labels)
 
 
 def task_rows(folder: Path) -> list[dict]:
@@ -212,7 +224,7 @@ def test_the_same_command_on_other_data_is_refused_not_reused(tmp_path):
         write_fake_fmnist(tmp_path / name, seed)
     command = [sys.executable, "-m", "mglightning.train", "dataset=fmnist", "logger=none",
                "progress_bar=false", "rounds=1", "eval_every=0", "method.clients_per_round=4",
-               "dataset.partition.num_nodes=24", "dataset.partition.num_target_nodes=4",
+               "dataset.partition.num_nodes=24", "dataset.num_target_nodes=4",
                "dataset.partition.size_range=[40,80]", f"data_root={tmp_path / 'root'}",
                f"output_root={tmp_path / 'runs'}"]
 
@@ -275,8 +287,9 @@ def test_migration_finds_old_runs_again_and_is_idempotent(tiny_config, tmp_path,
     old_nogate, old_gated = make_old(nogate), make_old(gated)
     assert old_nogate.name != Path(nogate.output_dir).name  # the gate keys left its identity
     assert old_gated.name == Path(gated.output_dir).name
+    data = loaded_data(gated)
     with pytest.raises(Exception, match="mglightning.migrate"):  # unmigrated: refused, told how
-        RunFolder(old_gated).check_config(gated)
+        RunFolder(old_gated).check_config(gated, data)
     tasks = (old_nogate / "tasks.csv").read_bytes()
 
     root = tmp_path  # tiny_config writes under tmp_path
@@ -288,7 +301,7 @@ def test_migration_finds_old_runs_again_and_is_idempotent(tiny_config, tmp_path,
     migrate_main([str(root), "--apply"])
     for cfg in (nogate, gated):
         folder = RunFolder(cfg.output_dir)
-        assert folder.finished and folder.differences(cfg) == []
+        assert folder.finished and folder.differences(cfg, data) == []
         stored = OmegaConf.load(folder.config_path)
         assert stored.run_name == cfg.run_name and stored.output_dir == cfg.output_dir
     assert not old_nogate.exists()
@@ -301,6 +314,46 @@ def test_migration_finds_old_runs_again_and_is_idempotent(tiny_config, tmp_path,
     assert capsys.readouterr().out.startswith("nothing to do")
     labels = [labels for _, labels in select_runs(root)]
     assert sorted(label["method"] for label in labels) == ["metagater", "metagater_nogate"]
+
+
+def before_data_targets(config: dict) -> dict:
+    """A resolved synthetic config as the code before data sets' ``_target_`` nodes wrote it
+    (checked against the pinned fixture below)."""
+    config = copy.deepcopy(config)
+    dataset = config["dataset"]
+    source, partition = dataset.pop("source"), dataset.pop("partition")
+    del source["_target_"], partition["_target_"]
+    dataset |= {"download": False, "synthetic": source, "partition": {
+        "name": "pathological", "num_target_nodes": dataset.pop("num_target_nodes"),
+        **partition}}
+    return config
+
+
+def test_the_old_synthetic_config_is_the_pinned_one():
+    pinned = yaml.safe_load(CONFIGS_BEFORE[1].read_text())["dataset=synthetic model=cnn4 "
+                                                             "method=metagater"]
+    today = OmegaConf.to_container(compose_config(["dataset=synthetic", "model=cnn4",
+                                                   "method=metagater"]), resolve=True)
+    assert before_data_targets(today)["dataset"] == pinned["dataset"]
+
+
+def test_migration_finds_a_run_made_before_data_targets(tiny_config, tmp_path):
+    """A finished run whose config.yaml names its data set and partitioner as the code before
+    their ``_target_`` nodes did, in a folder named by that config's fingerprint: found again,
+    its results untouched."""
+    cfg = tiny_config("rounds=1", "eval_every=0", "method=fedavg")
+    run(cfg)
+    folder = Path(cfg.output_dir)
+    config = before_data_targets(OmegaConf.to_container(OmegaConf.load(folder / "config.yaml")))
+    old_name = cfg.run_name.rsplit("-", 1)[0] + f"-{fingerprint(config)}"
+    config |= {"run_name": old_name, "output_dir": str(folder.with_name(old_name))}
+    old = folder.rename(folder.with_name(old_name))
+    RunFolder(old).record_config(config, config[DATA_KEY])
+    tasks = (old / "tasks.csv").read_bytes()
+    migrate_main([str(tmp_path), "--apply"])
+    migrated = RunFolder(cfg.output_dir)
+    assert not old.exists() and migrated.differences(cfg, loaded_data(cfg)) == []
+    assert migrated.tasks_path.read_bytes() == tasks
 
 
 def test_migration_skips_a_folder_whose_name_is_taken(tiny_config, tmp_path):

@@ -23,7 +23,7 @@ def test_method_runs_end_to_end_and_writes_its_rows(tiny_config, method):
     cfg = tiny_config(f"method={method}", "rounds=2", "eval_every=2")
     summary = run(cfg)
     rows = read_tasks(cfg)
-    assert len(rows) == cfg.dataset.partition.num_target_nodes
+    assert len(rows) == cfg.dataset.num_target_nodes
     assert summary["rounds"] == 2 and summary["training_seconds"] > 0
     assert 0.0 <= summary["accuracy_mean"] <= 1.0
     saved = json.loads(open(f"{cfg.output_dir}/summary.json").read())

@@ -237,7 +237,7 @@ def test_run_crashed_mid_training_resumes_to_the_same_result(tiny_config, tmp_pa
     round 2 was written; the rerun resumes there and ends exactly as an unbroken run."""
     # Kept small (the curve is checked in the slow test): 3 rounds, 2 target nodes to adapt.
     settings = ["rounds=3", "eval_every=0", "checkpoint.every_n_rounds=1",
-                "dataset.partition.num_target_nodes=2"]
+                "dataset.num_target_nodes=2"]
     straight = run(tiny_config(*settings, f"output_root={tmp_path / 'straight'}"))
     crashed_cfg = tiny_config(*settings, f"output_root={tmp_path / 'crashed'}")
     run_round = FederatedMetaLearner.run_round
@@ -309,7 +309,7 @@ def curve_accuracies(run_dir: Path) -> list[tuple[str, str]]:
 def test_cli_reports_missing_data_in_one_line(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = run_cli("dataset=fmnist", "dataset.download=false", f"data_root={empty}",
+    result = run_cli("dataset=fmnist", "dataset.source.download=false", f"data_root={empty}",
                      "logger=none", f"output_root={tmp_path}",
                      env={"MG_FMNIST_DEBIAN_DIR": str(empty)})
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -326,7 +326,7 @@ def test_cli_reports_a_corrupt_data_file_in_one_line(tmp_path):
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (raw / name).write_bytes(b"\x00\x00\x08\x03 cut off")
-    result = run_cli("dataset=fmnist", "dataset.download=false",
+    result = run_cli("dataset=fmnist", "dataset.source.download=false",
                      f"data_root={tmp_path / 'data'}", "logger=none", f"output_root={tmp_path}",
                      env={"MG_FMNIST_DEBIAN_DIR": str(tmp_path / "none")})
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -18,6 +18,7 @@ from mglightning.analysis.report import (
     table_rows,
     write_results,
 )
+from mglightning.data import datasets
 from mglightning.reproduce import Reproduction, main, run_specs
 
 
@@ -113,7 +114,7 @@ def test_a_run_made_with_another_config_is_redone(tmp_path, monkeypatch):
     """The folder's config.yaml tells a stale run folder from a reusable one (no training)."""
     calls = []
 
-    def fake_train(cfg):
+    def fake_train(cfg, datamodule):
         calls.append(cfg.output_dir)
         (Path(cfg.output_dir) / "summary.json").write_text("{}")
 
@@ -125,6 +126,23 @@ def test_a_run_made_with_another_config_is_redone(tmp_path, monkeypatch):
     changed = Reproduction("table2_fmnist", [*overrides, "method.local.lr=0.01"], tmp_path)
     assert changed.ensure_run(changed.specs[0], 0) == "redone (stale)"
     assert len(calls) == 2 and calls[0] == calls[1]
+
+
+def test_a_run_loads_its_data_once_whether_run_reused_or_redone(tmp_path, monkeypatch):
+    """Checking a run folder against its data and running it share one load."""
+    loads = []
+    make_synthetic = datasets.make_synthetic
+
+    def counted(*args, **kwargs):
+        loads.append(1)
+        return make_synthetic(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "make_synthetic", counted)
+    reproduction = Reproduction("table2_fmnist", [*TINY, "rounds=1", "eval_every=0"], tmp_path)
+    assert reproduction.ensure_run(reproduction.specs[0], 0) == "ran"
+    assert len(loads) == 1
+    assert reproduction.ensure_run(reproduction.specs[0], 0) == "reused"
+    assert len(loads) == 2
 
 
 def test_a_named_row_sets_its_overrides_in_a_folder_of_its_own(tmp_path):

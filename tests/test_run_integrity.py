@@ -60,7 +60,7 @@ def test_fingerprint_covers_results_not_where_or_how_a_run_logs(tiny_config):
     assert fingerprint(tiny_config("logger=csv", "progress_bar=true", "output_root=/elsewhere",
                                    "checkpoint.every_n_rounds=5")) == fingerprint(base)
     for changed in ("method.server.beta=0.5", "rounds=7", "seed=1", "model=cnn7",
-                    "method.regularizer.gamma=0.5", "dataset.partition.num_target_nodes=3"):
+                    "method.regularizer.gamma=0.5", "dataset.num_target_nodes=3"):
         assert fingerprint(tiny_config(changed)) != fingerprint(base), changed
     assert differing_keys(base, tiny_config("method.server.beta=0.5")) == [
         f"method.server.beta: {base.method.server.beta} -> 0.5"]
@@ -229,7 +229,7 @@ def test_evaluations_are_shown_and_the_last_round_is_not_adapted_twice(
     with caplog.at_level("INFO", logger="mglightning.callbacks.evaluation"):
         evaluated = tiny_config("rounds=6", "eval_every=3", f"output_root={tmp_path / 'a'}")
         run(evaluated)
-    tasks = evaluated.dataset.partition.num_target_nodes
+    tasks = evaluated.dataset.num_target_nodes
     assert len(calls) == 2 * tasks  # rounds 3 and 6; the final adaptation reuses round 6
     lines = [record.getMessage() for record in caplog.records
              if record.name == "mglightning.callbacks.evaluation"]
@@ -305,7 +305,7 @@ def test_the_curve_ends_at_the_last_round_at_no_extra_cost(tiny_config, tmp_path
     evaluated = tiny_config(f"rounds={rounds}", "eval_every=3", f"output_root={tmp_path / 'a'}")
     run(evaluated)
     assert [row[0] for row in curve(Path(evaluated.output_dir))] == curve_rounds
-    assert len(calls) == len(curve_rounds) * evaluated.dataset.partition.num_target_nodes
+    assert len(calls) == len(curve_rounds) * evaluated.dataset.num_target_nodes
     plain = tiny_config(f"rounds={rounds}", "eval_every=0", f"output_root={tmp_path / 'b'}")
     run(plain)
     assert task_values(Path(plain.output_dir)) == task_values(Path(evaluated.output_dir))

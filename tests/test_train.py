@@ -2,9 +2,11 @@
 
 import csv
 import json
+import logging
 
 import torch
 
+from mglightning.data import datasets
 from mglightning.train import format_summary, run
 
 
@@ -17,7 +19,7 @@ def test_tiny_run_adapts_and_writes_per_task_results(tiny_config):
     cfg = tiny_config("rounds=8", "eval_every=4")
     summary = run(cfg)
     rows = read_csv(f"{cfg.output_dir}/tasks.csv")
-    assert len(rows) == cfg.dataset.partition.num_target_nodes
+    assert len(rows) == cfg.dataset.num_target_nodes
     assert {
         "task",
         "classes",
@@ -108,3 +110,23 @@ def test_gate_options_at_todays_values_reproduce_the_default_run_bit_for_bit(
     )
     assert explicit_rows == default_rows
     assert not torch.equal(meta_state(annealed_cfg), meta_state(default_cfg))
+
+
+def test_a_run_loads_its_data_once_and_says_so_once(tiny_config, monkeypatch, caplog):
+    """One load of the pooled data (the loader called once), one data line, for a fresh run
+    and for a finished one found again."""
+    loads = []
+    make_synthetic = datasets.make_synthetic
+
+    def counted(*args, **kwargs):
+        loads.append(1)
+        return make_synthetic(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "make_synthetic", counted)
+    cfg = tiny_config("rounds=1", "eval_every=0")
+    for runs in (1, 2):  # the second finds the first's finished run
+        with caplog.at_level(logging.INFO, logger="mglightning.data.datamodule"):
+            run(cfg)
+        data_lines = [record for record in caplog.records
+                      if record.getMessage().startswith("synthetic: ")]
+        assert len(loads) == runs and len(data_lines) == runs

@@ -26,7 +26,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from mglightning.config import RUN_CONFIG, SOURCE_CONF_DIR
+from mglightning.config import SOURCE_CONF_DIR
+from mglightning.run.folder import RunFolder
 from mglightning.run.identity import DATA_KEY, flatten, identity
 
 RUNS_DIR_VARIABLE = "MG_RUNS_DIR"
@@ -34,7 +35,7 @@ DEFAULT_RUNS_DIR = "outputs"
 # A relative root is read from the source checkout, where `make train` writes; from an
 # installed wheel (no checkout beside the package), from the working folder.
 PROJECT_ROOT = SOURCE_CONF_DIR.parent if SOURCE_CONF_DIR.is_dir() else Path.cwd()
-CONFIG_FILES = (RUN_CONFIG, ".hydra/config.yaml")
+CONFIG_FILES = (RunFolder.CONFIG, ".hydra/config.yaml")  # ours; Hydra's in older folders
 LABELS = ("experiment", "group", "method", "dataset", "model", "seed", "run")
 LABEL_FILTERS = ("experiment", "dataset", "model", "method", "seed")
 # The entry point's run name before runs held a config (legacy folders): labels from the name.
@@ -86,7 +87,7 @@ def project_path(path: str | Path) -> Path:
 
 def find_runs(root: Path) -> list[Path]:
     """Every run folder under ``root``, in path order."""
-    return sorted(path.parent for path in root.rglob("summary.json"))
+    return sorted(path.parent for path in root.rglob(RunFolder.SUMMARY))
 
 
 def seed_derived_keys(cfg) -> set[str]:
@@ -187,7 +188,8 @@ def label_groups(runs: list[Run]) -> None:
             run.labels["group"] = f"{name} ({details})" if details else name
     for run in runs:
         if run.config is None:
-            run.labels["group"] = f"{SEED_SUFFIX.sub('', run.labels['run'])} (no config.yaml)"
+            setup = SEED_SUFFIX.sub("", run.labels["run"])
+            run.labels["group"] = f"{setup} (no {RunFolder.CONFIG})"
 
 
 def select_runs(root: str | Path, filters: Mapping | None = None) -> list[tuple[Path, dict]]:

@@ -10,7 +10,6 @@ the mean difference is shown.
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from mglightning.analysis.tables import (
     runs_table,
     sparse_groups,
 )
-from mglightning.config import RUN_CONFIG
+from mglightning.run.folder import RunFolder
 from mglightning.run.io import atomic_write_text, write_csv
 
 METHOD_TITLES = {
@@ -86,7 +85,7 @@ class MethodRuns:
         return self.title if self.settings or not self.name else f"{self.title} [{self.name}]"
 
     def summaries(self) -> list[dict]:
-        return [json.loads((run_dir / "summary.json").read_text()) for run_dir in self.run_dirs]
+        return [RunFolder(run_dir).read_summary() for run_dir in self.run_dirs]
 
 
 def _spread(values: list[float]) -> tuple[float, float]:
@@ -103,7 +102,7 @@ def verdict(mean: float, std: float, seeds: int) -> str:
 
 def split_of(run_dir: Path) -> dict:
     """What fixes a run's split and targets, from its config file."""
-    config_path = run_dir / RUN_CONFIG
+    config_path = RunFolder(run_dir).config_path
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} is missing: a paired difference needs the "
                                 "run's config (make reproduce writes it)")
@@ -252,14 +251,14 @@ def write_results(rows: list[MethodRuns], output_dir: Path, compare_with: tuple[
     atomic_write_text(paths["table_md"], text)
     write_csv(paths["table_csv"], table)
     _save(plot_accuracy_vs_macs(pd.DataFrame(table)), paths["front"])
-    curves = runs_table(runs, "curve.csv")  # MetaSNIP trains nothing: no curve
+    curves = runs_table(runs, RunFolder.CURVE)  # MetaSNIP trains nothing: no curve
     if not curves.empty:
         paths["curve_csv"] = output_dir / "curve.csv"
         curve = accuracy_curves(curves).rename(columns={"group": "method"})  # a row's label
         write_csv(paths["curve_csv"], curve.to_dict("records"))
         paths["convergence"] = output_dir / "convergence.png"
         _save(plot_accuracy_curves(curves), paths["convergence"])
-    tasks = runs_table(runs, "tasks.csv")
+    tasks = runs_table(runs, RunFolder.TASKS)
     if not tasks.empty and sparse_groups(tasks):
         paths["sparsity_histogram"] = output_dir / "sparsity_histogram.png"
         _save(plot_sparsity_histograms(tasks, bins=SPARSITY_BINS), paths["sparsity_histogram"])

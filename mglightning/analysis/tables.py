@@ -7,7 +7,6 @@ group only.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -18,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from mglightning.analysis.finished_runs import LABELS
 from mglightning.analysis.spread import sample_std
+from mglightning.run.folder import RunFolder
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # one a group, beside its colour
 
@@ -52,18 +52,18 @@ def runs_table(runs: list[tuple[Path, dict]], file_name: str) -> pd.DataFrame:
 
 def load_summaries(runs: list[tuple[Path, dict]]) -> pd.DataFrame:
     """One row per run: its labels and ``summary.json``."""
-    rows = [labels | json.loads((run_dir / "summary.json").read_text()) for run_dir, labels in runs]
+    rows = [labels | RunFolder(run_dir).read_summary() for run_dir, labels in runs]
     return pd.DataFrame(rows, columns=None if rows else list(LABELS))
 
 
 def load_tasks(runs: list[tuple[Path, dict]]) -> pd.DataFrame:
     """One row per target task of every run (``tasks.csv``)."""
-    return runs_table(runs, "tasks.csv")
+    return runs_table(runs, RunFolder.TASKS)
 
 
 def load_curves(runs: list[tuple[Path, dict]]) -> pd.DataFrame:
     """One row per evaluation round of every run (``curve.csv``)."""
-    return runs_table(runs, "curve.csv")
+    return runs_table(runs, RunFolder.CURVE)
 
 
 def gated_layer_columns(tasks: pd.DataFrame) -> list[str]:

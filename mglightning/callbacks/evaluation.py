@@ -20,17 +20,17 @@ log = logging.getLogger(__name__)
 class TargetEvaluation(L.Callback):
     """Adapts the current meta-model at every target node each ``every_n_rounds`` rounds and
     at the last round, logs the across-task summary (and one line on the console) and rewrites
-    ``curve.csv`` in the run folder: the curve ends where the run ends, whatever its number of
-    rounds (``every_n_rounds=0``: no curve). The last evaluation's per-task rows are kept
+    the run folder's curve (``curve_path``): the curve ends where the run ends, whatever its
+    number of rounds (``every_n_rounds=0``: no curve). The last evaluation's per-task rows are kept
     (``rows_at``), so that the final adaptation reuses the last round's rather than adapting
     the targets a second time; the gating measures (two more forwards a task) are taken at
     that last round only, as the curve does not need them."""
 
-    def __init__(self, adapter: FastAdaptation, every_n_rounds: int, output_dir: str | Path,
+    def __init__(self, adapter: FastAdaptation, every_n_rounds: int, curve_path: str | Path,
                  show_bar: bool = True) -> None:
         self.adapter = adapter
         self.every_n_rounds = every_n_rounds
-        self.curve_path = Path(output_dir) / "curve.csv"
+        self.curve_path = Path(curve_path)
         self.show_bar = show_bar
         self.history: list[dict] = []
         self.last_rows: tuple[int, list[dict]] | None = None  # (round, rows) of this process

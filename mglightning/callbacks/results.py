@@ -1,5 +1,6 @@
 """The final per-task results on the loggers: ``final/*`` metrics and, on W&B, a table and a
-histogram. (The files, ``tasks.csv`` and ``summary.json``, are the run folder's own.)"""
+histogram. (The files are the run folder's own:
+:meth:`~mglightning.run.folder.RunFolder.write_results`.)"""
 
 from __future__ import annotations
 

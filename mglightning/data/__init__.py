@@ -1,5 +1,6 @@
-"""Federated data (SPEC §2): pooled data sets (built-in or your own), seeded partitioners and
-Lightning DataModules.
+"""Federated data (SPEC §2): pooled data sets (built-in or your own), partitioners and
+Lightning DataModules; a data set's loader and its partitioner are ``_target_`` nodes of its
+YAML (``conf/dataset/``).
 
 The names below load their module on first use (PEP 562), so that importing one light module
 of this package (:mod:`.images`, :mod:`.node`: what a Flower ClientApp reads) does not import
@@ -11,8 +12,7 @@ import importlib
 _MODULE_OF = {
     "ClientDataModule": "datamodule",
     "FederatedDataModule": "datamodule",
-    "DataError": "datasets",
-    "load_dataset": "datasets",
+    "DataError": "errors",
     "ImageData": "images",
     "resolve_data_root": "images",
     "NodeData": "node",
@@ -20,7 +20,6 @@ _MODULE_OF = {
     "NaturalPartitioner": "partition",
     "PartitionError": "partition",
     "PathologicalPartitioner": "partition",
-    "build_partitioner": "partition",
     "split_support_query": "partition",
     "split_train_target": "partition",
 }

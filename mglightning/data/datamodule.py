@@ -8,7 +8,6 @@ training and target nodes and each node into support and query, all from one see
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping
 
@@ -17,16 +16,17 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from mglightning.data.datasets import ImageData, load_dataset
+from mglightning.data.images import ImageData
 from mglightning.data.node import NodeData
-from mglightning.data.own_data import OWN_DATA_LOADERS
 from mglightning.data.partition import (
-    NODES_FROM_DATA,
+    PARTITION_KEY,
+    TARGET_NODES_KEY,
     PartitionError,
-    build_partitioner,
     split_support_query,
     split_train_target,
 )
+from mglightning.errors import one_line
+from mglightning.targets import bind
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +97,12 @@ def _batched_loader(
 class FederatedDataModule(lightning.LightningDataModule):
     """The federation of SPEC §2: data set, nodes, training/target split, support/query split.
 
-    ``dataset`` is the ``dataset`` config group (name, download, support_fraction, partition,
-    the synthetic options, or an own data set's path and image_size). :meth:`setup` does all
+    ``dataset`` is the resolved ``dataset`` config group: its label ``name``, ``source`` (the
+    loader, a ``_target_`` node, called with ``data_root``), ``partition`` (the partitioner, a
+    ``_target_`` node), ``num_target_nodes`` and ``support_fraction``. :meth:`setup` does all
     the work once and fails on an impossible partition before any training starts; with
-    ``clients_per_round`` (K) also when fewer training nodes result (a natural partition's
-    node count is known only from the data). ``data`` holds the pooled data set, the one copy
-    of every image and label.
+    ``clients_per_round`` (K) also when fewer training nodes result (:func:`node_split`).
+    ``data`` holds the pooled data set, the one copy of every image and label.
     """
 
     def __init__(
@@ -156,44 +156,26 @@ class FederatedDataModule(lightning.LightningDataModule):
 
     def _load_and_split(self) -> None:
         """Load the data set, cut it into nodes, split nodes and their samples (on the CPU)."""
-        partition_cfg = self.dataset_cfg["partition"]
         partition_seed, _, support_seed = _independent_seeds(self.seed, 3)
-        partitioner = build_partitioner(partition_cfg, partition_seed)
-        nodes_from_data = partition_cfg["name"] in NODES_FROM_DATA
-        if not nodes_from_data:
-            node_split(partition_cfg, self.seed)  # an impossible split fails before loading
-        data = self._load_data()
-        node_indices = partitioner.partition(data.labels, data.num_classes, data.node_ids)
-        train_ids, target_ids = node_split(partition_cfg, self.seed, len(node_indices))
-        self._check_clients_per_round(len(train_ids), len(node_indices))
+        try:
+            partitioner = bind(self.dataset_cfg["partition"])()
+        except TypeError as error:  # a field without a default, not set
+            raise PartitionError(f"{PARTITION_KEY}: {one_line(error)}") from error
+        num_targets = int(self.dataset_cfg.get("num_target_nodes", 0))
+        nodes_from_data = getattr(partitioner, "num_nodes", None) is None  # a natural partition
+        if not nodes_from_data:  # an impossible split fails before loading
+            node_split(partitioner.num_nodes, num_targets, self.seed, self.clients_per_round)
+        data = bind(self.dataset_cfg["source"])(self.data_root)
+        node_indices = partitioner.partition(data.labels, data.num_classes, data.node_ids,
+                                             seed=partition_seed)
+        train_ids, target_ids = node_split(len(node_indices), num_targets, self.seed,
+                                           self.clients_per_round)
         clients = self._make_clients(data, node_indices, support_seed,
                                      data.node_names if nodes_from_data else None)
         self.train_clients = [clients[node_id] for node_id in train_ids]
         self.target_clients = [clients[node_id] for node_id in target_ids]
         self.data = data
         logger.info(self.describe())
-
-    def _load_data(self) -> ImageData:
-        """The pooled data set, with the options of the chosen kind only: ``synthetic``'s
-        group, or an own data set's keys (its loader's parameters: path, image_size)."""
-        name = self.dataset_cfg["name"]
-        if name == "synthetic":
-            options = dict(self.dataset_cfg.get("synthetic") or {})
-        elif name in OWN_DATA_LOADERS:
-            parameters = inspect.signature(OWN_DATA_LOADERS[name]).parameters
-            options = {key: self.dataset_cfg.get(key) for key in parameters}
-        else:
-            options = {}
-        return load_dataset(name, root=self.data_root,
-                            download=bool(self.dataset_cfg.get("download", True)), **options)
-
-    def _check_clients_per_round(self, num_train_nodes: int, num_nodes: int) -> None:
-        if self.clients_per_round is not None and self.clients_per_round > num_train_nodes:
-            raise PartitionError(
-                f"method.clients_per_round={self.clients_per_round}: must be at most the "
-                f"{num_train_nodes} training nodes ({num_nodes} nodes minus "
-                f"dataset.partition.num_target_nodes="
-                f"{self.dataset_cfg['partition'].get('num_target_nodes', 0)})")
 
     def _make_clients(
         self, data: ImageData, node_indices: list[torch.Tensor], seed: int,
@@ -242,15 +224,23 @@ def _target_index(position: int) -> int:
 
 
 def node_split(
-    partition: Mapping, seed: int, num_nodes: int | None = None
+    num_nodes: int, num_target_nodes: int, seed: int, clients_per_round: int | None = None
 ) -> tuple[list[int], list[int]]:
-    """Training and target node ids of the federation that ``dataset.partition`` and ``seed``
-    build (SPEC §2): fixed by the config alone, so known before any data is loaded, except
-    for a natural partition, whose ``num_nodes`` the data give."""
+    """Training and target node ids of a federation of ``num_nodes`` nodes (SPEC §2), drawn
+    from the run's ``seed``; with ``clients_per_round`` (K), checked to leave K training nodes.
+
+    The one check of K against the training nodes: the config's (``validate``, before any data
+    loads, where ``dataset.partition.num_nodes`` gives the count) and the loaded federation's
+    (a natural partition's count is known only from the data) both call it.
+    """
     nodes_seed = _independent_seeds(seed, 3)[1]
-    if num_nodes is None:
-        num_nodes = int(partition["num_nodes"])
-    return split_train_target(num_nodes, int(partition.get("num_target_nodes", 0)), nodes_seed)
+    train_ids, target_ids = split_train_target(num_nodes, num_target_nodes, nodes_seed)
+    if clients_per_round is not None and clients_per_round > len(train_ids):
+        raise PartitionError(
+            f"method.clients_per_round={clients_per_round}: must be at most the "
+            f"{len(train_ids)} training nodes ({num_nodes} nodes minus "
+            f"{TARGET_NODES_KEY}={num_target_nodes})")
+    return train_ids, target_ids
 
 
 def _independent_seeds(seed: int, count: int) -> list[int]:

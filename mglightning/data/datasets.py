@@ -1,11 +1,15 @@
-"""Image data sets as one pooled uint8 tensor (SPEC §2: train and test images are pooled).
+"""The built-in data sets, each a loader that a data set's YAML names by ``_target_``
+(SPEC §2: train and test images pooled, as one :class:`ImageData`).
 
-Every data set lives in memory once, as an :class:`ImageData`; federated nodes are index views
-into it, so a hundred clients cost a hundred index tensors, not a hundred image copies.
-Real data sets come from torchvision's own classes (or, for Fashion-MNIST, from the Debian
-package's idx files when torchvision's folder is absent); a user's own data from
-:mod:`mglightning.data.own_data`. Every way the files can be missing or damaged ends in a
-one-line :class:`DataError` that says what to do.
+A loader is called as ``loader(data_root)`` with its config options bound
+(``dataset.source``, :class:`mglightning.data.datamodule.FederatedDataModule`); ``data_root``
+is the run's (``data_root=``, ``$MG_DATA_DIR``, else the user cache), positional-only because
+the config does not set it. Every data set lives in memory once; federated nodes are index views
+into it, so a hundred clients cost a hundred index tensors, not a hundred image copies. Real
+data sets come from torchvision's own classes (or, for Fashion-MNIST, from the Debian package's
+idx files when torchvision's folder is absent) and are loaded once per process; a user's own
+data from :mod:`mglightning.data.own_data`. Every way the files can be missing or damaged ends
+in a one-line :class:`DataError` that says what to do.
 """
 
 from __future__ import annotations
@@ -18,18 +22,19 @@ import pickle
 import struct
 import zlib
 from pathlib import Path
+from typing import Annotated, NamedTuple
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
+from mglightning.constraints import boolean, integer, integer_list
 from mglightning.data.errors import DataError
 from mglightning.data.images import (  # noqa: F401 (re-exported)
     DATA_DIR_ENV,
     ImageData,
     resolve_data_root,
 )
-from mglightning.data.own_data import OWN_DATA_LOADERS
 from mglightning.errors import one_line
 
 logger = logging.getLogger(__name__)
@@ -46,16 +51,9 @@ IDX_FILE_NAMES = (
     "t10k-labels-idx1-ubyte",
 )
 
-TORCHVISION_CLASSES = {
-    "mnist": torchvision.datasets.MNIST,
-    "fmnist": torchvision.datasets.FashionMNIST,
-    "cifar10": torchvision.datasets.CIFAR10,
-    "cifar100": torchvision.datasets.CIFAR100,
-}
-NUM_CLASSES = {"mnist": 10, "fmnist": 10, "cifar10": 10, "cifar100": 100}
-DATASET_NAMES = (*TORCHVISION_CLASSES, *OWN_DATA_LOADERS, "synthetic")
 DEBIAN_REMEDY = "delete it and re-download, or reinstall dataset-fashion-mnist"
 DOWNLOAD_REMEDY = "delete it and re-download (download=true)"
+MNIST_OFFLINE_REMEDY = ", or `python -m mglightning.data.mnist_offline` (what `make install` runs)"
 
 # What torchvision and the file readers raise on missing, offline or damaged data; URLError and
 # gzip.BadGzipFile are OSErrors, pickle and the idx reader raise the rest.
@@ -76,58 +74,85 @@ SYNTHETIC_PROTOTYPE_DOWNSCALE = 4
 SYNTHETIC_NOISE_STD = 30.0  # on the 0..255 pixel scale
 SYNTHETIC_MAX_SHIFT = 2  # pixels, in each direction
 
-_LOADED: dict[tuple[str, str], ImageData] = {}
+
+class TorchvisionSet(NamedTuple):
+    """One of torchvision's data sets: its name in messages, its class and its class count."""
+
+    name: str
+    dataset_class: type
+    num_classes: int
 
 
+MNIST = TorchvisionSet("mnist", torchvision.datasets.MNIST, 10)
+FASHION_MNIST = TorchvisionSet("fmnist", torchvision.datasets.FashionMNIST, 10)
+CIFAR10 = TorchvisionSet("cifar10", torchvision.datasets.CIFAR10, 10)
+CIFAR100 = TorchvisionSet("cifar100", torchvision.datasets.CIFAR100, 100)
+
+_LOADED: dict[tuple[str, str], ImageData] = {}  # (data set, folder) → its pooled data
 
 
-def load_dataset(
-    name: str, root: str | None = None, download: bool = True, **options
-) -> ImageData:
-    """Load a data set with train and test pooled (SPEC §2); real ones are loaded once per process.
+def mnist(data_root: str | None = None, /,
+          download: Annotated[bool, boolean()] = True) -> ImageData:
+    """MNIST: 70,000 28×28 grayscale digits, 10 classes."""
+    return _torchvision_pooled(MNIST, data_root, download, MNIST_OFFLINE_REMEDY)
 
-    ``options`` apply to ``synthetic`` (num_classes, shape, samples_per_class, seed) and to a
-    user's own data (``folder``: path, image_size; ``arrays``: path), read anew each call.
-    """
-    if name == "synthetic":
-        return make_synthetic(**options)
-    if name in OWN_DATA_LOADERS:
-        pooled = OWN_DATA_LOADERS[name](**options)
-        logger.info("%s: %d images of shape %s, %d classes", options.get("path"),
-                    len(pooled.labels), tuple(pooled.images.shape[1:]), len(pooled.class_names))
-        return ImageData.from_images(pooled.images, pooled.labels, len(pooled.class_names),
-                                     pooled.class_names, pooled.node_ids, pooled.node_names)
-    if name not in TORCHVISION_CLASSES:
-        raise DataError(f"unknown data set {name!r} (dataset.name): use one of {DATASET_NAMES}")
-    if options:
-        raise DataError(f"data set {name!r} takes no options, got {sorted(options)}: "
-                        "they belong to dataset.name=synthetic")
-    data_root = resolve_data_root(root)
-    key = (name, str(data_root))
+
+def fmnist(data_root: str | None = None, /,
+           download: Annotated[bool, boolean()] = True) -> ImageData:
+    """Fashion-MNIST: 70,000 28×28 grayscale clothing images, 10 classes; offline from the
+    Debian package's files (``apt-get install dataset-fashion-mnist``) when torchvision's
+    folder lacks them."""
+    root, debian = resolve_data_root(data_root), debian_fmnist_dir()
+    if not _torchvision_files_present(FASHION_MNIST.dataset_class, root) and all(
+        (debian / f"{file_name}.gz").is_file() for file_name in IDX_FILE_NAMES
+    ):
+        key = (FASHION_MNIST.name, str(debian))
+        if key not in _LOADED:
+            logger.info("loading Fashion-MNIST from the Debian package files in %s", debian)
+            images, labels = read_idx_pair_folder(debian, ".gz", DEBIAN_REMEDY)
+            _LOADED[key] = _pooled(FASHION_MNIST, debian, images, labels,
+                                   FASHION_MNIST.dataset_class.classes)
+        return _LOADED[key]
+    return _torchvision_pooled(FASHION_MNIST, data_root, download,
+                               f", or `apt-get install dataset-fashion-mnist` (files in {debian})")
+
+
+def cifar10(data_root: str | None = None, /,
+            download: Annotated[bool, boolean()] = True) -> ImageData:
+    """CIFAR-10: 60,000 32×32 colour images, 10 classes."""
+    return _torchvision_pooled(CIFAR10, data_root, download)
+
+
+def cifar100(data_root: str | None = None, /,
+             download: Annotated[bool, boolean()] = True) -> ImageData:
+    """CIFAR-100: 60,000 32×32 colour images, 100 (fine) classes."""
+    return _torchvision_pooled(CIFAR100, data_root, download)
+
+
+def _torchvision_pooled(dataset: TorchvisionSet, data_root: str | None, download: bool,
+                        other_sources: str = "") -> ImageData:
+    """``dataset``'s train and test splits pooled, read once per process and folder;
+    ``other_sources`` (", or ...") adds ways to get the files to the message when they are
+    missing."""
+    root = resolve_data_root(data_root)
+    key = (dataset.name, str(root))
     if key not in _LOADED:
-        _LOADED[key] = _load_real(name, data_root, download)
+        folder = torchvision_folder(dataset.dataset_class, root)
+        logger.info("loading %s with torchvision from %s", dataset.name, folder)
+        images, labels, class_names = _load_torchvision(dataset, root, download, other_sources)
+        _LOADED[key] = _pooled(dataset, folder, images, labels, class_names)
     return _LOADED[key]
 
 
-def _load_real(name: str, data_root: Path, download: bool) -> ImageData:
-    """Pick the source of a real data set and pool its train and test parts."""
-    source = debian_fmnist_dir()
-    if name == "fmnist" and not _torchvision_files_present(name, data_root) and all(
-        (source / f"{file_name}.gz").is_file() for file_name in IDX_FILE_NAMES
-    ):
-        logger.info("loading Fashion-MNIST from the Debian package files in %s", source)
-        images, labels = read_idx_pair_folder(source, ".gz", DEBIAN_REMEDY)
-        class_names = TORCHVISION_CLASSES[name].classes
-    else:
-        source = torchvision_folder(name, data_root)
-        logger.info("loading %s with torchvision from %s", name, source)
-        images, labels, class_names = _load_torchvision(name, data_root, download)
-    if len(labels) > 0 and not 0 <= int(labels.min()) <= int(labels.max()) < NUM_CLASSES[name]:
+def _pooled(dataset: TorchvisionSet, source: Path, images: torch.Tensor, labels: torch.Tensor,
+            class_names: list[str]) -> ImageData:
+    """The pooled :class:`ImageData`, once its labels are known to name its classes."""
+    if len(labels) > 0 and not 0 <= int(labels.min()) <= int(labels.max()) < dataset.num_classes:
         raise DataError(f"labels in {source} span {int(labels.min())}..{int(labels.max())} but "
-                        f"{name} has {NUM_CLASSES[name]} classes: the files are corrupt, delete "
-                        "them and re-download (download=true)")
-    logger.info("%s: %d images of shape %s", name, len(labels), tuple(images.shape[1:]))
-    return ImageData.from_images(images, labels, NUM_CLASSES[name], class_names)
+                        f"{dataset.name} has {dataset.num_classes} classes: the files are "
+                        "corrupt, delete them and re-download (download=true)")
+    logger.info("%s: %d images of shape %s", dataset.name, len(labels), tuple(images.shape[1:]))
+    return ImageData.from_images(images, labels, dataset.num_classes, class_names)
 
 
 def debian_fmnist_dir() -> Path:
@@ -135,39 +160,43 @@ def debian_fmnist_dir() -> Path:
     return Path(os.environ.get(DEBIAN_FMNIST_ENV, DEBIAN_FMNIST_DIR))
 
 
-def torchvision_folder(name: str, data_root: Path) -> Path:
-    """The folder torchvision reads ``name`` from: ``<root>/<Class>/raw`` or the CIFAR folder."""
-    dataset_class = TORCHVISION_CLASSES[name]
-    if name in ("cifar10", "cifar100"):
+def _is_cifar(dataset_class: type) -> bool:
+    return issubclass(dataset_class, torchvision.datasets.CIFAR10)  # CIFAR-100 subclasses it
+
+
+def torchvision_folder(dataset_class: type, data_root: Path) -> Path:
+    """The folder torchvision reads ``dataset_class`` from: ``<root>/<Class>/raw`` or the CIFAR
+    folder."""
+    if _is_cifar(dataset_class):
         return data_root / dataset_class.base_folder
     return data_root / dataset_class.__name__ / "raw"
 
 
-def _torchvision_file_names(name: str) -> list[str]:
+def _torchvision_file_names(dataset_class: type) -> list[str]:
     """The files torchvision needs in :func:`torchvision_folder`."""
-    dataset_class = TORCHVISION_CLASSES[name]
-    if name in ("cifar10", "cifar100"):
+    if _is_cifar(dataset_class):
         batches = dataset_class.train_list + dataset_class.test_list
         return [file_name for file_name, _ in batches] + [dataset_class.meta["filename"]]
     return list(IDX_FILE_NAMES)
 
 
-def _torchvision_files_present(name: str, data_root: Path) -> bool:
-    folder = torchvision_folder(name, data_root)
-    return all((folder / file_name).is_file() for file_name in _torchvision_file_names(name))
+def _torchvision_files_present(dataset_class: type, data_root: Path) -> bool:
+    folder = torchvision_folder(dataset_class, data_root)
+    return all((folder / file_name).is_file()
+               for file_name in _torchvision_file_names(dataset_class))
 
 
 def _load_torchvision(
-    name: str, data_root: Path, download: bool
+    dataset: TorchvisionSet, data_root: Path, download: bool, other_sources: str
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Pooled (images (N, C, H, W), labels (N,)) from torchvision's train and test splits, and
     the class names (CIFAR's from its meta file)."""
-    dataset_class = TORCHVISION_CLASSES[name]
     try:
-        splits = [dataset_class(str(data_root), train=train, download=download)
+        splits = [dataset.dataset_class(str(data_root), train=train, download=download)
                   for train in (True, False)]
     except LOADER_ERRORS as error:
-        raise _torchvision_failure(name, data_root, download, error) from error
+        raise _torchvision_failure(dataset, data_root, download, error,
+                                   other_sources) from error
     images = torch.cat([_images_nchw(split.data) for split in splits])
     labels = torch.cat([torch.as_tensor(split.targets, dtype=torch.int64) for split in splits])
     return images, labels, list(splits[0].classes)
@@ -181,31 +210,29 @@ def _images_nchw(split_data) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).contiguous()
 
 
-def _torchvision_failure(name: str, data_root: Path, download: bool, error: Exception) -> DataError:
+def _torchvision_failure(dataset: TorchvisionSet, data_root: Path, download: bool,
+                         error: Exception, other_sources: str) -> DataError:
     """Turn whatever torchvision raised into a DataError: files missing, or files damaged."""
-    folder = torchvision_folder(name, data_root)
-    if not _torchvision_files_present(name, data_root):
-        return _missing_data_error(name, data_root, download, error)
-    if name in ("mnist", "fmnist"):
+    folder = torchvision_folder(dataset.dataset_class, data_root)
+    if not _torchvision_files_present(dataset.dataset_class, data_root):
+        return _missing_data_error(dataset, data_root, download, error, other_sources)
+    if not _is_cifar(dataset.dataset_class):
         read_idx_pair_folder(folder, "", DOWNLOAD_REMEDY)  # raises naming the damaged file
     return DataError(f"{folder} holds a truncated or corrupt file ({one_line(error)}): "
                      f"delete {folder} and re-download (download=true)")
 
 
-def _missing_data_error(name: str, data_root: Path, download: bool, error: Exception) -> DataError:
+def _missing_data_error(dataset: TorchvisionSet, data_root: Path, download: bool,
+                        error: Exception, other_sources: str) -> DataError:
     """Name the expected folder and files, and every way to get them."""
-    folder = torchvision_folder(name, data_root)
-    expected = ", ".join(_torchvision_file_names(name))
+    folder = torchvision_folder(dataset.dataset_class, data_root)
+    expected = ", ".join(_torchvision_file_names(dataset.dataset_class))
     attempt = f"download failed ({one_line(error)})" if download else "download=false"
-    remedies = f"run online once (download=true) to download to {data_root}"
-    if name == "fmnist":
-        remedies += (f", or `apt-get install dataset-fashion-mnist` (files in "
-                     f"{debian_fmnist_dir()})")
-    if name == "mnist":
-        remedies += ", or `python -m mglightning.data.mnist_offline` (what `make install` runs)"
-    remedies += (f", or point data_root= (or ${DATA_DIR_ENV}) at a folder that already holds "
-                 f"{folder.relative_to(data_root)}/ from an earlier download")
-    return DataError(f"{name} not found in {folder} (expected {expected}; {attempt}): {remedies}")
+    remedies = (f"run online once (download=true) to download to {data_root}{other_sources}, "
+                f"or point data_root= (or ${DATA_DIR_ENV}) at a folder that already holds "
+                f"{folder.relative_to(data_root)}/ from an earlier download")
+    return DataError(f"{dataset.name} not found in {folder} (expected {expected}; {attempt}): "
+                     f"{remedies}")
 
 
 def read_idx_pair_folder(
@@ -272,12 +299,14 @@ def _corrupt_file_error(path: Path, expected_size: int, found_size: int, remedy:
 
 
 def make_synthetic(
-    num_classes: int = 10,
-    shape: tuple[int, int, int] | list[int] = (1, 28, 28),
-    samples_per_class: int = 300,
-    seed: int = 0,
+    data_root: str | None = None, /,
+    num_classes: Annotated[int, integer(2)] = 10,
+    shape: Annotated[tuple[int, int, int] | list[int], integer_list(1, length=3)] = (1, 28, 28),
+    samples_per_class: Annotated[int, integer(1)] = 300,
+    seed: Annotated[int, integer(0)] = 0,
 ) -> ImageData:
-    """Procedural class-conditional images for tests and smoke runs without downloads.
+    """Procedural class-conditional images for tests and smoke runs without downloads (no
+    files: ``data_root`` is not read).
 
     Each class has a seeded smooth prototype (a coarse random pattern upsampled); each sample is
     its prototype shifted by a few pixels plus pixel noise, so classes are clearly separable
@@ -285,7 +314,7 @@ def make_synthetic(
     """
     channels, height, width = (int(size) for size in shape)
     if num_classes < 1 or samples_per_class < 1 or min(channels, height, width) < 1:
-        raise DataError(f"dataset.synthetic needs positive num_classes, samples_per_class and "
+        raise DataError(f"dataset.source needs positive num_classes, samples_per_class and "
                         f"shape, got {num_classes}, {samples_per_class}, {tuple(shape)}")
     generator = torch.Generator().manual_seed(seed)
     coarse_size = (max(2, height // SYNTHETIC_PROTOTYPE_DOWNSCALE),

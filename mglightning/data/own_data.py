@@ -1,11 +1,12 @@
-"""Your own data by config alone (issue 23): an image tree or a ``.npz`` of arrays, pooled.
+"""Your own data by config alone: an image tree or a ``.npz`` of arrays, pooled.
 
-``dataset=folder dataset.path=DIR``: PNG/JPEG files in ``DIR/<class>/<image>``, or in
-``DIR/<node>/<class>/<image>`` when the data say which node each image belongs to (what
-``dataset.partition.name=natural`` keeps, as FEMNIST's writers). ``dataset=arrays
-dataset.path=FILE.npz``: ``images`` (uint8, N×H×W or N×H×W×C), ``labels`` (integers) and,
-optionally, ``node_ids`` (integers), read with ``allow_pickle=False`` so a file never runs code.
-Either way the result is pooled like the built-in sets (SPEC §2) and partitioned by the same
+``dataset=folder dataset.source.path=DIR``: PNG/JPEG files in ``DIR/<class>/<image>``, or in
+``DIR/<node>/<class>/<image>`` when the data say which node each image belongs to (what the
+natural partition keeps, as FEMNIST's writers). ``dataset=arrays
+dataset.source.path=FILE.npz``: ``images`` (uint8, N×H×W or N×H×W×C), ``labels`` (integers)
+and, optionally, ``node_ids`` (integers), read with ``allow_pickle=False`` so a file never runs
+code. Either loader is a ``dataset.source`` target like the built-in sets
+(:mod:`mglightning.data.datasets`): the result is pooled (SPEC §2) and partitioned by the same
 partitioners. Labels become 0..K-1 in sorted order of the class names (folders) or values
 (arrays); nodes likewise. Bad input ends in one :class:`DataError` line naming the file or key
 and what to change.
@@ -13,9 +14,9 @@ and what to change.
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,33 +24,24 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mglightning.data.errors import DataError
+from mglightning.data.images import ImageData
 from mglightning.errors import one_line
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GRAYSCALE_MODES = ("1", "L", "LA")  # read as one channel; every other mode as RGB
-PATH_KEY = "dataset.path"
-IMAGE_SIZE_KEY = "dataset.image_size"
+PATH_KEY = "dataset.source.path"
+IMAGE_SIZE_KEY = "dataset.source.image_size"
 FOLDER_LAYOUT = "DIR/<class>/<image> (or DIR/<node>/<class>/<image> for a natural partition)"
 ARRAYS_LAYOUT = ("np.savez(FILE, images=uint8 (N, H, W) or (N, H, W, C), labels=ints (N,), "
                  "optional node_ids=ints (N,))")
 
 
-@dataclass
-class PooledArrays:
-    """What a loader found: uint8 images (N, C, H, W), labels (N,) in 0..K-1 naming
-    ``class_names``, and where the data assign nodes, node ids (N,) in 0..M-1 naming
-    ``node_names`` (else None)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    class_names: list[str]
-    node_ids: torch.Tensor | None
-    node_names: list[str] | None
-
-
-def load_image_folder(path: str | None = None,
-                      image_size: int | Sequence[int] | None = None) -> PooledArrays:
-    """An image tree, every image one size (its own, or ``image_size`` [H, W] after resizing)."""
+def load_image_folder(data_root: str | None = None, /, path: str | None = None,
+                      image_size: int | Sequence[int] | None = None) -> ImageData:
+    """An image tree, every image one size (its own, or ``image_size`` [H, W] after resizing);
+    ``path`` is the user's own, ``data_root`` is not read."""
     root = _existing_path(path, directory=True)
     size = _image_size(image_size)
     top_folders = _subfolders(root)  # classes, or nodes holding classes
@@ -75,13 +67,14 @@ def load_image_folder(path: str | None = None,
     labels = torch.tensor([class_names.index(name) for name in class_of_file])
     images = _stack(files, size)
     if not all(has_nodes):
-        return PooledArrays(images, labels, class_names, None, None)
-    return PooledArrays(images, labels, class_names, torch.tensor(node_of_file),
-                        [node.name for node in top_folders])
+        return _pooled(root, images, labels, class_names)
+    return _pooled(root, images, labels, class_names, torch.tensor(node_of_file),
+                   [node.name for node in top_folders])
 
 
-def load_arrays(path: str | None = None) -> PooledArrays:
-    """A ``.npz`` of ``images``, ``labels`` and optionally ``node_ids``."""
+def load_arrays(data_root: str | None = None, /, path: str | None = None) -> ImageData:
+    """A ``.npz`` of ``images``, ``labels`` and optionally ``node_ids``; ``path`` is the
+    user's own, ``data_root`` is not read."""
     file = _existing_path(path, directory=False)
     arrays = _read_npz(file)
     images = arrays["images"]
@@ -96,13 +89,22 @@ def load_arrays(path: str | None = None) -> PooledArrays:
     class_names = _class_names([str(value) for value in class_values], file)
     images_nchw = torch.from_numpy(images.reshape(*images.shape[:3], -1)).permute(0, 3, 1, 2)
     if "node_ids" not in arrays:
-        return PooledArrays(images_nchw.contiguous(), labels, class_names, None, None)
+        return _pooled(file, images_nchw.contiguous(), labels, class_names)
     node_ids, node_values = _dense_ids(arrays, "node_ids", file, len(images))
-    return PooledArrays(images_nchw.contiguous(), labels, class_names, node_ids,
-                        [str(value) for value in node_values])
+    return _pooled(file, images_nchw.contiguous(), labels, class_names, node_ids,
+                   [str(value) for value in node_values])
 
 
-OWN_DATA_LOADERS = {"folder": load_image_folder, "arrays": load_arrays}
+def _pooled(source: Path, images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+            node_ids: torch.Tensor | None = None,
+            node_names: list[str] | None = None) -> ImageData:
+    """uint8 images (N, C, H, W) and labels (N,) in 0..K-1 naming ``class_names`` as one
+    pooled data set; where the data assign nodes, node ids (N,) in 0..M-1 naming
+    ``node_names``."""
+    logger.info("%s: %d images of shape %s, %d classes", source, len(labels),
+                tuple(images.shape[1:]), len(class_names))
+    return ImageData.from_images(images, labels, len(class_names), class_names, node_ids,
+                                 node_names)
 
 
 def _existing_path(path: str | None, directory: bool) -> Path:

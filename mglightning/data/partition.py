@@ -1,24 +1,24 @@
-"""Cutting a pooled data set into federated nodes (SPEC §2), as seeded partitioner objects.
+"""Cutting a pooled data set into federated nodes (SPEC §2), as partitioner objects.
 
 Named and shaped like Flower's partitioners (pathological, Dirichlet, natural): a partitioner
-is built from config once and ``partition(labels, num_classes, node_ids)`` returns one sorted
-index tensor per node. A new partitioner is a dataclass here (its fields other than ``seed``
-are its config keys under ``dataset.partition``, each field's range an ``Annotated`` rule beside
-it), a line in :data:`PARTITIONERS` and a config file.
+is built from its ``dataset.partition`` node (``_target_`` and its fields) and
+``partition(labels, num_classes, node_ids, seed=...)`` returns one sorted index tensor per node,
+drawn from the caller's seed. A new partitioner is a dataclass (its fields are its config keys,
+each field's range an ``Annotated`` rule beside it) named by a data set's YAML; one with a
+``num_nodes`` field cuts that many nodes, one without keeps the data's own (a natural partition:
+the node count is known once the data are loaded).
 
-The config walker (:func:`mglightning.config.validate`) checks the node like a ``_target_`` node,
-its class being ``PARTITIONERS[dataset.partition.name]``: unknown and missing keys and each
-field's rule. A partitioner checks only what the walker cannot see, with the config key to
-change in its one-line :class:`PartitionError`: what the loaded data cannot supply (classes,
-samples), before any sample is drawn, and how its fields relate to each other. Built from Python,
-a partitioner takes its fields' ranges on trust.
+The config walker (:func:`mglightning.config.validate`) checks the node like every ``_target_``
+node: unknown keys and each field's rule. A partitioner checks only what the walker cannot see,
+with the config key to change in its one-line :class:`PartitionError`: what the loaded data
+cannot supply (classes, samples), before any sample is drawn, and how its fields relate to each
+other. Built from Python, a partitioner takes its fields' ranges on trust.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
@@ -27,6 +27,7 @@ import torch
 from mglightning.constraints import integer, integer_range, number, one_of, optional
 
 PARTITION_KEY = "dataset.partition"
+TARGET_NODES_KEY = "dataset.num_target_nodes"
 DIRICHLET_MAX_ATTEMPTS = 100
 PATHOLOGICAL_MAX_ATTEMPTS = 20
 # Dealing classes weighted by remaining supply to this power steers nodes to the classes with
@@ -65,7 +66,6 @@ class PathologicalPartitioner:
     num_nodes: Annotated[int, integer(1)]
     classes_per_node: Annotated[int, integer(1)]
     size_range: Annotated[tuple[int, int], integer_range(1)]
-    seed: int
     size_distribution: Annotated[str, one_of(*SIZE_DISTRIBUTIONS)] = "uniform"
 
     def __post_init__(self) -> None:
@@ -74,11 +74,11 @@ class PathologicalPartitioner:
                                  f"{_key('classes_per_node')}={self.classes_per_node}")
 
     def partition(self, labels: torch.Tensor, num_classes: int,
-                  node_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
+                  node_ids: torch.Tensor | None = None, *, seed: int) -> list[torch.Tensor]:
         """One sorted int64 index tensor into ``labels`` per node; the data's own ``node_ids``
         play no part (the pooled data are cut anew)."""
         self._validate_config(num_classes, len(labels))
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(seed)
         supply = torch.bincount(labels, minlength=num_classes)
         shares, node_classes = self._deal(supply, generator)  # both (nodes, classes_per_node)
         pools = [_shuffled_class_pool(labels, label, generator) for label in range(num_classes)]
@@ -169,16 +169,15 @@ class DirichletPartitioner:
 
     num_nodes: Annotated[int, integer(1)]
     alpha: Annotated[float, number(above=0)]
-    seed: int
     size_range: Annotated[tuple[int, int] | None, optional(integer_range(1))] = None
     min_size: Annotated[int, integer(1)] = 1
 
     def partition(self, labels: torch.Tensor, num_classes: int,
-                  node_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
+                  node_ids: torch.Tensor | None = None, *, seed: int) -> list[torch.Tensor]:
         """One sorted int64 index tensor into ``labels`` per node, each of ``min_size`` or
         more; the data's own ``node_ids`` play no part."""
         self._validate_config(len(labels))
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(seed)
         label_array = labels.numpy()
         class_pools = [rng.permutation(np.flatnonzero(label_array == label))
                        for label in range(num_classes)]
@@ -228,32 +227,17 @@ class NaturalPartitioner:
     nodes are drawn from these nodes by :func:`split_train_target`, from the run's seed).
     """
 
-    seed: int
-
     def partition(self, labels: torch.Tensor, num_classes: int,
-                  node_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
+                  node_ids: torch.Tensor | None = None, *, seed: int) -> list[torch.Tensor]:
         """One sorted int64 index tensor into ``labels`` per node of the data."""
         if node_ids is None:
             raise PartitionError(
-                f"{_key('name')}=natural needs data that say each sample's node: an image "
-                "tree DIR/<node>/<class>/<image> (dataset=folder) or a node_ids array "
-                "(dataset=arrays); or choose pathological or dirichlet")
+                f"{PARTITION_KEY}: the natural partition needs data that say each sample's "
+                "node: an image tree DIR/<node>/<class>/<image> (dataset=folder) or a node_ids "
+                "array (dataset=arrays); or choose PathologicalPartitioner or "
+                "DirichletPartitioner")
         return [(node_ids == node).nonzero().view(-1)
                 for node in range(int(node_ids.max()) + 1)]
-
-
-# dataset.partition.name → partitioner class.
-PARTITIONERS = {
-    "pathological": PathologicalPartitioner,
-    "dirichlet": DirichletPartitioner,
-    "natural": NaturalPartitioner,
-}
-# Config keys of each partitioner under dataset.partition: its fields but ``seed``, which
-# build_partitioner passes.
-PARTITIONER_KEYS = {name: {field.name for field in fields(partitioner) if field.name != "seed"}
-                    for name, partitioner in PARTITIONERS.items()}
-# Partitions whose node count the data give (known once loaded), not dataset.partition.num_nodes.
-NODES_FROM_DATA = tuple(name for name, keys in PARTITIONER_KEYS.items() if "num_nodes" not in keys)
 
 
 def _even_split(node_sizes: torch.Tensor, parts: int) -> torch.Tensor:
@@ -276,7 +260,7 @@ def split_train_target(
 ) -> tuple[list[int], list[int]]:
     """Seeded split of node ids into training nodes and unseen target nodes (SPEC §2)."""
     if not 0 <= num_target_nodes < num_nodes:
-        raise PartitionError(f"{_key('num_target_nodes')}={num_target_nodes}: must be between 0 "
+        raise PartitionError(f"{TARGET_NODES_KEY}={num_target_nodes}: must be between 0 "
                              f"and the {num_nodes} nodes minus one ({num_nodes - 1}), so that at "
                              "least one training node remains")
     permutation = torch.randperm(num_nodes, generator=torch.Generator().manual_seed(seed))
@@ -303,20 +287,3 @@ def split_support_query(
                              f"{remedy}")
     shuffled = indices[torch.randperm(len(indices), generator=generator)]
     return shuffled[:num_support].sort().values, shuffled[num_support:].sort().values
-
-
-def build_partitioner(
-    cfg_partition: Mapping, seed: int
-) -> PathologicalPartitioner | DirichletPartitioner | NaturalPartitioner:
-    """Build the partitioner named by ``dataset.partition.name`` from its config group, as the
-    config walker checked it (names, keys, ranges).
-
-    Keys of the other partitioners are ignored (a command-line switch of ``name`` keeps them);
-    a null optional key takes the partitioner's default.
-    """
-    name = cfg_partition["name"]
-    options = {key: cfg_partition[key] for key in PARTITIONER_KEYS[name]
-               if cfg_partition.get(key) is not None}
-    if "size_range" in options:
-        options["size_range"] = tuple(options["size_range"])  # a config list: [min, max]
-    return PARTITIONERS[name](seed=seed, **options)

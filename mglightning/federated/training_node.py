@@ -32,6 +32,7 @@ from mglightning.federated.schedules import (
 )
 from mglightning.federated.server import ClientResult
 from mglightning.models.network import GatedNetwork
+from mglightning.run.identity import DATA_KEY
 from mglightning.targets import bind
 
 # The top-level parts of the config a node reads: its shard (seed, dataset, data_root), its
@@ -42,13 +43,16 @@ NODE_PARTS = ("seed", "rounds", "data_root", "dataset", "model", "method", "faul
 LocalSolver = Callable[..., ClientResult]  # (flat, start, client, generator, round) -> result
 
 
-def node_config(cfg) -> dict:
+def node_config(cfg, data: str | None = None) -> dict:
     """The parts :data:`NODE_PARTS` of a composed config, resolved against the whole config,
-    as plain JSON values."""
+    as plain JSON values; with ``data``, the fingerprint of the pooled data the nodes' shards
+    must be cut from (``data_fingerprint``, as a run folder records it), which a Flower node
+    checks and files its shard under."""
     def plain(value):
         return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
-    return {part: plain(cfg[part]) for part in NODE_PARTS}
+    parts = {part: plain(cfg[part]) for part in NODE_PARTS}
+    return parts if data is None else parts | {DATA_KEY: data}
 
 
 @dataclass

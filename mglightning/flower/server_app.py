@@ -24,6 +24,7 @@ from mglightning.flower.strategy import (
     ServerState,
     discover_nodes,
 )
+from mglightning.run.identity import data_fingerprint
 from mglightning.run.io import write_csv
 
 FLOWER_FOLDER = Path("flower")  # under the run's output_dir
@@ -53,7 +54,9 @@ def make_server_app(overrides: str | None = None) -> ServerApp:
         result = strategy.start(grid, strategy.state_arrays(),
                                 num_rounds=cfg.rounds - int(learner.rounds_done),
                                 timeout=REPLY_TIMEOUT_SECONDS,
-                                train_config=node_config_record(node_config(cfg)))
+                                train_config=node_config_record(node_config(
+                                    cfg, data_fingerprint(datamodule.data.images,
+                                                          datamodule.data.labels))))
         write_csv(Path(cfg.output_dir) / ROUNDS_FILE,
                   [dict(metrics) for metrics in result.train_metrics_clientapp.values()])
 

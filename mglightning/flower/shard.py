@@ -4,7 +4,10 @@ A node's shard is a function of the pooled data set, the partition and the seed 
 cutting it needs every label of the pooled set. A node's first ClientApp process builds the
 :class:`~mglightning.data.datamodule.FederatedDataModule` once and writes the node's shard (its
 images and labels, the pooled normalization statistics, its support/query split); from then on
-the node loads its own rows alone, with torch alone. This matters under a SuperNode, which
+the node loads its own rows alone, with torch alone. The shards are filed under the config's
+fingerprint and the pooled data's (the ServerApp's, :attr:`NodeSetup.data`, checked against
+the node's own data when a shard is cut): changed data get shards of their own, never stale
+ones. This matters under a SuperNode, which
 starts a fresh ClientApp process per message. Each node writes only its own file, so nodes
 sharing a disk never race. A shard gives the node's local solver exactly the batches the pooled
 data would: the same rows, in the same support order, normalized with the same statistics.
@@ -21,7 +24,7 @@ import torch
 from mglightning.data.images import ImageData, resolve_data_root
 from mglightning.data.node import NodeData
 from mglightning.errors import ConfigError
-from mglightning.run.identity import digest
+from mglightning.run.identity import DATA_KEY, data_fingerprint, digest
 
 SHARD_FOLDER = "flower-shards"  # under the data root
 
@@ -36,10 +39,12 @@ class NodeShard:
 
 
 def shard_folder(config: Mapping) -> Path:
-    """Where the shards of this data set, partition and seed live (``config``: a node's config
-    parts, :func:`~mglightning.federated.training_node.node_config`)."""
+    """Where the shards of this data set, partition and seed live, cut from the pooled data of
+    fingerprint ``config[DATA_KEY]`` (``config``: a node's config parts as the ServerApp sends
+    them, :func:`~mglightning.federated.training_node.node_config` with the data's fingerprint):
+    changed data never reuses a stale shard."""
     key = digest({"dataset": config["dataset"], "seed": config["seed"]})
-    return resolve_data_root(config["data_root"]) / SHARD_FOLDER / key
+    return resolve_data_root(config["data_root"]) / SHARD_FOLDER / f"{key}-{config[DATA_KEY]}"
 
 
 def load_node_shard(config: Mapping, training_index: int) -> NodeShard:
@@ -63,6 +68,11 @@ def write_node_shard(config: Mapping, training_index: int, path: Path) -> None:
                                      batch_size=config["dataset"]["batch_size"],
                                      data_root=config["data_root"])
     datamodule.setup()
+    loaded = data_fingerprint(datamodule.data.images, datamodule.data.labels)
+    if loaded != config[DATA_KEY]:
+        raise ConfigError(f"this node's data ({DATA_KEY} {loaded}) differ from the "
+                          f"ServerApp's ({config[DATA_KEY]}): give every node the server's data "
+                          f"under its data_root ({resolve_data_root(config['data_root'])})")
     clients = datamodule.train_clients
     if not 0 <= training_index < len(clients):
         raise ConfigError(f"node config partition-id={training_index}: the config has "

@@ -16,10 +16,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mglightning.config import ConfigError
-from mglightning.errors import one_line
+from mglightning.errors import ConfigError, one_line
 
-LAST_NAME = "last.ckpt"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 log = logging.getLogger(__name__)
@@ -134,7 +132,7 @@ class StopRequest(Callback):
 
 
 class RoundCheckpoint(Checkpoint):
-    """Saves ``<dirpath>/last.ckpt`` after every ``every_n_rounds``-th round (training epoch),
+    """Saves ``path`` after every ``every_n_rounds``-th round (training epoch),
     and after the round in which a stop was requested, then raises :class:`RunInterrupted`.
 
     Lightning's ModelCheckpoint decides by the global step, which manual optimization without
@@ -143,9 +141,9 @@ class RoundCheckpoint(Checkpoint):
     hooks, so their state for the round (e.g. the evaluation curve) is in the file.
     """
 
-    def __init__(self, dirpath: str | Path, every_n_rounds: int,
+    def __init__(self, path: str | Path, every_n_rounds: int,
                  stop_request: StopRequest | None = None) -> None:
-        self.last_path = Path(dirpath) / LAST_NAME
+        self.last_path = Path(path)
         self.every_n_rounds = every_n_rounds
         self.stop_request = stop_request
 

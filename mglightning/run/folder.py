@@ -1,15 +1,18 @@
 """A run folder: what it holds, whether a config may use it, and its files written once.
 
-A folder belongs to the config it was made with and to the data it loaded (``config.yaml``,
-resolved, with the pooled data's fingerprint under ``data_fingerprint``; written once and
-never rewritten, except by ``python -m mglightning.migrate``): a config of another identity,
-or the same config on other data, is refused before anything is written, a finished run
-(``summary.json``) is left alone unless re-evaluation is asked for, and an unfinished one
-resumes from ``checkpoints/last.ckpt``.
+:class:`RunFolder` names every file of a run folder; the modules that read or write one take
+the name (or the path) from it. A folder belongs to the config it was made with and to the data
+it loaded (``config.yaml``, resolved, with the pooled data's fingerprint under
+``data_fingerprint``; written once and never rewritten, except by
+``python -m mglightning.migrate``): a config of another identity, or the same config on other
+data, is refused before anything is written, a finished run (``summary.json``) is left alone
+unless re-evaluation is asked for, and an unfinished one resumes from
+``checkpoints/last.ckpt``.
 
 The data's fingerprint cannot be in the run name, which is composed before any data loads; so
-the folder is found by the config's fingerprint and checked against the data here, where
-loading the data costs once per process (real data sets are cached, the hash too).
+the folder is found by the config's fingerprint and checked against the data's fingerprint,
+which the caller passes (:func:`~mglightning.run.identity.data_fingerprint` of the data the run
+loaded once).
 """
 
 from __future__ import annotations
@@ -22,56 +25,58 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mglightning.build import build_datamodule
-from mglightning.config import RUN_CONFIG, ConfigError
-from mglightning.run.checkpoint import LAST_NAME
-from mglightning.run.identity import DATA_KEY, data_fingerprint, differing_keys
+from mglightning.errors import ConfigError
+from mglightning.run.identity import DATA_KEY, differing_keys
 from mglightning.run.io import atomic_write_text, write_csv, write_json
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as Hydra's console
 NOT_RECORDED = "<not recorded>"  # a folder made before run folders recorded their data
 
 
-def pooled_data_fingerprint(cfg: DictConfig) -> str:
-    """The :func:`~mglightning.run.identity.data_fingerprint` of the pooled data set ``cfg``
-    loads, as the run loads it (SPEC §2)."""
-    data = build_datamodule(cfg).data
-    return data_fingerprint(data.images, data.labels)
-
-
 class RunFolder:
-    """``<output_dir>/``: config.yaml, checkpoints/last.ckpt, curve.csv, tasks.csv,
-    summary.json (written last: its presence marks a finished run) and train.log."""
+    """``<output_dir>/`` and the names of its files."""
+
+    CONFIG = "config.yaml"  # the resolved config and the data's fingerprint
+    CHECKPOINT = "checkpoints/last.ckpt"  # the last whole round, to resume from
+    CURVE = "curve.csv"  # target accuracy against rounds
+    TASKS = "tasks.csv"  # one row per target task
+    SUMMARY = "summary.json"  # across tasks; written last: its presence marks a finished run
+    LOG = "train.log"
+    DEPLOYED = "deployed"  # adapted target networks, exported (mglightning.deploy)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.config_path = self.path / RUN_CONFIG
-        self.checkpoint_path = self.path / "checkpoints" / LAST_NAME
-        self.tasks_path = self.path / "tasks.csv"
-        self.summary_path = self.path / "summary.json"
-        self.log_path = self.path / "train.log"
+        self.config_path = self.path / self.CONFIG
+        self.checkpoint_path = self.path / self.CHECKPOINT
+        self.curve_path = self.path / self.CURVE
+        self.tasks_path = self.path / self.TASKS
+        self.summary_path = self.path / self.SUMMARY
+        self.log_path = self.path / self.LOG
+        self.deployed_path = self.path / self.DEPLOYED
 
     @property
     def finished(self) -> bool:
         return self.summary_path.exists()
 
-    def differences(self, cfg: DictConfig) -> list[str]:
-        """The identity keys in which ``cfg`` differs from the folder's config, the data's
-        fingerprint last (none when the folder has no config yet)."""
+    def differences(self, cfg: DictConfig, data: str) -> list[str]:
+        """The identity keys in which ``cfg`` on data of fingerprint ``data`` differs from the
+        folder's config, the data's fingerprint last (none when the folder has no config
+        yet)."""
         if not self.config_path.exists():
             return []
         stored = OmegaConf.load(self.config_path)
         found = differing_keys(stored, cfg)
-        recorded, current = stored.get(DATA_KEY), pooled_data_fingerprint(cfg)
-        if recorded != current:
-            found.append(f"{DATA_KEY}: {recorded or NOT_RECORDED} -> {current}")
+        recorded = stored.get(DATA_KEY)
+        if recorded != data:
+            found.append(f"{DATA_KEY}: {recorded or NOT_RECORDED} -> {data}")
         return found
 
-    def check_config(self, cfg: DictConfig) -> None:
-        """Refuse a folder made with another config or on other data (ConfigError naming the
-        differing keys), or holding results but no config to tell whose they are."""
+    def check_config(self, cfg: DictConfig, data: str) -> None:
+        """Refuse a folder made with another config or on other data than of fingerprint
+        ``data`` (ConfigError naming the differing keys), or holding results but no config to
+        tell whose they are."""
         if self.config_path.exists():
-            differences = self.differences(cfg)
+            differences = self.differences(cfg, data)
             if differences and differences[0].startswith(f"{DATA_KEY}: {NOT_RECORDED}"):
                 raise ConfigError(
                     f"{self.path} holds a run made before run folders recorded their data: "
@@ -89,15 +94,14 @@ class RunFolder:
                     "own, or delete that folder to redo it"
                 )
         elif self.checkpoint_path.exists() or self.finished:
-            raise ConfigError(f"{self.path} holds a run without {RUN_CONFIG}: it cannot be told "
+            raise ConfigError(f"{self.path} holds a run without {self.CONFIG}: it cannot be told "
                               "apart from another config's; choose another output_dir")
 
-    def write_config(self, cfg: DictConfig) -> None:
-        """Record the config the folder is made with and its data's fingerprint; never
-        rewritten afterwards."""
+    def write_config(self, cfg: DictConfig, data: str) -> None:
+        """Record the config the folder is made with and its data's fingerprint ``data``;
+        never rewritten afterwards."""
         if not self.config_path.exists():
-            self.record_config(OmegaConf.to_container(cfg, resolve=True),
-                               pooled_data_fingerprint(cfg))
+            self.record_config(OmegaConf.to_container(cfg, resolve=True), data)
 
     def record_config(self, config: dict, data: str) -> None:
         """Write ``config.yaml``: a resolved config and the fingerprint of its data."""

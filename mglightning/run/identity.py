@@ -10,7 +10,7 @@ so a changed hyperparameter always gets a folder of its own.
 Only what a run reads is its identity (:func:`unread_keys`), and each part declares what it
 reads beside its parameters, in the ``Annotated`` metadata that holds their rules
 (:mod:`mglightning.constraints`; keys that no class takes, such as ``method.gate_noise``, in
-:data:`mglightning.config.IDENTITY_DECLARATIONS`):
+:data:`mglightning.config.rules.IDENTITY_DECLARATIONS`):
 
 * ``GATES_ONLY``: read only when the network has gates. A run without gates
   (``method.gating: false``, or a model with no ``gated_layers``) leaves such keys out (the
@@ -104,10 +104,10 @@ def declared_keys(values: Mapping, prefix: str = ""
                   ) -> Iterator[tuple[str, object, tuple[IdentityDeclaration, ...]]]:
     """(dotted key, value, its identity declarations) for every key of ``values`` that has
     any: those its ``_target_`` declares beside the parameter, and those of
-    :data:`mglightning.config.IDENTITY_DECLARATIONS`."""
+    :data:`mglightning.config.rules.IDENTITY_DECLARATIONS`."""
     # config.py reaches Lightning, and every process imports this module (the package does,
     # for the resolver): read the table only where a run's config is fingerprinted.
-    from mglightning.config import IDENTITY_DECLARATIONS
+    from mglightning.config.rules import IDENTITY_DECLARATIONS
 
     target = _target_parameters(values.get(TARGET_KEY))
     for key, value in values.items():

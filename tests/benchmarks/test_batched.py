@@ -46,7 +46,7 @@ def loop_and_batched_states(learner, clients, candidate) -> tuple[torch.Tensor, 
     (VmappedRound, ("method=fedavg", "method.local.steps=2"), 1e-6),
     (VmappedRound, ("method=metagater", "method.local.steps=1", "model=cnn7"), 1e-6),  # 2 gates
     # 3 input channels: a channels-last copy differs from NCHW, which vmap needs
-    (VmappedRound, ("method.local.steps=2", "+dataset.synthetic.shape=[3,16,16]"), 1e-6),
+    (VmappedRound, ("method.local.steps=2", "+dataset.source.shape=[3,16,16]"), 1e-6),
 ])
 def test_a_batched_round_leaves_the_server_state_a_loop_round_does(tiny_config, candidate,
                                                                    overrides, tolerance):

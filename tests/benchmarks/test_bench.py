@@ -179,7 +179,7 @@ def test_pruned_copy_computes_the_sliced_pair(backbone, gated_layer):
 
 
 def test_memory_measure_counts_the_pooled_images():
-    result = measure(["dataset=synthetic", "dataset.synthetic.samples_per_class=11000"])
+    result = measure(["dataset=synthetic", "dataset.source.samples_per_class=11000"])
     assert result["nodes"] == 1000
     assert result["image_bytes"] == 6 * 11000 * 16 * 16  # synthetic.yaml: 6 classes, 16×16
     assert result["rss_ratio"] == pytest.approx(result["rss_increase_bytes"] / (6 * 11000 * 256))
@@ -189,7 +189,7 @@ def test_suite_on_tiny_sizes_renders_every_goal():
     config = BenchConfig(clients_per_round=2, repeats=1, inference_batches=(1, 4),
                          memory=False, processes=False, compile_network=False,
                          huge_pages=False, data_overrides=("dataset=synthetic",), device_rounds=1,
-                         stand_in_overrides=("dataset.synthetic.samples_per_class=200",
+                         stand_in_overrides=("dataset.source.samples_per_class=200",
                                              "dataset.partition.size_range=[20,60]",
                                              "dataset.batch_size=8",  # vmap: full batches
                                              "method.clients_per_round=2"))
@@ -312,7 +312,7 @@ def test_process_bench_times_both_counts_and_renders():
 
 
 def test_huge_pages_bench_runs_both_settings_to_the_same_results_and_renders():
-    figures = bench_huge_pages(["dataset.synthetic.samples_per_class=200",
+    figures = bench_huge_pages(["dataset.source.samples_per_class=200",
                                 "dataset.partition.size_range=[20,60]",
                                 "method.clients_per_round=2"], rounds=1, targets=2)
     assert figures["children_per_setting"] == 2
@@ -328,14 +328,14 @@ def test_device_bench_workload_is_the_cifar10_job_on_cifar_shaped_data():
     cfg = compose_config(CIFAR10_STAND_IN)
     validate(cfg)
     paper = compose_config(["experiment=table1_cifar10"])
-    assert cfg.dataset.name == "synthetic" and list(cfg.dataset.synthetic.shape) == [3, 32, 32]
-    assert cfg.dataset.synthetic.num_classes * cfg.dataset.synthetic.samples_per_class == 60000
+    assert cfg.dataset.name == "synthetic" and list(cfg.dataset.source.shape) == [3, 32, 32]
+    assert cfg.dataset.source.num_classes * cfg.dataset.source.samples_per_class == 60000
     assert cfg.dataset.partition == paper.dataset.partition and cfg.model == paper.model
     assert cfg.method.clients_per_round == 20 and cfg.method.local.steps == 1
 
 
 def test_device_bench_times_rounds_on_each_device_it_is_given():
-    shrink = ["dataset.synthetic.samples_per_class=200", "dataset.partition.size_range=[20,60]",
+    shrink = ["dataset.source.samples_per_class=200", "dataset.partition.size_range=[20,60]",
               "dataset.batch_size=8", "method.clients_per_round=2"]  # vmap: full batches
     results = bench_devices(rounds=2, warmup=1, overrides=shrink,
                             devices=[torch.device("cpu")])

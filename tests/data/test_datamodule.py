@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from mglightning.data import ClientDataModule, FederatedDataModule, PartitionError
 from mglightning.data.datamodule import node_split
+from mglightning.data.datasets import make_synthetic
 
 NUM_NODES, NUM_TARGET_NODES = 10, 3
 
@@ -19,12 +20,12 @@ NUM_NODES, NUM_TARGET_NODES = 10, 3
 def dataset_cfg() -> dict:
     return {
         "name": "synthetic",
-        "download": False,
         "support_fraction": 0.75,
-        "partition": {"name": "pathological", "num_nodes": NUM_NODES,
-                      "num_target_nodes": NUM_TARGET_NODES, "classes_per_node": 2,
-                      "size_range": [40, 90]},
-        "synthetic": {"num_classes": 6, "shape": [1, 12, 12], "samples_per_class": 200, "seed": 1},
+        "num_target_nodes": NUM_TARGET_NODES,
+        "source": {"_target_": "mglightning.data.datasets.make_synthetic", "num_classes": 6,
+                   "shape": [1, 12, 12], "samples_per_class": 200, "seed": 1},
+        "partition": {"_target_": "mglightning.data.partition.PathologicalPartitioner",
+                      "num_nodes": NUM_NODES, "classes_per_node": 2, "size_range": [40, 90]},
     }
 
 
@@ -122,10 +123,10 @@ def test_test_dataloader_yields_each_target_index_once(federation):
 
 def test_impossible_partition_fails_before_loading_data(dataset_cfg, tmp_path):
     """A bad node count is reported even though the (absent) data set was never loaded."""
-    dataset_cfg.update(name="fmnist", download=False)
-    dataset_cfg["partition"]["num_target_nodes"] = NUM_NODES
+    dataset_cfg.update(name="fmnist", num_target_nodes=NUM_NODES,
+                       source={"_target_": "mglightning.data.datasets.fmnist", "download": False})
     datamodule = FederatedDataModule(dataset_cfg, seed=0, data_root=str(tmp_path))
-    with pytest.raises(PartitionError, match="dataset.partition.num_target_nodes"):
+    with pytest.raises(PartitionError, match="dataset.num_target_nodes"):
         datamodule.setup()
 
 
@@ -172,7 +173,7 @@ def test_the_config_alone_gives_the_loaded_federations_node_split(dataset_cfg, s
     is loaded: the split the data module makes after loading must be that one."""
     datamodule = FederatedDataModule(dataset_cfg, seed=seed)
     datamodule.setup()
-    train_ids, target_ids = node_split(dataset_cfg["partition"], seed)
+    train_ids, target_ids = node_split(NUM_NODES, NUM_TARGET_NODES, seed)
     assert [client.node_id for client in datamodule.train_clients] == train_ids
     assert [client.node_id for client in datamodule.target_clients] == target_ids
 
@@ -182,3 +183,30 @@ def test_too_few_training_nodes_for_k_fail_at_setup(dataset_cfg):
                                      clients_per_round=NUM_NODES - NUM_TARGET_NODES + 1)
     with pytest.raises(PartitionError, match="method.clients_per_round=8: must be at most the 7"):
         datamodule.setup()
+
+
+def test_a_partition_node_without_a_required_field_is_named_before_loading(dataset_cfg,
+                                                                         monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("data loaded")
+
+    monkeypatch.setattr("mglightning.data.datasets.make_synthetic", no_data)
+    del dataset_cfg["partition"]["classes_per_node"]
+    with pytest.raises(PartitionError, match="dataset.partition: .*classes_per_node"):
+        FederatedDataModule(dataset_cfg, seed=0).setup()
+
+
+def test_the_source_node_is_called_with_the_data_root_and_its_options(dataset_cfg, tmp_path,
+                                                                      monkeypatch):
+    """``dataset.source``: its target, called with the run's data root (not a config key) and
+    the node's options."""
+    calls = []
+
+    def loader(data_root, /, **options):
+        calls.append((data_root, options))
+        return make_synthetic(num_classes=6, shape=(1, 12, 12), samples_per_class=200)
+
+    monkeypatch.setattr("mglightning.data.datasets.make_synthetic", loader)
+    FederatedDataModule(dataset_cfg, seed=0, data_root=str(tmp_path)).setup()
+    assert calls == [(str(tmp_path), {"num_classes": 6, "shape": [1, 12, 12],
+                                      "samples_per_class": 200, "seed": 1})]

@@ -15,7 +15,7 @@ import torch
 import torchvision
 
 from mglightning.data import mnist_offline
-from mglightning.data.datasets import DataError, load_dataset
+from mglightning.data.datasets import DataError, mnist
 
 PART_SIZES = (7, 3, 4)  # training, validation, test: the classic pickle's three parts
 
@@ -52,7 +52,7 @@ def test_written_files_are_torchvisions_mnist(tmp_path):
         assert split.data.dtype == torch.uint8
         assert np.array_equal(split.data.numpy(), images.reshape(-1, 28, 28).astype(np.uint8))
         assert np.array_equal(split.targets.numpy(), labels)
-    pooled = load_dataset("mnist", root=str(tmp_path / "root"), download=False)
+    pooled = mnist(str(tmp_path / "root"), download=False)
     assert len(pooled) == sum(PART_SIZES) and pooled.shape == (1, 28, 28)
 
 

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from mglightning.data import FederatedDataModule, PartitionError
-from mglightning.data.datasets import DataError, load_dataset
+from mglightning.data.datasets import DataError
+from mglightning.data.own_data import load_arrays, load_image_folder
 from mglightning.train import run
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -33,14 +34,20 @@ def write_tree(root: Path, classes: dict[str, int], size=(8, 6), mode="L", seed=
     return written
 
 
-def dataset_config(name: str, path: Path, partition: dict, **keys) -> dict:
-    return {"name": name, "path": str(path), "support_fraction": 0.75, "batch_size": 4,
-            "partition": partition, **keys}
+LOADERS = {"folder": "mglightning.data.own_data.load_image_folder",
+           "arrays": "mglightning.data.own_data.load_arrays"}
+NATURAL = {"_target_": "mglightning.data.partition.NaturalPartitioner"}
+
+
+def dataset_config(name: str, path: Path, partition: dict, num_target_nodes: int) -> dict:
+    return {"name": name, "support_fraction": 0.75, "batch_size": 4,
+            "num_target_nodes": num_target_nodes,
+            "source": {"_target_": LOADERS[name], "path": str(path)}, "partition": partition}
 
 
 def test_a_png_tree_is_pooled_pixel_for_pixel_with_sorted_class_labels(tmp_path):
     written = write_tree(tmp_path, {"dog": 3, "cat": 2, "emu": 4})
-    data = load_dataset("folder", path=str(tmp_path), image_size=None)
+    data = load_image_folder(path=str(tmp_path), image_size=None)
     assert data.shape == (1, 8, 6) and data.num_classes == 3
     assert data.class_names == ("cat", "dog", "emu") and data.node_ids is None
     files = sorted(written)  # cat/..., dog/..., emu/...: the loader's order too
@@ -51,7 +58,7 @@ def test_a_png_tree_is_pooled_pixel_for_pixel_with_sorted_class_labels(tmp_path)
 def test_rgb_and_grayscale_images_pool_as_rgb(tmp_path):
     gray = write_tree(tmp_path, {"a": 2}, mode="L", seed=1)
     rgb = write_tree(tmp_path, {"b": 2}, mode="RGB", seed=2)
-    data = load_dataset("folder", path=str(tmp_path))
+    data = load_image_folder(path=str(tmp_path))
     assert data.shape == (3, 8, 6)
     first_gray = torch.from_numpy(gray[sorted(gray)[0]])
     assert all(torch.equal(data.images[0, channel], first_gray) for channel in range(3))
@@ -61,9 +68,10 @@ def test_rgb_and_grayscale_images_pool_as_rgb(tmp_path):
 def test_jpeg_files_are_read_and_image_size_resizes_every_image(tmp_path):
     write_tree(tmp_path, {"a": 2}, size=(10, 12), mode="RGB", suffix=".jpg")
     write_tree(tmp_path, {"b": 2}, size=(20, 16), mode="RGB", suffix=".JPEG")
-    with pytest.raises(DataError, match=r"is 20x16 \(HxW\) but .* is 10x12 .*dataset.image_size"):
-        load_dataset("folder", path=str(tmp_path))
-    data = load_dataset("folder", path=str(tmp_path), image_size=[7, 9])
+    with pytest.raises(DataError,
+                       match=r"is 20x16 \(HxW\) but .* is 10x12 .*dataset.source.image_size"):
+        load_image_folder(path=str(tmp_path))
+    data = load_image_folder(path=str(tmp_path), image_size=[7, 9])
     assert data.shape == (3, 7, 9) and len(data) == 4
 
 
@@ -72,9 +80,9 @@ def test_jpeg_files_are_read_and_image_size_resizes_every_image(tmp_path):
     ("one class", "holds one class only .*add a class"),
     ("empty class", "holds no PNG or JPEG image"),
     ("mixed layout", "mixes class folders"),
-    ("no path", "dataset.path is not set"),
-    ("missing path", "dataset.path=.*: no such folder"),
-    ("bad image_size", "dataset.image_size=.*height, width"),
+    ("no path", "dataset.source.path is not set"),
+    ("missing path", "dataset.source.path=.*: no such folder"),
+    ("bad image_size", "dataset.source.image_size=.*height, width"),
 ])
 def test_bad_image_trees_end_in_one_line_naming_what_to_change(tmp_path, damage, message):
     root = tmp_path / "images"
@@ -97,7 +105,7 @@ def test_bad_image_trees_end_in_one_line_naming_what_to_change(tmp_path, damage,
     else:
         options["image_size"] = [0, 5]
     with pytest.raises(DataError, match=message) as error:
-        load_dataset("folder", **options)
+        load_image_folder(**options)
     assert "\n" not in str(error.value)
     if damage == "unreadable":
         assert str(root / "b" / "001.png") in str(error.value)
@@ -108,12 +116,12 @@ def test_arrays_are_pooled_with_labels_made_dense(tmp_path):
     images = rng.integers(0, 256, size=(6, 5, 4, 3), dtype=np.uint8)  # N, H, W, C
     labels = np.array([7, 3, 7, 9, 3, 3])
     np.savez(tmp_path / "data.npz", images=images, labels=labels)
-    data = load_dataset("arrays", path=str(tmp_path / "data.npz"))
+    data = load_arrays(path=str(tmp_path / "data.npz"))
     assert data.shape == (3, 5, 4) and data.num_classes == 3
     assert data.class_names == ("3", "7", "9") and data.labels.tolist() == [1, 0, 1, 2, 0, 0]
     assert torch.equal(data.images.permute(0, 2, 3, 1), torch.from_numpy(images))
     np.savez(tmp_path / "gray.npz", images=images[..., 0], labels=labels)
-    gray = load_dataset("arrays", path=str(tmp_path / "gray.npz"))
+    gray = load_arrays(path=str(tmp_path / "gray.npz"))
     assert gray.shape == (1, 5, 4) and torch.equal(gray.images[:, 0],
                                                    torch.from_numpy(images[..., 0]))
 
@@ -140,14 +148,14 @@ def test_bad_arrays_end_in_one_line_naming_the_key(tmp_path, arrays, message):
     path = tmp_path / "data.npz"
     np.savez(path, **arrays)
     with pytest.raises(DataError, match=message) as error:
-        load_dataset("arrays", path=str(path))
+        load_arrays(path=str(path))
     assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 
 def test_a_file_that_is_not_an_npz_is_refused(tmp_path):
     (tmp_path / "data.npz").write_bytes(b"garbage")
     with pytest.raises(DataError, match="not a readable .npz"):
-        load_dataset("arrays", path=str(tmp_path / "data.npz"))
+        load_arrays(path=str(tmp_path / "data.npz"))
 
 
 def natural_tree(root: Path, node_sizes: dict[str, int]) -> None:
@@ -159,11 +167,10 @@ def natural_tree(root: Path, node_sizes: dict[str, int]) -> None:
 def test_natural_partition_keeps_the_datas_nodes_and_draws_targets_by_seed(tmp_path):
     node_sizes = {f"writer{index}": 3 + index for index in range(6)}
     natural_tree(tmp_path, node_sizes)
-    partition = {"name": "natural", "num_target_nodes": 2}
     datamodules = {}
     for seed in (0, 0, 1, 2, 3):
         datamodules.setdefault(seed, []).append(FederatedDataModule(
-            dataset_config("folder", tmp_path, partition), seed=seed, clients_per_round=4))
+            dataset_config("folder", tmp_path, NATURAL, 2), seed=seed, clients_per_round=4))
     for copies in datamodules.values():
         for datamodule in copies:
             datamodule.setup()
@@ -185,8 +192,8 @@ def test_natural_partition_from_npz_node_ids(tmp_path):
     node_ids = np.repeat([40, 10, 30], 8)  # three nodes, named by any integers
     np.savez(tmp_path / "data.npz", images=rng.integers(0, 256, (24, 4, 4), dtype=np.uint8),
              labels=np.tile([0, 1], 12), node_ids=node_ids)
-    datamodule = FederatedDataModule(dataset_config(
-        "arrays", tmp_path / "data.npz", {"name": "natural", "num_target_nodes": 1}), seed=0)
+    datamodule = FederatedDataModule(dataset_config("arrays", tmp_path / "data.npz", NATURAL, 1),
+                                     seed=0)
     datamodule.setup()
     clients = sorted(datamodule.train_clients + datamodule.target_clients,
                      key=lambda c: c.node_id)
@@ -200,21 +207,20 @@ def test_natural_partition_from_npz_node_ids(tmp_path):
     ("small node", "node 'tiny' of the data with 2 samples: give that node more samples"),
     ("too many targets", "num_target_nodes=3: must be between 0 and the 3 nodes minus one"),
     ("K above the training nodes", "method.clients_per_round=3: must be at most the 2 training"),
-    ("no node folders", "name=natural needs data that say each sample's node"),
+    ("no node folders", "the natural partition needs data that say each sample's node"),
 ])
 def test_natural_partition_problems_end_in_one_line(tmp_path, problem, message):
     tiny_size = 1 if problem == "small node" else 4
     natural_tree(tmp_path / "data", {"alice": 4, "bob": 4, "tiny": tiny_size})
-    partition = {"name": "natural", "num_target_nodes": 1}
-    path, clients_per_round = tmp_path / "data", 2
+    path, clients_per_round, num_target_nodes = tmp_path / "data", 2, 1
     if problem == "too many targets":
-        partition["num_target_nodes"] = 3
+        num_target_nodes = 3
     elif problem == "K above the training nodes":
         clients_per_round = 3
     elif problem == "no node folders":
         path = tmp_path / "data" / "alice"  # alice/<class>/<image>: no nodes in it
-    datamodule = FederatedDataModule(dataset_config("folder", path, partition), seed=0,
-                                     clients_per_round=clients_per_round)
+    datamodule = FederatedDataModule(dataset_config("folder", path, NATURAL, num_target_nodes),
+                                     seed=0, clients_per_round=clients_per_round)
     with pytest.raises(PartitionError, match=message) as error:
         datamodule.setup()
     assert "\n" not in str(error.value)
@@ -237,10 +243,10 @@ def test_readme_own_data_example_runs_as_written(tiny_config, tmp_path, monkeypa
     assert len(list((tmp_path / "my_images").glob("*/*.png"))) > 0
     cfg = tiny_config(*overrides, "rounds=2", "logger=none", "eval_every=0",
                       "method.clients_per_round=20")
-    assert cfg.dataset.name == "folder" and cfg.dataset.path == "my_images"
+    assert cfg.dataset.name == "folder" and cfg.dataset.source.path == "my_images"
     summary = run(cfg)
     tasks = (Path(cfg.output_dir) / "tasks.csv").read_text().splitlines()
-    assert summary["rounds"] == 2 and len(tasks) == 1 + cfg.dataset.partition.num_target_nodes
+    assert summary["rounds"] == 2 and len(tasks) == 1 + cfg.dataset.num_target_nodes
 
 
 def test_an_npz_with_node_ids_trains_on_its_natural_nodes(tiny_config, tmp_path):
@@ -248,8 +254,10 @@ def test_an_npz_with_node_ids_trains_on_its_natural_nodes(tiny_config, tmp_path)
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "data.npz", images=rng.integers(0, 256, (120, 10, 10, 3), np.uint8),
              labels=rng.integers(0, 3, 120), node_ids=np.repeat(np.arange(6), 20))
-    cfg = tiny_config("dataset=arrays", f"dataset.path={tmp_path / 'data.npz'}",
-                      "dataset.partition.name=natural", "dataset.partition.num_target_nodes=2",
+    cfg = tiny_config("dataset=arrays", f"dataset.source.path={tmp_path / 'data.npz'}",
+                      "~dataset.partition",
+                      "+dataset.partition={_target_:mglightning.data.partition.NaturalPartitioner}",
+                      "dataset.num_target_nodes=2",
                       "method.clients_per_round=3", "model=mlp2", "rounds=2", "eval_every=0")
     summary = run(cfg)
     tasks = (Path(cfg.output_dir) / "tasks.csv").read_text().splitlines()

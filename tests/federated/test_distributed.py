@@ -68,7 +68,7 @@ def test_two_processes_give_one_process_results_bit_for_bit(tiny_config, tmp_pat
     for key in ("x", "x_ag", "rounds_done"):
         assert torch.equal(final_state(two)[key], final_state(one)[key]), key
     tasks = [(Path(cfg.output_dir) / "tasks.csv").read_text().splitlines() for cfg in (one, two)]
-    assert len(tasks[1]) == 1 + one.dataset.partition.num_target_nodes  # every task once
+    assert len(tasks[1]) == 1 + one.dataset.num_target_nodes  # every task once
     columns = tasks[0][0].split(",")
     kept = [i for i, name in enumerate(columns) if name != "learning_seconds"]
     assert [[row.split(",")[i] for i in kept] for row in tasks[0]] == \

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("flwr", reason="the flower extra (pip install -e '.[flower]') is not installed")
@@ -17,9 +18,11 @@ import torch  # noqa: E402
 from conftest import TINY  # noqa: E402
 
 from mglightning.build import build_datamodule, build_learner  # noqa: E402
+from mglightning.errors import ConfigError  # noqa: E402
 from mglightning.federated.training_node import node_config  # noqa: E402
 from mglightning.flower.run_config import compose_config  # noqa: E402
 from mglightning.flower.shard import load_node_shard  # noqa: E402
+from mglightning.run.identity import DATA_KEY, data_fingerprint  # noqa: E402
 
 HEAVY_MODULES = ["lightning", "pytorch_lightning", "hydra", "wandb", "mglightning.train"]
 REPO = Path(__file__).resolve().parents[2]
@@ -53,9 +56,9 @@ def test_a_fresh_client_process_imports_no_heavy_module_and_solves_as_in_process
     text = shlex.join([*TINY, "method=metagater", "method.gate_noise=logistic",
                        f"output_root={tmp_path}", f"data_root={tmp_path / 'data'}"])
     cfg = compose_config(text)
-    config = node_config(cfg)
-    load_node_shard(config, 0)  # the node's first message cut its shard
     datamodule = build_datamodule(cfg)
+    config = node_config(cfg, data_fingerprint(datamodule.data.images, datamodule.data.labels))
+    load_node_shard(config, 0)  # the node's first message cut its shard
     learner = build_learner(cfg, datamodule)
     x_md = learner.x + 0.01  # any start point
     threads = torch.get_num_threads()
@@ -75,3 +78,31 @@ def test_a_fresh_client_process_imports_no_heavy_module_and_solves_as_in_process
     loaded = json.loads(process.stdout.strip().splitlines()[-1])
     assert loaded == {"after_import": [], "after_solve": []}
     assert torch.equal(torch.load(tmp_path / "params.pt"), expected)
+
+
+def test_changed_data_are_never_served_from_a_stale_shard(tmp_path):
+    """A node's shard is filed under the data's fingerprint: the same config on changed data
+    (an .npz rewritten) cuts a new shard from them rather than serving the old one; a node
+    whose own data differ from the ServerApp's refuses to cut one."""
+    path = tmp_path / "data.npz"
+    text = shlex.join(["dataset=arrays", f"dataset.source.path={path}", "logger=none",
+                       "method.clients_per_round=4", f"output_root={tmp_path}",
+                       f"data_root={tmp_path / 'data'}"])
+
+    def write_and_load(seed: int) -> tuple[dict, torch.Tensor]:
+        rng = np.random.default_rng(seed)
+        np.savez(path, images=rng.integers(0, 256, (600, 8, 8), np.uint8),
+                 labels=np.arange(600) % 5)  # the same labels: the same nodes
+        cfg = compose_config(text)
+        datamodule = build_datamodule(cfg)
+        config = node_config(cfg, data_fingerprint(datamodule.data.images,
+                                                   datamodule.data.labels))
+        return config, datamodule.train_clients[0].support_set()[0]
+
+    old, old_images = write_and_load(0)
+    assert load_node_shard(old, 0).client.support_set()[0].equal(old_images)
+    new, new_images = write_and_load(1)
+    assert new["dataset"] == old["dataset"] and not new_images.equal(old_images)
+    assert load_node_shard(new, 0).client.support_set()[0].equal(new_images)
+    with pytest.raises(ConfigError, match="this node's data .* differ from the ServerApp's"):
+        load_node_shard(new | {DATA_KEY: "0123abcd"}, 0)

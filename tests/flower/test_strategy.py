@@ -29,6 +29,7 @@ from mglightning.flower.strategy import (  # noqa: E402
     ServerState,
     discover_nodes,
 )
+from mglightning.run.identity import data_fingerprint  # noqa: E402
 
 ROUNDS = 3
 FLOWER_NODE_IDS = [9001, 17, 4242, 5, 77, 123456, 3, 64, 2048, 11, *range(30_000, 30_040)]  # any
@@ -109,6 +110,12 @@ def flower_learner(cfg):
     return build_learner(cfg, datamodule), FLOWER_NODE_IDS[:num_nodes]
 
 
+def sent_node_config(cfg) -> dict:
+    """The config a ServerApp sends its nodes: the config's parts, with its data's fingerprint."""
+    data = build_datamodule(cfg).data
+    return node_config(cfg, data_fingerprint(data.images, data.labels))
+
+
 def run_flower(text: str, rounds: int, state: ServerState | None = None, shuffle_seed: int = 0):
     cfg = compose_config(text)
     learner, node_ids = flower_learner(cfg)
@@ -118,7 +125,7 @@ def run_flower(text: str, rounds: int, state: ServerState | None = None, shuffle
     strategy = FederatedRoundStrategy(learner, discover_nodes(grid, len(node_ids), 1.0),
                                       cfg.rounds, state)
     result = strategy.start(grid, strategy.state_arrays(), num_rounds=rounds,
-                            train_config=node_config_record(node_config(cfg)))
+                            train_config=node_config_record(sent_node_config(cfg)))
     return learner, grid, result
 
 
@@ -195,7 +202,7 @@ def test_a_restarted_server_resumes_from_its_saved_state(tmp_path):
 def test_a_node_shard_draws_the_batches_of_the_pooled_data(tmp_path):
     cfg = compose_config(overrides(tmp_path))
     pooled = build_datamodule(cfg).train_clients[3]
-    shard = load_node_shard(node_config(cfg), 3)
+    shard = load_node_shard(sent_node_config(cfg), 3)
     assert shard.client.node_id == pooled.node_id
     first = shard.client.sample_support_batch(8, torch.Generator().manual_seed(5))
     again = pooled.sample_support_batch(8, torch.Generator().manual_seed(5))
