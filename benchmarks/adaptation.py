@@ -1,4 +1,4 @@
-"""Goal 3: fast-adaptation learning time at a target node (SPEC §4, §5).
+"""Goal 3: fast-adaptation learning time at a target node (METHOD.md §4, §5).
 
 MetaGater w/ gating (two-stage: Stage I dense for the gates, Stage II through the sliced
 forward, computing only the active subnet) against w/o gating (one gradient step on an

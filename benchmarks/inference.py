@@ -1,4 +1,4 @@
-"""Goal 4: inference of the adapted gated network with physical channel slicing (SPEC §1)
+"""Goal 4: inference of the adapted gated network with physical channel slicing (METHOD.md §1)
 against the dense backbone, as a measured speedup over the one the MAC counts predict.
 
 Two views: the whole network (sliced ``forward_with_masks`` vs the ungated backbone), and

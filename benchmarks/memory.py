@@ -4,7 +4,7 @@ Measured in a fresh subprocess (``python -m benchmarks.memory``): RSS once every
 is imported and a tiny synthetic federation has run the same code once (so that library
 code paged in on first use is not counted as data), then after building and setting up the
 FederatedDataModule. Anonymous RSS (what the data can occupy) is reported beside total RSS.
-Nodes are index views into one pooled uint8 tensor (SPEC §2), so the increase should be that
+Nodes are index views into one pooled uint8 tensor (METHOD.md §2), so the increase should be that
 tensor plus labels and index tensors, not a copy per node.
 """
 

@@ -90,7 +90,7 @@ def build_learner(cfg: DictConfig, datamodule,
 
 
 def build_regularizer(cfg: DictConfig, learner: FederatedMetaLearner) -> GroupLasso | L1 | None:
-    """h(φ) of SPEC §3 over the learner's flat parameter vector (``method.regularizer``: a
+    """h(φ) of METHOD.md §3 over the learner's flat parameter vector (``method.regularizer``: a
     target's ``for_network``; null: none)."""
     node = cfg.method.get("regularizer")
     if node is None:

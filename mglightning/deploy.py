@@ -3,7 +3,7 @@ one target node and exported for deployment.
 
 It rebuilds the run from its ``config.yaml`` (the same seeded partition, hence the same target
 nodes), loads its meta-model, adapts it on target N's support set with the run's own rule
-(SPEC §4), and exports it with :func:`mglightning.export.task_network`: channels the gates
+(METHOD.md §4), and exports it with :func:`mglightning.export.task_network`: channels the gates
 switch off for every image of the node removed at rest. It is saved as an AOTInductor package
 (``target<N>.pt2``, :func:`mglightning.export.compile_package`), which takes uint8 images
 (B, C, H, W) as the data set stores them and normalizes them itself; it is saved only if the

@@ -1,6 +1,6 @@
 """Export an adapted task network as a small, gate-free-at-rest module, compiled ahead of time.
 
-After fast adaptation (SPEC §4) a target node serves one task. Channels that its gates switch
+After fast adaptation (METHOD.md §4) a target node serves one task. Channels that its gates switch
 off for every input of that task's data are dead weight: the export removes them physically
 from every parameter their gate point's description lists (the producers' filters and affine
 entries, the gate's rows, the readers' input columns; :func:`prune_at_rest`), so the module

@@ -95,7 +95,7 @@ def train_and_adapt(cfg: DictConfig, folder: RunFolder, trainer: L.Trainer,
     logger = build_logger(cfg)
     trainer.loggers = [logger] if logger is not None else []
     meta_checkpoint = cfg.method.get("meta_checkpoint")
-    if meta_checkpoint:  # MetaSNIP: adapt another run's meta-model, train nothing (SPEC §5)
+    if meta_checkpoint:  # MetaSNIP: adapt another run's meta-model, train nothing (METHOD.md §5)
         learner.load_state_dict(read_checkpoint(meta_checkpoint)["state_dict"])
     else:
         resume = cfg.resume and folder.checkpoint_path.exists()

@@ -134,7 +134,7 @@ def test_a_gated_fingerprint_holds_every_gate_key(tiny_config):
 
 
 def test_an_unset_sparsity_budget_keeps_the_fingerprint_of_a_config_without_it(tiny_config):
-    """Runs made before the budget (SPEC §7) existed stay findable; a set budget, and then
+    """Runs made before the budget (METHOD.md §7) existed stay findable; a set budget, and then
     its weight, is identity."""
     cfg = tiny_config()
     before = OmegaConf.to_container(cfg, resolve=True)

@@ -1,4 +1,4 @@
-"""Every method of SPEC §5 end to end on the tiny synthetic config, through the same loop."""
+"""Every method of METHOD.md §5 end to end on the tiny synthetic config, through the same loop."""
 
 import csv
 import json

@@ -249,7 +249,7 @@ def test_a_run_without_config_is_grouped_by_folder_never_with_configured_runs(be
 
 
 def test_keys_reproduce_derives_from_each_seed_do_not_split_a_group(tmp_path):
-    """MetaSNIP's meta checkpoint and keep fraction come from its seed's runs (SPEC §5): one
+    """MetaSNIP's meta checkpoint and keep fraction come from its seed's runs (METHOD.md §5): one
     setup when the run's config says the reproduce command derived them, two otherwise."""
     spec = {"method": "metasnip", "local_steps": 1, "meta_from": "a", "sparsity_from": "b"}
     for seed, keep in ((0, 0.6), (1, 0.7)):

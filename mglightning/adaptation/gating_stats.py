@@ -1,6 +1,6 @@
 """What the gates do at a target node, as pure arithmetic on 0/1 mask tensors (issue #14).
 
-A mask is ``(inputs, channels)`` for one gated layer (SPEC §1: 1 = channel on for that
+A mask is ``(inputs, channels)`` for one gated layer (METHOD.md §1: 1 = channel on for that
 input). These numbers say whether gating earns its keep: how many channels a task never or
 always uses (only the rest are decided per input), how much Stage I moved the masks, and
 whether the channel sets differ more between tasks than between the inputs of one task — the
@@ -74,7 +74,7 @@ def channel_set_from_text(text: str) -> torch.Tensor:
 
 
 def zeroed_groups(weight: torch.Tensor, bias: torch.Tensor) -> int:
-    """Group Lasso groups (SPEC §3: row c of the gate's last Linear weight with bias entry c)
+    """Group Lasso groups (METHOD.md §3: row c of the gate's last Linear weight with bias entry c)
     that are exactly zero: the prox switched those channels off for every input."""
     group_nonzero = weight.ne(0).any(dim=1) | bias.ne(0)  # (C_out,)
     return int((~group_nonzero).sum())

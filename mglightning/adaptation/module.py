@@ -1,4 +1,4 @@
-"""Fast adaptation at the target nodes as a LightningModule (SPEC §4).
+"""Fast adaptation at the target nodes as a LightningModule (METHOD.md §4).
 
 ``test_step`` takes one target node: copy the meta-network, adapt it on the node's support
 set (timed), evaluate it on the query set. Rows collect in ``task_rows``; callbacks write and
@@ -43,7 +43,7 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def stage1_network(meta_network: GatedNetwork, adapted: GatedNetwork) -> GatedNetwork:
     """The meta-model's backbone with the adapted network's gates: (θ*, φ_t), the network
-    after Stage I of ``two_stage``, whose Stage II changes θ alone (SPEC §4)."""
+    after Stage I of ``two_stage``, whose Stage II changes θ alone (METHOD.md §4)."""
     network = copy.deepcopy(meta_network)
     adapted_parameters = dict(adapted.named_parameters())
     with torch.no_grad():

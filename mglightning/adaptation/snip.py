@@ -1,4 +1,4 @@
-"""MetaSNIP's fast adaptation at a target node (SPEC §5; Lee et al. 2019 SNIP), and its
+"""MetaSNIP's fast adaptation at a target node (METHOD.md §5; Lee et al. 2019 SNIP), and its
 structured twin (issue #14).
 
 From the meta-backbone of MetaGater w/o gating: score every conv and linear weight by its

@@ -1,4 +1,4 @@
-"""One-step fast adaptation at a target node (SPEC §4 and §5).
+"""One-step fast adaptation at a target node (METHOD.md §4 and §5).
 
 Each function adapts, in place, a copy of the meta-network that the caller made (so that
 the learning time measured around it is the adaptation alone). ``two_stage`` is MetaGater's;
@@ -17,7 +17,7 @@ from torch import nn
 from mglightning.constraints import GATES_ONLY, integer, number, optional
 from mglightning.models.network import GatedNetwork
 
-StepSize = Annotated[float, number(above=0)]  # η_a, every rule's target step (SPEC §4)
+StepSize = Annotated[float, number(above=0)]  # η_a, every rule's target step (METHOD.md §4)
 
 
 def _gradient_step(params: list[nn.Parameter], loss: torch.Tensor, lr: float) -> None:
@@ -67,10 +67,10 @@ def two_stage(
     gate_lr: Annotated[float | None, optional(number(at_least=0)), GATES_ONLY] = None,
     stage1_steps: Annotated[int, optional(integer(1)), GATES_ONLY] = 1,
 ) -> None:
-    """MetaGater's fast adaptation (SPEC §4): Stage I, then Stage II with the new masks.
+    """MetaGater's fast adaptation (METHOD.md §4): Stage I, then Stage II with the new masks.
 
     Stage I takes ``stage1_steps`` gradient steps of size ``gate_lr`` (None: ``lr``) on the
-    gates; SPEC §4 is one step of η_a. Stage II takes one step of ``lr`` on the backbone.
+    gates; METHOD.md §4 is one step of η_a. Stage II takes one step of ``lr`` on the backbone.
     The stem and the blocks before the first gated one depend on θ alone, which Stage I
     leaves as it is: their output is computed once and serves both stages (Stage I reads it
     detached)."""
@@ -85,5 +85,5 @@ def two_stage(
 
 def one_step(network: GatedNetwork, images: torch.Tensor, labels: torch.Tensor,
              lr: StepSize) -> None:
-    """One gradient step on all parameters (the baselines' target step, SPEC §5)."""
+    """One gradient step on all parameters (the baselines' target step, METHOD.md §5)."""
     _gradient_step(list(network.parameters()), F.cross_entropy(network(images), labels), lr)

@@ -1,7 +1,7 @@
 """Tables and figures of a reproduced experiment, from finished runs' files only.
 
 Every number comes from a run's ``summary.json``, ``curve.csv`` or ``tasks.csv``; across
-seeds we report mean ± sample standard deviation (SPEC §6: each figure is the mean over
+seeds we report mean ± sample standard deviation (METHOD.md §6: each figure is the mean over
 target tasks, repeated over seeds). A method compared with another is compared per seed
 (issue 22): the seed fixes the split and the target nodes, so the difference of the two runs of
 one seed leaves the luck of the split out, and the spread of those differences says whether

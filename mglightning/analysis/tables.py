@@ -67,13 +67,13 @@ def load_curves(runs: list[tuple[Path, dict]]) -> pd.DataFrame:
 
 
 def gated_layer_columns(tasks: pd.DataFrame) -> list[str]:
-    """The per-gated-layer sparsity columns, ``sparsity_layer<k>`` (SPEC §1)."""
+    """The per-gated-layer sparsity columns, ``sparsity_layer<k>`` (METHOD.md §1)."""
     return sorted(c for c in tasks.columns if c.startswith("sparsity_layer"))
 
 
 def sparsity_diversity(tasks: pd.DataFrame, column: str = "sparsity") -> pd.DataFrame:
     """Mean, std, min and max over target tasks (all seeds pooled) of per-task sparsity in %,
-    one row per group: the "sparsity diversity" of SPEC §4. std is :func:`sample_std`, as in
+    one row per group: the "sparsity diversity" of METHOD.md §4. std is :func:`sample_std`, as in
     ``summarize_tasks``."""
     present = tasks.dropna(subset=[column])  # a layer's column is empty for runs without it
     grouped = (100 * present[column]).groupby(present["group"])
@@ -149,7 +149,7 @@ def plot_accuracy_vs_macs(table: pd.DataFrame) -> Figure:
 
 def accuracy_curves(curves: pd.DataFrame) -> pd.DataFrame:
     """Target accuracy (%) against rounds per group: mean and std (:func:`sample_std`, 0 for
-    one seed) over its seeds of the mean over target tasks (SPEC §6, Fig. 4)."""
+    one seed) over its seeds of the mean over target tasks (METHOD.md §6, Fig. 4)."""
     accuracy = (100 * curves["accuracy_mean"]).groupby([curves["group"], curves["round"]])
     table = accuracy.agg(["mean", sample_std, "count"])
     table.columns = ["accuracy", "accuracy_std", "seeds"]

@@ -41,7 +41,7 @@ def cross_key_problems(values: Mapping) -> Iterator[str]:
 
 
 def clients_against_nodes(values: Mapping) -> Iterator[str]:
-    """K and the fault-injected nodes must be among the training nodes (SPEC §2, §3), by the
+    """K and the fault-injected nodes must be among the training nodes (METHOD.md §2, §3), by the
     data module's own split and check (:func:`~mglightning.data.datamodule.node_split`), where
     the config fixes the node count; a natural partition's count comes with its data, and the
     data module checks K then."""

@@ -1,4 +1,4 @@
-"""Federated data (SPEC §2): pooled data sets (built-in or your own), partitioners and
+"""Federated data (METHOD.md §2): pooled data sets (built-in or your own), partitioners and
 Lightning DataModules; a data set's loader and its partitioner are ``_target_`` nodes of its
 YAML (``conf/dataset/``).
 

@@ -1,4 +1,4 @@
-"""Lightning DataModules for one node and for the whole federation (SPEC §2).
+"""Lightning DataModules for one node and for the whole federation (METHOD.md §2).
 
 A :class:`ClientDataModule` is a node: two index tensors (support, query) into the shared
 :class:`~mglightning.data.datasets.ImageData`, never a copy of its images. The
@@ -30,7 +30,7 @@ from mglightning.targets import bind
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SUPPORT_FRACTION = 0.75  # SPEC §2: 75/25 support/query
+DEFAULT_SUPPORT_FRACTION = 0.75  # METHOD.md §2: 75/25 support/query
 
 
 class IndexedImages(Dataset):
@@ -95,7 +95,7 @@ def _batched_loader(
 
 
 class FederatedDataModule(lightning.LightningDataModule):
-    """The federation of SPEC §2: data set, nodes, training/target split, support/query split.
+    """The federation of METHOD.md §2: data set, nodes, training/target split, support/query split.
 
     ``dataset`` is the resolved ``dataset`` config group: its label ``name``, ``source`` (the
     loader, a ``_target_`` node, called with ``data_root``), ``partition`` (the partitioner, a
@@ -197,12 +197,12 @@ class FederatedDataModule(lightning.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """One item per training epoch: an epoch is one communication round, whose data the
-        learner draws from ``train_clients`` itself (SPEC §3)."""
+        learner draws from ``train_clients`` itself (METHOD.md §3)."""
         return DataLoader(range(1), batch_size=None)
 
     def test_dataloader(self) -> DataLoader:
         """Target-task indices 0..T-1, one per step: the adaptation module looks up
-        ``target_clients[i]`` itself (SPEC §4)."""
+        ``target_clients[i]`` itself (METHOD.md §4)."""
         return DataLoader(range(len(self.target_clients)), batch_size=None,
                           collate_fn=_target_index)
 
@@ -226,7 +226,7 @@ def _target_index(position: int) -> int:
 def node_split(
     num_nodes: int, num_target_nodes: int, seed: int, clients_per_round: int | None = None
 ) -> tuple[list[int], list[int]]:
-    """Training and target node ids of a federation of ``num_nodes`` nodes (SPEC §2), drawn
+    """Training and target node ids of a federation of ``num_nodes`` nodes (METHOD.md §2), drawn
     from the run's ``seed``; with ``clients_per_round`` (K), checked to leave K training nodes.
 
     The one check of K against the training nodes: the config's (``validate``, before any data

@@ -1,5 +1,5 @@
 """The built-in data sets, each a loader that a data set's YAML names by ``_target_``
-(SPEC §2: train and test images pooled, as one :class:`ImageData`).
+(METHOD.md §2: train and test images pooled, as one :class:`ImageData`).
 
 A loader is called as ``loader(data_root)`` with its config options bound
 (``dataset.source``, :class:`mglightning.data.datamodule.FederatedDataModule`); ``data_root``

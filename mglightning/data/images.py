@@ -20,7 +20,7 @@ DEFAULT_DATA_DIR = Path("~/.cache/mglightning/data")
 
 @dataclass(eq=False)
 class ImageData:
-    """One pooled data set: uint8 images (N, C, H, W) and int64 labels (N,) (SPEC §2).
+    """One pooled data set: uint8 images (N, C, H, W) and int64 labels (N,) (METHOD.md §2).
 
     ``mean`` and ``std`` are per-channel statistics on the [0, 1] scale; :meth:`batch`
     normalizes with them, so model code never sees raw pixels. Batches are made on the device

@@ -1,6 +1,6 @@
 """One federated node's data: two index views (support, query) into the pooled data set.
 
-What a local solver and fast adaptation read of a node (SPEC §2), apart from Lightning:
+What a local solver and fast adaptation read of a node (METHOD.md §2), apart from Lightning:
 :class:`~mglightning.data.datamodule.ClientDataModule` adds Lightning's data loaders to it, and
 a Flower ClientApp, started afresh for every message, holds its shard as a plain
 :class:`NodeData`.

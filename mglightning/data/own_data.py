@@ -6,7 +6,7 @@ natural partition keeps, as FEMNIST's writers). ``dataset=arrays
 dataset.source.path=FILE.npz``: ``images`` (uint8, N×H×W or N×H×W×C), ``labels`` (integers)
 and, optionally, ``node_ids`` (integers), read with ``allow_pickle=False`` so a file never runs
 code. Either loader is a ``dataset.source`` target like the built-in sets
-(:mod:`mglightning.data.datasets`): the result is pooled (SPEC §2) and partitioned by the same
+(:mod:`mglightning.data.datasets`): the result is pooled (METHOD.md §2) and partitioned by the same
 partitioners. Labels become 0..K-1 in sorted order of the class names (folders) or values
 (arrays); nodes likewise. Bad input ends in one :class:`DataError` line naming the file or key
 and what to change.

@@ -1,4 +1,4 @@
-"""Cutting a pooled data set into federated nodes (SPEC §2), as partitioner objects.
+"""Cutting a pooled data set into federated nodes (METHOD.md §2), as partitioner objects.
 
 Named and shaped like Flower's partitioners (pathological, Dirichlet, natural): a partitioner
 is built from its ``dataset.partition`` node (``_target_`` and its fields) and
@@ -47,7 +47,7 @@ def _key(name: str) -> str:
 
 @dataclass
 class PathologicalPartitioner:
-    """Each node holds ``classes_per_node`` classes and a size drawn from ``size_range`` (SPEC §2).
+    """Each node holds ``classes_per_node`` classes and a size drawn from ``size_range`` (METHOD.md §2).
 
     Sizes are drawn uniformly from ``size_range`` (inclusive), or log-uniformly with
     ``size_distribution="log_uniform"`` (more small nodes, as in real federations). A node's size
@@ -258,7 +258,7 @@ def _shuffled_class_pool(
 def split_train_target(
     num_nodes: int, num_target_nodes: int, seed: int
 ) -> tuple[list[int], list[int]]:
-    """Seeded split of node ids into training nodes and unseen target nodes (SPEC §2)."""
+    """Seeded split of node ids into training nodes and unseen target nodes (METHOD.md §2)."""
     if not 0 <= num_target_nodes < num_nodes:
         raise PartitionError(f"{TARGET_NODES_KEY}={num_target_nodes}: must be between 0 "
                              f"and the {num_nodes} nodes minus one ({num_nodes - 1}), so that at "
@@ -273,7 +273,7 @@ def split_support_query(
     indices: torch.Tensor, support_fraction: float, generator: torch.Generator,
     node_name: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random split of a node's indices into support (train) and query (test) parts (SPEC §2).
+    """Random split of a node's indices into support (train) and query (test) parts (METHOD.md §2).
 
     ``node_name``: the data's name of a natural partition's node, for the error message.
     """

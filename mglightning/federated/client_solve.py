@@ -1,4 +1,4 @@
-"""One node's local solve in a round (SPEC §3 step 3): from x_md, with the node's own streams.
+"""One node's local solve in a round (METHOD.md §3 step 3): from x_md, with the node's own streams.
 
 The in-process learner and a Flower ClientApp (through
 :meth:`~mglightning.federated.training_node.TrainingNode.solve`) both call :func:`solve_client`,

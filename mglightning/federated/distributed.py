@@ -4,7 +4,7 @@ Lightning launches the N processes and sets up the process group (gloo on CPUs, 
 each rank solves the clients at positions ``rank, rank + N, …`` of the round, and the results
 are gathered back into position order, so that every rank finishes the round
 (``FederatedMetaLearner.finish_round``: non-finite results left out, the server step) on the
-identical list (SPEC §3 step 4) and a run's results do not depend on N. Each client draws
+identical list (METHOD.md §3 step 4) and a run's results do not depend on N. Each client draws
 from its own streams (:mod:`mglightning.federated.streams`), so where it is solved does not
 matter either.
 """

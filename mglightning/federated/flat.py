@@ -1,6 +1,6 @@
 """A module's parameters as views into one vector, so that federated math is vector math.
 
-Local steps, averaging and the proximal server step (SPEC §3) all act on x = (θ, φ) as a
+Local steps, averaging and the proximal server step (METHOD.md §3) all act on x = (θ, φ) as a
 whole; keeping every parameter (and its gradient) a view into one contiguous tensor turns
 each of them into a handful of fused vector operations, with no per-layer Python loops and
 no per-client model copies.
@@ -51,7 +51,7 @@ class FlatParameters:
                 param.grad = view
 
     def group_index(self, group_parameters: list[tuple[str, str]]) -> tuple[torch.Tensor, int]:
-        """Group ids of SPEC §3: row c of each ``weight`` with entry c of its ``bias``.
+        """Group ids of METHOD.md §3: row c of each ``weight`` with entry c of its ``bias``.
 
         ``group_parameters`` lists (weight name, bias name) pairs. Returns (ids, count) with
         ids[k] the group of flat entry k, or -1 for entries outside every group.

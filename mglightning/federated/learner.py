@@ -1,4 +1,4 @@
-"""Federated meta-learning as a LightningModule: one training step is one round (SPEC §3).
+"""Federated meta-learning as a LightningModule: one training step is one round (METHOD.md §3).
 
 The Trainer runs with manual optimization and one "epoch" per communication round, so that
 checkpointing, resuming, logging and callbacks are Lightning's own public machinery. The
@@ -59,7 +59,7 @@ class TrainingFault(RuntimeError):
 
 @dataclass
 class RoundPlan:
-    """A round as configured (SPEC §3 steps 1-2): what its clients solve from. ``chosen``
+    """A round as configured (METHOD.md §3 steps 1-2): what its clients solve from. ``chosen``
     holds the round's clients (or their indices) in position order: the k-th draws from the
     streams (seed, ``index``, k) (:mod:`~mglightning.federated.streams`)."""
 
@@ -250,7 +250,7 @@ class FederatedMetaLearner(L.LightningModule):
         self.failed_rounds_in_a_row += 1
 
     def meta_network(self) -> GatedNetwork:
-        """A detached copy of the network carrying the meta-model x_ag (SPEC §3 step 6), and
+        """A detached copy of the network carrying the meta-model x_ag (METHOD.md §3 step 6), and
         the τ of the last round done, with which fast adaptation's gradients are taken."""
         network = copy.deepcopy(self.network)
         network.temperature = self.temperature(int(self.rounds_done))

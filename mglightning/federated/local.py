@@ -34,9 +34,9 @@ def batch_loss(flat: FlatParameters, images: torch.Tensor, labels: torch.Tensor)
 
 
 def budget_term(masks: list[torch.Tensor], share_off: float, weight: float) -> torch.Tensor:
-    """The sparsity budget of SPEC §7 (our extension, the paper has none):
+    """The sparsity budget of METHOD.md §7 (our extension, the paper has none):
     ``weight · max(0, share on − (1 − share_off))``, the share on taken over the batch and
-    every gated channel. The masks' straight-through gradient (SPEC §1) carries it to the
+    every gated channel. The masks' straight-through gradient (METHOD.md §1) carries it to the
     gates through the whole solve, unlike a gate-bias init; it pushes only while the batch
     uses more channels than the budget, so which channels stay on is left to the loss."""
     share_on = torch.cat(masks, dim=1).mean()
@@ -70,7 +70,7 @@ def loss_accumulator(like: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ProximalSGD:
-    """Inexact solve of problem (5) (SPEC §3 step 3): m gradient steps of step η on
+    """Inexact solve of problem (5) (METHOD.md §3 step 3): m gradient steps of step η on
     L_i(x_i; batch) + (λ/2)‖x_i − x_start‖². With λ = 0 it is FedAvg's local SGD.
     ``gate_lr`` is the step of the gate parameters φ (None: η, as for θ). ``sparsity_off``
     adds the sparsity budget of :func:`budget_term` to L_i (None: none), with the weight
@@ -137,7 +137,7 @@ class ProximalSGD:
 
 @dataclass
 class PerFedAvg:
-    """Per-FedAvg's local solver (SPEC §5; Fallah et al. 2020): m steps of
+    """Per-FedAvg's local solver (METHOD.md §5; Fallah et al. 2020): m steps of
 
         θ ← θ − β (I − α ∇²f(θ; D″)) ∇f(θ − α ∇f(θ; D); D′)
 

@@ -1,4 +1,4 @@
-"""The non-smooth regularizer h(φ) of SPEC §3 and its proximal operator.
+"""The non-smooth regularizer h(φ) of METHOD.md §3 and its proximal operator.
 
 A regularizer is built once, from the flat parameter vector as it is then (usually on the
 CPU); its index tensors follow the vector they are applied to onto its device the first time
@@ -22,7 +22,7 @@ Weight = Annotated[float, number(at_least=0)]  # γ
 
 
 class GroupLasso:
-    """h(φ) = γ Σ_g ‖φ_g‖₂ over the gate groups (one per gated output channel, SPEC §3)."""
+    """h(φ) = γ Σ_g ‖φ_g‖₂ over the gate groups (one per gated output channel, METHOD.md §3)."""
 
     def __init__(self, gamma: float, group_ids: torch.Tensor, num_groups: int) -> None:
         self.gamma = gamma

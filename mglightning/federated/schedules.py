@@ -1,4 +1,4 @@
-"""Per-round values of the gate training options (SPEC §1): the scale of the Logistic gate
+"""Per-round values of the gate training options (METHOD.md §1): the scale of the Logistic gate
 noise and the Gumbel-sigmoid temperature τ, as functions of the round alone, so that a
 resumed run sees exactly the values an uninterrupted one did."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# method.gate_noise: none = reading (a) of SPEC §1, a deterministic forward; logistic =
+# method.gate_noise: none = reading (a) of METHOD.md §1, a deterministic forward; logistic =
 # reading (b), Logistic(0, 1) noise in every round; annealed = between them, the noise scale
 # going linearly from 1 at round 1 to 0 at the last round.
 GATE_NOISE_SCALES = {"none": (0.0, 0.0), "logistic": (1.0, 1.0), "annealed": (1.0, 0.0)}

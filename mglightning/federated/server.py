@@ -4,7 +4,7 @@
 Shaped as a Flower strategy's configure → aggregate, but named as our own: they are not
 Flower's methods (``configure_fit``, ``aggregate_fit`` take other arguments), and a Flower
 strategy wraps them unchanged (:mod:`mglightning.flower.strategy`). Both are pure functions of
-tensors so that SPEC §3's special cases can be tested directly.
+tensors so that METHOD.md §3's special cases can be tested directly.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def client_mean(results: list[ClientResult], weighted: bool) -> torch.Tensor:
 
 @dataclass
 class AcceleratedProximalStep:
-    """Algorithm 1's server (SPEC §3): accelerated proximal meta-gradient steps.
+    """Algorithm 1's server (METHOD.md §3): accelerated proximal meta-gradient steps.
 
     x_md = (1−α_t) x_ag + α_t x;  G = λ (x_md − mean x_i);
     x ← prox_{λ_t h}(x − λ_t G);  x_ag ← prox_{β h}(x_md − β G);
@@ -87,7 +87,7 @@ class AcceleratedProximalStep:
 
 @dataclass
 class FedAvgStep:
-    """FedAvg / Per-FedAvg server (SPEC §5): the next model is the (size-weighted) average."""
+    """FedAvg / Per-FedAvg server (METHOD.md §5): the next model is the (size-weighted) average."""
 
     weighted: Annotated[bool, boolean()] = True
 

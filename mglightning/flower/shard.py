@@ -1,6 +1,6 @@
 """One training node's data for its ClientApp: the node's own rows, cached on disk.
 
-A node's shard is a function of the pooled data set, the partition and the seed (SPEC §2), so
+A node's shard is a function of the pooled data set, the partition and the seed (METHOD.md §2), so
 cutting it needs every label of the pooled set. A node's first ClientApp process builds the
 :class:`~mglightning.data.datamodule.FederatedDataModule` once and writes the node's shard (its
 images and labels, the pooled normalization statistics, its support/query split); from then on

@@ -1,4 +1,4 @@
-"""The paper's backbones (SPEC §1), built for any input shape and class count.
+"""The paper's backbones (METHOD.md §1), built for any input shape and class count.
 
 A backbone is an object named by a config's ``model._target_``
 (``conf/model/cnn4.yaml``: ``_target_: mglightning.models.backbones.cnn4``); called with the

@@ -1,4 +1,4 @@
-"""Sparsity and multiply-accumulate counts of a gated forward pass (SPEC §1).
+"""Sparsity and multiply-accumulate counts of a gated forward pass (METHOD.md §1).
 
 Counts are MACs of the conv/linear ops the network's description lists
 (:mod:`mglightning.models.gate_points`; pooling, norms, ReLU and residual additions are

@@ -1,4 +1,4 @@
-"""The channel gate of SPEC §1: a small MLP that picks output channels per input."""
+"""The channel gate of METHOD.md §1: a small MLP that picks output channels per input."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def binarize(
     noise_scale: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Gumbel-sigmoid straight-through binarization (SPEC §1).
+    """Gumbel-sigmoid straight-through binarization (METHOD.md §1).
 
     Forward: ``1[z + s·eps > 0]`` (strict, so an all-zero gate is off). Backward: the
     gradient of ``sigmoid((z + s·eps) / temperature)``. ``eps ~ Logistic(0, 1)``, ``s`` the
@@ -36,7 +36,7 @@ def binarize(
 class ChannelGate(nn.Module):
     """Global average pool of the layer input → Linear(C_in, hidden) → ReLU → Linear(hidden, C_out).
 
-    The last Linear's rows are the Group Lasso groups of SPEC §3: row c with its bias entry
+    The last Linear's rows are the Group Lasso groups of METHOD.md §3: row c with its bias entry
     decides channel c for every input. ``bias_init`` sets that bias to a constant (a positive
     one starts every channel on); None keeps PyTorch's default initialization.
     """

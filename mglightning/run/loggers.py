@@ -86,7 +86,7 @@ def flat_config(cfg: DictConfig) -> dict:
 
 
 def table_summary(summary: dict) -> dict[str, float]:
-    """The run's entries of the paper's tables (SPEC §6), in the paper's units: accuracy,
+    """The run's entries of the paper's tables (METHOD.md §6), in the paper's units: accuracy,
     sparsity and FLOPs skipped in %, mean over target tasks (``*_std`` across tasks);
     training time of the whole run and learning time per task in seconds."""
     percent = {key: 100 * summary[f"{key}_mean"] for key in ("accuracy", "sparsity")}

@@ -1,4 +1,4 @@
-"""MetaSNIP's adaptation (SPEC §5): exact keep fraction, highest saliency, pruned stay zero;
+"""MetaSNIP's adaptation (METHOD.md §5): exact keep fraction, highest saliency, pruned stay zero;
 its structured twin: channel saliency against finite differences, channels off for every input."""
 
 import torch

@@ -1,4 +1,4 @@
-"""Client and federated DataModules on synthetic data (SPEC §2)."""
+"""Client and federated DataModules on synthetic data (METHOD.md §2)."""
 
 from __future__ import annotations
 

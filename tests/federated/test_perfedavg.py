@@ -1,4 +1,4 @@
-"""Per-FedAvg's local steps (SPEC §5) against closed forms on a linear softmax model."""
+"""Per-FedAvg's local steps (METHOD.md §5) against closed forms on a linear softmax model."""
 
 import pytest
 import torch

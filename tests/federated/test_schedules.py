@@ -1,4 +1,4 @@
-"""The per-round gate noise scale and temperature (SPEC §1), and that each round uses them."""
+"""The per-round gate noise scale and temperature (METHOD.md §1), and that each round uses them."""
 
 import pytest
 

@@ -16,7 +16,7 @@ def results_of(*vectors, sizes=None):
 
 
 def test_special_case_without_acceleration_is_plain_averaging():
-    """SPEC §3: α_t ≡ 1, c = 0, β = 1/λ, γ = 0 → x and x_ag are the plain average."""
+    """METHOD.md §3: α_t ≡ 1, c = 0, β = 1/λ, γ = 0 → x and x_ag are the plain average."""
     torch.manual_seed(0)
     prox_lambda = 4.0
     server_step = AcceleratedProximalStep(
@@ -33,7 +33,7 @@ def test_special_case_without_acceleration_is_plain_averaging():
 
 
 def test_with_c_one_x_overshoots_the_average_by_a_quarter():
-    """SPEC §3 note: with α = 1 and c = 1, x takes a 1.25× step, x_ag still averages."""
+    """METHOD.md §3 note: with α = 1 and c = 1, x takes a 1.25× step, x_ag still averages."""
     server_step = AcceleratedProximalStep(2.0, beta=0.5, c=1.0, accelerated=False)
     x = torch.zeros(4)
     local = [torch.ones(4), 3 * torch.ones(4)]
