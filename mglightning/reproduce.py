@@ -47,7 +47,8 @@ class RunSpec:
     """One row of a table. ``overrides`` set keys beyond the method's defaults (the points of
     the accuracy–sparsity front); such a row has a ``name`` of its own in its label.
     ``meta_from`` names the run (label) whose meta-model this one adapts instead of training;
-    ``sparsity_from`` the run whose mean sparsity sets its keep fraction (MetaSNIP, METHOD.md §5)."""
+    ``sparsity_from`` the run whose mean sparsity sets its keep fraction (MetaSNIP,
+    METHOD.md §5)."""
 
     method: str
     local_steps: int

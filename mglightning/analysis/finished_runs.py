@@ -45,7 +45,8 @@ LEGACY_RUN_NAME = re.compile(
 SEED_SUFFIX = re.compile(r"-seed\d+$")
 # Keys that `make reproduce` sets from another run of the same seed, by the `reproduce.runs`
 # entry of the run's own config (MetaSNIP adapts the w/o-gating meta-model of its seed at that
-# seed's MetaGater sparsity, METHOD.md §5): they vary with the seed inside one setup, not between setups.
+# seed's MetaGater sparsity, METHOD.md §5): they vary with the seed inside one setup, not
+# between setups.
 SEED_DERIVED_KEYS = {
     "meta_from": "method.meta_checkpoint",
     "sparsity_from": "method.adaptation.keep_fraction",

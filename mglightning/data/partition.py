@@ -47,7 +47,8 @@ def _key(name: str) -> str:
 
 @dataclass
 class PathologicalPartitioner:
-    """Each node holds ``classes_per_node`` classes and a size drawn from ``size_range`` (METHOD.md §2).
+    """Each node holds ``classes_per_node`` classes and a size drawn from ``size_range``
+    (METHOD.md §2).
 
     Sizes are drawn uniformly from ``size_range`` (inclusive), or log-uniformly with
     ``size_distribution="log_uniform"`` (more small nodes, as in real federations). A node's size

@@ -262,7 +262,7 @@ class GatedNetwork(nn.Module):
             block.channels_last = channels_last
 
     def set_gate_noise(self, scale: float, generator: torch.Generator | None = None) -> None:
-        """Set the scale of the Logistic gate noise of training (METHOD.md §1); 0 switches it off."""
+        """Set the scale of the Logistic gate noise of training (METHOD.md §1); 0: none."""
         self.gate_noise, self.noise_generator = scale, generator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Loaders against the real on-disk formats, written here in tiny form (METHOD.md §2: pooled data)."""
+"""Loaders against the real on-disk formats, written here in tiny form (METHOD.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Own data by config alone: tiny PNG/JPEG trees and npz files made here (issue 23, METHOD.md §2)."""
+"""Own data by config alone: tiny PNG/JPEG trees and npz files made here (METHOD.md §2)."""
 
 from __future__ import annotations
 
