@@ -2,7 +2,7 @@
 
 MetaGater w/ gating (two-stage: Stage I dense for the gates, Stage II through the sliced
 forward, computing only the active subnet) against w/o gating (one gradient step on an
-ungated cnn4) and MetaSNIP (SNIP pruning then one step on the kept weights), all on the
+ungated backbone) and MetaSNIP (SNIP pruning then one step on the kept weights), all on the
 same support set, each from the same starting parameters at every call.
 """
 

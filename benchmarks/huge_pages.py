@@ -7,7 +7,8 @@ change in the machine's load falls on both. A child runs the CIFAR-10 stand-in o
 :mod:`benchmarks.device_rounds` (``overrides`` after it): warm-up rounds, timed rounds,
 then one evaluation of the first ``targets`` target nodes as the accuracy curve takes it,
 counting the page faults the evaluation made. The results are the same bits either way
-(``tests/test_package.py`` checks the faults, ``tests/test_bench.py`` the results).
+(``tests/test_package.py`` checks the faults, ``tests/benchmarks/test_bench.py`` the
+results).
 """
 
 from __future__ import annotations
@@ -52,11 +53,12 @@ def measure(overrides: list[str], rounds: int, targets: int) -> dict:
 
 
 def bench_huge_pages(overrides: list[str] | tuple[str, ...] = (), rounds: int = 4,
-                     targets: int = 8) -> dict:
+                     targets: int = 8, order: tuple[str, ...] = SETTING_ORDER) -> dict:
     """Per setting ("on", "off") the medians of its children's figures; the time off ÷ on of
-    a round and of an evaluation; whether every child's target accuracies agreed."""
+    a round and of an evaluation; whether every child's target accuracies agreed. ``order``:
+    the children's settings in turn, each of "1" and "0" at least once."""
     children: dict[str, list[dict]] = {"on": [], "off": []}
-    for setting in SETTING_ORDER:
+    for setting in order:
         command = [sys.executable, "-m", "benchmarks.huge_pages", "--child",
                    f"--rounds={rounds}", f"--targets={targets}", *overrides]
         done = subprocess.run(command, check=True, capture_output=True, text=True, env={
@@ -71,7 +73,8 @@ def bench_huge_pages(overrides: list[str] | tuple[str, ...] = (), rounds: int = 
                                        / figures["on"]["evaluation_seconds"]),
             "same_accuracies": len({tuple(child["accuracies"])
                                     for runs in children.values() for child in runs}) == 1,
-            "rounds": rounds, "targets": targets, "children_per_setting": len(SETTING_ORDER) // 2,
+            "rounds": rounds, "targets": targets,
+            "children_per_setting": min(len(runs) for runs in children.values()),
             "overrides": list(overrides)}
 
 

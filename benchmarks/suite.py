@@ -22,8 +22,6 @@ from benchmarks.rounds import bench_rounds
 from benchmarks.workload import build_workload, dataset_overrides, sparsify_gates
 from mglightning.adaptation.steps import two_stage
 from mglightning.export import RawImageInput, compile_package, load_package, task_network
-from mglightning.models.backbones import build_network
-from mglightning.models.network import GatedNetwork
 
 
 @dataclass
@@ -44,16 +42,10 @@ class BenchConfig:
     # after the CIFAR-10 stand-in's, in the device and huge-pages benches (tests shrink it)
     stand_in_overrides: tuple[str, ...] = ()
     huge_pages: bool = True  # stand-in round and evaluation with and without THP, 4 processes
+    # the task module compiled as make deploy compiles it: goal 4's exported row and the saved
+    # formats (two AOTInductor C++ compiles)
+    export: bool = True
     data_overrides: tuple[str, ...] | None = None  # None: Fashion-MNIST if present, else stand-in
-
-
-def ungated_copy(network: GatedNetwork, backbone_name: str) -> GatedNetwork:
-    """The same backbone and head without gates: the dense network."""
-    dense = build_network(backbone_name, network.input_shape, network.head.out_features)
-    backbone = {name: value for name, value in network.state_dict().items()
-                if not network.is_gate_parameter(name)}
-    dense.load_state_dict(backbone)
-    return dense
 
 
 def run_suite(config: BenchConfig) -> dict:
@@ -86,19 +78,22 @@ def _run_suite(config: BenchConfig) -> dict:
     support_images, support_labels = target.support_set()
     keep_fraction = float(cfg.method.adaptation.get("keep_fraction", 1 - config.gates_off))
     results["adaptation"] = bench_adaptation(
-        copy.deepcopy(gated), ungated_copy(gated, cfg.model.name), support_images, support_labels,
+        copy.deepcopy(gated), gated.without_gates(), support_images, support_labels,
         cfg.method.adaptation.lr, keep_fraction, config.repeats)
 
     two_stage(gated, support_images, support_labels, cfg.method.adaptation.lr)  # adapted
     query_images, _ = target.query_set()
     task = task_network(gated, torch.cat([support_images, query_images]))
-    exported = load_package(compile_package(task, query_images))  # as make deploy compiles it
-    results["inference"] = bench_inference(gated, ungated_copy(gated, cfg.model.name),
+    # as make deploy compiles it
+    exported = load_package(compile_package(task, query_images)) if config.export else None
+    results["inference"] = bench_inference(gated, gated.without_gates(),
                                            query_images, config.inference_batches,
                                            config.repeats, exported)
-    deployed = RawImageInput(task, target.data.mean, target.data.std)  # what deploy saves
-    results["export_format"] = bench_export_formats(
-        deployed, target.data.images[target.query_idx], config.inference_batches, config.repeats)
+    if config.export:
+        deployed = RawImageInput(task, target.data.mean, target.data.std)  # what deploy saves
+        results["export_format"] = bench_export_formats(
+            deployed, target.data.images[target.query_idx], config.inference_batches,
+            config.repeats)
     if config.device_rounds:
         results["devices"] = bench_devices(config.device_rounds, 2, config.stand_in_overrides)
     if config.huge_pages:

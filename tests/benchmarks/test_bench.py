@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from benchmarks import timing
+from benchmarks.__main__ import parse_args
 from benchmarks.alternatives import bench_alternatives
 from benchmarks.device_rounds import CIFAR10_STAND_IN, bench_devices, projected_run_seconds
 from benchmarks.device_rounds import render as render_devices
@@ -17,15 +18,17 @@ from benchmarks.export_format import (
 from benchmarks.huge_pages import bench_huge_pages
 from benchmarks.inference import (
     bench_inference,
-    block_input,
     pair_macs,
-    pruned_copy,
+    pair_stop,
+    pruned_pair,
     run_pair,
 )
 from benchmarks.memory import measure
 from benchmarks.processes import bench_processes
 from benchmarks.report import (
     _alternatives_summary,
+    _export_format_summary,
+    _floor_summary,
     _huge_pages_summary,
     _processes_summary,
     render,
@@ -55,12 +58,15 @@ def test_reference_round_computes_our_update(tiny_learner):
     assert max_update_difference(learner, clients) < 1e-5
 
 
-@pytest.mark.parametrize("override", ["method.local.gate_lr=0.3",
-                                      "method.local.sparsity_off=0.5"])
-def test_reference_refuses_a_step_it_does_not_compute(tiny_config, override):
+@pytest.mark.parametrize(("override", "key"), [
+    ("method.local.gate_lr=0.3", "method.local.gate_lr"),
+    ("method.local.sparsity_off=0.5", "method.local.sparsity_off"),
+    ("+method/local/gate_loss=target_rate", "method.local.gate_loss"),
+])
+def test_reference_refuses_a_step_it_does_not_compute(tiny_config, override, key):
     cfg = tiny_config(override)
     datamodule = build_datamodule(cfg)
-    with pytest.raises(ValueError, match=override.split("=")[0]):
+    with pytest.raises(ValueError, match=key):
         ReferenceRound(build_learner(cfg, datamodule), datamodule.train_clients)
 
 
@@ -119,7 +125,7 @@ def test_ratio_takes_each_repeats_own_pair():
 def test_pair_macs_match_hand_count():
     network = build_network("cnn4", (1, 28, 28), 10, gated_layers=[3])
     active = torch.tensor([32.0, 128.0])
-    dense, executed = pair_macs(network, 2, active)
+    dense, executed = pair_macs(network, 2, {2: active})
     assert dense == 128 * 64 * 9 * 7 * 7 + 10 * 128 * 3 * 3
     per_channel = 64 * 9 * 7 * 7 + 10 * 3 * 3
     gate = 16 * (64 + 128)
@@ -132,7 +138,7 @@ def test_pair_macs_of_mlp2_are_its_whole_forward_cost():
     network = build_network("mlp2", (1, 16, 16), 5, gated_layers=[1])
     mask = (torch.arange(100) % 4 == 0).float()[None]  # 25 of 100 channels on
     cost = forward_cost(network, [mask])
-    dense, executed = pair_macs(network, 0, mask.sum(dim=1))
+    dense, executed = pair_macs(network, 0, {0: mask.sum(dim=1)})
     assert dense == cost.dense_macs == 100 * 256 + 5 * 100
     assert executed == pytest.approx(float(cost.executed_macs[0]))
 
@@ -154,28 +160,76 @@ def test_sliced_inference_bench_reports_ideal_from_macs():
                              calls_per_timing={1: 2, 4: 1})
     pair = result["batch1"]["layer3_and_next"]
     assert result["batch1"]["channels_off"] == pytest.approx(0.5)
-    dense_macs, executed = pair_macs(gated, 2, torch.tensor([64.0]))
+    dense_macs, executed = pair_macs(gated, 2, {2: torch.tensor([64.0])})
     assert pair["ideal_speedup"] == pytest.approx(dense_macs / executed)
 
 
-@pytest.mark.parametrize(("backbone", "gated_layer"), [("cnn4", 3), ("cnn4", 2), ("mlp2", 1)])
-def test_pruned_copy_computes_the_sliced_pair(backbone, gated_layer):
+TINY_RESNET = {"stage_widths": [4, 8], "blocks_per_stage": 1}  # blocks 0 (4 ch) and 1 (8 ch)
+
+
+def test_pair_macs_of_a_residual_block_are_the_block():
+    """A residual block's gate point is read inside the block: the pair is that block, its
+    shortcut conv included (timed alike either way), the gate's MLP executed on top."""
+    network = build_network("cifar_resnet", (1, 16, 16), 5, gated_layers=[1, 2], **TINY_RESNET)
+    assert [pair_stop(network, index) for index in (0, 1)] == [1, 2]
+    active = torch.tensor([2.0, 6.0])  # block 1: 4 → 8 channels at stride 2, on an 8×8 map
+    dense, executed = pair_macs(network, 1, {0: torch.tensor([1.0, 1.0]), 1: active})
+    conv1, conv2, shortcut = 4 * 8 * 9 * 64, 8 * 8 * 9 * 64, 4 * 8 * 64
+    assert dense == conv1 + conv2 + shortcut
+    per_channel = 4 * 9 * 64 + 8 * 9 * 64
+    gate = 4 * 16 + 16 * 8  # reads the block input pooled: its 4 channels, all computed
+    assert executed == pytest.approx(per_channel * active.mean().item() + shortcut + gate)
+
+
+def test_a_pair_counts_the_gates_it_runs():
+    """cnn7's conv5 is read by the gated conv6: both gates run in the pair, and conv6 computes
+    only its own active channels from conv5's."""
+    network = build_network("cnn7", (1, 16, 16), 5, gated_layers=[5, 6])
+    assert pair_stop(network, 4) == 6 and pair_stop(network, 5) == 7  # 7: with the head
+    dense, executed = pair_macs(network, 4, {4: torch.tensor([10.0]), 5: torch.tensor([20.0])})
+    conv5, conv6 = 128 * 64 * 9 * 4 * 4, 128 * 128 * 9 * 4 * 4  # the 4×4 map after two pools
+    assert dense == conv5 + conv6
+    gates = (64 * 16 + 16 * 128) + (10 * 16 + 16 * 128)  # gate 6 reads conv5's 10 channels
+    assert executed == pytest.approx(10 * 64 * 9 * 16 + 20 * 10 * 9 * 16 + gates)
+
+
+@pytest.mark.parametrize(("backbone", "gated_layers", "index", "options"), [
+    ("cnn4", [3], 2, {}), ("cnn4", [2], 1, {}), ("mlp2", [1], 0, {}),
+    ("cnn7", [5, 6], 4, {}),  # two gated points in one pair
+    ("cifar_resnet", [1, 2], 1, TINY_RESNET),
+])
+def test_pruning_at_rest_computes_the_sliced_pair(backbone, gated_layers, index, options):
     """The floor of goal 4 is the same computation as the gated pair, done with less work."""
     torch.manual_seed(0)
-    gated = build_network(backbone, (1, 16, 16), 5, gated_layers=[gated_layer])
+    gated = build_network(backbone, (1, 16, 16), 5, gated_layers=gated_layers, **options)
     sparsify_gates(gated, off_fraction=0.5, varying_fraction=0.2, seed=0)
-    dense = build_network(backbone, (1, 16, 16), 5)
-    dense.load_state_dict({name: value for name, value in gated.state_dict().items()
-                           if not gated.is_gate_parameter(name)})
-    index = gated_layer - 1
+    dense = gated.without_gates()
+    images = torch.randn(1, 1, 16, 16)
     with torch.no_grad():
-        layer_input = block_input(dense, index, torch.randn(1, 1, 16, 16))
-        _, _, mask, _ = gated.blocks[index](layer_input, temperature=1.0, sliced=True)
-        keep = mask[0].nonzero().squeeze(1)
-        pruned = pruned_copy(dense, index, keep)
-        assert pruned.blocks[index].op.weight.shape[0] == len(keep) < mask.shape[1]
-        torch.testing.assert_close(run_pair(pruned, index, layer_input, False),
-                                   run_pair(gated, index, layer_input, True))
+        masks = dict(zip(gated.gated_layers, gated.forward_with_masks(images).masks,
+                         strict=True))
+        pruned, stop = pruned_pair(dense, gated, index, masks), pair_stop(gated, index)
+        pruned_points = pruned.describe().points
+        for point, mask in masks.items():  # cut to the image's channels, in the pair only
+            channels = int(mask.sum()) if index <= point < stop else mask.shape[1]
+            assert pruned_points[point].channels == channels
+        assert int(masks[index].sum()) < masks[index].shape[1]
+        layer_input = dense.features(images, index)
+        torch.testing.assert_close(run_pair(pruned, index, stop, layer_input, False),
+                                   run_pair(gated, index, stop, layer_input, True))
+
+
+def test_inference_bench_runs_on_a_residual_network():
+    torch.manual_seed(0)
+    gated = build_network("cifar_resnet", (1, 16, 16), 5, gated_layers=[1, 2], **TINY_RESNET)
+    sparsify_gates(gated, off_fraction=0.5, varying_fraction=0.0, seed=0)
+    result = bench_inference(gated, gated.without_gates(), torch.randn(2, 1, 16, 16), (1,),
+                             repeats=1, calls_per_timing={1: 1})
+    assert result["batch1"]["channels_off"] == pytest.approx(0.5)
+    assert {"layer1_and_next", "layer2_and_next_pruned_beforehand"} <= set(result["batch1"])
+    dense_macs, executed = pair_macs(gated, 1, {1: torch.tensor([4.0])})
+    assert result["batch1"]["layer2_and_next"]["ideal_speedup"] == pytest.approx(
+        dense_macs / executed)
 
 
 def test_memory_measure_counts_the_pooled_images():
@@ -185,14 +239,17 @@ def test_memory_measure_counts_the_pooled_images():
     assert result["rss_ratio"] == pytest.approx(result["rss_increase_bytes"] / (6 * 11000 * 256))
 
 
-def test_suite_on_tiny_sizes_renders_every_goal():
+@pytest.mark.parametrize("export", [False, pytest.param(True, marks=pytest.mark.integration)])
+def test_suite_on_tiny_sizes_renders_every_goal(export):
+    """Export on: the task module compiled twice (AOTInductor), as make bench does."""
     config = BenchConfig(clients_per_round=2, repeats=1, inference_batches=(1, 4),
                          memory=False, processes=False, compile_network=False,
                          huge_pages=False, data_overrides=("dataset=synthetic",), device_rounds=1,
                          stand_in_overrides=("dataset.source.samples_per_class=200",
                                              "dataset.partition.size_range=[20,60]",
                                              "dataset.batch_size=8",  # vmap: full batches
-                                             "method.clients_per_round=2"))
+                                             "method.clients_per_round=2"),
+                         export=export)
     threads = torch.get_num_threads()
     results = run_suite(config)
     assert torch.get_num_threads() == threads
@@ -200,9 +257,30 @@ def test_suite_on_tiny_sizes_renders_every_goal():
     table = render(results, "make bench")
     for goal in ("| 1 |", "| 2 |", "| 3 |", "| 4 |"):
         assert goal in table
-    assert results["export_format"]["predictions_equal"]
-    assert "Saved format of a deployed task module, time of the loaded AOTInductor" in table
     assert "stand-in of `make gpu-check` on cpu" in table  # loop, concatenated, deterministic
+    assert ("exported_whole_network" in results["inference"]["batch1"]) == export
+    if export:
+        assert results["export_format"]["predictions_equal"]
+        assert "Saved format of a deployed task module, time of the loaded AOTInductor" in table
+    else:
+        assert "export_format" not in results
+        assert "Saved format of a deployed task module: not measured" in table
+
+
+def test_the_floor_summary_names_the_layers_on_each_side_of_the_goal():
+    row = {}
+    for layer, (gated, floor) in {1: (0.3, 0.8), 3: (0.1, 0.4)}.items():
+        row[f"layer{layer}_and_next"] = {"share_of_ideal": gated}
+        row[f"layer{layer}_and_next_pruned_beforehand"] = {"share_of_ideal": floor}
+    text = _floor_summary({"batch1": row})
+    assert "layer 1 and the layer reading it reach 80 % of the ideal, against 30 % gated" in text
+    assert text.endswith("below the goal's 70 % at layer 3 and above it at layer 1.")
+    del row["layer1_and_next"], row["layer1_and_next_pruned_beforehand"]
+    assert _floor_summary({"batch1": row}).endswith("stay below the goal's 70 %.")
+
+
+def test_the_bench_writes_to_the_repository_root():
+    assert (parse_args([]).output_dir / "pyproject.toml").is_file()
 
 
 @pytest.fixture
@@ -226,11 +304,13 @@ def test_the_exported_program_serves_every_batch_size(deployable_module):
             torch.testing.assert_close(loaded(images[:batch_size]), module(images[:batch_size]))
 
 
+@pytest.mark.integration  # an AOTInductor C++ compile
 def test_export_format_bench_compares_every_loaded_format_with_torchscript(deployable_module):
     module, images = deployable_module
     results = bench_export_formats(module, images, (1, 8), repeats=1,
                                    calls_per_timing={1: 1, 8: 1})
     assert results["predictions_equal"] and results["max_logit_difference"] < 1e-4
+    assert "TorchScript module (traced)" in _export_format_summary(json.loads(json.dumps(results)))
     assert set(results["make_seconds"]) == {"aoti_package", "torch_export", "torchscript"}
     for figures in (results, results["torch_export"]):
         assert figures["batch8"]["repeats"] == 1 and figures["batch8"]["ratio_median"] == (
@@ -314,8 +394,9 @@ def test_process_bench_times_both_counts_and_renders():
 def test_huge_pages_bench_runs_both_settings_to_the_same_results_and_renders():
     figures = bench_huge_pages(["dataset.source.samples_per_class=200",
                                 "dataset.partition.size_range=[20,60]",
-                                "method.clients_per_round=2"], rounds=1, targets=2)
-    assert figures["children_per_setting"] == 2
+                                "method.clients_per_round=2"], rounds=1, targets=2,
+                               order=("1", "0"))  # one process per setting
+    assert figures["children_per_setting"] == 1
     assert figures["same_accuracies"]  # every child adapted the same targets to the same bits
     for setting in ("on", "off"):
         assert figures[setting]["evaluation_seconds"] > 0
