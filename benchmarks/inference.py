@@ -22,7 +22,7 @@ from mglightning.export import input_columns
 from mglightning.models.cost import forward_cost, layer_macs
 from mglightning.models.network import GatedNetwork, LayerSpec, active_channels
 
-CALLS_PER_TIMING = {1: 200, 64: 8}  # batch size → calls per timed repeat (~0.1 s each)
+CALLS_PER_TIMING = {1: 200, 64: 8}  # batch size → calls per timed repeat (fewer for slower calls)
 
 
 def _channels(network: GatedNetwork, index: int) -> int:
