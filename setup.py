@@ -1,5 +1,5 @@
 """The package's layout, which pyproject.toml cannot state: the top-level ``conf/`` ships inside
-the package as ``mglightning/conf`` (issue 20), so that a wheel or ``pip install .`` carries its
+the package as ``mglightning/conf``, so that a wheel or ``pip install .`` carries its
 configs; a source checkout and an editable install read ``conf/`` where it is
 (``mglightning.config.CONF_DIR``). Everything else is in pyproject.toml."""
 

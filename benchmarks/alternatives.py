@@ -1,6 +1,6 @@
 """Speed tricks tried for a round, against the round the learner runs.
 
-The issue asked to try ``torch.func.vmap`` over the clients and ``torch.compile``, and keep
+Tried: ``torch.func.vmap`` over the clients and ``torch.compile``, to keep
 what wins. Each candidate is a whole round from the same server state, gate noise off (vmap
 cannot draw from each client's seeded generator): the learner's loop; the loop in NCHW layout
 (vmap cannot batch channels-last tensors, so it runs in NCHW: this tells the layout's cost

@@ -26,7 +26,7 @@ from mglightning.models.cost import forward_cost
 from mglightning.models.gate_points import MacOp
 from mglightning.models.network import GatedNetwork
 
-CALLS_PER_TIMING = {1: 200, 64: 8}  # batch size → calls per timed repeat (~0.1 s each)
+CALLS_PER_TIMING = {1: 200, 64: 8}  # batch size → calls per timed repeat (fewer for slower calls)
 
 
 def _holder(network: GatedNetwork, parameter: str) -> int | None:

@@ -164,7 +164,7 @@ def notes(results: dict) -> list[str]:
 
 
 def _alternatives_summary(tried: dict) -> str:
-    """The speed tricks the issue asked to try, as time ratios against the plain loop."""
+    """The speed tricks tried, as time ratios against the plain loop."""
     layout = tried["loop_nchw_over_loop"]
     text = (f"Tried for a whole round ({tried['clients']} clients, {tried['local_steps']} "
             f"local step(s) at batch {tried['batch_size']}, gate noise off), time ÷ the plain "

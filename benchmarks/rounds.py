@@ -31,7 +31,7 @@ from mglightning.federated.streams import client_streams
 from mglightning.models.cost import dense_macs
 from mglightning.models.network import GatedNetwork
 
-MATMUL_SIZE = 1024  # one (n × n) @ (n × n) product: n³ MACs, ~20 ms on one core here
+MATMUL_SIZE = 1024  # one (n × n) @ (n × n) product: n³ MACs, large enough for the core's peak rate
 
 
 class StepBatches(Sampler[list[int]]):

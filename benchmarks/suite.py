@@ -26,7 +26,7 @@ from mglightning.export import RawImageInput, compile_package, load_package, tas
 
 @dataclass
 class BenchConfig:
-    """Sizes of one run; the defaults are the issue's (K = 20, batch 32, cnn4)."""
+    """Sizes of one run; the defaults are the goals' workload (K = 20, batch 32, cnn4)."""
 
     clients_per_round: int = 20
     local_steps: int = 1
@@ -37,7 +37,7 @@ class BenchConfig:
     threads: int = 1
     memory: bool = True
     processes: bool = True  # 1 vs 2 training processes (trainer.devices), four short runs
-    compile_network: bool = True  # time torch.compile among the tried alternatives (~20 s)
+    compile_network: bool = True  # time torch.compile among the tried alternatives (slow)
     device_rounds: int = 20  # stand-in rounds per way and device (bench.device_rounds); 0: skip
     # after the CIFAR-10 stand-in's, in the device and huge-pages benches (tests shrink it)
     stand_in_overrides: tuple[str, ...] = ()

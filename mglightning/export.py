@@ -12,10 +12,10 @@ its outputs carry no autograd graph.
 
 The saved format is an AOTInductor package (``.pt2``): the module captured by ``torch.export``
 with a dynamic batch dimension and compiled to C++ ahead of time. It replaces TorchScript,
-which torch 2.14 marks deprecated: loaded, it ran 0.75× TorchScript's time at batch 1 and 0.91×
-at batch 64, where a plain ``torch.export`` program, which dispatches each op from Python, ran
-2.27× and 1.09× (cnn4 on Fashion-MNIST, one thread: ``python -m benchmarks.export_format``).
-The price is paid once, at export: a C++ compile (44 s here, against 0.2 s to script), and a
+which torch 2.14 marks deprecated: loaded, it is at least as fast as TorchScript, where a plain
+``torch.export`` program, which dispatches each op from Python, is slower at batch 1
+(BENCHMARKS.md, README; ``python -m benchmarks.export_format``).
+The price is paid once, at export: a C++ compile (far longer than scripting takes), and a
 package bound to the CPU's instruction set and the torch version that made it; it holds a
 shared library, so load only packages you trust, as you would run only binaries you trust.
 """

@@ -12,7 +12,7 @@ unfinished one resumes from its checkpoint; one made with another config is stal
 redone. Then the table, the convergence plot and the sparsity histogram go to
 ``results/<experiment>/`` (see :mod:`mglightning.analysis.report`).
 
-Held-out seeds (issue 22): choices (step sizes, γ, noise, a front's point) are made on
+Held-out seeds: choices (step sizes, γ, noise, a front's point) are made on
 ``reproduce.choose_seeds`` (``--choose``, results in ``results/<experiment>/choose/``); the
 tables and verdicts are on ``reproduce.report_seeds``, the default, never used for a choice.
 Each method of ``reproduce.compare_with`` gets a column: every row's accuracy minus that

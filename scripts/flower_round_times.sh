@@ -3,7 +3,7 @@
 # synthetic set, 2 training nodes, both in every round, state saved each round): in process
 # (the learner's clock, `mglightning.train`), on Flower's simulation engine (`make flower-sim`)
 # and in the loopback deployment with TLS and SuperNode authentication (`make
-# flower-deploy-smoke`). Issue #23's goal: a deployment round ≤ 3× a simulation round.
+# flower-deploy-smoke`). The goal: a deployment round ≤ 3× a simulation round.
 #   VENV=.venv ROUNDS=6 scripts/flower_round_times.sh      (make flower-round-times)
 set -euo pipefail
 cd "$(dirname "$0")/.."

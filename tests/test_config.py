@@ -1,4 +1,4 @@
-"""Config validation (issue #7): every shipped config validates; bad keys, types and ranges end
+"""Config validation: every shipped config validates; bad keys, types and ranges end
 in one line naming the key, the value and what is allowed, before any work starts."""
 
 from __future__ import annotations

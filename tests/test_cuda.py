@@ -1,4 +1,4 @@
-"""The same code path on a GPU (issue #12): run by ``make gpu-check``, skipped without CUDA.
+"""The same code path on a GPU: run by ``make gpu-check``, skipped without CUDA.
 
 ``make gpu-check`` also sets ``MG_CUDA_SYNC_DEBUG=warn`` (tests/conftest.py), so every host sync
 these tests hit shows in pytest's warnings summary.

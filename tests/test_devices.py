@@ -1,4 +1,4 @@
-"""Device-correct by construction (issue #12), checked without a GPU.
+"""Device-correct by construction, checked without a GPU.
 
 The model and data live on the CPU while the default device is ``meta``: a tensor made without
 an explicit ``device=`` (the bug that crashes on CUDA) then lands on ``meta``, and mixing it

@@ -1,4 +1,4 @@
-"""A run's identity is what it reads and the data it loads (issues #22 step 6, #23 item 6);
+"""A run's identity is what it reads and the data it loads;
 folders made before are found again by `python -m mglightning.migrate`."""
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def write_fake_fmnist(folder: Path, seed: int) -> None:
 
 
 def test_the_same_command_on_other_data_is_refused_not_reused(tmp_path):
-    """The newcomer's trap of issue #23: Fashion-MNIST's files swapped for other images, the
+    """The newcomer's trap: Fashion-MNIST's files swapped for other images, the
     same command must not answer with the other data's finished run."""
     for name, seed in (("first", 0), ("other", 1)):
         write_fake_fmnist(tmp_path / name, seed)

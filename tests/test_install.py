@@ -1,4 +1,4 @@
-"""A wheel installed as a user would, outside the source tree, carries its configs (issue 20):
+"""A wheel installed as a user would, outside the source tree, carries its configs:
 built here, installed with ``pip --no-deps`` into a fresh venv that borrows this interpreter's
 dependencies (no torch download), and run from another folder."""
 

@@ -1,4 +1,4 @@
-"""Reliability (issue #7): client faults survived, non-finite states never saved, checkpoints
+"""Reliability: client faults survived, non-finite states never saved, checkpoints
 written whole, a killed run resumed to the same result, data errors in one line."""
 
 from __future__ import annotations

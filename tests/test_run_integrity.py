@@ -1,4 +1,4 @@
-"""Runs you can trust (issue #11): a run folder belongs to one config, a finished run is left
+"""Runs you can trust: a run folder belongs to one config, a finished run is left
 alone, a signal stops a run with a checkpoint and no results, evaluation is shown and not
 done twice."""
 
@@ -69,7 +69,7 @@ def test_fingerprint_covers_results_not_where_or_how_a_run_logs(tiny_config):
 
 def test_changed_key_gets_its_own_folder_a_finished_run_is_left_alone(finished_run_copy,
                                                                       tmp_path):
-    """The trap of issue #11: a changed hyperparameter must never reuse (or rewrite) the old
+    """The trap: a changed hyperparameter must never reuse (or rewrite) the old
     run; re-running a finished run touches nothing; a pinned folder of another config is
     refused in one line."""
     (old,) = run_folders(tmp_path)  # the finished run of `cli(*FINISHED_RUN)` under tmp_path

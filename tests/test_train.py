@@ -30,7 +30,7 @@ def test_tiny_run_adapts_and_writes_per_task_results(tiny_config):
         "executed_macs",
         "flops_skipped",
         "learning_seconds",
-        # what gating does (issue #14)
+        # what gating does
         "accuracy_stage1",
         "accuracy_gates_on",
         "mask_flip_rate",
@@ -85,7 +85,7 @@ def test_trainer_rounds_equal_direct_rounds(finished_run):
 def test_gate_options_at_todays_values_reproduce_the_default_run_bit_for_bit(
     tiny_config, tmp_path
 ):
-    """Issue #14's gate training options, set explicitly to values that mean "as before"
+    """The gate training options, set explicitly to values that mean "as before"
     (and through their own code paths: a gate step equal to η, τ_end equal to τ), leave the
     run unchanged bit for bit; a real change of one of them does change it."""
     common = ("rounds=4", "eval_every=0")

@@ -1,4 +1,4 @@
-"""What the gates do at a target node, as pure arithmetic on 0/1 mask tensors (issue #14).
+"""What the gates do at a target node, as pure arithmetic on 0/1 mask tensors.
 
 A mask is ``(inputs, channels)`` for one gated layer (METHOD.md §1: 1 = channel on for that
 input). These numbers say whether gating earns its keep: how many channels a task never or

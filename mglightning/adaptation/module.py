@@ -112,7 +112,7 @@ class FastAdaptation(L.LightningModule):
         images: torch.Tensor,
         labels: torch.Tensor,
     ) -> dict:
-        """What gating does at this task, over its query inputs (issue #14): accuracy after
+        """What gating does at this task, over its query inputs: accuracy after
         Stage I and with every gate on; the share of mask entries Stage I flipped; the mean
         |gate logit|; per gated layer the shares of channels always off / always on / input-
         dependent, the mean Jaccard distance between inputs' channel sets, the majority-on

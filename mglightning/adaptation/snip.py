@@ -1,5 +1,5 @@
 """MetaSNIP's fast adaptation at a target node (METHOD.md §5; Lee et al. 2019 SNIP), and its
-structured twin (issue #14).
+structured twin.
 
 From the meta-backbone of MetaGater w/o gating: score every conv and linear weight by its
 connection sensitivity |w · ∂L/∂w| on the support set, keep the top fraction over all of

@@ -2,8 +2,8 @@
 
 Every number comes from a run's ``summary.json``, ``curve.csv`` or ``tasks.csv``; across
 seeds we report mean ± sample standard deviation (METHOD.md §6: each figure is the mean over
-target tasks, repeated over seeds). A method compared with another is compared per seed
-(issue 22): the seed fixes the split and the target nodes, so the difference of the two runs of
+target tasks, repeated over seeds). A method compared with another is compared per seed:
+the seed fixes the split and the target nodes, so the difference of the two runs of
 one seed leaves the luck of the split out, and the spread of those differences says whether
 the mean difference is shown.
 """

@@ -127,7 +127,7 @@ def plot_accuracy_vs_sparsity(tasks: pd.DataFrame) -> Figure:
 
 
 def plot_accuracy_vs_macs(table: pd.DataFrame) -> Figure:
-    """The accuracy–sparsity front (issue #14): each row of a reproduced table (columns
+    """The accuracy–sparsity front: each row of a reproduced table (columns
     ``method``, ``settings``, ``accuracy_*`` and ``macs_skipped_*``, as fractions) as a point,
     target accuracy against the share of the dense network's MACs skipped, ± one std over
     seeds on both axes; one colour a method, each point labelled by its settings' values."""
@@ -209,14 +209,14 @@ def timing_table(summaries: pd.DataFrame) -> pd.DataFrame:
     return table.assign(runs=summaries.groupby("group").size())
 
 
-# Accuracy (%) of a gated run's network at each point of the adaptation (issue #14).
+# Accuracy (%) of a gated run's network at each point of the adaptation.
 ADAPTATION_ACCURACIES = {
     "accuracy_meta_mean": "meta-model",
     "accuracy_stage1_mean": "after Stage I",
     "accuracy_mean": "adapted",
     "accuracy_gates_on_mean": "adapted, every gate on",
 }
-# What the gates do, per gated layer <l> (issue #14; shares and distances in %).
+# What the gates do, per gated layer <l> (shares and distances in %).
 GATING_MEASURES = {
     "flops_skipped_mean": "MACs skipped",
     "always_off_layer{l}_mean": "always off",

@@ -1,4 +1,4 @@
-"""Across-task summaries of the per-task rows (METHOD.md §4: the "sparsity diversity"; issue #14:
+"""Across-task summaries of the per-task rows (METHOD.md §4: the "sparsity diversity";
 what gating does)."""
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ OVERRIDES_KEY = "overrides"  # the run config key holding the Hydra overrides
 def compose_config(overrides: str) -> DictConfig:
     """``conf/train.yaml`` with ``overrides`` (shell-quoted ``key=value`` words), validated.
 
-    Composed once per process (a Ray actor serves many nodes; Hydra takes ~0.5 s): treat the
+    Composed once per process (a Ray actor serves many nodes): treat the
     result as read-only."""
     cfg = build.compose_config(shlex.split(overrides))
     validate(cfg)

@@ -163,8 +163,8 @@ def pool_relu(y: torch.Tensor, pool: str, channels_last: bool = True) -> torch.T
     """pool(ReLU(y)). Max-pooling commutes with ReLU (both monotone), so it pools first and
     runs ReLU, forward and backward, on a quarter of the values. It pools in channels-last
     layout, which the next convolutions keep: on CPU, NCHW max-pooling (with the indices its
-    backward needs) took a quarter of a cnn4 training step; channels-last made the step
-    ~25 % faster (batch 32, one thread, measured side by side). The network's input is made
+    backward needs) is a large share of a cnn4 training step, which channels-last makes
+    faster (the round in NCHW against ours: BENCHMARKS.md). The network's input is made
     channels-last already (:func:`to_layout`), so here the layout is normally kept, not
     copied: copying the first block's output had cost as much as its convolution. With
     ``channels_last=False`` it keeps NCHW (ReLU, then pool), which ``vmap`` needs."""

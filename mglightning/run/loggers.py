@@ -153,8 +153,8 @@ def wandb_or_csv_logger(
 
     Online without credentials is refused before ``wandb.init`` (it would prompt for a key on
     a terminal); an invalid setting (mode) raises at once; an unreachable server makes
-    ``wandb.init`` give up after its retries, which ``logger.init_timeout`` bounds (measured
-    here with a refused connection: 2-20 s for init_timeout=1-2, 40 s for 30).
+    ``wandb.init`` give up after its retries, which ``logger.init_timeout`` bounds only
+    loosely (with a refused connection the retries outlast it).
     """
     output_dir = Path(cfg.output_dir)
     mode = wandb_mode(mode)

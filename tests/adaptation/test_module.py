@@ -1,4 +1,4 @@
-"""FastAdaptation's gating measures (issue #14) against the same numbers made another way."""
+"""FastAdaptation's gating measures against the same numbers made another way."""
 
 import copy
 import math

@@ -114,7 +114,7 @@ def test_a_batched_round_refuses_what_it_cannot_compute(tiny_config, candidate, 
 @pytest.mark.parametrize("method", ["metagater", "fedavg"])
 def test_a_batched_round_makes_every_tensor_on_the_parameters_device(tiny_config, method,
                                                                      candidate, steps):
-    """Device-correct by construction (issue #12): a tensor made without ``device=`` would
+    """Device-correct by construction: a tensor made without ``device=`` would
     land on ``meta`` and fail, or show in the server state."""
     learner, clients = learner_on(tiny_config(f"method={method}", "method.clients_per_round=2",
                                               f"method.local.steps={steps}",
