@@ -39,9 +39,9 @@ log = (work / "deployment.log").read_text()
 def seconds(app):
     return [float(value) for value in re.search(rf"{app} seconds: ([0-9., ]+)", log)[1].split(",")]
 def traffic(app):
-    inbound, outbound, clientapp = re.search(
-        rf"{app} traffic: inbound (\d+) outbound (\d+) bytes; clientapp ([0-9.e-]+) s", log).groups()
-    return int(inbound), int(outbound), float(clientapp)
+    found = re.search(rf"{app} traffic: inbound (\d+) outbound (\d+) bytes; "
+                      r"clientapp ([0-9.e-]+) s", log)
+    return int(found[1]), int(found[2]), float(found[3])
 times = {"in process": in_process, "simulation": simulation,
          "deployment: the floor (echo app)": seconds("floor"), "deployment: ours": seconds("ours")}
 later = {name: statistics.fmean(values[1:]) for name, values in times.items()}
@@ -50,13 +50,15 @@ print(f"| {rounds} rounds | mean s a round | after the first | ÷ simulation (af
       "| ÷ floor (after the first) |")
 print("|---|---|---|---|---|")
 for name, values in times.items():
+    over_floor = f"{later[name] / floor:.2f}×" if name.startswith("deployment") else "–"
     print(f"| {name} | {statistics.fmean(values):.3f} | {later[name]:.3f} | "
-          f"{later[name] / later['simulation']:.1f}× | {later[name] / floor:.2f}× |")
+          f"{later[name] / later['simulation']:.1f}× | {over_floor} |")
 print(f"\nours ÷ floor after the first round: {ours / floor:.2f}× (goal ≤ 1.3×)")
 messages = {"ours": 2 * rounds + 2, "floor": 2 * rounds}  # 2 nodes a round; ours asks each
 for app in ("ours", "floor"):                             # its partition-id first
     inbound, outbound, clientapp = traffic(app)
     print(f"{app}: {inbound / rounds / 1e3:.0f} kB a round into the SuperLink, "
-          f"{outbound / rounds / 1e3:.0f} kB out; {clientapp / messages[app]:.2f} s in a "
-          f"ClientApp a message once it has its input (flwr ls, {messages[app]} messages)")
+          f"{outbound / rounds / 1e3:.0f} kB out; a ClientApp's time from its input to its "
+          f"reply {clientapp / messages[app]:.2f} s a message (flwr ls: the run's "
+          f"{messages[app]} messages, the first round's included)")
 PY
