@@ -74,7 +74,7 @@ flower-deploy-smoke: ## Loopback deployment with TLS + SuperNode auth: 2 registe
 flower-drill: ## Loopback deployment drills: a SuperNode SIGKILLed and restarted, the SuperLink killed and the run resumed (4.5-10 min)
 	VENV=$(VENV) scripts/flower_drill.sh
 
-flower-round-times: ## A round's time in process, on the simulation engine and in the loopback deployment, side by side (ROUNDS=6; 3-5 min)
+flower-round-times: ## A round's time in process, on the simulation engine, and in the loopback deployment beside the engine's floor (a trivial echo app, scripts/flower_floor) (ROUNDS=6; 2.5-3.5 min)
 	VENV=$(VENV) scripts/flower_round_times.sh
 
 clean: ## Remove caches and outputs/ (keeps .venv, data and results/)

@@ -1,9 +1,10 @@
-# Sourced by flower_deploy_smoke.sh and flower_drill.sh: a Flower deployment on 127.0.0.1,
-# closed to strangers. A throwaway CA and server certificate (openssl) give the SuperLink TLS;
-# every SuperNode has its own key (ssh-keygen, ECDSA P-384), registered with
-# `flwr supernode register` before it starts, and the SuperLink (--enable-supernode-auth)
+# Sourced by flower_deploy_smoke.sh, flower_drill.sh and flower_deploy_times.sh: a Flower
+# deployment on 127.0.0.1, closed to strangers. A throwaway CA and server certificate (openssl)
+# give the SuperLink TLS; every SuperNode has its own key (ssh-keygen, ECDSA P-384), registered
+# with `flwr supernode register` before it starts, and the SuperLink (--enable-supernode-auth)
 # refuses any other. Certificates, keys, the SuperLink's database, logs and run outputs live in
-# one temporary folder ($work), removed on success and kept (for the logs) on failure.
+# one temporary folder ($work), kept (for the logs) on failure or with FLOWER_KEEP_LOGS=1,
+# removed otherwise.
 # Every wait is bounded; every process started here, and every process it spawned (SuperExec,
 # ServerApp, ClientApps), is stopped by its PID when the script exits, however it exits.
 set -euo pipefail
@@ -40,7 +41,9 @@ stop_all() {
     kill -TERM $tree 2>/dev/null || true
     for _ in $(seq 20); do kill -0 $tree 2>/dev/null || break; sleep 0.5; done
     kill -KILL $tree 2>/dev/null || true
-    if [ "$status" -eq 0 ]; then rm -rf "$work"; else echo "failed; logs in $work" >&2; fi
+    if [ "$status" -ne 0 ]; then echo "failed; logs in $work" >&2
+    elif [ -n "${FLOWER_KEEP_LOGS:-}" ]; then echo "logs in $work" >&2
+    else rm -rf "$work"; fi
 }
 trap stop_all EXIT
 trap 'exit 130' INT TERM
@@ -129,13 +132,36 @@ start_deployment() {  # start_deployment N: the SuperLink, and SuperNodes node0.
     done
 }
 
-run_flwr() {  # run_flwr LOG OVERRIDES: flwr run in the background; its PID in $run_pid
-    start "$1" timeout "$RUN_TIMEOUT" flwr run . loopback --stream --run-config "overrides='$2'"
-    run_pid=$!
+run_app() {  # run_app LOG APP RUN_CONFIG: flwr run of the app in folder APP, in the background;
+    start "$1" timeout "$RUN_TIMEOUT" flwr run "$2" loopback --stream --run-config "$3"
+    run_pid=$!  # its PID in $run_pid
 }
 
-finish_run() {  # finish_run LOG: wait for the flwr run in the background to succeed
+run_flwr() { run_app "$1" . "overrides='$2'"; }  # run_flwr LOG OVERRIDES: our app
+
+run_id() { grep -o 'Successfully started run [0-9]*' "$1" | grep -o '[0-9]*$'; }  # run_id LOG
+
+run_field() {  # run_field LOG KEY...: a field of `flwr ls --format json` for LOG's run
+    flwr ls --run-id "$(run_id "$1")" --format json | "$VENV/bin/python" -c '
+import json, sys
+value = json.load(sys.stdin)["runs"][0]
+for key in sys.argv[1:]:
+    value = value[key]
+print(value)' "${@:2}"
+}
+
+# finish_run LOG [STATUS]: wait for the flwr run in the background to end, and exit 1 unless the
+# SuperLink has it as STATUS (default finished:completed; finished:failed when the ServerApp
+# raised, finished:stopped). `flwr run --stream` exits 0 whatever the ServerApp did.
+finish_run() {
+    local expected=${2:-finished:completed} status
     wait_for "$RUN_TIMEOUT" "flwr run to finish ($1)" gone "$run_pid" \
         && wait "$run_pid" || { tail -20 "$1" >&2; echo "flwr run failed ($1)" >&2; exit 1; }
     forget "$run_pid"
+    status=$(run_field "$1" status) || status="unknown (flwr ls failed)"
+    if [ "$status" != "$expected" ]; then
+        tail -20 "$1" >&2
+        echo "flwr run $(run_id "$1") ended $status, not $expected ($1)" >&2
+        exit 1
+    fi
 }

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# A round's wall time three ways, side by side on the deployment smoke's config (the tiny
-# synthetic set, 2 training nodes, both in every round, state saved each round): in process
-# (the learner's clock, `mglightning.train`), on Flower's simulation engine (`make flower-sim`)
-# and in the loopback deployment with TLS and SuperNode authentication (`make
-# flower-deploy-smoke`). The goal: a deployment round ≤ 3× a simulation round.
+# A round's wall time, side by side on the deployment smoke's config (the tiny synthetic set,
+# 2 training nodes, both in every round, state saved each round): in process (the learner's
+# clock, `mglightning.train`), on Flower's simulation engine (`make flower-sim`), and in the
+# loopback deployment with TLS and SuperNode authentication (`make flower-deploy-smoke`), where
+# the engine's floor, a trivial app sending arrays as large as ours to the same nodes
+# (scripts/flower_floor), runs beside ours (scripts/flower_deploy_times.sh). The goal: ours ≤
+# 1.3× the floor.
 #   VENV=.venv ROUNDS=6 scripts/flower_round_times.sh      (make flower-round-times)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,8 @@ config="dataset=synthetic logger=none method.clients_per_round=2 checkpoint.ever
 # shellcheck disable=SC2086
 "$VENV/bin/python" -m mglightning.flower.simulate $config output_root="$work/simulation" \
     >"$work/simulation.log" 2>&1
-ROUNDS=$ROUNDS VENV=$VENV scripts/flower_deploy_smoke.sh >"$work/deployment.log" 2>&1
+ROUNDS=$ROUNDS VENV=$VENV scripts/flower_deploy_times.sh >"$work/deployment.log" 2>&1 \
+    || { tail -30 "$work/deployment.log" >&2; echo "the deployment failed" >&2; exit 1; }
 
 "$VENV/bin/python" - "$work" "$ROUNDS" <<'PY'
 import csv, json, re, statistics, sys
@@ -32,14 +35,30 @@ summary = json.loads(next((work / "in-process").rglob("summary.json")).read_text
 in_process = [summary["training_seconds"] / summary["rounds"]] * rounds  # its clock's mean
 with open(next((work / "simulation").rglob("rounds.csv"))) as handle:
     simulation = [float(row["round-seconds"]) for row in csv.DictReader(handle)]
-line = re.search(r"seconds: ([0-9., ]+)", (work / "deployment.log").read_text()).group(1)
-deployment = [float(value) for value in line.split(",")]
-print(f"| {rounds} rounds | mean s a round | after the first | ÷ simulation (after the first) |")
-print("|---|---|---|---|")
-later = {name: statistics.fmean(values[1:]) for name, values in
-         (("in process", in_process), ("simulation", simulation), ("deployment", deployment))}
-for name, values in (("in process", in_process), ("simulation", simulation),
-                     ("deployment", deployment)):
+log = (work / "deployment.log").read_text()
+def seconds(app):
+    return [float(value) for value in re.search(rf"{app} seconds: ([0-9., ]+)", log)[1].split(",")]
+def traffic(app):
+    found = re.search(rf"{app} traffic: inbound (\d+) outbound (\d+) bytes; "
+                      r"clientapp ([0-9.e-]+) s", log)
+    return int(found[1]), int(found[2]), float(found[3])
+times = {"in process": in_process, "simulation": simulation,
+         "deployment: the floor (echo app)": seconds("floor"), "deployment: ours": seconds("ours")}
+later = {name: statistics.fmean(values[1:]) for name, values in times.items()}
+floor, ours = later["deployment: the floor (echo app)"], later["deployment: ours"]
+print(f"| {rounds} rounds | mean s a round | after the first | ÷ simulation (after the first) "
+      "| ÷ floor (after the first) |")
+print("|---|---|---|---|---|")
+for name, values in times.items():
+    over_floor = f"{later[name] / floor:.2f}×" if name.startswith("deployment") else "–"
     print(f"| {name} | {statistics.fmean(values):.3f} | {later[name]:.3f} | "
-          f"{later[name] / later['simulation']:.1f}× |")
+          f"{later[name] / later['simulation']:.1f}× | {over_floor} |")
+print(f"\nours ÷ floor after the first round: {ours / floor:.2f}× (goal ≤ 1.3×)")
+messages = {"ours": 2 * rounds + 2, "floor": 2 * rounds}  # 2 nodes a round; ours asks each
+for app in ("ours", "floor"):                             # its partition-id first
+    inbound, outbound, clientapp = traffic(app)
+    print(f"{app}: {inbound / rounds / 1e3:.0f} kB a round into the SuperLink, "
+          f"{outbound / rounds / 1e3:.0f} kB out; a ClientApp's time from its input to its "
+          f"reply {clientapp / messages[app]:.2f} s a message (flwr ls: the run's "
+          f"{messages[app]} messages, the first round's included)")
 PY

@@ -55,9 +55,10 @@ def run_script(name: str, timeout: int) -> str:
 
 
 @pytest.mark.slow
-def test_deploy_smoke_refuses_a_stranger_and_equals_the_in_process_run():
+def test_deploy_smoke_refuses_a_stranger_reports_a_failed_run_and_equals_the_in_process_run():
     output = run_script("flower_deploy_smoke.sh", timeout=900)
     assert "unregistered SuperNode refused" in output
+    assert "is reported as failed: flwr ls has it finished:failed" in output
     assert "ok: 2 rounds, failed rounds none, x_ag equal" in output
 
 
