@@ -30,7 +30,7 @@ from typing import Annotated, Protocol
 import torch
 import torch.nn.functional as F
 
-from mglightning.constraints import integer, number, one_of, optional
+from mglightning.constraints import integer, neutral, number, one_of, optional
 
 GATE_VALUES = ("relaxed", "hard")  # which gate value a loss reads (module docstring)
 
@@ -205,7 +205,8 @@ class BatchShaping:
     a: Annotated[float, number(above=0, at_most=1000)] = 0.6
     b: Annotated[float, number(above=0, at_most=1000)] = 0.4
     fade_rounds: Annotated[int | None, optional(integer(1))] = None
-    l0_weight: Annotated[float, number(at_least=0)] = 0.0
+    l0_weight: Annotated[float, number(at_least=0),
+                         neutral(0.0, "l0_warmup_rounds", "l0_ramp_rounds")] = 0.0
     l0_warmup_rounds: Annotated[int, integer(0)] = 0
     l0_ramp_rounds: Annotated[int, integer(0)] = 0
     l0: ExpectedShareOn = field(init=False, repr=False)
