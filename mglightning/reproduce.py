@@ -17,6 +17,11 @@ Held-out seeds: choices (step sizes, γ, noise, a front's point) are made on
 tables and verdicts are on ``reproduce.report_seeds``, the default, never used for a choice.
 Each method of ``reproduce.compare_with`` gets a column: every row's accuracy minus that
 method's, paired per seed (:func:`mglightning.analysis.report.paired_differences`).
+
+A row at another run's MACs (``macs_from``, METHOD.md §7.4) is that run's partner at equal
+cost, seed by seed: a dense network gets the ``model.width`` whose MACs come closest to the
+run's mean executed MACs, structured SNIP the keep fraction that does. Both are counted on the
+network's description, at the input shape and classes of the row's own data.
 """
 
 from __future__ import annotations
@@ -30,11 +35,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mglightning.adaptation.snip import keep_fraction_for_macs, snip_channels
 from mglightning.analysis.report import MethodRuns, write_results
-from mglightning.build import build_datamodule, compose_config
+from mglightning.build import build_datamodule, build_network, compose_config
 from mglightning.config import validate
+from mglightning.data.datamodule import FederatedDataModule
+from mglightning.models.backbones import width_for_macs
 from mglightning.run.folder import RunFolder
 from mglightning.run.identity import data_fingerprint
+from mglightning.targets import bind, import_target
 from mglightning.train import run
 
 log = logging.getLogger(__name__)
@@ -48,7 +57,9 @@ class RunSpec:
     the accuracy–sparsity front); such a row has a ``name`` of its own in its label.
     ``meta_from`` names the run (label) whose meta-model this one adapts instead of training;
     ``sparsity_from`` the run whose mean sparsity sets its keep fraction (MetaSNIP,
-    METHOD.md §5)."""
+    METHOD.md §5); ``macs_from`` the run whose mean executed MACs set its width (a network
+    without gates) or its keep fraction (structured SNIP), so that it executes as many
+    (METHOD.md §7.4)."""
 
     method: str
     local_steps: int
@@ -56,6 +67,7 @@ class RunSpec:
     overrides: tuple[str, ...] = ()
     meta_from: str | None = None
     sparsity_from: str | None = None
+    macs_from: str | None = None
 
     @property
     def label(self) -> str:
@@ -78,9 +90,12 @@ def run_specs(cfg: DictConfig) -> list[RunSpec]:
             raise SystemExit(f"run {spec.label} has overrides: give it a name for its label")
         if spec.label in seen:
             raise SystemExit(f"run {spec.label} is listed twice: give one a name of its own")
-        for needed in (spec.meta_from, spec.sparsity_from):
+        for needed in (spec.meta_from, spec.sparsity_from, spec.macs_from):
             if needed is not None and needed not in seen:
                 raise SystemExit(f"run {spec.label} needs {needed}, which must be listed before it")
+        if spec.sparsity_from and spec.macs_from:
+            raise SystemExit(f"run {spec.label} has sparsity_from and macs_from, which both set "
+                             "its keep fraction: keep one")
         seen.add(spec.label)
     plain = sorted({spec.method for spec in specs if spec.name is None})
     for method in cfg.reproduce.get("compare_with", ()):
@@ -95,6 +110,34 @@ def run_specs(cfg: DictConfig) -> list[RunSpec]:
     return specs
 
 
+def last_evaluations(cfg: DictConfig) -> int:
+    """``reproduce.last_evaluations``, checked: how many of a run's last evaluations its
+    table's mean accuracy covers."""
+    last = cfg.reproduce.last_evaluations
+    if not isinstance(last, int) or isinstance(last, bool) or last < 1:
+        raise SystemExit(f"reproduce.last_evaluations={last!r}: set it to a whole number of "
+                         "evaluations, at least 1")
+    return last
+
+
+def at_macs(cfg: DictConfig, target_macs: float, datamodule: FederatedDataModule) -> str:
+    """The override that makes the run of ``cfg`` execute about ``target_macs`` MACs per input
+    on ``datamodule``'s data: structured SNIP's keep fraction, or the width of a network
+    without gates (METHOD.md §7.4)."""
+    method = cfg.method
+    if import_target(method.adaptation._target_) is snip_channels:
+        keep = keep_fraction_for_macs(build_network(cfg, datamodule),
+                                      list(method.adaptation.layers), target_macs)
+        return f"method.adaptation.keep_fraction={keep}"
+    if method.gating or "keep_fraction" in method.adaptation:
+        raise SystemExit(f"method={method.name} takes no macs_from: it sets the width of a "
+                         "network without gates or structured SNIP's keep fraction (use "
+                         "method=metagater_nogate or metasnip_structured)")
+    backbone = bind(OmegaConf.to_container(cfg.model, resolve=True))
+    width = width_for_macs(backbone, datamodule.input_shape, datamodule.num_classes, target_macs)
+    return f"model.width={width}"
+
+
 class Reproduction:
     """Runs (or reuses) every run of one experiment and writes its results."""
 
@@ -104,6 +147,7 @@ class Reproduction:
         self.experiment, self.overrides, self.fresh = experiment, overrides, fresh
         self.base = compose_run(experiment, [*RUN_DEFAULTS, *overrides])
         self.specs = run_specs(self.base)
+        self.last_evaluations = last_evaluations(self.base)
         group = self.base.reproduce.get("runs_group") or experiment
         self.runs_dir = results_root / group / "runs"
         self.output_dir = results_root / experiment
@@ -111,7 +155,25 @@ class Reproduction:
     def run_dir(self, label: str, seed: int) -> Path:
         return self.runs_dir / f"{label}-seed{seed}"
 
-    def run_config(self, spec: RunSpec, seed: int) -> DictConfig:
+    def run_config(self, spec: RunSpec, seed: int,
+                   datamodule: FederatedDataModule | None = None) -> DictConfig:
+        """The row's config at ``seed``. A row at another run's MACs (``macs_from``) is set
+        to that run's mean executed MACs of the same seed, counted on the input shape and
+        classes of ``datamodule`` (its own data; loaded here when not given)."""
+        cfg = self.row_config(spec, seed)
+        if spec.macs_from is None:
+            return cfg
+        summary = RunFolder(self.run_dir(spec.macs_from, seed)).read_summary()
+        if "executed_macs_mean" not in summary:
+            raise SystemExit(f"run {spec.macs_from} of seed {seed} was made before summaries "
+                             "held executed_macs_mean: redo it (--fresh)")
+        setting = at_macs(cfg, summary["executed_macs_mean"],
+                          datamodule or build_datamodule(cfg))
+        return self.row_config(spec, seed, setting)
+
+    def row_config(self, spec: RunSpec, seed: int, *more: str) -> DictConfig:
+        """The row's config at ``seed`` with what it takes from the runs it builds on, its
+        MACs aside, then ``more`` overrides."""
         overrides = [
             f"method={spec.method}",
             f"method.local.steps={spec.local_steps}",
@@ -126,13 +188,16 @@ class Reproduction:
             sparsity = RunFolder(self.run_dir(spec.sparsity_from, seed)).read_summary()[
                 "sparsity_mean"]
             overrides.append(f"method.adaptation.keep_fraction={1.0 - sparsity}")
-        return compose_run(self.experiment, [*RUN_DEFAULTS, *self.overrides, *overrides])
+        return compose_run(self.experiment, [*RUN_DEFAULTS, *self.overrides, *overrides, *more])
 
     def ensure_run(self, spec: RunSpec, seed: int) -> str:
         """Run, resume or reuse one run, loading its data once; returns what was done."""
-        cfg = self.run_config(spec, seed)
+        cfg = self.row_config(spec, seed)
         validate(cfg)  # before its data load
         datamodule = build_datamodule(cfg)
+        if spec.macs_from:  # the data's shape sets its width or keep fraction
+            cfg = self.run_config(spec, seed, datamodule)
+            validate(cfg)
         data = data_fingerprint(datamodule.data.images, datamodule.data.labels)
         folder = RunFolder(cfg.output_dir)
         stale = bool(folder.differences(cfg, data))
@@ -173,7 +238,7 @@ class Reproduction:
         pairs = [(rows[row], rows[against])
                  for row, against in self.base.reproduce.get("pairs", ())]
         return write_results(list(rows.values()), output_dir or self.output_dir, compare_with,
-                             heading, pairs)
+                             heading, pairs, self.last_evaluations)
 
     def seeds_and_output(
         self, choose: bool, seeds: list[int] | None

@@ -268,6 +268,19 @@ def test_keys_reproduce_derives_from_each_seed_do_not_split_a_group(tmp_path):
     assert by_hand["seeds"].tolist() == [1, 1]
 
 
+def test_a_width_reproduce_sets_at_another_runs_macs_does_not_split_a_group(tmp_path):
+    """A dense partner at a gated run's MACs (METHOD.md §7.4) gets its seed's width: the
+    seeds of its row stay one group."""
+    spec = {"method": "metagater_nogate", "local_steps": 1, "macs_from": "metagater-m1"}
+    for seed, width in ((0, 0.61), (1, 0.64)):
+        config = reproduce_config("metagater_nogate", 1, seed) | {"reproduce": {"runs": [spec]}}
+        config["model"] |= {"width": width}
+        write_run(tmp_path / f"metagater_nogate-m1-seed{seed}", task_rows([0.0]),
+                  accuracy_curve(0.5), config)
+    assert finished_runs.group_table(selected_runs(tmp_path))["seeds"].to_dict() == {
+        "metagater_nogate": 2}
+
+
 def test_runs_are_found_in_both_layouts_and_labelled(tmp_path):
     curve = accuracy_curve(0.5)
     write_run(
@@ -339,6 +352,12 @@ def test_gating_tables_show_gated_groups_only_and_average_their_seeds(runs_root)
     # Two seeds of one group: their mean.
     both = tables.gating_measures(pd.concat([summaries, summaries.assign(seed=1)]))
     assert both.loc[(gated["group"], 3), "seeds"] == 2
+    overall = tables.overall_gating_measures(summaries)
+    assert list(overall.index) == [gated["group"]]
+    row = overall.loc[gated["group"]]
+    assert row[["always off", "always on", "input-dependent"]].sum() == pytest.approx(100)
+    assert row["input-dependent"] == pytest.approx(100 * gated["input_dependent_mean"])
+    assert row["tasks ÷ inputs"] == pytest.approx(gated["task_input_jaccard_ratio"])  # a ratio
 
 
 def two_sparse_groups() -> pd.DataFrame:

@@ -5,11 +5,13 @@ import json
 import re
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import TINY
 from omegaconf import OmegaConf
 
+from mglightning.adaptation.snip import keep_fraction_for_macs, kept_channels, pruned_macs
 from mglightning.analysis.report import (
     MethodRuns,
     markdown_table,
@@ -18,8 +20,12 @@ from mglightning.analysis.report import (
     table_rows,
     write_results,
 )
+from mglightning.build import build_network, compose_config
 from mglightning.data import datasets
-from mglightning.reproduce import Reproduction, main, run_specs
+from mglightning.models.cost import dense_macs
+from mglightning.reproduce import Reproduction, at_macs, main, run_specs
+from mglightning.run.folder import RunFolder
+from mglightning.targets import bind
 
 
 def read_csv(path):
@@ -27,7 +33,9 @@ def read_csv(path):
         return list(csv.DictReader(handle))
 
 
-def fake_run(run_dir, accuracy, sparsity, training, learning, seed=None):
+def fake_run(run_dir, accuracy, sparsity, training, learning, seed=None, curve=None):
+    """A finished run's files: summary.json (of a network of 1M MACs), config.yaml
+    with ``seed``, curve.csv with the target accuracy of each round of ``curve``."""
     run_dir.mkdir(parents=True)
     if seed is not None:  # what fixes the split and targets, as the run's config.yaml holds it
         config = {"seed": seed, "dataset": {"name": "fmnist", "partition": {"num_nodes": 120}}}
@@ -36,11 +44,15 @@ def fake_run(run_dir, accuracy, sparsity, training, learning, seed=None):
         "accuracy_mean": accuracy,
         "sparsity_mean": sparsity,
         "flops_skipped_mean": sparsity / 2,
+        "executed_macs_mean": 1e6 * (1 - sparsity / 2),
         "training_seconds": training,
         "learning_seconds_mean": learning,
         "sparsity_std": sparsity / 10,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
+    if curve is not None:
+        lines = ["round,accuracy_mean", *(f"{r},{a}" for r, a in curve.items())]
+        (run_dir / "curve.csv").write_text("\n".join(lines) + "\n")
 
 
 def test_table_is_mean_and_sample_std_over_seeds(tmp_path):
@@ -58,8 +70,34 @@ def test_table_is_mean_and_sample_std_over_seeds(tmp_path):
     assert entry["seeds"] == 3 and entry["local_steps"] == 2
     line = markdown_table([entry]).splitlines()[2]
     assert line.startswith(
-        "| MetaGater w/ gating | 2 | 3 | 85.00 ± 5.00 | 30.00 ± 20.00 | 15.00 ± 10.00 |"
+        "| MetaGater w/ gating | 2 | 3 | 85.00 ± 5.00 | 30.00 ± 20.00 | 15.00 ± 10.00 | "
+        "850.0 ± 100.0 |"  # executed MACs (k): 1000 · (1 − sparsity / 2)
     )
+
+
+def test_the_last_evaluations_are_averaged_per_seed_then_over_seeds(tmp_path):
+    """Per seed the mean accuracy of the last k rounds of curve.csv (in round order, whatever
+    the file's), then mean ± std over seeds; a run with fewer evaluations averages them all,
+    a row without a curve has none; paired differences stay on the final accuracy."""
+    curves = [{20: 0.5, 5: 0.9, 10: 0.7, 15: 0.6},  # last 3 by round: 0.7, 0.6, 0.5
+              {5: 0.4, 10: 0.8}]  # fewer than 3: both
+    for seed, curve in enumerate(curves):
+        fake_run(tmp_path / f"s{seed}", 0.5, 0.2, 1.0, 0.001, seed=seed, curve=curve)
+        fake_run(tmp_path / f"snip{seed}", 0.4, 0.2, 1.0, 0.001, seed=seed)
+    gated = MethodRuns("metagater", 1, (tmp_path / "s0", tmp_path / "s1"))
+    snip = MethodRuns("metasnip", 1, (tmp_path / "snip0", tmp_path / "snip1"))
+    assert gated.last_accuracies(3) == pytest.approx([0.6, 0.6])
+    assert gated.last_accuracies(1) == pytest.approx([0.5, 0.8])
+    entry, snip_entry = table_rows([gated, snip], ("metasnip",), last_evaluations=3)
+    assert entry["accuracy_last_mean"] == pytest.approx(0.6)
+    assert entry["accuracy_last_std"] == pytest.approx(0.0)
+    assert snip_entry["accuracy_last_mean"] is None
+    assert entry["vs_metasnip_mean"] == pytest.approx(0.1)  # final accuracies: 0.5 − 0.4
+    lines = markdown_table([entry, snip_entry], last_evaluations=3).splitlines()
+    assert "| target accuracy (%) | mean of the last 3 evaluations (%) |" in lines[0]
+    assert "| 50.00 ± 0.00 | 60.00 ± 0.00 |" in lines[2]
+    assert "| 40.00 ± 0.00 | — |" in lines[3]
+    assert "mean of the last" not in markdown_table([entry])
 
 
 def test_reproduce_table2_tiny(tmp_path, capsys):
@@ -94,9 +132,11 @@ def test_reproduce_table2_tiny(tmp_path, capsys):
     assert table[2]["vs_metasnip_mean"] == ""  # MetaSNIP's own row
     table_md = (tmp_path / "table2_fmnist" / "table.md").read_text()
     assert table_md.startswith("Seeds 0 (given")
-    gates = table_md.split("What the gates do")[1].splitlines()
-    assert "Jaccard between tasks" in gates[2] and gates[4].startswith("| metagater | 3 |")
-    columns = [len(re.findall(r"(?<!\\)\|", line)) for line in gates[2:5]]  # unescaped |
+    overall, layers = (part.splitlines() for part in table_md.split("What the gates do")[1:])
+    assert "over all gated channels" in overall[0] and "input-dependent" in overall[2]
+    assert "tasks ÷ inputs" in overall[2] and overall[4].startswith("| metagater | ")
+    assert "Jaccard between tasks" in layers[2] and layers[4].startswith("| metagater | 3 |")
+    columns = [len(re.findall(r"(?<!\\)\|", line)) for line in layers[2:5]]  # unescaped |
     assert columns[0] == columns[1] == columns[2]  # "mean |gate logit|" is one column
     for name in ("table.md", "convergence.png", "sparsity_histogram.png", "curve.csv",
                  "accuracy_vs_macs.png"):
@@ -186,7 +226,7 @@ def test_a_pair_is_paired_per_seed_beside_both_rows_cost(tmp_path):
     snip = MethodRuns("metasnip_structured", 1, reference.run_dirs, "at-off0.9")
     (line,) = pairs_table([(point, snip)]).splitlines()[2:]
     assert line == ("| MetaGater w/ gating (local.sparsity_off=0.9) | MetaSNIP (structured) "
-                    "[at-off0.9] | 25.0 / 25.0 | +2.50 ± 0.50 ahead |")
+                    "[at-off0.9] | 750.0 / 750.0 | 25.0 / 25.0 | +2.50 ± 0.50 ahead |")
     paths = write_results([snip, point], tmp_path / "out", pairs=[(point, snip)])
     assert line in paths["table_md"].read_text()
     with pytest.raises(ValueError, match="compare_with names 'metasnip_structured'.*unnamed"):
@@ -263,3 +303,87 @@ def test_tables_report_on_held_out_seeds_and_choices_use_others(tmp_path):
 def test_a_comparison_with_a_method_the_experiment_lacks_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="compare_with names 'fedavg'.*use one of metagater, "):
         Reproduction("table2_fmnist", [*TINY, "reproduce.compare_with=[fedavg]"], tmp_path)
+
+
+EQUAL_MACS_RUNS = (
+    "reproduce.runs=[{method: metagater, local_steps: 1},"
+    "{method: metagater_nogate, local_steps: 1},"
+    "{method: metagater_nogate, local_steps: 1, name: narrow, macs_from: metagater-m1},"
+    "{method: metasnip_structured, local_steps: 1, meta_from: metagater_nogate-m1,"
+    " macs_from: metagater-m1}]"
+)
+EQUAL_MACS_PAIRS = ("reproduce.pairs=[[metagater-m1, metagater_nogate-m1-narrow],"
+                    "[metagater-m1, metasnip_structured-m1]]")
+SYNTHETIC = SimpleNamespace(input_shape=(1, 16, 16), num_classes=6)  # conf/dataset/synthetic
+
+
+@pytest.mark.parametrize(("backbone", "pruned"), [(["model=resnet8"], [1, 2, 3]),
+                                                  (["model.gated_layers=[2,3]"], [2, 3])],
+                         ids=["resnet8", "cnn4"])
+def test_partners_run_at_the_gated_networks_macs(tmp_path, backbone, pruned):
+    """A gated network with its two partners at equal MACs, seed by seed: the dense narrower
+    network at the width, structured SNIP (every gated block pruned) at the keep fraction
+    whose MACs come closest to the gated run's mean executed MACs; the runs execute what was
+    planned, and the pairs' lines show both sides' MACs."""
+    overrides = [*TINY, "rounds=3", "eval_every=1", *backbone, EQUAL_MACS_RUNS,
+                 EQUAL_MACS_PAIRS, "reproduce.compare_with=[]"]
+    main(["table1_fmnist", *overrides, "--seeds", "0", "--results-root", str(tmp_path)])
+    folders = {label: RunFolder(tmp_path / "fmnist" / "runs" / f"{label}-seed0") for label in
+               ("metagater-m1", "metagater_nogate-m1-narrow", "metasnip_structured-m1")}
+    summaries = {label: folder.read_summary() for label, folder in folders.items()}
+    target = summaries["metagater-m1"]["executed_macs_mean"]
+
+    narrow = OmegaConf.load(folders["metagater_nogate-m1-narrow"].config_path)
+    backbone_of = bind(OmegaConf.to_container(narrow.model))
+
+    def dense_at(width):
+        return dense_macs(backbone_of(SYNTHETIC.input_shape, SYNTHETIC.num_classes, width=width))
+
+    width = narrow.model.width
+    assert width < 1.0
+    assert summaries["metagater_nogate-m1-narrow"]["executed_macs_mean"] == dense_at(width)
+    for neighbour in (width - 0.001, width + 0.001):  # width_for_macs's resolution
+        assert abs(dense_at(width) - target) <= abs(dense_at(neighbour) - target)
+
+    snip = OmegaConf.load(folders["metasnip_structured-m1"].config_path)
+    assert list(snip.method.adaptation.layers) == pruned
+    network = build_network(snip, SYNTHETIC)
+    keep = snip.method.adaptation.keep_fraction
+    assert keep == keep_fraction_for_macs(network, pruned, target)
+    channels = [network.describe().points[layer - 1].channels for layer in pruned]
+    planned = pruned_macs(network, [layer - 1 for layer in pruned],
+                          [kept_channels(keep, total) for total in channels])
+    assert summaries["metasnip_structured-m1"]["executed_macs_mean"] == pytest.approx(planned)
+
+    table_md = (tmp_path / "table1_fmnist" / "table.md").read_text()
+    for partner in ("metagater_nogate-m1-narrow", "metasnip_structured-m1"):
+        macs = [summaries[label]["executed_macs_mean"] / 1000 for label in ("metagater-m1",
+                                                                             partner)]
+        assert f"| {macs[0]:.1f} / {macs[1]:.1f} |" in table_md
+        assert macs[1] == pytest.approx(macs[0], rel=0.05)  # within a channel of a layer
+    assert "mean of the last 3 evaluations (%)" in table_md
+
+
+def test_at_macs_sets_only_an_ungated_width_or_structured_snips_keep_fraction():
+    for method in ("metagater", "metasnip"):
+        cfg = compose_config([*TINY, f"method={method}"])
+        with pytest.raises(SystemExit, match=f"method={method} takes no macs_from"):
+            at_macs(cfg, 1e6, SYNTHETIC)
+
+
+@pytest.mark.parametrize(
+    ("reproduce", "refusal"),
+    [({"runs": [{"method": "metagater", "local_steps": 1},
+                {"method": "metasnip_structured", "local_steps": 1, "macs_from": "metagater-m1",
+                 "sparsity_from": "metagater-m1"}]}, "both set its keep fraction"),
+     ({"runs": [{"method": "metagater_nogate", "local_steps": 1, "macs_from": "metagater-m1"}]},
+      "needs metagater-m1, which must be listed before it")],
+)
+def test_a_row_at_another_runs_macs_is_checked(reproduce, refusal):
+    with pytest.raises(SystemExit, match=refusal):
+        run_specs(OmegaConf.create({"experiment": "x", "reproduce": reproduce}))
+
+
+def test_last_evaluations_must_be_a_whole_number(tmp_path):
+    with pytest.raises(SystemExit, match="reproduce.last_evaluations=0: set it to a whole"):
+        Reproduction("table2_fmnist", [*TINY, "reproduce.last_evaluations=0"], tmp_path)

@@ -32,6 +32,16 @@ def channel_shares(masks: torch.Tensor) -> dict[str, float]:
     }
 
 
+def channel_measures(masks: torch.Tensor) -> dict[str, float | str]:
+    """What the gates of ``masks`` (B, C) do over the inputs: the :func:`channel_shares`, the
+    mean Jaccard distance between the inputs' channel sets (``input_jaccard``) and the
+    majority-on set as :func:`channel_set_text` (``majority_on``, compared across tasks)."""
+    return channel_shares(masks) | {
+        "input_jaccard": mean_pairwise_jaccard_distance(masks),
+        "majority_on": channel_set_text(majority_on(masks)),
+    }
+
+
 def flip_rate(before: torch.Tensor, after: torch.Tensor) -> float:
     """Share of mask entries that differ between two masks of the same inputs and channels."""
     if before.shape != after.shape:

@@ -16,14 +16,7 @@ import lightning as L
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from mglightning.adaptation.gating_stats import (
-    channel_set_text,
-    channel_shares,
-    flip_rate,
-    majority_on,
-    mean_pairwise_jaccard_distance,
-    zeroed_groups,
-)
+from mglightning.adaptation.gating_stats import channel_measures, flip_rate, zeroed_groups
 from mglightning.devices import device_clock
 from mglightning.models.cost import forward_cost
 from mglightning.models.network import GatedNetwork, GatedOutput
@@ -114,9 +107,10 @@ class FastAdaptation(L.LightningModule):
     ) -> dict:
         """What gating does at this task, over its query inputs: accuracy after
         Stage I and with every gate on; the share of mask entries Stage I flipped; the mean
-        |gate logit|; per gated layer the shares of channels always off / always on / input-
-        dependent, the mean Jaccard distance between inputs' channel sets, the majority-on
-        channel set (compared across tasks in the summary) and the meta-model's zeroed Group
+        |gate logit|; over all gated channels together (no suffix) and per gated layer
+        (``_layer<l>``) the shares of channels always off / always on / input-dependent, the
+        mean Jaccard distance between inputs' channel sets and the majority-on channel set
+        (compared across tasks in the summary); per gated layer the meta-model's zeroed Group
         Lasso groups. Two forwards beyond the meta-model's and the adapted network's."""
         stage1_forward = query_forward(stage1_network(self.meta_network, network), images)
         row = {
@@ -130,13 +124,11 @@ class FastAdaptation(L.LightningModule):
         points = network.describe().points
         for index, masks in zip(network.gated_layers, adapted_forward.masks, strict=True):
             suffix = f"_layer{points[index].layer}"
-            row |= {f"{share}{suffix}": value for share, value in channel_shares(masks).items()}
-            row[f"input_jaccard{suffix}"] = mean_pairwise_jaccard_distance(masks)
-            row[f"majority_on{suffix}"] = channel_set_text(majority_on(masks))
+            row |= {f"{key}{suffix}": value for key, value in channel_measures(masks).items()}
             weight, bias = (self.meta_network.get_parameter(name)
                             for name in points[index].group)
             row[f"zeroed_groups{suffix}"] = zeroed_groups(weight, bias)
-        return row
+        return row | channel_measures(torch.cat(adapted_forward.masks, dim=1))  # (B, all gated)
 
     @staticmethod
     def measure(network: GatedNetwork, forward: GatedOutput, labels: torch.Tensor) -> dict:

@@ -16,6 +16,7 @@ gates' directly.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Annotated
 
 import torch
@@ -116,7 +117,7 @@ def snip_channels(
     keeps = []
     for saliency in channel_saliency(network, images, labels, blocks):
         keep = torch.zeros_like(saliency)
-        keep[saliency.topk(max(1, round(keep_fraction * saliency.numel()))).indices] = 1.0
+        keep[saliency.topk(kept_channels(keep_fraction, saliency.numel())).indices] = 1.0
         keeps.append(keep)
     masks = {}
     points = network.describe().points
@@ -133,3 +134,52 @@ def snip_channels(
         **{f"sparsity_layer{layer}": float(sparsity.mean())
            for layer, sparsity in zip(layers, cost.layer_sparsity, strict=True)},
     }
+
+
+def kept_channels(keep_fraction: float, channels: int) -> int:
+    """How many of a point's ``channels`` structured SNIP keeps: max(1, round(keep_fraction ·
+    C)), at least one, so that no layer is cut through."""
+    return max(1, round(keep_fraction * channels))
+
+
+def pruned_macs(network: GatedNetwork, blocks: list[int], kept: list[int]) -> float:
+    """Executed MACs of one input with ``kept`` channels on at each gate point of ``blocks``
+    (0-based) and no gate paid (:func:`~mglightning.models.cost.forward_cost`): which of
+    them does not change the count, only how many."""
+    like = network.head.weight  # the parameters' device and dtype
+    points = network.describe().points
+    masks = [(torch.arange(points[block].channels, device=like.device) < count)[None].float()
+             for block, count in zip(blocks, kept, strict=True)]  # (1, C) each
+    return float(forward_cost(network, masks, blocks).executed_macs[0])
+
+
+def keep_fraction_for_macs(network: GatedNetwork, layers: list[int], target_macs: float) -> float:
+    """The keep fraction for :func:`snip_channels` on ``layers`` (1-based) whose executed MACs
+    come closest to ``target_macs``: the structured SNIP partner of a gated network at equal
+    MACs (METHOD.md §7), from the network's description alone. A layer's kept count steps up
+    where keep · C crosses k + ½, so the MACs are a step function of the keep fraction that
+    never falls; one keep fraction inside each interval between those points (its middle,
+    clear of round's ties; 1 for the last) stands for the whole interval, and a bisection
+    over them finds the last at or under the target; it or the next is closest."""
+    blocks = [layer - 1 for layer in layers]
+    points = network.describe().points
+    channels = [points[block].channels for block in blocks]
+    steps = sorted({(count + 0.5) / total for total in channels for count in range(total)})
+    candidates = [*((low + high) / 2 for low, high in pairwise([0.0, *steps])), 1.0]
+
+    def macs(index: int) -> float:
+        return pruned_macs(network, blocks,
+                           [kept_channels(candidates[index], total) for total in channels])
+
+    low, high = 0, len(candidates) - 1  # the last candidate at or under the target
+    if macs(low) > target_macs:
+        return candidates[low]
+    while low < high:
+        middle = (low + high + 1) // 2
+        if macs(middle) <= target_macs:
+            low = middle
+        else:
+            high = middle - 1
+    if low + 1 < len(candidates) and macs(low + 1) - target_macs < target_macs - macs(low):
+        low += 1
+    return candidates[low]

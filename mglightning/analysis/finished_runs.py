@@ -45,11 +45,13 @@ LEGACY_RUN_NAME = re.compile(
 SEED_SUFFIX = re.compile(r"-seed\d+$")
 # Keys that `make reproduce` sets from another run of the same seed, by the `reproduce.runs`
 # entry of the run's own config (MetaSNIP adapts the w/o-gating meta-model of its seed at that
-# seed's MetaGater sparsity, METHOD.md §5): they vary with the seed inside one setup, not
-# between setups.
+# seed's MetaGater sparsity, METHOD.md §5; a partner at equal MACs gets the width or keep
+# fraction of that seed's MACs, §7.4): they vary with the seed inside one setup, not between
+# setups.
 SEED_DERIVED_KEYS = {
-    "meta_from": "method.meta_checkpoint",
-    "sparsity_from": "method.adaptation.keep_fraction",
+    "meta_from": ("method.meta_checkpoint",),
+    "sparsity_from": ("method.adaptation.keep_fraction",),
+    "macs_from": ("model.width", "method.adaptation.keep_fraction"),
 }
 ABSENT = "<absent>"  # the value of a key a run's config lacks, as identity.differing_keys shows it
 HOW_TO_MAKE_RUNS = (
@@ -98,7 +100,8 @@ def seed_derived_keys(cfg) -> set[str]:
     keys: set[str] = set()
     for spec in OmegaConf.select(cfg, "reproduce.runs", default=None) or []:
         if spec.get("method") == method and spec.get("local_steps") == steps:
-            keys |= {key for field, key in SEED_DERIVED_KEYS.items() if spec.get(field)}
+            keys |= {key for field, derived in SEED_DERIVED_KEYS.items() if spec.get(field)
+                     for key in derived}
     return keys
 
 

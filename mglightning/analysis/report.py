@@ -25,6 +25,7 @@ from mglightning.analysis.tables import (
     accuracy_curves,
     gating_measures,
     load_summaries,
+    overall_gating_measures,
     plot_accuracy_curves,
     plot_accuracy_vs_macs,
     plot_sparsity_histograms,
@@ -43,15 +44,18 @@ METHOD_TITLES = {
     "metasnip_structured": "MetaSNIP (structured)",
     "metagater": "MetaGater w/ gating",
 }
-# (column, summary.json key, scale for display, header)
+# (column, summary.json key, scale for display, header, decimals shown)
 COLUMNS = [
-    ("accuracy", "accuracy_mean", 100.0, "target accuracy (%)"),
-    ("sparsity", "sparsity_mean", 100.0, "sparsity (%)"),
-    ("macs_skipped", "flops_skipped_mean", 100.0, "MACs skipped (%)"),
-    ("training_seconds", "training_seconds", 1.0, "training time (s)"),
-    ("learning_seconds", "learning_seconds_mean", 1000.0, "learning time (ms/task)"),
-    ("task_sparsity_spread", "sparsity_std", 100.0, "per-task sparsity std (%)"),
+    ("accuracy", "accuracy_mean", 100.0, "target accuracy (%)", 2),
+    ("sparsity", "sparsity_mean", 100.0, "sparsity (%)", 2),
+    ("macs_skipped", "flops_skipped_mean", 100.0, "MACs skipped (%)", 2),
+    ("executed_macs", "executed_macs_mean", 1e-3, "executed MACs (k)", 1),
+    ("training_seconds", "training_seconds", 1.0, "training time (s)", 1),
+    ("learning_seconds", "learning_seconds_mean", 1000.0, "learning time (ms/task)", 2),
+    ("task_sparsity_spread", "sparsity_std", 100.0, "per-task sparsity std (%)", 2),
 ]
+# The column beside the final accuracy: the mean over a run's last evaluations (curve.csv).
+LAST_ACCURACY = "accuracy_last"
 SPARSITY_BINS = 40  # per-task sparsity varies little within a seed: fine bins show it
 # The run config's keys that fix the split and the target nodes: paired runs must agree on them.
 SPLIT_KEYS = ("seed", "dataset")
@@ -87,9 +91,24 @@ class MethodRuns:
     def summaries(self) -> list[dict]:
         return [RunFolder(run_dir).read_summary() for run_dir in self.run_dirs]
 
+    def last_accuracies(self, count: int) -> list[float] | None:
+        """Per seed, the mean target accuracy of the run's last ``count`` evaluations (all of
+        them if it made fewer): a curve that swings between evaluations misleads in its last
+        point alone. None when a run has no curve (MetaSNIP trains nothing)."""
+        folders = [RunFolder(run_dir) for run_dir in self.run_dirs]
+        if not all(folder.curve_path.exists() for folder in folders):
+            return None
+        return [float(pd.read_csv(folder.curve_path).sort_values("round")["accuracy_mean"]
+                      .tail(count).mean()) for folder in folders]
+
 
 def _spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), sample_std(values)
+
+
+def _seed_mean(runs: MethodRuns, key: str) -> float:
+    """The mean over a row's seeds of a summary.json value."""
+    return statistics.fmean(float(summary[key]) for summary in runs.summaries())
 
 
 def verdict(mean: float, std: float, seeds: int) -> str:
@@ -137,19 +156,26 @@ def reference_rows(rows: list[MethodRuns], compare_with: tuple[str, ...]) -> dic
     return references
 
 
-def table_rows(rows: list[MethodRuns], compare_with: tuple[str, ...] = ()) -> list[dict]:
-    """One dict per method: mean and std over seeds of every column (raw units); for each
-    method of ``compare_with``, the paired accuracy difference against its row with the same
-    number of local updates (``vs_<method>_mean``, ``_std``, ``_verdict``; None without one)."""
+def table_rows(rows: list[MethodRuns], compare_with: tuple[str, ...] = (),
+               last_evaluations: int | None = None) -> list[dict]:
+    """One dict per method: mean and std over seeds of every column (raw units); with
+    ``last_evaluations``, of the mean accuracy of each run's last evaluations too
+    (``accuracy_last_*``, None without a curve); for each method of ``compare_with``, the
+    paired accuracy difference (final accuracies) against its row with the same number of
+    local updates (``vs_<method>_mean``, ``_std``, ``_verdict``; None without one)."""
     references = reference_rows(rows, compare_with)
     table = []
     for row in rows:
         summaries = row.summaries()
         entry = {"method": row.method, "title": row.label_title, "settings": row.settings,
                  "local_steps": row.local_steps, "seeds": len(summaries)}
-        for column, key, _, _ in COLUMNS:
+        for column, key, *_ in COLUMNS:
             mean, std = _spread([float(summary[key]) for summary in summaries])
             entry |= {f"{column}_mean": mean, f"{column}_std": std}
+        if last_evaluations is not None:
+            accuracies = row.last_accuracies(last_evaluations)
+            mean, std = _spread(accuracies) if accuracies else (None, None)
+            entry |= {f"{LAST_ACCURACY}_mean": mean, f"{LAST_ACCURACY}_std": std}
         for method in compare_with:
             reference = references.get((method, row.local_steps))
             mean = std = word = None
@@ -162,17 +188,27 @@ def table_rows(rows: list[MethodRuns], compare_with: tuple[str, ...] = ()) -> li
     return table
 
 
-def markdown_table(table: list[dict], compare_with: tuple[str, ...] = ()) -> str:
-    header = ["Method", "local updates", "seeds"] + [title for _, _, _, title in COLUMNS]
+def markdown_table(table: list[dict], compare_with: tuple[str, ...] = (),
+                   last_evaluations: int | None = None) -> str:
+    """The table rows of :func:`table_rows` in markdown; with ``last_evaluations`` (as they
+    were made with), the mean accuracy of the last evaluations beside the final one."""
+    columns = [(column, scale, title, decimals) for column, _, scale, title, decimals in COLUMNS]
+    if last_evaluations is not None:
+        columns.insert(1, (LAST_ACCURACY, 100.0,
+                           f"mean of the last {last_evaluations} evaluations (%)", 2))
+    header = ["Method", "local updates", "seeds"] + [title for _, _, title, _ in columns]
     header += [f"Δ accuracy vs {METHOD_TITLES.get(method, method)} (points, paired)"
                for method in compare_with]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for entry in table:
         cells = [entry["title"]]
         cells += [str(entry["local_steps"]), str(entry["seeds"])]
-        for column, _, scale, _ in COLUMNS:
+        for column, scale, _, decimals in columns:
+            if entry[f"{column}_mean"] is None:
+                cells.append("—")
+                continue
             mean, std = scale * entry[f"{column}_mean"], scale * entry[f"{column}_std"]
-            cells.append(f"{mean:.2f} ± {std:.2f}" if scale != 1.0 else f"{mean:.1f} ± {std:.1f}")
+            cells.append(f"{mean:.{decimals}f} ± {std:.{decimals}f}")
         for method in compare_with:
             mean, std = entry[f"vs_{method}_mean"], entry[f"vs_{method}_std"]
             cells.append("—" if mean is None else
@@ -194,16 +230,18 @@ def frame_markdown(frame: pd.DataFrame) -> str:
 
 def pairs_table(pairs: list[tuple[MethodRuns, MethodRuns]]) -> str:
     """Markdown: for each (row, against) pair, the paired accuracy difference with its verdict,
-    beside both rows' MACs skipped (a pair compares points of equal cost, e.g. MetaGater
-    against SNIP at the sparsity MetaGater reached)."""
-    lines = ["| row | against | MACs skipped (%): row / against | Δ accuracy (points, paired) |",
-             "|---|---|---|---|"]
+    beside both rows' executed MACs and MACs skipped, means over seeds (a pair compares points
+    of equal cost, e.g. MetaGater against its partners at the MACs it executes; a narrower
+    network skips none of its own)."""
+    lines = ["| row | against | executed MACs (k): row / against | MACs skipped (%): row / "
+             "against | Δ accuracy (points, paired) |", "|---|---|---|---|---|"]
     for row, against in pairs:
         mean, std = _spread(paired_differences(row, against))
-        macs = [100 * _spread([float(s["flops_skipped_mean"]) for s in r.summaries()])[0]
-                for r in (row, against)]
-        lines.append(f"| {row.label_title} | {against.label_title} | {macs[0]:.1f} / "
-                     f"{macs[1]:.1f} | {100 * mean:+.2f} ± {100 * std:.2f} "
+        executed = [1e-3 * _seed_mean(runs, "executed_macs_mean") for runs in (row, against)]
+        skipped = [100 * _seed_mean(runs, "flops_skipped_mean") for runs in (row, against)]
+        lines.append(f"| {row.label_title} | {against.label_title} | {executed[0]:.1f} / "
+                     f"{executed[1]:.1f} | {skipped[0]:.1f} / {skipped[1]:.1f} | "
+                     f"{100 * mean:+.2f} ± {100 * std:.2f} "
                      f"{verdict(mean, std, len(row.run_dirs))} |")
     return "\n".join(lines) + "\n"
 
@@ -231,23 +269,30 @@ def _save(figure: Figure, path: Path) -> None:
 
 
 def write_results(rows: list[MethodRuns], output_dir: Path, compare_with: tuple[str, ...] = (),
-                  heading: str = "", pairs: list[tuple[MethodRuns, MethodRuns]] = ()
-                  ) -> dict[str, Path]:
-    """table.md (under ``heading``, e.g. which seeds; with the ``pairs``' paired differences
-    and, for gated rows, what the gates do), table.csv, accuracy_vs_macs.png (the
-    accuracy–sparsity front), and from the runs' curves and tasks (through the notebooks'
-    :mod:`mglightning.analysis.tables`): curve.csv, convergence.png and sparsity_histogram.png."""
-    table = table_rows(rows, compare_with)
+                  heading: str = "", pairs: list[tuple[MethodRuns, MethodRuns]] = (),
+                  last_evaluations: int | None = None) -> dict[str, Path]:
+    """table.md (under ``heading``, e.g. which seeds; with the mean accuracy of each run's
+    ``last_evaluations`` beside its final one, the ``pairs``' paired differences and, for
+    gated rows, what the gates do: over all gated channels, then per gated layer), table.csv,
+    accuracy_vs_macs.png (the accuracy–sparsity front), and from the runs' curves and tasks
+    (through the notebooks' :mod:`mglightning.analysis.tables`): curve.csv, convergence.png
+    and sparsity_histogram.png."""
+    table = table_rows(rows, compare_with, last_evaluations)
     paths = {"table_md": output_dir / "table.md", "table_csv": output_dir / "table.csv",
              "front": output_dir / "accuracy_vs_macs.png"}
     runs = row_runs(rows)
-    text = (f"{heading}\n\n" if heading else "") + markdown_table(table, compare_with)
+    text = (f"{heading}\n\n" if heading else "") + markdown_table(table, compare_with,
+                                                                  last_evaluations)
     if pairs:
         text += "\nPaired per seed, at equal cost:\n\n" + pairs_table(list(pairs))
-    gating = gating_measures(load_summaries(runs))
+    summaries = load_summaries(runs)
+    overall, gating = overall_gating_measures(summaries), gating_measures(summaries)
+    if not overall.empty:
+        text += ("\nWhat the gates do on the target tasks, over all gated channels (mean over "
+                 "seeds; % unless said):\n\n" + frame_markdown(overall.reset_index()))
     if not gating.empty:
-        text += ("\nWhat the gates do on the target tasks (mean over seeds; % unless said):\n\n"
-                 + frame_markdown(gating.reset_index()))
+        text += ("\nWhat the gates do on the target tasks, per gated layer (mean over seeds; % "
+                 "unless said):\n\n" + frame_markdown(gating.reset_index()))
     atomic_write_text(paths["table_md"], text)
     write_csv(paths["table_csv"], table)
     _save(plot_accuracy_vs_macs(pd.DataFrame(table)), paths["front"])

@@ -38,12 +38,14 @@ ROUND_TIMINGS = ("round_seconds", "local_seconds", "server_seconds")  # logged e
 
 
 def runs_table(runs: list[tuple[Path, dict]], file_name: str) -> pd.DataFrame:
-    """``file_name`` (a CSV) of every run that has one, with the run's labels in front."""
-    frames = [
-        pd.read_csv(run_dir / file_name).assign(**labels)
-        for run_dir, labels in runs
-        if (run_dir / file_name).exists()
-    ]
+    """``file_name`` (a CSV) of every run that has one, with the run's labels in front (joined
+    as one frame: a wide file, such as the metrics of every logged key, read back in many
+    pieces, would be fragmented by a column at a time)."""
+    frames = []
+    for run_dir, labels in runs:
+        if (run_dir / file_name).exists():
+            frame = pd.read_csv(run_dir / file_name).drop(columns=list(labels), errors="ignore")
+            frames.append(pd.concat([pd.DataFrame(labels, index=frame.index), frame], axis=1))
     if not frames:
         return pd.DataFrame(columns=list(LABELS))
     table = pd.concat(frames, ignore_index=True)
@@ -228,7 +230,19 @@ GATING_MEASURES = {
     "gate_logit_abs_mean_mean": "mean |gate logit|",
     "zeroed_groups_layer{l}": "groups zeroed",
 }
-UNSCALED = ("mean |gate logit|", "groups zeroed")
+# What the gates do over all gated channels together: the goal's two conditions are the
+# input-dependent share and the ratio of the Jaccard distance between tasks to that between
+# inputs (the ratio, per seed, then averaged).
+OVERALL_GATING_MEASURES = {
+    "flops_skipped_mean": "MACs skipped",
+    "always_off_mean": "always off",
+    "always_on_mean": "always on",
+    "input_dependent_mean": "input-dependent",
+    "input_jaccard_mean": "Jaccard between inputs",
+    "task_jaccard": "Jaccard between tasks",
+    "task_input_jaccard_ratio": "tasks ÷ inputs",
+}
+UNSCALED = ("mean |gate logit|", "groups zeroed", "tasks ÷ inputs")
 
 
 def _seed_means(summaries: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
@@ -266,6 +280,13 @@ def gating_measures(summaries: pd.DataFrame) -> pd.DataFrame:
     if not tables:
         return pd.DataFrame(columns=["layer", *GATING_MEASURES.values(), "seeds"])
     return pd.concat(tables).set_index("layer", append=True)
+
+
+def overall_gating_measures(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Per group of gated runs, what the gates do over all gated channels together, mean over
+    seeds: MACs skipped; channels always off, always on, input-dependent; the Jaccard distance
+    between inputs of a task and between tasks, and the second over the first."""
+    return _seed_means(summaries, OVERALL_GATING_MEASURES)
 
 
 def plot_round_timings(curves: pd.DataFrame) -> Figure:

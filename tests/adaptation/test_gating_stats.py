@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mglightning.adaptation.gating_stats import (
+    channel_measures,
     channel_set_from_text,
     channel_set_text,
     channel_shares,
@@ -29,6 +30,20 @@ def test_channel_shares_count_never_always_and_sometimes_on_channels():
 def test_one_input_leaves_no_channel_input_dependent():
     masks = torch.tensor([[1, 0, 0, 1]])
     assert channel_shares(masks) == {"always_off": 0.5, "always_on": 0.5, "input_dependent": 0.0}
+
+
+def test_channel_measures_over_two_layers_count_channels_not_layers():
+    """Two layers' masks of the same 3 inputs, side by side: the shares count channels of
+    both together (5), not the mean of the layers' shares; the input sets are over all 5."""
+    first = torch.tensor([[1, 0], [1, 0], [1, 1]])  # channel 0 always on, 1 sometimes
+    second = torch.tensor([[0, 0, 1], [0, 1, 1], [0, 0, 1]])  # off, sometimes, always on
+    measures = channel_measures(torch.cat([first, second], dim=1))
+    assert measures["always_off"] == pytest.approx(1 / 5)  # layer means: (0 + 1/3) / 2
+    assert measures["always_on"] == pytest.approx(2 / 5)
+    assert measures["input_dependent"] == pytest.approx(2 / 5)
+    # sets {0, 4}, {0, 3, 4}, {0, 1, 4}: distances 1/3, 1/3, 1/2
+    assert measures["input_jaccard"] == pytest.approx((1 / 3 + 1 / 3 + 1 / 2) / 3)
+    assert measures["majority_on"] == "10001"
 
 
 def test_flip_rate_is_the_share_of_entries_that_changed():

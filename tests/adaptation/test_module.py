@@ -99,6 +99,21 @@ def test_per_layer_shares_sets_and_zeroed_groups_of_one_task():
     assert row["gate_logit_abs_mean"] > 0
 
 
+def test_measures_over_all_gated_channels_weigh_each_layer_by_its_channels():
+    """Gates on conv2 (64 channels) and conv3 (128): the shares over all 192 gated channels
+    are the layers' shares weighted by their channel counts, and the overall majority-on set
+    is the layers' sets side by side."""
+    torch.manual_seed(0)
+    network = build_network("cnn4", (1, 16, 16), 4, gated_layers=[2, 3])
+    _, client = gated_meta_network_and_client()
+    row = adapter_for(network).adapt_and_evaluate(client, 0)
+    for share in ("always_off", "always_on", "input_dependent"):
+        weighted = (64 * row[f"{share}_layer2"] + 128 * row[f"{share}_layer3"]) / 192
+        assert row[share] == pytest.approx(weighted)
+    assert row["majority_on"] == row["majority_on_layer2"] + row["majority_on_layer3"]
+    assert 0.0 <= row["input_jaccard"] <= 1.0
+
+
 def test_ungated_network_rows_and_summary_have_no_gating_measures():
     torch.manual_seed(0)
     network = build_network("cnn4", (1, 16, 16), 4)
@@ -124,3 +139,23 @@ def test_summary_compares_tasks_majority_sets_and_averages_input_spread():
     assert summary["mask_flip_rate_mean"] == row["mask_flip_rate"]
     single = summarize_tasks(rows[:1])
     assert math.isnan(single["task_jaccard_layer3"])  # one task: no pair to compare
+
+
+def test_summary_over_all_gated_channels_compares_tasks_with_inputs():
+    """The overall majority-on sets of three tasks, 6 channels of two layers side by side:
+    their mean pairwise distance over the mean input-to-input one is the goal's ratio."""
+    network, client = gated_meta_network_and_client()
+    row = adapter_for(network).adapt_and_evaluate(client, 0)
+    rows = [row | {"majority_on": text, "input_jaccard": spread, "input_dependent": share}
+            for text, spread, share in (("110011", 0.1, 0.3), ("110110", 0.2, 0.5),
+                                        ("011011", 0.3, 0.4))]
+    summary = summarize_tasks(rows)
+    # {0,1,4,5}-{0,1,3,4}: 3 shared of 5, 2/5; {0,1,4,5}-{1,2,4,5}: 2/5;
+    # {0,1,3,4}-{1,2,4,5}: 2 shared of 6, 4/6
+    assert summary["task_jaccard"] == pytest.approx((2 / 5 + 2 / 5 + 4 / 6) / 3)
+    assert summary["input_jaccard_mean"] == pytest.approx(0.2)
+    assert summary["input_dependent_mean"] == pytest.approx(0.4)
+    assert summary["task_input_jaccard_ratio"] == pytest.approx(summary["task_jaccard"] / 0.2)
+    assert summary["task_jaccard_layer3"] == 0.0  # every per-layer key stays as it was
+    constant = summarize_tasks([r | {"input_jaccard": 0.0} for r in rows])
+    assert constant["task_input_jaccard_ratio"] == math.inf  # tasks differ, inputs never

@@ -1,12 +1,17 @@
 """MetaSNIP's adaptation (METHOD.md §5): exact keep fraction, highest saliency, pruned stay zero;
-its structured twin: channel saliency against finite differences, channels off for every input."""
+its structured twin: channel saliency against finite differences, channels off for every input,
+and its keep fraction for a MAC count (METHOD.md §7.4) against a scan."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from mglightning.adaptation.snip import (
     channel_saliency,
+    keep_fraction_for_macs,
+    kept_channels,
     prunable_weights,
+    pruned_macs,
     snip,
     snip_channels,
     snip_masks,
@@ -119,3 +124,43 @@ def test_snip_channels_switches_the_least_salient_channels_off_for_every_input()
     assert torch.all(features[:, off] == 0)  # off for every input, not on average
     assert measured["sparsity"] == measured["sparsity_layer3"] == int(off.sum()) / channels
     assert 0 < measured["flops_skipped"] < 1
+
+
+def test_pruned_macs_count_the_kept_channels_by_hand():
+    """cnn4 on 8×8 (2×2 max-pool after each conv: 8, 4, 2, 1), conv2 and conv3 pruned to k2
+    and k3 channels: conv1 32·1·9·64, conv2 k2·32·9·16, conv3 k3·k2·9·4, head 4·k3."""
+    network, _, _ = network_and_batch()
+    for k2, k3 in ((64, 128), (10, 7), (1, 1)):
+        hand = 32 * 9 * 64 + k2 * 32 * 9 * 16 + k3 * k2 * 9 * 4 + 4 * k3
+        assert pruned_macs(network, [1, 2], [k2, k3]) == hand
+
+
+def scanned_macs(network, layers, steps=20000):
+    """Every keep fraction i / steps as structured SNIP rounds it, and its executed MACs:
+    {kept counts: (MACs, a keep fraction giving them)}."""
+    channels = [network.describe().points[layer - 1].channels for layer in layers]
+    found = {}
+    for step in range(1, steps + 1):
+        kept = tuple(kept_channels(step / steps, total) for total in channels)
+        found.setdefault(kept, step / steps)
+    return {kept: (pruned_macs(network, [layer - 1 for layer in layers], list(kept)), keep)
+            for kept, keep in found.items()}
+
+
+@pytest.mark.parametrize(("backbone", "layers"), [("cnn4", [2, 3]), ("cifar_resnet", [1, 2, 3])])
+def test_keep_fraction_for_macs_is_the_best_keep_fraction_of_a_scan(backbone, layers):
+    """Its MACs are the closest to the target among all keep fractions of a fine scan, for
+    targets between the scanned counts, on them, below the least and above the dense."""
+    torch.manual_seed(0)
+    network = build_network(backbone, (1, 8, 8), 4)
+    blocks = [layer - 1 for layer in layers]
+    scan = sorted(macs for macs, _ in scanned_macs(network, layers).values())
+    targets = [scan[0] - 1, scan[-1] + 1, scan[len(scan) // 3]]
+    targets += [low + share * (high - low) for low, high in zip(scan[5:60:9], scan[6:61:9],
+                                                               strict=True) for share in (0.3, 0.7)]
+    channels = [network.describe().points[block].channels for block in blocks]
+    for target in targets:
+        keep = keep_fraction_for_macs(network, layers, target)
+        macs = pruned_macs(network, blocks, [kept_channels(keep, total) for total in channels])
+        assert abs(macs - target) == min(abs(scanned - target) for scanned in scan)
+    assert keep_fraction_for_macs(network, layers, scan[-1] + 1) == 1.0
