@@ -22,6 +22,7 @@ method's, paired per seed (:func:`mglightning.analysis.report.paired_differences
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import shutil
 import time
@@ -32,10 +33,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mglightning.analysis.report import MethodRuns, write_results
 from mglightning.build import build_datamodule, compose_config
-from mglightning.config import validate
+from mglightning.config import CONF_DIR, ConfigError, validate
 from mglightning.run.folder import RunFolder
-from mglightning.run.identity import data_fingerprint
-from mglightning.train import run
+from mglightning.run.identity import input_fingerprints
+from mglightning.train import ending_in_one_line, read_meta_model, run
 
 log = logging.getLogger(__name__)
 # The caller's overrides come after (logger=wandb to log, deterministic=false for speed).
@@ -60,6 +61,17 @@ class RunSpec:
     @property
     def label(self) -> str:
         return f"{self.method}-m{self.local_steps}" + (f"-{self.name}" if self.name else "")
+
+
+def check_experiment(name: str) -> None:
+    """Refuse, naming the choices and the nearest, an experiment without a file (Hydra would
+    compose the default config instead, and the error would name experiment 'default')."""
+    choices = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+    if name not in choices:
+        close = difflib.get_close_matches(name, choices, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"no experiment {name}{hint}: the experiments are "
+                          f"{', '.join(choices)} (conf/experiment/)")
 
 
 def compose_run(experiment: str, overrides: list[str]) -> DictConfig:
@@ -133,15 +145,16 @@ class Reproduction:
         cfg = self.run_config(spec, seed)
         validate(cfg)  # before its data load
         datamodule = build_datamodule(cfg)
-        data = data_fingerprint(datamodule.data.images, datamodule.data.labels)
+        inputs = input_fingerprints(datamodule.data.images, datamodule.data.labels,
+                                    read_meta_model(cfg))
         folder = RunFolder(cfg.output_dir)
-        stale = bool(folder.differences(cfg, data))
+        stale = bool(folder.differences(cfg, inputs))
         if self.fresh or stale:
             shutil.rmtree(folder.path, ignore_errors=True)
         if folder.finished:
             return "reused"
         resumed = folder.checkpoint_path.exists()
-        folder.write_config(cfg, data)  # before the work: a killed run is known as this config's
+        folder.write_config(cfg, inputs)  # before the work: a killed run is known as this config's
         run(cfg, datamodule)
         return "redone (stale)" if stale else "resumed" if resumed else "ran"
 
@@ -218,10 +231,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fresh", action="store_true", help="redo every run from scratch")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    reproduction = Reproduction(args.experiment, args.overrides, args.results_root, args.fresh)
-    seeds, output_dir, heading = reproduction.seeds_and_output(args.choose, args.seeds)
     started = time.perf_counter()
-    paths = reproduction.reproduce(seeds, output_dir, heading)
+    with ending_in_one_line():
+        check_experiment(args.experiment)
+        reproduction = Reproduction(args.experiment, args.overrides, args.results_root,
+                                    args.fresh)
+        seeds, output_dir, heading = reproduction.seeds_and_output(args.choose, args.seeds)
+        paths = reproduction.reproduce(seeds, output_dir, heading)
     print(paths["table_md"].read_text())
     print(f"seeds {seeds}; {time.perf_counter() - started:.0f} s wall")
     for name, path in paths.items():

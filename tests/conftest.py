@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from mglightning import build
-from mglightning.train import run
+from mglightning.train import check_overrides, run
+from mglightning.train import main as train_main
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -48,6 +49,13 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if item.get_closest_marker("cuda"):
             item.add_marker(skip)
+
+
+def train_cli(argv: list[str]) -> None:
+    """``python -m mglightning.train ARGV`` in this process; Hydra reads the overrides from
+    ``sys.argv``, which the caller sets (``monkeypatch.setattr(sys, "argv", ...)``)."""
+    check_overrides(argv)
+    train_main()
 
 
 def compose_config(overrides: list[str], tmp_path) -> object:
