@@ -43,7 +43,6 @@ from mglightning.run.checkpoint import (
     RunInterrupted,
     StopRequest,
     UnreadableCheckpointError,
-    read_checkpoint,
     read_state_dict,
 )
 from mglightning.run.folder import RunFolder
@@ -73,9 +72,7 @@ def run(cfg: DictConfig, datamodule: FederatedDataModule | None = None) -> dict:
         nothing_to_do = folder.finished and not cfg.reevaluate
         state, source = meta_model, cfg.method.get("meta_checkpoint")
         if state is None and not nothing_to_do:
-            if (state := recorded_state(cfg, folder)) is not None:
-                source = folder.checkpoint_path
-                stop_request.checkpointed(int(state["rounds_done"]), source)
+            state, source = recorded_state(cfg, folder, stop_request), folder.checkpoint_path
         adapter = build_adapter(cfg)
         evaluation = TargetEvaluation(adapter, cfg.eval_every, folder.curve_path,
                                       cfg.progress_bar, stop_request)
@@ -115,7 +112,7 @@ def read_meta_model(cfg: DictConfig) -> dict | None:
         raise type(error)(f"method.meta_checkpoint={error}") from error
 
 
-def recorded_state(cfg: DictConfig, folder: RunFolder) -> dict | None:
+def recorded_state(cfg: DictConfig, folder: RunFolder, stop_request: StopRequest) -> dict | None:
     """What the folder's checkpoint holds, read before anything is written: a finished run's
     state (re-evaluated from its record, which stays as it is), or None for a run that trains
     (a checkpoint to resume from is only checked here, then Lightning loads it)."""
@@ -123,8 +120,10 @@ def recorded_state(cfg: DictConfig, folder: RunFolder) -> dict | None:
         return None
     remedy = ("delete it to run this config from the start, or put back the checkpoint this "
               "run wrote")
-    checkpoint = read_checkpoint(folder.checkpoint_path, remedy)
-    return checkpoint["state_dict"] if folder.finished else None
+    state = read_state_dict(folder.checkpoint_path, remedy)
+    if "rounds_done" in state:  # else the learner refuses it when it loads
+        stop_request.checkpointed(int(state["rounds_done"]), folder.checkpoint_path)
+    return state if folder.finished else None
 
 
 def load_state(learner: FederatedMetaLearner, state: dict, source, model: str) -> None:

@@ -113,6 +113,15 @@ def meta_checkpoint_missing(tmp_path, request) -> Refusal:
 
 
 @case
+def meta_checkpoint_that_is_no_checkpoint(tmp_path, request) -> Refusal:
+    not_one = tmp_path / "notes.ckpt"
+    not_one.write_text("not a checkpoint")
+    return Refusal(train_cli, [*TINY, f"output_root={tmp_path / 'runs'}", "method=metasnip",
+                               f"method.meta_checkpoint={not_one}"],
+                   f"method.meta_checkpoint={not_one} is not a checkpoint torch can read (")
+
+
+@case
 def meta_checkpoint_replaced_since_the_run(tmp_path, request) -> Refusal:
     argv, meta = metasnip_run(tmp_path, request.getfixturevalue("nogate_checkpoint"))
     another_meta_model(meta)
@@ -148,6 +157,16 @@ def deploy_of_a_run_whose_checkpoint_carries_a_pickled_object(tmp_path, request)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return Refusal(deploy_main, [str(run_dir)], f"{checkpoint} is refused for safety: ",
                    absent=("weights_only",))
+
+
+@case
+def checkpoint_to_resume_cut_short(tmp_path, request) -> Refusal:
+    folder = unfinished_run(request.getfixturevalue("finished_run"), tmp_path)
+    checkpoint = folder / "checkpoints" / "last.ckpt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:5000])
+    return Refusal(train_cli, [*TINY, f"output_root={tmp_path / 'runs'}", *FINISHED_RUN],
+                   f"{checkpoint} is not a checkpoint torch can read (",
+                   present=("delete it to run this config from the start",))
 
 
 @case

@@ -47,8 +47,8 @@ def read_checkpoint(path: str | Path, remedy: str = SAFE_CHECKPOINT_ADVICE) -> d
     RUN=``, a run folder's ``last.ckpt``), read with ``weights_only=True``: tensors and plain
     containers only, as this package's checkpoints hold (Lightning's, with the callbacks' state,
     included). A file carrying any other pickled object is refused in one line, before anything
-    of it runs (the message ends with ``remedy``); so is one that is missing or not a
-    checkpoint at all."""
+    of it runs; so is one that is missing or not a checkpoint at all (the message ends with
+    ``remedy``)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as error:
@@ -57,24 +57,26 @@ def read_checkpoint(path: str | Path, remedy: str = SAFE_CHECKPOINT_ADVICE) -> d
         found = re.search(r"WeightsUnpickler error: (.+?)(?:\. Please|\n|$)", str(error))
         if found is None:
             raise UnreadableCheckpointError(
-                f"{path} is not a checkpoint torch can read ({one_line(error)})") from error
+                f"{path} is not a checkpoint torch can read ({one_line(error)}); {remedy}"
+            ) from error
         raise UnsafeCheckpointError(
             f"{path} is refused for safety: it carries pickled objects ({found.group(1)}), "
             f"which loading could run; {remedy}") from error
     except (OSError, RuntimeError, EOFError, KeyError, ValueError) as error:
         raise UnreadableCheckpointError(
-            f"{path} is not a checkpoint torch can read ({one_line(error)})") from error
+            f"{path} is not a checkpoint torch can read ({one_line(error)}); {remedy}"
+        ) from error
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The model state of a checkpoint handed over (:func:`read_checkpoint`), refused in one line
-    if it holds no state dict of tensors."""
-    loaded = read_checkpoint(path)
+def read_state_dict(path: str | Path, remedy: str = SAFE_CHECKPOINT_ADVICE
+                    ) -> dict[str, torch.Tensor]:
+    """The model state of a checkpoint (:func:`read_checkpoint`), refused in one line ending
+    with ``remedy`` if it holds no state dict of tensors."""
+    loaded = read_checkpoint(path, remedy)
     state = loaded.get("state_dict") if isinstance(loaded, Mapping) else None
     if not isinstance(state, Mapping) or not all(torch.is_tensor(value)
                                                  for value in state.values()):
-        raise UnreadableCheckpointError(f"{path} holds no state_dict of tensors: "
-                                        f"{SAFE_CHECKPOINT_ADVICE}")
+        raise UnreadableCheckpointError(f"{path} holds no state_dict of tensors: {remedy}")
     return dict(state)
 
 
