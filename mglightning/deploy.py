@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from mglightning.build import build_adapter, build_datamodule, build_learner, compose_config
 from mglightning.data.datamodule import ClientDataModule
 from mglightning.data.datasets import DataError
+from mglightning.errors import ConfigError
 from mglightning.export import (
     NoCompilerError,
     RawImageInput,
@@ -32,9 +33,15 @@ from mglightning.export import (
     load_package,
     task_network,
 )
-from mglightning.run.checkpoint import UnsafeCheckpointError, read_checkpoint
+from mglightning.run.checkpoint import read_state_dict
 from mglightning.run.folder import NOT_RECORDED, RunFolder
-from mglightning.run.identity import DATA_KEY, data_fingerprint, fingerprint
+from mglightning.run.identity import (
+    DATA_KEY,
+    META_MODEL_KEY,
+    data_fingerprint,
+    fingerprint,
+    state_fingerprint,
+)
 from mglightning.run.io import write_json
 
 
@@ -51,7 +58,17 @@ class Deployment:
     metadata: dict
 
 
-def run_config(run_dir: Path) -> DictConfig:
+def run_config(run_dir: Path, default: bool = False) -> DictConfig:
+    """The config a run folder records; ``default``: the folder was not named, it is the one
+    ``make train`` makes."""
+    if not run_dir.is_dir():
+        if default:
+            raise DeployError(f"{run_dir} does not exist: it is the folder of the run `make "
+                              "train` makes (the default config); run that first, or name a "
+                              "run's folder: make deploy RUN=outputs/<experiment>/<run name>")
+        raise DeployError(f"{run_dir} does not exist: pass a run's folder, e.g. "
+                          "outputs/<experiment>/<run name> (the path `make train` prints after "
+                          "`results in`)")
     path = RunFolder(run_dir).config_path
     if not path.exists():
         raise DeployError(f"{run_dir} has no {RunFolder.CONFIG}: pass a run's folder (a run made "
@@ -60,17 +77,26 @@ def run_config(run_dir: Path) -> DictConfig:
     return OmegaConf.load(path)
 
 
-def meta_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
-    """The run's own last checkpoint, or (MetaSNIP) the meta-model it adapted."""
-    path = Path(cfg.method.get("meta_checkpoint") or RunFolder(run_dir).checkpoint_path)
+def meta_model(run_dir: Path, cfg: DictConfig) -> dict:
+    """The state of the run's own last checkpoint, or (MetaSNIP) of the meta-model it adapted,
+    which must be the one the run recorded (``meta_checkpoint_fingerprint``)."""
+    adapted = cfg.method.get("meta_checkpoint")
+    path = Path(adapted or RunFolder(run_dir).checkpoint_path)
     if not path.exists():
         raise DeployError(f"{path} is missing: finish (or resume) the run first")
-    return path
+    state = read_state_dict(path)
+    if adapted and cfg.get(META_MODEL_KEY) != (found := state_fingerprint(state)):
+        raise DeployError(
+            f"{path} holds another meta-model than {run_dir} adapted ({META_MODEL_KEY}: "
+            f"{cfg.get(META_MODEL_KEY, NOT_RECORDED)} -> {found}): put back the checkpoint the "
+            f"run adapted (a folder made before runs recorded it: python -m mglightning.migrate "
+            f"{run_dir} --apply)")
+    return state
 
 
-def deploy(run_dir: Path, target: int) -> Deployment:
-    cfg = run_config(run_dir)
-    state = read_checkpoint(meta_checkpoint(run_dir, cfg))  # before the data loads: fail fast
+def deploy(run_dir: Path, target: int, default: bool = False) -> Deployment:
+    cfg = run_config(run_dir, default)
+    state = meta_model(run_dir, cfg)  # before the data loads: fail fast
     datamodule = build_datamodule(cfg)
     loaded = data_fingerprint(datamodule.data.images, datamodule.data.labels)
     if cfg.get(DATA_KEY) != loaded:
@@ -83,7 +109,7 @@ def deploy(run_dir: Path, target: int) -> Deployment:
     if not 0 <= target < len(clients):
         raise DeployError(f"--target {target}: the run has target nodes 0..{len(clients) - 1}")
     learner = build_learner(cfg, datamodule)
-    learner.load_state_dict(state["state_dict"])
+    learner.load_state_dict(state)
     adapter = build_adapter(cfg)
     adapter.set_meta_network(learner.meta_network())
     client = clients[target]
@@ -151,10 +177,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path,
                         help="where to save (default RUN_DIR/deployed/target<N>.pt2)")
     args = parser.parse_args(argv)
-    args.run_dir = args.run_dir or default_run_dir()
+    default = not args.run_dir  # `make deploy` with RUN empty passes none
+    args.run_dir = default_run_dir() if default else args.run_dir
     try:
-        deployment = deploy(args.run_dir, args.target)
-    except (DeployError, DataError, UnsafeCheckpointError, NoCompilerError) as error:
+        deployment = deploy(args.run_dir, args.target, default)
+    except (DeployError, DataError, ConfigError, NoCompilerError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     output = args.output or RunFolder(args.run_dir).deployed_path / f"target{args.target}.pt2"

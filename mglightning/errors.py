@@ -8,5 +8,8 @@ class ConfigError(ValueError):
 
 
 def one_line(error: BaseException) -> str:
-    """An exception's message on one line (torchvision's and Hydra's span several)."""
-    return " ".join(str(error).split()) or type(error).__name__
+    """An exception's message on one line (torchvision's and Hydra's span several), naming
+    the override that Hydra could not parse, if that is what it says."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    override = getattr(error, "override", None)  # Hydra's OverrideParseException
+    return f"{override}: {message}" if isinstance(override, str) else message

@@ -6,7 +6,8 @@ Three changes leave older folders unfound or refused, none of which changes a re
 - an ungated method's fingerprint no longer holds the gates' keys: such a run's name now ends
   in another fingerprint (:mod:`mglightning.run.identity`);
 - a run folder records the fingerprint of the pooled data it loaded (``data_fingerprint`` in
-  ``config.yaml``); a folder without it is refused;
+  ``config.yaml``), and a MetaSNIP run's of the meta-model it adapted
+  (``meta_checkpoint_fingerprint``); a folder without them is refused;
 - parts are named by ``_target_`` (the backbone, the adaptation rule, the regularizer, the
   logger, the data set's loader, ``dataset.source``, and its partitioner, with the target
   nodes' count moved beside them to ``dataset.num_target_nodes``), the server steps by what
@@ -19,7 +20,8 @@ Three changes leave older folders unfound or refused, none of which changes a re
 For every run folder under RUNS_DIR (a folder whose ``config.yaml`` is a run's, at any depth,
 RUNS_DIR itself included) this renames a folder named by its run name to the name its config
 gets today (updating ``run_name`` and ``output_dir`` in its ``config.yaml``) and records the
-fingerprint of the data present now: run it with the data the runs were made with. Without
+fingerprints of the data and meta-model present now: run it with those the runs were made
+with. Without
 ``--apply`` it only says what it would do; with it, running it again finds nothing to do.
 """
 
@@ -38,8 +40,17 @@ from omegaconf import DictConfig, OmegaConf
 from mglightning.build import build_datamodule
 from mglightning.data.datasets import DataError
 from mglightning.data.partition import PartitionError
+from mglightning.run.checkpoint import UnreadableCheckpointError, read_state_dict
 from mglightning.run.folder import RunFolder
-from mglightning.run.identity import DATA_KEY, FINGERPRINT_LENGTH, data_fingerprint, fingerprint
+from mglightning.run.identity import (
+    DATA_KEY,
+    FINGERPRINT_LENGTH,
+    INPUT_KEYS,
+    META_MODEL_KEY,
+    data_fingerprint,
+    fingerprint,
+    state_fingerprint,
+)
 from mglightning.targets import TARGET_KEY, import_target
 
 # The config schema before parts were named by ``_target_``: old name -> today's target.
@@ -96,16 +107,20 @@ class Migration:
     def describe(self) -> list[str]:
         lines = [f"rename {self.path} -> {self.new_path.name}"] if self.new_path else []
         if self.config is not None:
-            lines.append(f"record {DATA_KEY}={self.config[DATA_KEY]} and run_name="
-                         f"{self.config['run_name']} in {RunFolder(self.path).config_path}")
+            inputs = " ".join(f"{key}={value}" for key, value in self.inputs().items())
+            lines.append(f"record {inputs} and run_name={self.config['run_name']} in "
+                         f"{RunFolder(self.path).config_path}")
         return lines
+
+    def inputs(self) -> dict[str, str]:
+        return {key: self.config[key] for key in INPUT_KEYS if key in self.config}
 
     def apply(self) -> None:
         path = self.path
         if self.new_path is not None:
             path = self.path.rename(self.new_path)
         if self.config is not None:
-            RunFolder(path).record_config(self.config, self.config[DATA_KEY])
+            RunFolder(path).record_config(self.config, self.inputs())
 
 
 def run_configs(root: Path) -> list[Path]:
@@ -190,6 +205,9 @@ def plan(folder: Path, stored: DictConfig) -> Migration:
             config["output_dir"] = str(Path(str(config["output_dir"])).with_name(new_path.name))
     if DATA_KEY not in config:
         config[DATA_KEY] = pooled_data_fingerprint(stored)
+    meta_checkpoint = config["method"].get("meta_checkpoint")
+    if meta_checkpoint and META_MODEL_KEY not in config:
+        config[META_MODEL_KEY] = state_fingerprint(read_state_dict(meta_checkpoint))
     changed = config != original
     return Migration(folder, new_path, config if changed else None)
 
@@ -205,6 +223,9 @@ def migrate(root: Path, apply: bool) -> list[str]:
             migration = plan(config_path.parent, stored)
         except (DataError, PartitionError) as error:
             lines.append(f"skip {config_path.parent}: its data cannot be loaded ({error})")
+            continue
+        except UnreadableCheckpointError as error:
+            lines.append(f"skip {config_path.parent}: its meta-model cannot be read ({error})")
             continue
         if migration.new_path is not None and migration.new_path.exists():
             lines.append(f"skip {config_path.parent}: {migration.new_path} exists already")

@@ -27,6 +27,7 @@ network's description, at the input shape and classes of the row's own data.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import shutil
 import time
@@ -38,13 +39,13 @@ from omegaconf import DictConfig, OmegaConf
 from mglightning.adaptation.snip import keep_fraction_for_macs, snip_channels
 from mglightning.analysis.report import MethodRuns, write_results
 from mglightning.build import build_datamodule, build_network, compose_config
-from mglightning.config import validate
+from mglightning.config import CONF_DIR, ConfigError, validate
 from mglightning.data.datamodule import FederatedDataModule
 from mglightning.models.backbones import width_for_macs
 from mglightning.run.folder import RunFolder
-from mglightning.run.identity import data_fingerprint
+from mglightning.run.identity import input_fingerprints
 from mglightning.targets import bind, import_target
-from mglightning.train import run
+from mglightning.train import ending_in_one_line, read_meta_model, run
 
 log = logging.getLogger(__name__)
 # The caller's overrides come after (logger=wandb to log, deterministic=false for speed).
@@ -72,6 +73,17 @@ class RunSpec:
     @property
     def label(self) -> str:
         return f"{self.method}-m{self.local_steps}" + (f"-{self.name}" if self.name else "")
+
+
+def check_experiment(name: str) -> None:
+    """Refuse, naming the choices and the nearest, an experiment without a file (Hydra would
+    compose the default config instead, and the error would name experiment 'default')."""
+    choices = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+    if name not in choices:
+        close = difflib.get_close_matches(name, choices, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"no experiment {name}{hint}: the experiments are "
+                          f"{', '.join(choices)} (conf/experiment/)")
 
 
 def compose_run(experiment: str, overrides: list[str]) -> DictConfig:
@@ -198,15 +210,16 @@ class Reproduction:
         if spec.macs_from:  # the data's shape sets its width or keep fraction
             cfg = self.run_config(spec, seed, datamodule)
             validate(cfg)
-        data = data_fingerprint(datamodule.data.images, datamodule.data.labels)
+        inputs = input_fingerprints(datamodule.data.images, datamodule.data.labels,
+                                    read_meta_model(cfg))
         folder = RunFolder(cfg.output_dir)
-        stale = bool(folder.differences(cfg, data))
+        stale = bool(folder.differences(cfg, inputs))
         if self.fresh or stale:
             shutil.rmtree(folder.path, ignore_errors=True)
         if folder.finished:
             return "reused"
         resumed = folder.checkpoint_path.exists()
-        folder.write_config(cfg, data)  # before the work: a killed run is known as this config's
+        folder.write_config(cfg, inputs)  # before the work: a killed run is known as this config's
         run(cfg, datamodule)
         return "redone (stale)" if stale else "resumed" if resumed else "ran"
 
@@ -283,10 +296,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fresh", action="store_true", help="redo every run from scratch")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    reproduction = Reproduction(args.experiment, args.overrides, args.results_root, args.fresh)
-    seeds, output_dir, heading = reproduction.seeds_and_output(args.choose, args.seeds)
     started = time.perf_counter()
-    paths = reproduction.reproduce(seeds, output_dir, heading)
+    with ending_in_one_line():
+        check_experiment(args.experiment)
+        reproduction = Reproduction(args.experiment, args.overrides, args.results_root,
+                                    args.fresh)
+        seeds, output_dir, heading = reproduction.seeds_and_output(args.choose, args.seeds)
+        paths = reproduction.reproduce(seeds, output_dir, heading)
     print(paths["table_md"].read_text())
     print(f"seeds {seeds}; {time.perf_counter() - started:.0f} s wall")
     for name, path in paths.items():

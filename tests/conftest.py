@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 from mglightning import build
-from mglightning.train import run
+from mglightning.train import check_overrides, run
+from mglightning.train import main as train_main
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -48,6 +50,21 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if item.get_closest_marker("cuda"):
             item.add_marker(skip)
+
+
+def train_cli(argv: list[str]) -> None:
+    """``python -m mglightning.train ARGV`` in this process; Hydra reads the overrides from
+    ``sys.argv``, which the caller sets (``monkeypatch.setattr(sys, "argv", ...)``). The root
+    logger's handlers, which Hydra replaces by one writing to this test's captured stdout, are
+    put back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        check_overrides(argv)
+        train_main()
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def compose_config(overrides: list[str], tmp_path) -> object:

@@ -289,7 +289,7 @@ def test_migration_finds_old_runs_again_and_is_idempotent(tiny_config, tmp_path,
     assert old_gated.name == Path(gated.output_dir).name
     data = loaded_data(gated)
     with pytest.raises(Exception, match="mglightning.migrate"):  # unmigrated: refused, told how
-        RunFolder(old_gated).check_config(gated, data)
+        RunFolder(old_gated).check_config(gated, {DATA_KEY: data})
     tasks = (old_nogate / "tasks.csv").read_bytes()
 
     root = tmp_path  # tiny_config writes under tmp_path
@@ -301,7 +301,7 @@ def test_migration_finds_old_runs_again_and_is_idempotent(tiny_config, tmp_path,
     migrate_main([str(root), "--apply"])
     for cfg in (nogate, gated):
         folder = RunFolder(cfg.output_dir)
-        assert folder.finished and folder.differences(cfg, data) == []
+        assert folder.finished and folder.differences(cfg, {DATA_KEY: data}) == []
         stored = OmegaConf.load(folder.config_path)
         assert stored.run_name == cfg.run_name and stored.output_dir == cfg.output_dir
     assert not old_nogate.exists()
@@ -348,11 +348,11 @@ def test_migration_finds_a_run_made_before_data_targets(tiny_config, tmp_path):
     old_name = cfg.run_name.rsplit("-", 1)[0] + f"-{fingerprint(config)}"
     config |= {"run_name": old_name, "output_dir": str(folder.with_name(old_name))}
     old = folder.rename(folder.with_name(old_name))
-    RunFolder(old).record_config(config, config[DATA_KEY])
+    RunFolder(old).record_config(config, {DATA_KEY: config[DATA_KEY]})
     tasks = (old / "tasks.csv").read_bytes()
     migrate_main([str(tmp_path), "--apply"])
     migrated = RunFolder(cfg.output_dir)
-    assert not old.exists() and migrated.differences(cfg, loaded_data(cfg)) == []
+    assert not old.exists() and migrated.differences(cfg, {DATA_KEY: loaded_data(cfg)}) == []
     assert migrated.tasks_path.read_bytes() == tasks
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from conftest import TINY
 from omegaconf import OmegaConf
 
@@ -148,6 +149,12 @@ def test_reproduce_table2_tiny(tmp_path, capsys):
     reproduction = Reproduction("table2_fmnist", overrides, tmp_path)
     assert reproduction.ensure_run(reproduction.specs[1], 0) == "reused"
     assert (runs / "metagater-m1-seed0" / "summary.json").stat().st_mtime_ns == stamp
+
+    meta_model = runs / "metagater_nogate-m1-seed0" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(meta_model, weights_only=True)
+    checkpoint["state_dict"]["x_ag"] += 1e-3  # another meta-model at the path MetaSNIP read
+    torch.save(checkpoint, meta_model)
+    assert reproduction.ensure_run(reproduction.specs[2], 0) == "redone (stale)"
 
 
 def test_a_run_made_with_another_config_is_redone(tmp_path, monkeypatch):

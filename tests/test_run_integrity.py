@@ -10,12 +10,12 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FINISHED_RUN
-from omegaconf import OmegaConf
+from conftest import FINISHED_RUN, TINY, compose_config, train_cli
 
 from mglightning.adaptation.module import FastAdaptation
 from mglightning.config import CONF_DIR
@@ -29,6 +29,8 @@ REPO_ROOT = CONF_DIR.parent
 TINY_CLI = ["dataset=synthetic", "logger=none", "progress_bar=false",
             "method.clients_per_round=4", "checkpoint.every_n_rounds=1"]
 COMPARED = ("accuracy", "accuracy_meta", "sparsity", "flops_skipped", "executed_macs")
+STOP_SETTINGS = ["rounds=3", "checkpoint.every_n_rounds=10"]
+TARGETS = compose_config([], "unused").dataset.num_target_nodes  # tasks of an evaluation
 
 
 def cli(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -99,17 +101,23 @@ def test_changed_key_gets_its_own_folder_a_finished_run_is_left_alone(finished_r
     assert snapshot(old) == before
 
 
-def test_reevaluate_adapts_a_finished_run_again_to_the_same_results(tiny_config):
-    cfg = tiny_config("rounds=2", "eval_every=0")
+@pytest.mark.parametrize("eval_every", [0, 1])
+def test_reevaluate_adapts_a_finished_run_again_to_the_same_results(tiny_config, eval_every):
+    """Its results are rewritten, equal; its checkpoint and curve, the record of its rounds,
+    stay as they were."""
+    settings = ["rounds=2", f"eval_every={eval_every}"]
+    cfg = tiny_config(*settings)
     run(cfg)
     folder = Path(cfg.output_dir)
     stamp = (folder / "tasks.csv").stat().st_mtime_ns
-    checkpoint = (folder / "checkpoints" / "last.ckpt").read_bytes()
+    record = {name: (folder / name).read_bytes() for name in ("checkpoints/last.ckpt",
+                                                              "curve.csv", "config.yaml")
+              if (folder / name).exists()}
     values = task_values(folder)
-    run(tiny_config("rounds=2", "eval_every=0", "reevaluate=true"))
+    run(tiny_config(*settings, "reevaluate=true"))
     assert (folder / "tasks.csv").stat().st_mtime_ns != stamp
     assert task_values(folder) == values
-    assert (folder / "checkpoints" / "last.ckpt").read_bytes() == checkpoint
+    assert {name: (folder / name).read_bytes() for name in record} == record
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -174,6 +182,115 @@ def test_signal_stops_after_the_round_with_a_checkpoint_and_no_results(
     for key in ("accuracy_mean", "accuracy_meta_mean", "sparsity_mean", "rounds"):
         assert resumed[key] == straight[key], key
     assert curve(folder) == curve(Path(straight_cfg.output_dir))
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Where the signals reach a run of ``rounds=3`` (the evaluations every ``eval_every``
+    rounds, checkpoints every 10): ``signals`` of them, sent by the run to itself when target
+    task ``task`` is adapted (counted over the run's evaluations, the final adaptation last),
+    or else in round ``round`` after its first client. Then the checkpoint must hold
+    ``rounds_saved`` rounds, and the stopped run must have adapted ``adapted`` tasks."""
+
+    eval_every: int
+    signum: int
+    signals: int
+    rounds_saved: int
+    adapted: int
+    task: int | None = None
+    round: int | None = None
+
+
+STOPS = {
+    "evaluation, one signal": Stop(2, signal.SIGTERM, 1, 2, 1, task=0),
+    "evaluation, two signals": Stop(2, signal.SIGINT, 2, 2, 1, task=0),
+    "last round's evaluation": Stop(2, signal.SIGINT, 1, 3, 1, task=TARGETS),
+    "final adaptation": Stop(0, signal.SIGINT, 2, 3, 1, task=0),
+    "mid-round, two signals": Stop(2, signal.SIGTERM, 2, 1, 0, round=2),
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[int, tuple[dict, list]]:
+    """eval_every -> the summary and curve of a run of the stop tests' settings, not stopped."""
+    runs = {}
+    for eval_every in sorted({stop.eval_every for stop in STOPS.values()}):
+        cfg = compose_config([*STOP_SETTINGS, f"eval_every={eval_every}"],
+                             tmp_path_factory.mktemp("uninterrupted"))
+        folder = Path(cfg.output_dir)
+        runs[eval_every] = (run(cfg), curve(folder) if eval_every else [])
+    return runs
+
+
+def signalled(stop: Stop, patch: pytest.MonkeyPatch) -> list[int]:
+    """Send ``stop``'s signals where it says; the task index of every adaptation after it."""
+    adapted, adapt_and_evaluate = [], FastAdaptation.adapt_and_evaluate
+    solve_client = FederatedMetaLearner.solve_client
+
+    def send() -> None:
+        for _ in range(stop.signals):
+            os.kill(os.getpid(), stop.signum)
+
+    def adapting(self, client, task_index, measure_gating=True):
+        adapted.append(task_index)
+        if len(adapted) - 1 == stop.task:
+            send()
+        return adapt_and_evaluate(self, client, task_index, measure_gating)
+
+    def solving(self, x_md, client, round_index, position):
+        if (round_index, position) == (stop.round, 1):
+            send()
+        return solve_client(self, x_md, client, round_index, position)
+
+    patch.setattr(FastAdaptation, "adapt_and_evaluate", adapting)
+    patch.setattr(FederatedMetaLearner, "solve_client", solving)
+    return adapted
+
+
+@pytest.mark.parametrize("where", list(STOPS))
+def test_a_stop_anywhere_keeps_the_finished_rounds_and_resumes_to_the_same_results(
+    where, tmp_path, monkeypatch, uninterrupted
+):
+    """One signal stops at the end of the round or before the next target task; a second
+    stops at once. Either way: exit 130/143, the finished rounds checkpointed (an evaluation
+    cut short is done when the run resumes), no results; then the same config resumes and
+    ends exactly as an uninterrupted run, curve included."""
+    stop = STOPS[where]
+    cfg = compose_config([*STOP_SETTINGS, f"eval_every={stop.eval_every}"], tmp_path)
+    with monkeypatch.context() as patch:
+        adapted = signalled(stop, patch)
+        with pytest.raises(RunInterrupted) as stopped:
+            run(cfg)
+    folder = Path(cfg.output_dir)
+    assert stopped.value.exit_code == 128 + stop.signum
+    assert f"after round {stop.rounds_saved}; checkpoint" in str(stopped.value)
+    assert len(adapted) == (stop.task or 0) + stop.adapted
+    state = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert int(state["rounds_done"]) == stop.rounds_saved
+    assert not (folder / "summary.json").exists() and not (folder / "tasks.csv").exists()
+    assert signal.getsignal(stop.signum) in (signal.SIG_DFL, signal.default_int_handler)
+
+    resumed = run(cfg)
+    summary, straight_curve = uninterrupted[stop.eval_every]
+    for key in ("accuracy_mean", "accuracy_meta_mean", "sparsity_mean", "rounds"):
+        assert resumed[key] == summary[key], key
+    assert (curve(folder) if stop.eval_every else []) == straight_curve
+
+
+def test_two_ctrl_c_at_an_evaluation_end_the_command_with_130_in_one_line(tmp_path, capsys,
+                                                                          monkeypatch):
+    argv = [*TINY, f"output_root={tmp_path}", *STOP_SETTINGS, "eval_every=2"]
+    monkeypatch.setattr(sys, "argv", ["python -m mglightning.train", *argv])
+    with monkeypatch.context() as patch:
+        signalled(STOPS["evaluation, two signals"], patch)
+        with pytest.raises(SystemExit) as exited:
+            train_cli(argv)
+    error = capsys.readouterr().err
+    assert exited.value.code == 130, error
+    assert error.splitlines()[-1].startswith("interrupted: stopped by SIGINT after round 2; ")
+    assert "Traceback" not in error and "KeyboardInterrupt" not in error
+    (checkpoint,) = tmp_path.rglob("last.ckpt")
+    assert int(torch.load(checkpoint, weights_only=True)["state_dict"]["rounds_done"]) == 2
 
 
 def curve(folder: Path) -> list[tuple[str, str]]:
@@ -248,51 +365,6 @@ def test_evaluations_are_shown_and_the_last_round_is_not_adapted_twice(
         curve_rows = list(csv.DictReader(handle))
     assert not curve_rows[0]["task_jaccard_layer3"] and curve_rows[1]["task_jaccard_layer3"]
     assert "task_jaccard_layer3" in summary
-
-
-# --- shared checkpoints ---------------------------------------------------------------------
-
-
-class RunsCodeWhenUnpickled:
-    """What a crafted checkpoint carries: unpickling it creates the file ``marker``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
-
-
-def crafted_checkpoint(path: Path, marker: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {}, "payload": RunsCodeWhenUnpickled(marker)}, path)
-    return path
-
-
-def test_a_meta_checkpoint_carrying_a_pickled_object_is_refused_in_one_line(tmp_path):
-    marker = tmp_path / "code-ran"
-    checkpoint = crafted_checkpoint(tmp_path / "shared" / "last.ckpt", marker)
-    result = cli("method=metasnip", f"method.meta_checkpoint={checkpoint}", "rounds=2",
-                 f"output_root={tmp_path / 'runs'}")
-    last_line = result.stderr.splitlines()[-1]  # after Lightning's device lines
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert last_line.startswith(f"error: {checkpoint} is refused: ")
-    assert "GLOBAL io.open" in last_line and not marker.exists()
-
-
-def test_deploy_refuses_a_run_whose_checkpoint_carries_a_pickled_object(tiny_config, tmp_path,
-                                                                        capsys):
-    from mglightning.deploy import main as deploy_main
-
-    marker = tmp_path / "code-ran"
-    run_dir = tmp_path / "handed-over"
-    crafted_checkpoint(run_dir / "checkpoints" / "last.ckpt", marker)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(tiny_config(), resolve=True))
-    with pytest.raises(SystemExit) as exited:
-        deploy_main([str(run_dir)])
-    error = capsys.readouterr().err
-    assert exited.value.code == 2 and error.count("\n") == 1 and "is refused: " in error
-    assert not marker.exists()
 
 
 @pytest.mark.parametrize("rounds, curve_rounds", [(4, ["3", "4"]), (2, ["2"])])

@@ -45,6 +45,12 @@ def known_kinds(values: Mapping) -> dict[str, set[str]]:
     return kinds
 
 
+def options_with(group: str, path: str) -> list[str]:
+    """The options of ``group`` whose files (with those they extend) have the key ``path``."""
+    return [option.stem for option in sorted(CONF_DIR.joinpath(group).glob("*.yaml"))
+            if path in _option_kinds(group, option.stem)]
+
+
 def kind_of(value) -> str:
     """A value's kind as the config files give it: int, float, bool, str, list, mapping,
     null, or any (an interpolation, whose target is checked)."""

@@ -16,7 +16,7 @@ import difflib
 import inspect
 from collections.abc import Iterator, Mapping
 
-from mglightning.config.files import kind_of
+from mglightning.config.files import kind_of, options_with
 from mglightning.config.rules import RULES, show
 from mglightning.constraints import Rule, parameter_rules
 from mglightning.errors import one_line
@@ -37,25 +37,28 @@ NOT_KEYS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL,
             inspect.Parameter.VAR_KEYWORD)
 
 
-def walk(values: Mapping, known: Mapping[str, set[str]], prefix: str = "") -> Iterator[str]:
-    """A problem for each key of ``values`` (at ``prefix``) that is unknown, mistyped or out
-    of its parameter's range."""
+def walk(values: Mapping, known: Mapping[str, set[str]], prefix: str = "",
+         root: Mapping | None = None) -> Iterator[str]:
+    """A problem for each key of ``values`` (at ``prefix`` in the config ``root``; default:
+    ``values`` is the whole config) that is unknown, mistyped or out of its parameter's
+    range."""
+    root = values if root is None else root
     target_name = values.get(TARGET_KEY) or SIGNATURE_NODES.get(prefix.rstrip("."))
     if target_name:
-        yield from _target_node(values, target_name, known, prefix)
+        yield from _target_node(values, target_name, known, prefix, root)
         return
     for key, value in values.items():
         path = f"{prefix}{key}"
         if path not in known and path not in RULES:
-            yield _unknown_key(path, value, known)
+            yield _unknown_key(path, value, known, root)
         elif path not in RULES and not _kind_allowed(value, known[path]):
             yield _mistyped(path, value, known[path])
         elif isinstance(value, dict):
-            yield from walk(value, known, f"{path}.")
+            yield from walk(value, known, f"{path}.", root)
 
 
 def _target_node(values: Mapping, target_name: str, known: Mapping[str, set[str]],
-                 prefix: str) -> Iterator[str]:
+                 prefix: str, root: Mapping) -> Iterator[str]:
     """A node whose keys are passed to ``target_name``: each must be one of its keyword
     parameters (a null one is unset, its default) and within the rule annotated on it."""
     try:
@@ -75,13 +78,13 @@ def _target_node(values: Mapping, target_name: str, known: Mapping[str, set[str]
     for key, value in values.items():
         if key not in not_passed:
             yield from _parameter_key(key, value, target_name, parameters, rules, known,
-                                      prefix, takes_any, null_is_unset=is_part)
+                                      prefix, root, takes_any, null_is_unset=is_part)
 
 
 def _parameter_key(key: str, value, target_name: str,
                    parameters: Mapping[str, inspect.Parameter], rules: Mapping[str, Rule],
-                   known: Mapping[str, set[str]], prefix: str, takes_any: bool,
-                   null_is_unset: bool) -> Iterator[str]:
+                   known: Mapping[str, set[str]], prefix: str, root: Mapping,
+                   takes_any: bool, null_is_unset: bool) -> Iterator[str]:
     """The problems of one key of a node passed to ``target_name``."""
     path = f"{prefix}{key}"
     if key not in parameters:
@@ -104,7 +107,7 @@ def _parameter_key(key: str, value, target_name: str,
     elif path in known and not _kind_allowed(value, known[path]):
         yield _mistyped(path, value, known[path])
     elif isinstance(value, dict):
-        yield from walk(value, known, f"{path}.")
+        yield from walk(value, known, f"{path}.", root)
 
 
 def _mistyped(path: str, value, kinds: set[str]) -> str:
@@ -112,14 +115,29 @@ def _mistyped(path: str, value, kinds: set[str]) -> str:
     return f"{path}={show(value)}: must be {expected}"
 
 
-def _unknown_key(path: str, value, known: Mapping[str, set[str]]) -> str:
+def _unknown_key(path: str, value, known: Mapping[str, set[str]], root: Mapping) -> str:
     parent, _, name = path.rpartition(".")
     siblings = sorted({key.rpartition(".")[2] for key in [*known, *RULES]
                        if key.rpartition(".")[0] == parent})
+    if parent and not siblings:  # under a node that holds no keys here (null in this option)
+        return f"unknown key {path}={show(value)}: {_keyless_node(path, parent, root)}"
     where = f"under {parent}" if parent else "at the top level"
     close = difflib.get_close_matches(name, siblings, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return f"unknown key {path}={show(value)}{hint}: allowed {where} are {', '.join(siblings)}"
+
+
+def _keyless_node(path: str, parent: str, root: Mapping) -> str:
+    """Why ``parent`` takes no keys: it is null (or a value) in the group option chosen, and
+    which options of that group have ``path``."""
+    group, _, within = parent.partition(".")
+    node = root.get(group)
+    choice = node.get(LABEL_KEY) if isinstance(node, Mapping) else None
+    if not within or not isinstance(choice, str):
+        return f"{parent} takes no keys"
+    having = options_with(group, path)
+    use = f" (use {group}={' or '.join(having)})" if having else ""
+    return f"{group}={choice} has no {within}{use}"
 
 
 def _kind_allowed(value, kinds: set[str]) -> bool:

@@ -28,10 +28,14 @@ An option of a ``_target_`` node that its target does not take is unread too: nu
 unset (:func:`mglightning.targets.bind`), as ``gate_lr: null`` in the adaptation rule of a
 method without gates; set, the config walker refuses it.
 
-The pooled data a run loads is part of its identity too, but it is known only once the data
-set is loaded, after the run name is composed: :func:`data_fingerprint` hashes the pooled
-images and labels, and the run folder records it beside its config and refuses data of another
-fingerprint (:class:`mglightning.run.folder.RunFolder`). A changed data set is never reused.
+Every file a run reads is part of its identity too, but what a file holds is known only once
+it is read, after the run name is composed; so the run folder records a fingerprint of each
+beside its config and refuses a file of another fingerprint
+(:class:`mglightning.run.folder.RunFolder`), and a changed input is never reused
+(:func:`input_fingerprints`): the pooled data set (:func:`data_fingerprint` of its images and
+labels: a data set downloaded again, or one's own data at ``dataset.source.path``), and the
+meta-model a run adapts instead of training (MetaSNIP's ``method.meta_checkpoint``,
+:func:`state_fingerprint` of its state). A run's own checkpoint is its record, not an input.
 """
 
 from __future__ import annotations
@@ -56,9 +60,11 @@ NON_IDENTITY_KEYS = frozenset({
     "output_root", "output_dir", "run_name", "experiment", "logger", "progress_bar", "resume",
     "reevaluate", "checkpoint", "data_root", "trainer", "hydra", "reproduce",
 })
-# The data fingerprint a run folder records in its config.yaml (see the module docstring): a
-# config composed before the data loads lacks it, so the name's fingerprint leaves it out.
+# The fingerprints of its inputs a run folder records in its config.yaml (module docstring):
+# a config composed before anything is read lacks them, so the name's fingerprint leaves them out.
 DATA_KEY = "data_fingerprint"
+META_MODEL_KEY = "meta_checkpoint_fingerprint"
+INPUT_KEYS = (DATA_KEY, META_MODEL_KEY)
 FINGERPRINT_LENGTH = 8
 _DATA_FINGERPRINTS: dict[int, str] = {}  # id of a loaded images tensor → its data fingerprint
 
@@ -71,7 +77,7 @@ def identity(config: DictConfig | Mapping) -> dict:
             return OmegaConf.to_container(value, resolve=True)
         return copy.deepcopy(value)  # the caller's mapping stays as it is
 
-    excluded = NON_IDENTITY_KEYS | {DATA_KEY}
+    excluded = NON_IDENTITY_KEYS | set(INPUT_KEYS)
     values = {key: plain(config[key]) for key in config if key not in excluded}
     for dotted in unread_keys(values):
         *parents, leaf = dotted.split(".")
@@ -171,18 +177,40 @@ def digest(values: Mapping) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_LENGTH]
 
 
+def input_fingerprints(images: torch.Tensor, labels: torch.Tensor,
+                       meta_model: Mapping[str, torch.Tensor] | None = None) -> dict[str, str]:
+    """What a run folder records of the run's inputs (module docstring): the pooled data's
+    fingerprint, and the meta-model's where the run adapts one (``meta_model``: its state)."""
+    fingerprints = {DATA_KEY: data_fingerprint(images, labels)}
+    if meta_model is not None:
+        fingerprints[META_MODEL_KEY] = state_fingerprint(meta_model)
+    return fingerprints
+
+
 def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     """A hash of the pooled data set's bytes (METHOD.md §2: images and labels, train and test
     pooled), computed once per loaded tensor; hashing costs little next to loading."""
     if id(images) not in _DATA_FINGERPRINTS:
-        digest = hashlib.sha256()
-        for tensor in (images, labels):
-            array = tensor.detach().cpu().contiguous().numpy()
-            digest.update(f"{array.dtype}{array.shape}".encode())
-            digest.update(memoryview(array).cast("B"))
-        _DATA_FINGERPRINTS[id(images)] = digest.hexdigest()[:FINGERPRINT_LENGTH]
+        _DATA_FINGERPRINTS[id(images)] = tensors_digest([images, labels])
         weakref.finalize(images, _DATA_FINGERPRINTS.pop, id(images), None)
     return _DATA_FINGERPRINTS[id(images)]
+
+
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """A hash of a state dict's names and tensors: what loading it gives, whatever else the
+    file around it holds (a Lightning checkpoint's loop and callback states)."""
+    names = sorted(state)
+    return tensors_digest([state[name] for name in names], header=json.dumps(names))
+
+
+def tensors_digest(tensors: list[torch.Tensor], header: str = "") -> str:
+    """A short hash of tensors' dtypes, shapes and bytes, in order."""
+    digest = hashlib.sha256(header.encode())
+    for tensor in tensors:
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:FINGERPRINT_LENGTH]
 
 
 def flatten(node: Mapping, prefix: str = "") -> dict:
