@@ -43,6 +43,7 @@ from mglightning.run.checkpoint import (
     read_checkpoint,
 )
 from mglightning.run.folder import RunFolder
+from mglightning.run.footprint import check_run_fits
 from mglightning.run.identity import data_fingerprint
 from mglightning.run.loggers import finish_wandb_run, quiet_lightning
 
@@ -55,7 +56,8 @@ def run(cfg: DictConfig, datamodule: FederatedDataModule | None = None) -> dict:
     its targets again), refuse a folder made with another config or other data. A SIGTERM or
     SIGINT stops after the round under way with a checkpoint and no results
     (:class:`RunInterrupted`). The run's data are loaded once, here or by the caller, who
-    passes them as ``datamodule`` (built by :func:`build_datamodule` from ``cfg``)."""
+    passes them as ``datamodule`` (built by :func:`build_datamodule` from ``cfg``). Bad input,
+    a run that would not fit in memory included, is refused before the folder is written."""
     validate(cfg)
     quiet_lightning()
     if datamodule is None:
@@ -77,6 +79,7 @@ def run(cfg: DictConfig, datamodule: FederatedDataModule | None = None) -> dict:
             log.info("%s holds this config's finished run: nothing to do (reevaluate=true "
                      "adapts its targets again)", folder.path)
             return folder.read_summary()
+        check_run_fits(cfg, datamodule, trainer.strategy.root_device)  # before the first write
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         first_process = rank_zero_only.rank == 0  # processes launched for more devices: no files
         if first_process:
