@@ -9,8 +9,9 @@ code. Either loader is a ``dataset.source`` target like the built-in sets
 (:mod:`mglightning.data.datasets`): the result is pooled (METHOD.md §2) and partitioned by the same
 partitioners. Labels become 0..K-1 in sorted order of the class names (folders) or values
 (arrays); nodes likewise. Bad input ends in one :class:`DataError` line naming the file or key
-and what to change; so does data that would not fit in memory, priced from the files' headers
-before any image is decoded (:mod:`mglightning.data.memory`).
+and what to change; data that would not fit in memory, priced from the files' headers before
+any of it is decoded, in one :class:`~mglightning.errors.ConfigError` line
+(:mod:`mglightning.data.memory`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ DECODE_COPIES = 2
 
 
 def _is_image_size(value) -> bool:
+    """One integer >= 1 (a square), a list of one or two (height, width), or null."""
     sizes = [value] if isinstance(value, int) else value
     return value is None or (isinstance(sizes, list) and len(sizes) in (1, 2) and all(
         isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in sizes))
@@ -183,8 +185,17 @@ def _class_names(names: list[str], source: Path) -> list[str]:
 
 
 def _stack(files: list[Path], size: tuple[int, int] | None) -> torch.Tensor:
-    """uint8 (N, C, H, W): grayscale when every image is, else RGB (gray ones repeated); one
-    size, and within memory, by the files' headers before any is decoded."""
+    """uint8 (N, C, H, W): grayscale when every image is, else RGB (gray ones repeated)."""
+    channels = _priced_channels(files, size)
+    pixels = [_read_image(file, size) for file in files]
+    stacked = np.stack([np.repeat(array, channels // array.shape[2], axis=2) for array in pixels])
+    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+
+
+def _priced_channels(files: list[Path], size: tuple[int, int] | None) -> int:
+    """The channels the images stack to, from their headers alone: refused (before anything is
+    decoded) when their sizes differ and ``size`` does not resize them, or when stacking them
+    would not fit in memory."""
     headers = [_header(file) for file in files]  # (H, W, C) each
     if size is None:
         other = next((file for file, header in zip(files, headers, strict=True)
@@ -201,9 +212,7 @@ def _stack(files: list[Path], size: tuple[int, int] | None) -> torch.Tensor:
                f"{len(files)} images of {channels}x{height}x{width} (CxHxW) pixels",
                f"set {IMAGE_SIZE_KEY}=[H,W] smaller (it resizes every image as it is read), or "
                "use fewer images")
-    pixels = [_read_image(file, size) for file in files]
-    stacked = np.stack([np.repeat(array, channels // array.shape[2], axis=2) for array in pixels])
-    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+    return channels
 
 
 def _size_text(header: tuple[int, ...]) -> str:

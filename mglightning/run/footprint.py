@@ -69,10 +69,10 @@ def check_run_fits(cfg: DictConfig, datamodule: FederatedDataModule,
         warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
         network = build_training_node(node_config(cfg), datamodule.input_shape,
                                       datamodule.num_classes).network
-        counter = OutputBytes()
+        inputs, counter = torch.zeros(PRICED_BATCH, channels, height, width), OutputBytes()
         try:
             with counter:
-                network(torch.zeros(PRICED_BATCH, channels, height, width))
+                network(inputs)
         except RuntimeError as error:
             raise ConfigError(f"model={cfg.model.name} cannot take {images} "
                               f"({one_line(error)}): use larger images ({image_key}) or "
