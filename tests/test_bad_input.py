@@ -2,11 +2,14 @@
 no traceback, and no file written or changed anywhere under the test's folder (the run's output
 root, its data root and its working directory all lie there).
 
-The cases run in this process (the entry point's ``main`` with its argv), a few seconds for the
-whole battery; :func:`test_the_real_entry_point_says_the_same` runs two of them as the real
-command. A new case is one :class:`BadInput` in :data:`CASES`: its argv (``{tmp}`` stands for
-the test's folder), what its ``setup`` writes there first, the line it must give, and its
-``entry`` when the command is another one than ``python -m mglightning.train``.
+The cases run in this process (the entry point's ``main`` with its argv, about half a second a
+case); :func:`test_the_real_entry_point_says_the_same` runs two of them as the real command.
+A new case is one :class:`BadInput` in :data:`CASES`: its argv (``{tmp}`` stands for the test's
+folder), what its ``setup`` writes there first, the regex its line must match, and its
+``entry`` when the command is not ``python -m mglightning.train``: any ``main(argv)`` that
+prints ``error: ...`` and exits 2, e.g. ``BadInput("unknown experiment", ("no_such_table",),
+"no_such_table", entry=mglightning.reproduce.main)``. Each case may take 1 GiB of address space
+more than the test process holds (:data:`EXTRA_ADDRESS_SPACE`).
 """
 
 from __future__ import annotations

@@ -57,34 +57,22 @@ class OutputBytes(TorchDispatchMode):
 def check_run_fits(cfg: DictConfig, datamodule: FederatedDataModule,
                    device: torch.device) -> None:
     """Refuse (:class:`ConfigError`, one line naming the key to change) a run whose
-    activations, parameters and data would not fit on ``device``; the node is built (on the
-    ``meta`` device) as the run builds it, so that a network the images cannot pass through
-    is refused here too."""
-    channels, height, width = datamodule.input_shape
+    activations, parameters and data would not fit on ``device``."""
     image_key = next((f"dataset.source.{key}" for key in ("image_size", "shape")
                       if key in cfg.dataset.source), "the images' size")
-    images = f"images of {channels}x{height}x{width} (CxHxW)"
-    with torch.device("meta"), warnings.catch_warnings():
-        # images too small for the backbone leave it zero-size layers: said below, in one line
-        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
-        network = build_training_node(node_config(cfg), datamodule.input_shape,
-                                      datamodule.num_classes).network
-        inputs, counter = torch.zeros(PRICED_BATCH, channels, height, width), OutputBytes()
-        try:
-            with counter:
-                network(inputs)
-        except RuntimeError as error:
-            raise ConfigError(f"model={cfg.model.name} cannot take {images} "
-                              f"({one_line(error)}): use larger images ({image_key}) or "
-                              "another model") from error
+    num_parameters, activations_per_input = priced_network(cfg, datamodule, image_key)
     clients = datamodule.train_clients + datamodule.target_clients
     largest_set = max(max(len(client.support_idx), len(client.query_idx)) for client in clients)
-    num_parameters = sum(parameter.numel() for parameter in network.parameters())
     copies = PARAMETER_COPIES + cfg.method.clients_per_round
     needed = {
-        "activations": counter.total // PRICED_BATCH * largest_set,
+        "activations": activations_per_input * largest_set,
         "parameters": num_parameters * 4 * copies,  # float32
         "data": 0 if device.type == "cpu" else _data_bytes(datamodule),
+    }
+    details = {
+        "activations": f"a node's {largest_set} images at once",
+        "parameters": f"{num_parameters} in {copies} copies",
+        "data": "on the device",
     }
     remedies = {
         "activations": f"lower {image_key} or model.width, or make nodes smaller "
@@ -92,16 +80,37 @@ def check_run_fits(cfg: DictConfig, datamodule: FederatedDataModule,
         "parameters": f"lower model.width or {image_key}, or method.clients_per_round",
         "data": f"lower {image_key} or use fewer images, or trainer.accelerator=cpu",
     }
-    details = {
-        "activations": f"a node's {largest_set} images at once",
-        "parameters": f"{num_parameters} in {copies} copies",
-        "data": "on the device",
-    }
     parts = ", ".join(f"{part} {size_text(size)} ({details[part]})"
                       for part, size in needed.items() if size)
     check_fits(sum(needed.values()),
-               f"model={cfg.model.name} on {len(datamodule.data)} {images}: {parts}; together "
-               "they", remedies[max(needed, key=needed.get)], device)
+               f"model={cfg.model.name} on {len(datamodule.data)} {_images_text(datamodule)}: "
+               f"{parts}; together they", remedies[max(needed, key=needed.get)], device)
+
+
+def priced_network(cfg: DictConfig, datamodule: FederatedDataModule,
+                   image_key: str) -> tuple[int, int]:
+    """The run's network's parameter count and the bytes its training forward makes per
+    input, from the node built on the ``meta`` device as the run builds it; a network the
+    images cannot pass through is refused (:class:`ConfigError`, naming ``image_key``)."""
+    with torch.device("meta"), warnings.catch_warnings():
+        # images too small for the backbone leave it zero-size layers: said below, in one line
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+        network = build_training_node(node_config(cfg), datamodule.input_shape,
+                                      datamodule.num_classes).network
+        inputs, counter = torch.zeros(PRICED_BATCH, *datamodule.input_shape), OutputBytes()
+        try:
+            with counter:
+                network(inputs)
+        except RuntimeError as error:
+            raise ConfigError(f"model={cfg.model.name} cannot take {_images_text(datamodule)} "
+                              f"({one_line(error)}): use larger images ({image_key}) or "
+                              "another model") from error
+    num_parameters = sum(parameter.numel() for parameter in network.parameters())
+    return num_parameters, counter.total // PRICED_BATCH
+
+
+def _images_text(datamodule: FederatedDataModule) -> str:
+    return "images of {}x{}x{} (CxHxW)".format(*datamodule.input_shape)
 
 
 def _data_bytes(datamodule: FederatedDataModule) -> int:
