@@ -46,6 +46,7 @@ from mglightning.run.checkpoint import (
     read_state_dict,
 )
 from mglightning.run.folder import RunFolder
+from mglightning.run.footprint import check_run_fits
 from mglightning.run.identity import input_fingerprints
 from mglightning.run.loggers import finish_wandb_run, quiet_lightning
 
@@ -59,7 +60,8 @@ def run(cfg: DictConfig, datamodule: FederatedDataModule | None = None) -> dict:
     or other inputs (data, meta-model), and bad input before anything is written. A SIGTERM
     or SIGINT at any point stops with the finished rounds checkpointed and no results
     (:class:`RunInterrupted`). The run's data are loaded once, here or by the caller, who
-    passes them as ``datamodule`` (built by :func:`build_datamodule` from ``cfg``)."""
+    passes them as ``datamodule`` (built by :func:`build_datamodule` from ``cfg``). Bad input,
+    a run that would not fit in memory included, is refused before the folder is written."""
     validate(cfg)
     quiet_lightning()
     with StopRequest() as stop_request, logging_redirect_tqdm():
@@ -86,6 +88,7 @@ def run(cfg: DictConfig, datamodule: FederatedDataModule | None = None) -> dict:
             log.info("%s holds this config's finished run: nothing to do (reevaluate=true "
                      "adapts its targets again)", folder.path)
             return folder.read_summary()
+        check_run_fits(cfg, datamodule, trainer.strategy.root_device)  # before the first write
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         learner = build_learner(cfg, datamodule)
         if state is not None:

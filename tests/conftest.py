@@ -8,8 +8,10 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mglightning import build
 from mglightning.train import check_overrides, run
@@ -70,6 +72,22 @@ def train_cli(argv: list[str]) -> None:
 def compose_config(overrides: list[str], tmp_path) -> object:
     """The composed train config with the tiny settings, writing under ``tmp_path``."""
     return build.compose_config([*TINY, f"output_root={tmp_path}", *overrides])
+
+
+def write_tree(root: Path, classes: dict[str, int], size=(8, 6), mode="L", seed=0,
+               suffix=".png") -> dict[Path, np.ndarray]:
+    """root/<class>/<n><suffix> with random pixels; returns each file's pixels (H, W[, 3])."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for class_name, count in classes.items():
+        (root / class_name).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            shape = size if mode == "L" else (*size, 3)
+            pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+            path = root / class_name / f"{index:03d}{suffix}"
+            Image.fromarray(pixels, mode).save(path)
+            written[path] = pixels
+    return written
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from mglightning.data.images import (  # noqa: F401 (re-exported)
     ImageData,
     resolve_data_root,
 )
+from mglightning.data.memory import check_fits
 from mglightning.errors import one_line
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ LOADER_ERRORS = (
 SYNTHETIC_PROTOTYPE_DOWNSCALE = 4
 SYNTHETIC_NOISE_STD = 30.0  # on the 0..255 pixel scale
 SYNTHETIC_MAX_SHIFT = 2  # pixels, in each direction
+# Memory at the peak of making them: float32 copies of the images (shifted prototypes, noise,
+# scaled noise, their sum) and the uint8 result (measured: 12.6 bytes a pixel).
+SYNTHETIC_BYTES_PER_PIXEL = 17
 
 
 class TorchvisionSet(NamedTuple):
@@ -316,6 +320,10 @@ def make_synthetic(
     if num_classes < 1 or samples_per_class < 1 or min(channels, height, width) < 1:
         raise DataError(f"dataset.source needs positive num_classes, samples_per_class and "
                         f"shape, got {num_classes}, {samples_per_class}, {tuple(shape)}")
+    check_fits(SYNTHETIC_BYTES_PER_PIXEL * num_classes * samples_per_class * channels * height
+               * width, f"{num_classes * samples_per_class} synthetic images of "
+               f"{channels}x{height}x{width} (CxHxW) pixels", "lower dataset.source.shape, "
+               "dataset.source.samples_per_class or dataset.source.num_classes")
     generator = torch.Generator().manual_seed(seed)
     coarse_size = (max(2, height // SYNTHETIC_PROTOTYPE_DOWNSCALE),
                    max(2, width // SYNTHETIC_PROTOTYPE_DOWNSCALE))

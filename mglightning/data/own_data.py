@@ -9,22 +9,28 @@ code. Either loader is a ``dataset.source`` target like the built-in sets
 (:mod:`mglightning.data.datasets`): the result is pooled (METHOD.md §2) and partitioned by the same
 partitioners. Labels become 0..K-1 in sorted order of the class names (folders) or values
 (arrays); nodes likewise. Bad input ends in one :class:`DataError` line naming the file or key
-and what to change.
+and what to change; data that would not fit in memory, priced from the files' headers before
+any of it is decoded, in one :class:`~mglightning.errors.ConfigError` line
+(:mod:`mglightning.data.memory`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from mglightning.constraints import Rule
 from mglightning.data.errors import DataError
 from mglightning.data.images import ImageData
+from mglightning.data.memory import check_fits, size_text
 from mglightning.errors import one_line
 
 logger = logging.getLogger(__name__)
@@ -36,12 +42,36 @@ IMAGE_SIZE_KEY = "dataset.source.image_size"
 FOLDER_LAYOUT = "DIR/<class>/<image> (or DIR/<node>/<class>/<image> for a natural partition)"
 ARRAYS_LAYOUT = ("np.savez(FILE, images=uint8 (N, H, W) or (N, H, W, C), labels=ints (N,), "
                  "optional node_ids=ints (N,))")
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # what np.load takes for an .npz (a zip archive)
+NPY_MAGIC = b"\x93NUMPY"  # a single array, as np.save writes it
+PICKLE_PROTOCOL_2_AND_UP = b"\x80"
+# Copies of the pixels alive together at the peak of loading (measured: 3.2 and 1.6 bytes a
+# pixel): a folder's decoded images, their stack and its NCHW copy; an npz's array and its
+# NCHW copy.
+FOLDER_LOAD_COPIES = 3
+ARRAYS_LOAD_COPIES = 2
+# Converting a decoded file to L or RGB copies it: the largest file costs twice its pixels.
+DECODE_COPIES = 2
 
 
-def load_image_folder(data_root: str | None = None, /, path: str | None = None,
-                      image_size: int | Sequence[int] | None = None) -> ImageData:
+def _is_image_size(value) -> bool:
+    """One integer >= 1 (a square), a list of one or two (height, width), or null."""
+    sizes = [value] if isinstance(value, int) else value
+    return value is None or (isinstance(sizes, list) and len(sizes) in (1, 2) and all(
+        isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in sizes))
+
+
+IMAGE_SIZE_RULE = Rule(_is_image_size, "[height, width] of integers >= 1, one such number for a "
+                                       "square, or null for the files' own size")
+
+
+def load_image_folder(
+    data_root: str | None = None, /, path: str | None = None,
+    image_size: Annotated[int | Sequence[int] | None, IMAGE_SIZE_RULE] = None,
+) -> ImageData:
     """An image tree, every image one size (its own, or ``image_size`` [H, W] after resizing);
-    ``path`` is the user's own, ``data_root`` is not read."""
+    ``path`` is the user's own, ``data_root`` is not read. Nothing is decoded before the
+    headers say that the images fit in memory."""
     root = _existing_path(path, directory=True)
     size = _image_size(image_size)
     top_folders = _subfolders(root)  # classes, or nodes holding classes
@@ -113,10 +143,15 @@ def _existing_path(path: str | None, directory: bool) -> Path:
         raise DataError(f"{PATH_KEY} is not set: give {kind}, e.g. {PATH_KEY}=my_data"
                         f"{'' if directory else '.npz'}")
     resolved = Path(path).expanduser()
-    if not (resolved.is_dir() if directory else resolved.is_file()):
-        raise DataError(f"{PATH_KEY}={path}: no such {'folder' if directory else 'file'} "
-                        f"(relative paths start at the working directory); give {kind}")
-    return resolved
+    if resolved.is_dir() if directory else resolved.is_file():
+        return resolved
+    if resolved.exists():
+        found, loader, other = (
+            ("a file", "dataset=folder", "dataset=arrays takes an .npz file") if directory
+            else ("a folder", "dataset=arrays", "dataset=folder takes a folder of images"))
+        raise DataError(f"{PATH_KEY}={path} is {found}, but {loader} takes {kind} ({other})")
+    raise DataError(f"{PATH_KEY}={path}: no such {'folder' if directory else 'file'} "
+                    f"(relative paths start at the working directory); give {kind}")
 
 
 def _image_size(image_size) -> tuple[int, int] | None:
@@ -124,12 +159,7 @@ def _image_size(image_size) -> tuple[int, int] | None:
     if image_size is None:
         return None
     sizes = [image_size] if isinstance(image_size, int) else list(image_size)
-    if len(sizes) == 1:
-        sizes *= 2
-    if len(sizes) != 2 or not all(isinstance(size, int) and size >= 1 for size in sizes):
-        raise DataError(f"{IMAGE_SIZE_KEY}={image_size}: use [height, width], one number for a "
-                        "square, or null for the files' own size")
-    return sizes[0], sizes[1]
+    return sizes[0], sizes[-1]
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -156,22 +186,55 @@ def _class_names(names: list[str], source: Path) -> list[str]:
 
 def _stack(files: list[Path], size: tuple[int, int] | None) -> torch.Tensor:
     """uint8 (N, C, H, W): grayscale when every image is, else RGB (gray ones repeated)."""
+    channels = _priced_channels(files, size)
     pixels = [_read_image(file, size) for file in files]
-    shapes = {array.shape[:2] for array in pixels}
-    if len(shapes) > 1:
-        first = files[0]
-        other = next(file for file, array in zip(files, pixels, strict=True)
-                     if array.shape[:2] != pixels[0].shape[:2])
-        raise DataError(f"{other} is {_size_text(pixels[files.index(other)])} but {first} is "
-                        f"{_size_text(pixels[0])}: set {IMAGE_SIZE_KEY}=[H,W] to resize every "
-                        "image to one size")
-    channels = max(array.shape[2] for array in pixels)
     stacked = np.stack([np.repeat(array, channels // array.shape[2], axis=2) for array in pixels])
     return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
 
 
-def _size_text(array: np.ndarray) -> str:
-    return f"{array.shape[0]}x{array.shape[1]} (HxW)"
+def _priced_channels(files: list[Path], size: tuple[int, int] | None) -> int:
+    """The channels the images stack to, from their headers alone: refused (before anything is
+    decoded) when their sizes differ and ``size`` does not resize them, or when stacking them
+    would not fit in memory."""
+    headers = [_header(file) for file in files]  # (H, W, C) each
+    if size is None:
+        other = next((file for file, header in zip(files, headers, strict=True)
+                      if header[:2] != headers[0][:2]), None)
+        if other is not None:
+            raise DataError(f"{other} is {_size_text(headers[files.index(other)])} but "
+                            f"{files[0]} is {_size_text(headers[0])}: set {IMAGE_SIZE_KEY}=[H,W] "
+                            "to resize every image to one size")
+    height, width = size or headers[0][:2]
+    channels = max(header[2] for header in headers)
+    largest_file = max(math.prod(header) for header in headers)
+    check_fits(FOLDER_LOAD_COPIES * len(files) * channels * height * width
+               + DECODE_COPIES * largest_file,
+               f"{len(files)} images of {channels}x{height}x{width} (CxHxW) pixels",
+               f"set {IMAGE_SIZE_KEY}=[H,W] smaller (it resizes every image as it is read), or "
+               "use fewer images")
+    return channels
+
+
+def _size_text(header: tuple[int, ...]) -> str:
+    return f"{header[0]}x{header[1]} (HxW)"
+
+
+def _header(file: Path) -> tuple[int, int, int]:
+    """(H, W, C) of one PNG/JPEG as read (C: 1 for grayscale, else 3), from its header alone."""
+    try:
+        with Image.open(file) as image:
+            width, height = image.size
+            return height, width, 1 if image.mode in GRAYSCALE_MODES else 3
+    except Image.DecompressionBombError as error:
+        raise DataError(f"{file} is too large to decode safely ({one_line(error)}): shrink it or "
+                        "delete it") from error
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise _unreadable(file, error) from error
+
+
+def _unreadable(file: Path, error: Exception) -> DataError:
+    return DataError(f"{file} is not a readable PNG or JPEG image ({one_line(error)}): replace "
+                     "or delete it")
 
 
 def _read_image(file: Path, size: tuple[int, int] | None) -> np.ndarray:
@@ -183,26 +246,30 @@ def _read_image(file: Path, size: tuple[int, int] | None) -> np.ndarray:
                 converted = converted.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(converted, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise DataError(f"{file} is not a readable PNG or JPEG image ({one_line(error)}): "
-                        "replace or delete it") from error
+        raise _unreadable(file, error) from error
     return array.reshape(*array.shape[:2], -1)
 
 
 def _read_npz(file: Path) -> dict[str, np.ndarray]:
-    """Every array of the file, never unpickling; ``images`` and ``labels`` present."""
+    """Every array of the file, never unpickling; ``images`` and ``labels`` present; read only
+    once their headers say that they fit in memory."""
+    _check_is_zip(file)
     try:
         loaded = np.load(file, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"{PATH_KEY}={file} is not a readable .npz ({one_line(error)}): save it "
                         f"with {ARRAYS_LAYOUT}") from error
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise DataError(f"{PATH_KEY}={file} holds one array, not named arrays: save it with "
-                        f"{ARRAYS_LAYOUT}")
     with loaded:
         missing = [key for key in ("images", "labels") if key not in loaded.files]
         if missing:
             raise DataError(f"{file} has no {' and no '.join(missing)} array (it has "
                             f"{sorted(loaded.files)}): save it with {ARRAYS_LAYOUT}")
+        declared = {key: _declared_size(loaded, key) for key in loaded.files}
+        check_fits(sum(size for size, _ in declared.values())
+                   + (ARRAYS_LOAD_COPIES - 1) * declared["images"][0],
+                   f"the arrays of {PATH_KEY}={file} (images: {declared['images'][1]})",
+                   "store fewer or smaller images in it (resized before saving), or use "
+                   f"dataset=folder, whose {IMAGE_SIZE_KEY} resizes them as they are read")
         arrays = {}
         for key in loaded.files:
             try:
@@ -211,6 +278,39 @@ def _read_npz(file: Path) -> dict[str, np.ndarray]:
                 raise DataError(f"{file}: array {key} cannot be read ({one_line(error)}): save "
                                 f"plain numeric arrays with {ARRAYS_LAYOUT}") from error
     return arrays
+
+
+def _check_is_zip(file: Path) -> None:
+    """An .npz is a zip archive: anything else is refused saying what it is, before numpy would
+    take it for a pickle."""
+    with open(file, "rb") as handle:
+        start = handle.read(8)  # the magics, and enough to show the user what it is
+    if start.startswith(ZIP_MAGICS):
+        return
+    if start.startswith(NPY_MAGIC):
+        found = "a single array (.npy, as np.save writes it), not named arrays"
+    elif start.startswith(PICKLE_PROTOCOL_2_AND_UP):
+        found = "a Python pickle, which is never read (unpickling can run code)"
+    else:
+        found = f"not a zip archive (it starts with {start!r}), so no .npz made by np.savez"
+    raise DataError(f"{PATH_KEY}={file} is {found}: save it with {ARRAYS_LAYOUT}")
+
+
+def _declared_size(loaded: np.lib.npyio.NpzFile, key: str) -> tuple[int, str]:
+    """Bytes that reading ``loaded[key]`` takes, and its dtype and shape in words, from its
+    .npy header alone; where that cannot be read, its zip entry's declared size (reading
+    stops there)."""
+    name = f"{key}.npy" if f"{key}.npy" in loaded.zip.namelist() else key
+    try:
+        with loaded.zip.open(name) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(member)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        declared = loaded.zip.getinfo(name).file_size
+        return declared, f"{size_text(declared)} uncompressed"
+    return math.prod(shape) * dtype.itemsize, f"{dtype} {shape}"
 
 
 def _dense_ids(arrays: dict[str, np.ndarray], key: str, file: Path,

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mglightning.constraints import integer, integer_range, number, one_of, optional
+from mglightning.data.memory import shortfall
 
 PARTITION_KEY = "dataset.partition"
 TARGET_NODES_KEY = "dataset.num_target_nodes"
@@ -35,6 +36,8 @@ PATHOLOGICAL_MAX_ATTEMPTS = 20
 # taking ~89% of the data, fit on each of 100 seeds tried.
 CLASS_BALANCE_POWER = 4
 SIZE_DISTRIBUTIONS = ("uniform", "log_uniform")
+# A node id before any data loads: an int64 in the permutation and a Python int in a list.
+NODE_ID_BYTES = 8 + 36
 
 
 class PartitionError(ValueError):
@@ -264,6 +267,11 @@ def split_train_target(
         raise PartitionError(f"{TARGET_NODES_KEY}={num_target_nodes}: must be between 0 "
                              f"and the {num_nodes} nodes minus one ({num_nodes - 1}), so that at "
                              "least one training node remains")
+    too_many = shortfall(NODE_ID_BYTES * num_nodes, f"the ids of {num_nodes} nodes",
+                         f"lower {_key('num_nodes')} (a node needs samples of its own: at most "
+                         "one node a sample)")
+    if too_many:
+        raise PartitionError(too_many)
     permutation = torch.randperm(num_nodes, generator=torch.Generator().manual_seed(seed))
     target_nodes = sorted(permutation[:num_target_nodes].tolist())
     train_nodes = sorted(permutation[num_target_nodes:].tolist())
