@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 PRIVATE_FOLDER = 0o700
 PRIVATE_SOCKET_UMASK = 0o177  # bind creates the socket 0600
+TRANSFER_SECONDS = 60.0  # for a request or a reply to pass (not the solve): a stuck peer is dropped
 
 
 def private_folder(folder: Path) -> None:
@@ -102,9 +103,10 @@ def serve(server: socket.socket) -> None:
     while True:
         connection, _ = server.accept()
         with connection:
+            connection.settimeout(TRANSFER_SECONDS)
             try:
                 answer(connection)
-            except (OSError, ValueError) as error:  # a peer gone, or a frame not ours
+            except (OSError, ValueError) as error:  # a peer gone or stuck, or a frame not ours
                 log.warning("connection dropped: %s", one_line(error))
 
 
