@@ -11,6 +11,9 @@ from benchmarks.suite import BenchConfig, run_suite
 from mglightning.run.io import atomic_write_text, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # benchmarks/ sits in the repository root
+# BENCHMARKS.md's last section, written by hand from `make flower-round-times` (a deployment
+# the suite does not run): kept, whole, when the suite rewrites the rest.
+FLOWER_SECTION = "\n## Flower: a deployment round against the engine's floor"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,6 +34,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def with_flower_section(rendered: str, previous: str) -> str:
+    """The suite's ``rendered`` BENCHMARKS.md, followed by the Flower section of the
+    ``previous`` one (if it has one)."""
+    return rendered + "".join(previous.partition(FLOWER_SECTION)[1:])
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     config = dataclasses.replace(BenchConfig(), clients_per_round=args.clients,
@@ -41,7 +50,9 @@ def main(argv=None) -> None:
     command = "make bench" if argv is None else "python -m benchmarks"
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_json(args.output_dir / "BENCHMARKS.json", results)
-    atomic_write_text(args.output_dir / "BENCHMARKS.md", render(results, command))
+    path = args.output_dir / "BENCHMARKS.md"
+    previous = path.read_text() if path.exists() else ""
+    atomic_write_text(path, with_flower_section(render(results, command), previous))
     print(render(results, command))
 
 

@@ -1,7 +1,10 @@
-"""MetaGater in PyTorch Lightning. Importing the package registers the config resolver
-``${mg.fingerprint:}`` that run names use (:mod:`mglightning.run.identity`).
+"""MetaGater in PyTorch Lightning.
 
-It also asks PyTorch, before torch is imported, to back CPU tensors of 2 MB and more with
+Importing the package imports nothing else: a Flower ClientApp whose node has a worker imports
+numpy and flwr alone (:mod:`mglightning.flower.client_app`), and the config resolver that run
+names use is registered where configs are composed (:mod:`mglightning.config`).
+
+It asks PyTorch, before torch is imported, to back CPU tensors of 2 MB and more with
 transparent huge pages (``THP_MEM_ALLOC_ENABLE``, read once per process): a target's fast
 adaptation makes a few hundred MB of fresh activations, and faulted in 4 KB pages they made
 an evaluation on the CIFAR-10 stand-in slower (README, BENCHMARKS.md). The results
@@ -11,5 +14,3 @@ are the same bits either way; ``THP_MEM_ALLOC_ENABLE=0`` in the environment keep
 import os
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
-from mglightning.run import identity as _identity  # noqa: E402,F401

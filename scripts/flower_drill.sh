@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Fault drills on a real loopback deployment (TLS, SuperNode authentication; flower_loopback.sh):
-#   1. SIGKILL a SuperNode (and its ClientApp processes) in the middle of round 1: the round goes
-#      on without it once the SuperLink sees it offline (no heartbeat: ~60 s), its failures are
-#      counted in flower/rounds.csv, and started again with its key it rejoins under the same
-#      node id; x_ag equals the in-process run in which that node fails in the same rounds.
+#   1. SIGKILL a SuperNode (with its ClientApp processes and its node worker) in the middle of
+#      round 1: the round goes on without it once the SuperLink sees it offline (no heartbeat:
+#      ~60 s), its failures are counted in flower/rounds.csv, and started again (a new worker on
+#      the old socket) with its key it rejoins under the same node id; x_ag equals the
+#      in-process run in which that node fails in the same rounds.
 #   2. SIGKILL the SuperLink (with its SuperExec and the ServerApp) in the middle of a run, after
 #      round 1 was saved: a new SuperLink on the same database, the SuperNodes reconnecting, and
 #      `flwr run` again resumes from the saved server state and ends with x_ag equal, bit for bit,
@@ -27,8 +28,7 @@ t1=$SECONDS
 kill_overrides="$two_nodes rounds=4 output_root=$work/outputs-kill"
 run_flwr "$work/run-kill.log" "$kill_overrides"
 wait_for "$RUN_TIMEOUT" "round 1 to reach node1" has_trained node1 1
-kill_tree KILL "${supernode_pid[node1]}"
-forget "${supernode_pid[node1]}"
+kill_supernode node1
 echo "drill 1: node1 SIGKILLed in round 1 after $((SECONDS - t1)) s"
 wait_for "$RUN_TIMEOUT" "round 2 to start (round 1 finished without node1)" has_trained node0 2
 start_supernode node1 1

@@ -2,7 +2,11 @@
 # deployment on 127.0.0.1, closed to strangers. A throwaway CA and server certificate (openssl)
 # give the SuperLink TLS; every SuperNode has its own key (ssh-keygen, ECDSA P-384), registered
 # with `flwr supernode register` before it starts, and the SuperLink (--enable-supernode-auth)
-# refuses any other. Certificates, keys, the SuperLink's database, logs and run outputs live in
+# refuses any other. Beside every SuperNode runs its node worker (mglightning.flower.node_worker),
+# named in the SuperNode's --node-config (worker-socket=...): it imports torch and builds the
+# node once, where each of the SuperNode's ClientApp processes (one a message) would do it
+# again; FLOWER_NODE_WORKERS=0 starts none, and the ClientApps solve themselves.
+# Certificates, keys, the SuperLink's database, logs and run outputs live in
 # one temporary folder ($work), kept (for the logs) on failure or with FLOWER_KEEP_LOGS=1,
 # removed otherwise.
 # Every wait is bounded; every process started here, and every process it spawned (SuperExec,
@@ -13,6 +17,7 @@ VENV=$(cd "${VENV:-.venv}" && pwd)                # absolute: the SuperLink spaw
 PORT=${FLOWER_PORT:-19100}                       # SuperLink; SuperNode i serves PORT+1+i
 START_TIMEOUT=${FLOWER_START_TIMEOUT:-120}       # seconds for each process to come up
 RUN_TIMEOUT=${FLOWER_RUN_TIMEOUT:-600}           # seconds for one flwr run, or a round to come
+NODE_WORKERS=${FLOWER_NODE_WORKERS:-1}           # 1: a node worker beside every SuperNode
 export PATH="$VENV/bin:$PATH" OMP_NUM_THREADS=1 WANDB_MODE=disabled
 work=$(mktemp -d -t mg-flower.XXXXXX)
 export FLWR_HOME="$work/flwr-home"
@@ -22,7 +27,7 @@ mkdir -p "$FLWR_HOME" "$work/tls" "$work/keys"
 two_nodes="dataset=synthetic logger=none method.clients_per_round=2 checkpoint.every_n_rounds=1"
 two_nodes+=" dataset.partition.num_nodes=4 dataset.num_target_nodes=2 data_root=$work/data"
 pids=()                                           # started here, each in its own session
-declare -A supernode_pid=()                       # SuperNode name -> PID
+declare -A supernode_pid=() worker_pid=()         # SuperNode name -> its PID, its worker's
 
 descendants() {  # descendants PID: every process below PID, the deepest first
     local child
@@ -110,15 +115,35 @@ start_superlink() {  # TLS, and only registered SuperNodes; the state in $work/s
 
 register_node() { flwr supernode register "$work/keys/$1.pub" >>"$work/register.log" 2>&1; }
 
-start_supernode() {  # start_supernode NAME PARTITION [INDEX]: with key NAME, on PORT+1+INDEX
-    local name=$1 partition=$2 index=${3:-$2}
+# start_supernode NAME PARTITION [INDEX]: with key NAME, on PORT+1+INDEX, and its node worker
+# (unless FLOWER_NODE_WORKERS=0), whose socket lies in a folder of its own under $work (0700)
+start_supernode() {
+    local name=$1 partition=$2 index=${3:-$2} node_config="partition-id=$2"
+    if [ "$NODE_WORKERS" != 0 ]; then
+        local socket="$work/worker-$name/node.sock"  # the worker runs this checkout, as the FAB
+        start "$work/worker-$name.log" env PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" \
+            "$VENV/bin/python" -m mglightning.flower.node_worker --socket "$socket"
+        worker_pid[$name]=$!
+        node_config+=" worker-socket='$socket'"
+    fi
     start "$work/$name.log" flower-supernode --superlink "127.0.0.1:$PORT" \
         --root-certificates "$work/tls/ca.crt" --auth-supernode-private-key "$work/keys/$name" \
-        --host 127.0.0.1 --port $((PORT + 1 + index)) --node-config "partition-id=$partition"
+        --host 127.0.0.1 --port $((PORT + 1 + index)) --node-config "$node_config"
     supernode_pid[$name]=$!
 }
 
-supernode_up() { grep -q "SuperNode ID" "$work/$1.log"; }
+supernode_up() {  # the SuperNode connected, and its worker (if any) serves its socket
+    grep -q "SuperNode ID" "$work/$1.log" \
+        && { [ "$NODE_WORKERS" = 0 ] || grep -q "serving" "$work/worker-$1.log"; }
+}
+
+kill_supernode() {  # kill_supernode NAME: SIGKILL the SuperNode, its ClientApps and its worker
+    local pid
+    for pid in "${supernode_pid[$1]}" ${worker_pid[$1]:-}; do
+        kill_tree KILL "$pid"
+        forget "$pid"
+    done
+}
 
 start_deployment() {  # start_deployment N: the SuperLink, and SuperNodes node0..node<N-1>, each
     local i           # with its key registered, node<i> holding training node i; waits for all

@@ -15,6 +15,10 @@ method, part or data set needs no edit here:
 
 Hydra itself already rejects ``key=value`` for a key the composed config lacks; this catches
 what Hydra lets through: ``+key=value``, keys an experiment file adds, types and ranges.
+
+Every config is composed from :data:`CONF_DIR`, so importing this package registers the
+resolver ``${mg.fingerprint:}`` of ``conf/train.yaml``'s run name
+(:func:`mglightning.run.identity.register_resolver`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from mglightning.config.files import CONF_DIR, PACKAGED_CONF_DIR, SOURCE_CONF_DI
 from mglightning.config.rules import RULES, out_of_range
 from mglightning.config.walker import walk
 from mglightning.errors import ConfigError, one_line
+from mglightning.run.identity import register_resolver
 
 __all__ = ["CONF_DIR", "PACKAGED_CONF_DIR", "RULES", "SOURCE_CONF_DIR",
            "TRAINER_ARGS_SET_BY_RUN", "ConfigError", "validate"]
@@ -34,6 +39,8 @@ __all__ = ["CONF_DIR", "PACKAGED_CONF_DIR", "RULES", "SOURCE_CONF_DIR",
 # Top-level blocks that belong to other entry points (which check them), and Hydra's own node
 # (present when composed with return_hydra_config=True).
 IGNORED_TOP_KEYS = {"hydra", "reproduce"}
+
+register_resolver()
 
 
 def validate(cfg: DictConfig) -> None:

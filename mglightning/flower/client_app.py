@@ -7,63 +7,33 @@ x_md, drawn from the streams of (seed, round, position) — the same solve, by t
 learner's client at that position. A solve that raises becomes Flower's error reply, which the
 server counts and leaves out.
 
-A SuperNode starts a process per message, so this module imports what a node needs and no
-more: torch, flwr, the node builder and the shard reader; no Hydra, no Lightning, no W&B, no
-entry point (a test checks). The node's config parts come resolved in the message
-(:mod:`.protocol`); its node and shard are built once per process, which a Ray actor of the
-simulation keeps across messages.
+A SuperNode starts a process per message, so this module imports numpy, flwr and the torch-free
+:mod:`.protocol` and :mod:`.wire`, and nothing that imports torch (a test checks). Where the
+node config names a worker (``worker-socket``, :mod:`.node_worker`), the worker solves: it
+imported torch and built the node once, for all the node's messages. Without one, the
+ClientApp solves itself (:mod:`.client_node`), importing torch and the node builder at its
+first train message, but never Hydra, Lightning or W&B; a Ray actor of the simulation keeps
+that node across messages. Either way the node's config parts come resolved in the message.
 """
 
 from __future__ import annotations
-
-import json
-from dataclasses import dataclass
-from functools import lru_cache
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from mglightning.errors import ConfigError
-from mglightning.federated.flat import FlatParameters
-from mglightning.federated.training_node import TrainingNode, build_training_node
 from mglightning.flower.protocol import (
+    NodeResult,
+    TrainTask,
     read_node_config,
     read_train_message,
     result_reply,
     training_index_reply,
 )
-from mglightning.flower.shard import NodeShard, load_node_shard
+from mglightning.flower.wire import solve_on_worker
 
 PARTITION_ID = "partition-id"  # Flower's node config key for a node's training index
-
-
-@dataclass
-class ClientNode:
-    """A training node as its ClientApp process holds it: its shard, the node built for it
-    and the flat parameters its solves run on."""
-
-    seed: int
-    shard: NodeShard
-    node: TrainingNode
-    flat: FlatParameters
-
-    @classmethod
-    def build(cls, node_config: dict, training_index: int) -> ClientNode:
-        shard = load_node_shard(node_config, training_index)
-        node = build_training_node(node_config, shard.input_shape, shard.num_classes)
-        return cls(node_config["seed"], shard, node,
-                   FlatParameters(node.network, node.network.is_gate_parameter))
-
-    def solve(self, message: Message) -> Message:
-        task = read_train_message(message)
-        result = self.node.solve(self.flat, task.x_md, self.shard.client, self.seed,
-                                 task.round_index, task.position)
-        return result_reply(message, task, result)
-
-
-@lru_cache(maxsize=4)
-def client_node(node_config_json: str, training_index: int) -> ClientNode:
-    return ClientNode.build(json.loads(node_config_json), training_index)
+WORKER_SOCKET = "worker-socket"  # node config key: the node worker's socket, if it has one
 
 
 def training_index(context: Context) -> int:
@@ -72,6 +42,17 @@ def training_index(context: Context) -> int:
         raise ConfigError(f"node config has no {PARTITION_ID}: start the SuperNode with "
                           f"--node-config {PARTITION_ID}=<training node index>")
     return int(context.node_config[PARTITION_ID])
+
+
+def solve(node_config: str, training_index: int, task: TrainTask, context: Context
+          ) -> NodeResult:
+    """``task`` solved by the node's worker if it has one, else in this process."""
+    if WORKER_SOCKET in context.node_config:
+        return solve_on_worker(str(context.node_config[WORKER_SOCKET]), node_config,
+                               training_index, task)
+    from mglightning.flower.client_node import client_node  # torch: only without a worker
+
+    return client_node(node_config, training_index).solve(task)
 
 
 def make_client_app() -> ClientApp:
@@ -84,7 +65,9 @@ def make_client_app() -> ClientApp:
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        return client_node(read_node_config(message), training_index(context)).solve(message)
+        task = read_train_message(message)
+        result = solve(read_node_config(message), training_index(context), task, context)
+        return result_reply(message, task, result)
 
     return app
 

@@ -38,7 +38,9 @@ from flwr.serverapp.strategy import FedAvg
 
 from mglightning.config import ConfigError
 from mglightning.federated.learner import FederatedMetaLearner, RoundPlan
+from mglightning.federated.server import ClientResult
 from mglightning.flower.protocol import (
+    NodeResult,
     TrainTask,
     query_message,
     read_result,
@@ -124,7 +126,8 @@ class FederatedRoundStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         plan = self.plan = self.learner.plan_round(range(len(self.node_ids)))
-        return [train_message(TrainTask(plan.x_md, plan.index, position, training_index),
+        x_md = plan.x_md.detach().cpu().numpy()
+        return [train_message(TrainTask(x_md, plan.index, position, training_index),
                               self.node_ids[training_index], config)
                 for position, training_index in enumerate(plan.chosen)]
 
@@ -150,11 +153,18 @@ class FederatedRoundStrategy(FedAvg):
                 failures.append(f"training node {training_index}: {reply.error.reason}")
                 continue
             position, result = read_result(reply)
-            by_position[position] = result
+            by_position[position] = client_result(result)
         missing = self.learner.clients_per_round - len(replies)
         if missing > 0:
             failures.append(f"{missing} node(s) sent no reply")
         return [by_position[position] for position in sorted(by_position)], failures
+
+
+def client_result(result: NodeResult) -> ClientResult:
+    """A node's reply as the server step takes it: torch parameters, and the loss a float64
+    tensor as the in-process learner's."""
+    return ClientResult(result.node_id, torch.from_numpy(result.params), result.num_samples,
+                        torch.tensor(result.loss, dtype=torch.float64))
 
 
 def discover_nodes(grid: Grid, num_nodes: int, timeout: float) -> list[int]:

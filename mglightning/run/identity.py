@@ -238,11 +238,9 @@ def differing_keys(stored: DictConfig | Mapping, current: DictConfig | Mapping) 
 
 
 def register_resolver() -> None:
-    """``${mg.fingerprint:}`` in a config resolves to the fingerprint of its root."""
+    """``${mg.fingerprint:}`` in a config resolves to the fingerprint of its root; registered
+    by :mod:`mglightning.config`, whence every config is composed."""
     if not OmegaConf.has_resolver("mg.fingerprint"):
         OmegaConf.register_new_resolver(
             "mg.fingerprint", lambda *, _root_: fingerprint(_root_), use_cache=False
         )
-
-
-register_resolver()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from benchmarks import timing
-from benchmarks.__main__ import parse_args
+from benchmarks.__main__ import FLOWER_SECTION, parse_args, with_flower_section
 from benchmarks.alternatives import bench_alternatives
 from benchmarks.device_rounds import CIFAR10_STAND_IN, bench_devices, projected_run_seconds
 from benchmarks.device_rounds import render as render_devices
@@ -448,3 +448,10 @@ def test_projected_job_counts_the_evaluations_training_makes(rounds, every, curv
     evaluation = {"curve_seconds": 10.0, "final_seconds": 1000.0}
     assert projected_run_seconds(cfg, 0.5, evaluation) == (
         rounds * 0.5 + curve_evaluations * 10.0 + 1000.0)
+
+
+def test_the_rewritten_benchmarks_keep_the_hand_written_flower_section():
+    flower = f"{FLOWER_SECTION}\n\nBy hand.\n\n| a | b |\n"
+    assert with_flower_section("# New\n", "# Old\n" + flower) == "# New\n" + flower
+    assert with_flower_section("# New\n", "# Old\n") == "# New\n"
+    assert with_flower_section("# New\n", "") == "# New\n"

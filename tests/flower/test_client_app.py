@@ -1,6 +1,8 @@
-"""The ClientApp in a fresh process, as a SuperNode starts one for every message: it imports
-no Lightning, Hydra, W&B or entry point (each costs seconds a message), not even while it
-solves, and its reply equals the in-process learner's solve of that node bit for bit."""
+"""The ClientApp in a fresh process, as a SuperNode starts one for every message, solving
+itself (a node without a worker): it imports no Lightning, Hydra, W&B or entry point (each
+costs seconds a message), not even while it solves, and its reply equals the in-process
+learner's solve of that node bit for bit. With a worker it imports no torch either
+(test_node_worker.py)."""
 
 import json
 import os
@@ -42,7 +44,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from mglightning.flower.protocol import TrainTask, node_config_record, train_message
 TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
 config = json.loads(open(sys.argv[2]).read())
-task = TrainTask(torch.load(sys.argv[3]), round_index=2, position=1, training_index=0)
+task = TrainTask(torch.load(sys.argv[3]).numpy(), round_index=2, position=1, training_index=0)
 message = train_message(task, 7, node_config_record(config))
 context = Context(run_id=1, node_id=7, node_config={"partition-id": 0}, state=RecordDict(),
                   run_config={})
