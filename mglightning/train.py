@@ -37,6 +37,7 @@ from mglightning.data.datasets import DataError
 from mglightning.data.partition import PartitionError
 from mglightning.errors import one_line
 from mglightning.federated.learner import FederatedMetaLearner, TrainingFault
+from mglightning.footprint import check_run_fits
 from mglightning.run.checkpoint import (
     CheckpointError,
     RoundCheckpoint,
@@ -46,7 +47,6 @@ from mglightning.run.checkpoint import (
     read_state_dict,
 )
 from mglightning.run.folder import RunFolder
-from mglightning.run.footprint import check_run_fits
 from mglightning.run.identity import input_fingerprints
 from mglightning.run.loggers import finish_wandb_run, quiet_lightning
 

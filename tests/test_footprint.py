@@ -10,7 +10,7 @@ import torch
 from mglightning.build import build_datamodule, build_network
 from mglightning.data import memory
 from mglightning.errors import ConfigError
-from mglightning.run.footprint import PARAMETER_COPIES, OutputBytes, check_run_fits
+from mglightning.footprint import PARAMETER_COPIES, OutputBytes, check_run_fits
 
 
 def test_op_outputs_are_counted_once_and_views_and_in_place_ops_not_at_all():

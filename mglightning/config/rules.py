@@ -2,8 +2,8 @@
 
 A part states its ranges beside its parameters (:mod:`mglightning.constraints`); the keys here
 are read by the run itself (``rounds``, ``seed``) or by the data module (``dataset.batch_size``).
-A rule also declares its key known; :data:`IDENTITY_DECLARATIONS` says when a run reads such
-a key, for its identity, as a part declares it beside its parameters.
+A rule also declares its key known; when a run reads such a key, for its identity, is declared
+in :data:`mglightning.run.identity.KEY_DECLARATIONS`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mglightning.constraints import (
-    GATES_ONLY,
-    IdentityDeclaration,
     Rule,
     boolean,
     integer,
@@ -55,13 +53,6 @@ RULES: dict[str, Rule] = {
     "method.gate_noise": one_of(*GATE_NOISE_SCALES),
     "method.temperature_end": optional(number(above=0)),
     "logger.name": string(),
-}
-# When a run reads the keys that no class takes, for its identity (mglightning.run.identity);
-# a part declares its own beside its parameters (mglightning.constraints: GATES_ONLY, neutral).
-IDENTITY_DECLARATIONS: dict[str, tuple[IdentityDeclaration, ...]] = {
-    "method.gate_noise": (GATES_ONLY,),
-    "method.temperature_end": (GATES_ONLY,),
-    "method.regularizer": (GATES_ONLY,),  # h(φ) over the gate parameters
 }
 
 

@@ -10,7 +10,7 @@ so a changed hyperparameter always gets a folder of its own.
 Only what a run reads is its identity (:func:`unread_keys`), and each part declares what it
 reads beside its parameters, in the ``Annotated`` metadata that holds their rules
 (:mod:`mglightning.constraints`; keys that no class takes, such as ``method.gate_noise``, in
-:data:`mglightning.config.rules.IDENTITY_DECLARATIONS`):
+:data:`KEY_DECLARATIONS`):
 
 * ``GATES_ONLY``: read only when the network has gates. A run without gates
   (``method.gating: false``, or a model with no ``gated_layers``) leaves such keys out (the
@@ -52,7 +52,13 @@ from functools import cache
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mglightning.constraints import GatesOnly, IdentityDeclaration, Neutral, parameter_declarations
+from mglightning.constraints import (
+    GATES_ONLY,
+    GatesOnly,
+    IdentityDeclaration,
+    Neutral,
+    parameter_declarations,
+)
 from mglightning.targets import LABEL_KEY, TARGET_KEY, import_target
 
 # Top-level keys that never change a run's results.
@@ -60,6 +66,13 @@ NON_IDENTITY_KEYS = frozenset({
     "output_root", "output_dir", "run_name", "experiment", "logger", "progress_bar", "resume",
     "reevaluate", "checkpoint", "data_root", "trainer", "hydra", "reproduce",
 })
+# When a run reads the keys that no class takes (their rules: mglightning.config.rules); a
+# part declares its own beside its parameters.
+KEY_DECLARATIONS: dict[str, tuple[IdentityDeclaration, ...]] = {
+    "method.gate_noise": (GATES_ONLY,),
+    "method.temperature_end": (GATES_ONLY,),
+    "method.regularizer": (GATES_ONLY,),  # h(φ) over the gate parameters
+}
 # The fingerprints of its inputs a run folder records in its config.yaml (module docstring):
 # a config composed before anything is read lacks them, so the name's fingerprint leaves them out.
 DATA_KEY = "data_fingerprint"
@@ -110,15 +123,11 @@ def declared_keys(values: Mapping, prefix: str = ""
                   ) -> Iterator[tuple[str, object, tuple[IdentityDeclaration, ...]]]:
     """(dotted key, value, its identity declarations) for every key of ``values`` that has
     any: those its ``_target_`` declares beside the parameter, and those of
-    :data:`mglightning.config.rules.IDENTITY_DECLARATIONS`."""
-    # config.py reaches Lightning, and every process imports this module (the package does,
-    # for the resolver): read the table only where a run's config is fingerprinted.
-    from mglightning.config.rules import IDENTITY_DECLARATIONS
-
+    :data:`KEY_DECLARATIONS`."""
     target = _target_parameters(values.get(TARGET_KEY))
     for key, value in values.items():
         dotted = f"{prefix}{key}"
-        declarations = (*IDENTITY_DECLARATIONS.get(dotted, ()),
+        declarations = (*KEY_DECLARATIONS.get(dotted, ()),
                         *(target.declarations.get(key, ()) if target else ()))
         if declarations:
             yield dotted, value, declarations
