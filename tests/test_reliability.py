@@ -301,34 +301,3 @@ def wait_for_checkpoint(path: Path, process: subprocess.Popen, min_rounds: int) 
 def curve_accuracies(run_dir: Path) -> list[tuple[str, str]]:
     with open(run_dir / "curve.csv") as handle:
         return [(row["round"], row["accuracy_mean"]) for row in csv.DictReader(handle)]
-
-
-# --- data errors ----------------------------------------------------------------------------
-
-
-def test_cli_reports_missing_data_in_one_line(tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    result = run_cli("dataset=fmnist", "dataset.source.download=false", f"data_root={empty}",
-                     "logger=none", f"output_root={tmp_path}",
-                     env={"MG_FMNIST_DEBIAN_DIR": str(empty)})
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: fmnist not found in {empty / 'FashionMNIST' / 'raw'}")
-    assert "train-images-idx3-ubyte" in line and "download=true" in line
-    assert "apt-get install dataset-fashion-mnist" in line
-
-
-@pytest.mark.slow
-def test_cli_reports_a_corrupt_data_file_in_one_line(tmp_path):
-    raw = tmp_path / "data" / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        (raw / name).write_bytes(b"\x00\x00\x08\x03 cut off")
-    result = run_cli("dataset=fmnist", "dataset.source.download=false",
-                     f"data_root={tmp_path / 'data'}", "logger=none", f"output_root={tmp_path}",
-                     env={"MG_FMNIST_DEBIAN_DIR": str(tmp_path / "none")})
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: {raw / 'train-images-idx3-ubyte'} is truncated or corrupt")
