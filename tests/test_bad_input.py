@@ -224,16 +224,12 @@ def nogate_checkpoint(tmp_path_factory) -> Path:
     return Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
 
 
-def filled(argv: tuple[str, ...], tmp: Path) -> list[str]:
-    return [arg.replace("{tmp}", str(tmp)) for arg in argv]
-
-
 def snip_run_of_another_meta_model(tmp: Path, nogate_checkpoint: Path) -> None:
     """The finished MetaSNIP run of :data:`METASNIP` under ``tmp/runs``, whose meta-model at
     ``tmp/meta.ckpt`` was replaced since by another (its x_ag moved, saved as tensors alone)."""
     meta = tmp / "meta.ckpt"
     shutil.copy(nogate_checkpoint, meta)
-    run(build.compose_config(filled(METASNIP, tmp)))
+    run(build.compose_config([filled_in(arg, tmp) for arg in METASNIP]))
     state = torch.load(meta, weights_only=True)["state_dict"]
     state["x_ag"] = state["x_ag"] + 1e-3
     torch.save({"state_dict": state}, meta)
