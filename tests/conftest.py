@@ -6,11 +6,14 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from mglightning import build
@@ -55,18 +58,20 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 def train_cli(argv: list[str]) -> None:
-    """``python -m mglightning.train ARGV`` in this process; Hydra reads the overrides from
-    ``sys.argv``, which the caller sets (``monkeypatch.setattr(sys, "argv", ...)``). The root
-    logger's handlers, which Hydra replaces by one writing to this test's captured stdout, are
-    put back."""
+    """``python -m mglightning.train ARGV`` in this process, ``sys.argv`` included. What the
+    command leaves behind in the process is put back: the root logger's handlers, which Hydra
+    replaces by one writing to this test's captured stdout, and Hydra's global state, which its
+    main leaves set and which a later compose needs unset."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        check_overrides(argv)
-        train_main()
+        with mock.patch.object(sys, "argv", ["mglightning.train", *argv]):
+            check_overrides(argv)
+            train_main()
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+        GlobalHydra.instance().clear()
 
 
 def compose_config(overrides: list[str], tmp_path) -> object:

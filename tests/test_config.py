@@ -4,8 +4,6 @@ in one line naming the key, the value and what is allowed, before any work start
 from __future__ import annotations
 
 import inspect
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning.pytorch
@@ -17,10 +15,6 @@ from mglightning.build import build_datamodule, compose_config
 from mglightning.config import CONF_DIR, TRAINER_ARGS_SET_BY_RUN, ConfigError, validate
 from mglightning.data.datamodule import FederatedDataModule
 from mglightning.train import run
-
-REPO_ROOT = CONF_DIR.parent
-TINY_CLI = ["dataset=synthetic", "logger=none", "progress_bar=false", "method.clients_per_round=4",
-            "rounds=2", "eval_every=0", "trainer.accelerator=cpu"]
 
 
 def compose_train(*overrides: str):
@@ -227,45 +221,6 @@ def test_run_validates_before_any_work(tiny_config, monkeypatch, override):
     with pytest.raises(ConfigError, match=override):
         run(cfg)
     assert not Path(cfg.output_dir).exists()
-
-
-def run_cli(*overrides: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mglightning.train", *overrides],
-                          capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300)
-
-
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ("method.local.steps=-1", "method.local.steps=-1: must be an integer >= 1"),
-        ("method.clients_per_round=21", "method.clients_per_round=21: must be at most the 20 "
-                                        "training nodes (24 nodes minus "
-                                        "dataset.num_target_nodes=4)"),
-        # A key valid once added: Hydra's own advice, said in one line.
-        ("trainer.precision=32", "Could not override 'trainer.precision'. To append to your "
-                                 "config use +trainer.precision=32"),
-        # Needs the data set's class count: the partitioner's own check, after loading.
-        ("dataset.partition.classes_per_node=7", "dataset.partition.classes_per_node=7: must be "
-                                                 "between 1 and the data set's 6 classes"),
-    ],
-)
-def test_cli_prints_one_line_and_exits_2_on_config_errors(tmp_path, override, message):
-    result = run_cli(*TINY_CLI, f"output_root={tmp_path}", override)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f"error: {message}"
-    assert "Traceback" not in result.stderr
-    assert not any(tmp_path.iterdir())  # bad input ends before the run folder is made
-
-
-@pytest.mark.parametrize("override, hint", [("method.server.betta=0.5", "beta"),
-                                            ("roundz=3", "rounds")])
-def test_cli_names_an_unknown_key_and_the_closest_known_one(tmp_path, override, hint):
-    """Hydra would advise ``+method.server.betta=0.5``, which only moves the typo along."""
-    result = run_cli(*TINY_CLI, f"output_root={tmp_path}", override)
-    assert result.returncode == 2, result.stderr
-    [line] = result.stderr.strip().splitlines()
-    assert line.startswith(f"error: unknown key {override} (did you mean {hint}?): ")
-    assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
 def test_trainer_arguments_set_by_the_run_are_trainer_parameters():

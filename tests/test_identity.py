@@ -8,11 +8,8 @@ import csv
 import gzip
 import hashlib
 import json
-import os
 import shutil
 import struct
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -20,11 +17,12 @@ from typing import Annotated
 import numpy as np
 import pytest
 import yaml
+from conftest import train_cli
 from omegaconf import OmegaConf
 
 from mglightning.analysis.finished_runs import select_runs
 from mglightning.build import build_datamodule, compose_config
-from mglightning.config import CONF_DIR, validate
+from mglightning.config import validate
 from mglightning.constraints import GATES_ONLY, neutral, number
 from mglightning.data import datasets
 from mglightning.migrate import main as migrate_main
@@ -220,30 +218,30 @@ def write_fake_fmnist(folder: Path, seed: int) -> None:
                 handle.write(header + array.tobytes())
 
 
-def test_the_same_command_on_other_data_is_refused_not_reused(tmp_path):
+def test_the_same_command_on_other_data_is_refused_not_reused(tmp_path, monkeypatch, capsys):
     """The newcomer's trap: Fashion-MNIST's files swapped for other images, the
     same command must not answer with the other data's finished run."""
     for name, seed in (("first", 0), ("other", 1)):
         write_fake_fmnist(tmp_path / name, seed)
-    command = [sys.executable, "-m", "mglightning.train", "dataset=fmnist", "logger=none",
-               "progress_bar=false", "rounds=1", "eval_every=0", "method.clients_per_round=4",
-               "dataset.partition.num_nodes=24", "dataset.num_target_nodes=4",
-               "dataset.partition.size_range=[40,80]", f"data_root={tmp_path / 'root'}",
+    command = ["dataset=fmnist", "logger=none", "progress_bar=false", "rounds=1", "eval_every=0",
+               "method.clients_per_round=4", "dataset.partition.num_nodes=24",
+               "dataset.num_target_nodes=4", "dataset.partition.size_range=[40,80]",
+               "trainer.accelerator=cpu", f"data_root={tmp_path / 'root'}",
                f"output_root={tmp_path / 'runs'}"]
 
-    def train(data: str) -> subprocess.CompletedProcess:
-        environment = {**os.environ, "OMP_NUM_THREADS": "1",
-                       datasets.DEBIAN_FMNIST_ENV: str(tmp_path / data)}
-        return subprocess.run(command, capture_output=True, text=True, cwd=CONF_DIR.parent,
-                              env=environment, timeout=300)
+    def train(data: str) -> None:
+        monkeypatch.setenv(datasets.DEBIAN_FMNIST_ENV, str(tmp_path / data))
+        train_cli(command)
 
-    first = train("first")
-    assert first.returncode == 0, first.stderr
-    other = train("other")
-    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
-    assert "on other data (data_fingerprint: " in other.stderr
-    again = train("first")
-    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
+    train("first")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as other:
+        train("other")
+    error = capsys.readouterr().err
+    assert other.value.code == 2 and error.count("\n") == 1, error
+    assert "on other data (data_fingerprint: " in error
+    train("first")
+    assert "nothing to do" in capsys.readouterr().out
 
 
 # --- migration ------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_cli
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mglightning.build import build_datamodule, build_learner
@@ -126,29 +126,25 @@ def test_rounds_where_every_client_fails_change_nothing_until_too_many_in_a_row(
     assert int(learner.rounds_done) == 6 and int(learner.failed_rounds_in_a_row) == 2
 
 
-def run_cli(*overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mglightning.train", *overrides],
-                          capture_output=True, text=True, cwd=REPO_ROOT,
-                          env={**os.environ, **(env or {})}, timeout=300)
-
-
 def read_checkpoint(path: Path) -> dict:
     return torch.load(path, weights_only=False)["state_dict"]
 
 
 def test_cli_stops_after_failed_rounds_logs_them_and_keeps_the_last_good_checkpoint(
-    tiny_config, tmp_path
+    tiny_config, tmp_path, capsys
 ):
     """Every training node fails from round 3 on: rounds 3 and 4 leave the state alone and
     are logged with their failures; round 5 is the third in a row: stop, exit 1, one line."""
     train_ids = [client.node_id for client in build_datamodule(tiny_config()).train_clients]
-    result = run_cli(*TINY_CLI, "logger=csv", "rounds=8", "eval_every=0",
-                     f"output_root={tmp_path}", f"faults.inject.clients={train_ids}",
-                     "faults.inject.rounds=[3,4,5,6,7,8]", "faults.inject.kind=raise")
-    assert result.returncode == 1, result.stderr
-    last_line = result.stderr.strip().splitlines()[-1]
+    with pytest.raises(SystemExit) as exited:
+        train_cli([*TINY_CLI, "logger=csv", "rounds=8", "eval_every=0", f"output_root={tmp_path}",
+                   f"faults.inject.clients={train_ids}", "faults.inject.rounds=[3,4,5,6,7,8]",
+                   "faults.inject.kind=raise"])
+    error = capsys.readouterr().err
+    assert exited.value.code == 1, error
+    last_line = error.strip().splitlines()[-1]
     assert last_line.startswith("error: every client failed in 3 rounds in a row (rounds 3-5")
-    assert "InjectedFault" in last_line and "Traceback" not in result.stderr
+    assert "InjectedFault" in last_line and "Traceback" not in error
     state = read_checkpoint(next(tmp_path.rglob("last.ckpt")))
     assert int(state["rounds_done"]) == 4 and int(state["failed_rounds_in_a_row"]) == 2
     assert torch.isfinite(state["x_ag"]).all()
@@ -301,34 +297,3 @@ def wait_for_checkpoint(path: Path, process: subprocess.Popen, min_rounds: int) 
 def curve_accuracies(run_dir: Path) -> list[tuple[str, str]]:
     with open(run_dir / "curve.csv") as handle:
         return [(row["round"], row["accuracy_mean"]) for row in csv.DictReader(handle)]
-
-
-# --- data errors ----------------------------------------------------------------------------
-
-
-def test_cli_reports_missing_data_in_one_line(tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    result = run_cli("dataset=fmnist", "dataset.source.download=false", f"data_root={empty}",
-                     "logger=none", f"output_root={tmp_path}",
-                     env={"MG_FMNIST_DEBIAN_DIR": str(empty)})
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: fmnist not found in {empty / 'FashionMNIST' / 'raw'}")
-    assert "train-images-idx3-ubyte" in line and "download=true" in line
-    assert "apt-get install dataset-fashion-mnist" in line
-
-
-@pytest.mark.slow
-def test_cli_reports_a_corrupt_data_file_in_one_line(tmp_path):
-    raw = tmp_path / "data" / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        (raw / name).write_bytes(b"\x00\x00\x08\x03 cut off")
-    result = run_cli("dataset=fmnist", "dataset.source.download=false",
-                     f"data_root={tmp_path / 'data'}", "logger=none", f"output_root={tmp_path}",
-                     env={"MG_FMNIST_DEBIAN_DIR": str(tmp_path / "none")})
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: {raw / 'train-images-idx3-ubyte'} is truncated or corrupt")
