@@ -1,5 +1,7 @@
-"""The residual backbone, tested as cnn4 is: MACs by hand, the sliced forward against the dense
-one, the export against both, the two stages of adaptation, both SNIPs, the Group Lasso groups."""
+"""The residual backbone, tested as cnn4 is, with either normalization (``norm``): MACs by
+hand, the sliced forward against the dense one, the export against both, the two stages of
+adaptation, both SNIPs, the Group Lasso groups; without norms, the blocks' start as the
+identity."""
 
 import copy
 import re
@@ -22,6 +24,11 @@ from mglightning.federated.flat import FlatParameters
 from mglightning.federated.prox import GroupLasso
 from mglightning.models import binarize, build_network, forward_cost
 from mglightning.models import network as network_module
+from mglightning.models.resnet import NORMS, ResidualBlock
+
+# Without norms a fresh block is the identity (its branch gain is 0): the gains are switched
+# on (1), as training would, wherever a test needs the branches (and so the gates) to act.
+both_norms = pytest.mark.parametrize("norm", NORMS)
 
 # A ResNet of one block a stage, widths 2-3-4, on 1×8×8 inputs, 5 classes, gates of 4 hidden
 # units: every conv by hand, C_out · C_in · k² · H_out · W_out.
@@ -33,10 +40,19 @@ HEAD = 5 * 4
 TINY_HAND = STEM + BLOCK1 + BLOCK2 + BLOCK3 + HEAD
 
 
+def branches_on(network):
+    """Every residual branch's gain at 1 (norm=none; with norms there is none)."""
+    with torch.no_grad():
+        for block in network.blocks:
+            if block.gain is not None:
+                block.gain.fill_(1.0)
+    return network
+
+
 def tiny_resnet(gated_layers=(1, 2, 3), **options):
     torch.manual_seed(0)
-    return build_network("cifar_resnet", (1, 8, 8), 5, gated_layers=list(gated_layers),
-                         stage_widths=[2, 3, 4], gate_hidden=4, **options)
+    return branches_on(build_network("cifar_resnet", (1, 8, 8), 5, gated_layers=list(gated_layers),
+                                     stage_widths=[2, 3, 4], gate_hidden=4, **options))
 
 
 def resnet_with_dead_channels(shape=(1, 16, 16), classes=4, **options):
@@ -45,7 +61,8 @@ def resnet_with_dead_channels(shape=(1, 16, 16), classes=4, **options):
     logit (midway between two inputs'), block by block, as a block's input depends on the
     gates before it."""
     torch.manual_seed(0)
-    network = build_network("cifar_resnet", shape, classes, gated_layers=[1, 2, 3], **options)
+    network = branches_on(build_network("cifar_resnet", shape, classes, gated_layers=[1, 2, 3],
+                                        **options))
     images = torch.randn(24, *shape) + 2 * torch.randn(24, 1, 1, 1)  # inputs far apart
     labels = torch.randint(0, classes, (24,))
     with torch.no_grad():
@@ -57,8 +74,9 @@ def resnet_with_dead_channels(shape=(1, 16, 16), classes=4, **options):
     return network, images, labels
 
 
-def test_dense_and_executed_macs_match_the_hand_count():
-    network = tiny_resnet()
+@both_norms
+def test_dense_and_executed_macs_match_the_hand_count(norm):
+    network = tiny_resnet(norm=norm)
     masks = [torch.ones(2, 2), torch.ones(2, 3), torch.ones(2, 4)]
     masks[0][1, 0] = 0  # input 1: one of block 1's two channels off
     masks[2][1, :3] = 0  # and three of block 3's four
@@ -73,8 +91,9 @@ def test_dense_and_executed_macs_match_the_hand_count():
     torch.testing.assert_close(cost.gated_sparsity, torch.tensor([0.0, 4 / 9]))
 
 
-def test_ungated_blocks_cost_no_gate_and_their_channels_are_all_on():
-    network = tiny_resnet(gated_layers=[2])
+@both_norms
+def test_ungated_blocks_cost_no_gate_and_their_channels_are_all_on(norm):
+    network = tiny_resnet(gated_layers=[2], norm=norm)
     output = network.forward_with_masks(torch.randn(3, 1, 8, 8))
     assert len(output.masks) == 1 and output.masks[0].shape == (3, 3)
     cost = forward_cost(network, [torch.ones(3, 3)])
@@ -97,8 +116,9 @@ def test_the_width_multiplier_scales_every_stage():
     assert network.stem_conv.out_channels == 8
 
 
-def test_sliced_forward_equals_masked_dense_forward_and_gate_logits_make_the_masks():
-    network, images, _ = resnet_with_dead_channels()
+@both_norms
+def test_sliced_forward_equals_masked_dense_forward_and_gate_logits_make_the_masks(norm):
+    network, images, _ = resnet_with_dead_channels(norm=norm)
     dense = network.forward_with_masks(images)
     sliced = network.forward_with_masks(images, sliced=True)
     torch.testing.assert_close(sliced.logits, dense.logits, rtol=1e-4, atol=1e-5)
@@ -109,9 +129,11 @@ def test_sliced_forward_equals_masked_dense_forward_and_gate_logits_make_the_mas
         assert 0 < int(sliced_mask.amax(0).sum()) < sliced_mask.shape[1]
 
 
-def test_an_inputs_output_does_not_depend_on_its_batch():
-    """Per-sample norms: an input alone or among others, the same gates and logits."""
-    network, images, _ = resnet_with_dead_channels()
+@both_norms
+def test_an_inputs_output_does_not_depend_on_its_batch(norm):
+    """Per-sample norms (or none): an input alone or among others, the same gates and
+    logits."""
+    network, images, _ = resnet_with_dead_channels(norm=norm)
     together = network.forward_with_masks(images, sliced=True)
     for index in (0, 7):
         alone = network.forward_with_masks(images[index:index + 1], sliced=True)
@@ -125,8 +147,9 @@ def parameter_count(module) -> int:
     return sum(param.numel() for param in module.parameters())
 
 
-def test_export_removes_always_off_channels_and_equals_the_gated_network():
-    network, images, _ = resnet_with_dead_channels(classes=5)
+@both_norms
+def test_export_removes_always_off_channels_and_equals_the_gated_network(norm):
+    network, images, _ = resnet_with_dead_channels(classes=5, norm=norm)
     with torch.no_grad():  # block 3: every kept channel on for every input, so no gate
         gate = network.blocks[2].gate.out
         gate.bias[gate.bias.numel() // 2:] = 50.0
@@ -139,8 +162,10 @@ def test_export_removes_always_off_channels_and_equals_the_gated_network():
     for block, mask in zip(network.blocks, masks, strict=True):
         off = int((mask.amax(0) == 0).sum())
         in_channels, channels = block.conv1.in_channels, block.conv1.out_channels
-        per_channel = in_channels * 9 + 2 + channels * 9 + block.gate.hidden.out_features + 1
-        removed += off * per_channel  # filter, norm affine, conv2 column, gate row
+        made_by = 2 if norm == "channel" else 1  # the norm's affine, or the conv's bias
+        per_channel = (in_channels * 9 + made_by + channels * 9
+                       + block.gate.hidden.out_features + 1)
+        removed += off * per_channel  # filter, affine or bias, conv2 column, gate row
     gate3 = network.blocks[2].gate
     kept3 = int((masks[2].amax(0) > 0).sum())
     removed += parameter_count(gate3) - kept3 * (gate3.hidden.out_features + 1)  # no gate left
@@ -153,33 +178,38 @@ def changed(before, after):
     return {name for name, p in after.named_parameters() if not torch.equal(p, previous[name])}
 
 
-def test_stage_one_changes_only_the_gates():
-    network, images, labels = resnet_with_dead_channels()
+@both_norms
+def test_stage_one_changes_only_the_gates(norm):
+    network, images, labels = resnet_with_dead_channels(norm=norm)
     adapted = copy.deepcopy(network)
     adapt_gates(adapted, images, labels, lr=0.5)
     moved = changed(network, adapted)
     assert moved and all(".gate." in name for name in moved)
 
 
-def test_stage_two_changes_only_the_backbone_and_only_active_channels():
-    network, images, labels = resnet_with_dead_channels()
+@both_norms
+def test_stage_two_changes_only_the_backbone_and_only_active_channels(norm):
+    network, images, labels = resnet_with_dead_channels(norm=norm)
     adapted = copy.deepcopy(network)
     adapt_backbone(adapted, images, labels, lr=0.5)
     assert not any(".gate." in name for name in changed(network, adapted))
     with torch.no_grad():
         masks = network.forward_with_masks(images).masks
+    points = network.describe().points
     for index, mask in enumerate(masks):
         active = mask.amax(0) > 0
         before, after = network.blocks[index], adapted.blocks[index]
-        assert torch.equal(after.conv1.weight[~active], before.conv1.weight[~active])
-        assert torch.equal(after.norm1.weight[~active], before.norm1.weight[~active])
-        assert torch.equal(after.norm1.bias[~active], before.norm1.bias[~active])
+        assert len(points[index].producers) == (3 if norm == "channel" else 2)
+        for name in points[index].producers:  # filters, and the norm's affine or the bias
+            was, now = network.get_parameter(name), adapted.get_parameter(name)
+            assert torch.equal(now[~active], was[~active]), name
         assert torch.equal(after.conv2.weight[:, ~active], before.conv2.weight[:, ~active])
         assert not torch.equal(after.conv1.weight[active], before.conv1.weight[active])
 
 
-def test_sliced_stage_two_equals_the_dense_step_with_constant_masks(monkeypatch):
-    network, images, labels = resnet_with_dead_channels()
+@both_norms
+def test_sliced_stage_two_equals_the_dense_step_with_constant_masks(monkeypatch, norm):
+    network, images, labels = resnet_with_dead_channels(norm=norm)
     sliced = copy.deepcopy(network)
     adapt_backbone(sliced, images, labels, lr=0.3)
     dense = copy.deepcopy(network)
@@ -195,8 +225,9 @@ def test_sliced_stage_two_equals_the_dense_step_with_constant_masks(monkeypatch)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_two_stage_sharing_the_stem_equals_the_two_stages_in_turn():
-    network, images, labels = resnet_with_dead_channels()
+@both_norms
+def test_two_stage_sharing_the_stem_equals_the_two_stages_in_turn(norm):
+    network, images, labels = resnet_with_dead_channels(norm=norm)
     shared, in_turn = copy.deepcopy(network), copy.deepcopy(network)
     two_stage(shared, images, labels, 0.1)
     adapt_gates(in_turn, images, labels, 0.1)
@@ -205,8 +236,9 @@ def test_two_stage_sharing_the_stem_equals_the_two_stages_in_turn():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_snip_scores_every_conv_and_the_head_not_the_gates_or_norms():
-    network = tiny_resnet()
+@both_norms
+def test_snip_scores_every_conv_and_the_head_not_the_gates_or_norms(norm):
+    network = tiny_resnet(norm=norm)
     names = {id(p): n for n, p in network.named_parameters()}
     assert [names[id(w)] for w in prunable_weights(network)] == [
         "stem_conv.weight",
@@ -217,8 +249,8 @@ def test_snip_scores_every_conv_and_the_head_not_the_gates_or_norms():
     ]
 
 
-def double_batch():
-    network = tiny_resnet(gated_layers=()).double()
+def double_batch(norm):
+    network = tiny_resnet(gated_layers=(), norm=norm).double()
     torch.manual_seed(1)
     return network, torch.randn(10, 1, 8, 8, dtype=torch.float64), torch.randint(0, 5, (10,))
 
@@ -230,15 +262,22 @@ def loss_with_channel_scale(network, images, labels, block, scale):
         if index != block:
             x = layer(x, temperature=1.0).features
             continue
-        hidden = torch.relu(layer.norm1(F.conv2d(x, layer.conv1.weight, None, layer.stride, 1)))
-        y = layer.norm2(layer.conv2(hidden * scale[:, None, None]))
-        shortcut = x if layer.shortcut_conv is None else layer.shortcut_norm(layer.shortcut_conv(x))
+        if layer.norm1 is None:  # norm=none: conv + bias, the branch times its gain
+            hidden = torch.relu(layer.conv1(x))
+            y = layer.gain * layer.conv2(hidden * scale[:, None, None])
+            shortcut = x if layer.shortcut_conv is None else layer.shortcut_conv(x)
+        else:
+            hidden = torch.relu(layer.norm1(layer.conv1(x)))
+            y = layer.norm2(layer.conv2(hidden * scale[:, None, None]))
+            shortcut = (x if layer.shortcut_conv is None
+                        else layer.shortcut_norm(layer.shortcut_conv(x)))
         x = torch.relu(y + shortcut)
     return F.cross_entropy(network.head(x.mean(dim=(2, 3))), labels)
 
 
-def test_channel_saliency_is_the_mask_gradient_by_finite_differences():
-    network, images, labels = double_batch()
+@both_norms
+def test_channel_saliency_is_the_mask_gradient_by_finite_differences(norm):
+    network, images, labels = double_batch(norm)
     (saliency,) = channel_saliency(network, images, labels, blocks=[1])
     step = 1e-6
     for channel in range(3):
@@ -251,24 +290,30 @@ def test_channel_saliency_is_the_mask_gradient_by_finite_differences():
         torch.testing.assert_close(saliency[channel], slope.abs(), rtol=1e-5, atol=1e-9)
 
 
-def test_snip_channels_switches_channels_off_for_every_input():
-    network, images, labels = double_batch()
+@both_norms
+def test_snip_channels_switches_channels_off_for_every_input(norm):
+    network, images, labels = double_batch(norm)
     measured = snip_channels(network, images, labels, lr=0.1, keep_fraction=0.5, layers=[3])
     block = network.blocks[2]
     off = block.conv1.weight.flatten(1).abs().sum(1) == 0
     assert int(off.sum()) == 2  # of 4, round(0.5 · 4) kept
-    assert torch.all(block.norm1.weight[off] == 0) and torch.all(block.norm1.bias[off] == 0)
+    if norm == "channel":
+        assert torch.all(block.norm1.weight[off] == 0) and torch.all(block.norm1.bias[off] == 0)
+    else:
+        assert torch.all(block.conv1.bias[off] == 0)  # ReLU(0 · x + 0) = 0
     with torch.no_grad():
         x = network.features(images, 2)
-        hidden = torch.relu(block.norm1(F.conv2d(x, block.conv1.weight, None, 2, 1)))
+        hidden = block.conv1(x)
+        hidden = torch.relu(hidden if block.norm1 is None else block.norm1(hidden))
     assert torch.all(hidden[:, off] == 0)
     assert measured["sparsity_layer3"] == 0.5
     skipped = 2 * (3 * 9 * 4 + 4 * 9 * 4)  # two filters of conv1, two columns of conv2
     assert measured["executed_macs"] == TINY_HAND - skipped
 
 
-def test_group_lasso_groups_are_the_gate_rows_of_every_gated_block():
-    network = tiny_resnet(gated_layers=[1, 3])
+@both_norms
+def test_group_lasso_groups_are_the_gate_rows_of_every_gated_block(norm):
+    network = tiny_resnet(gated_layers=[1, 3], norm=norm)
     flat = FlatParameters(network, network.is_gate_parameter)
     lasso = GroupLasso.for_network(1.0, flat, network)
     by_hand = torch.cat([
@@ -290,3 +335,44 @@ def test_the_config_checks_gated_blocks_against_the_depth(model, gated, problem)
     else:
         with pytest.raises(ConfigError, match=re.escape(problem)):
             validate(cfg)
+
+
+def test_a_fresh_block_without_norms_is_the_identity_before_its_final_relu():
+    """Branch gain 0: the block's output is ReLU(shortcut(x)), x itself where the shortcut is
+    the identity (x ≥ 0, the stream after a ReLU), whatever its conv weights and gate."""
+    torch.manual_seed(0)
+    x = torch.rand(3, 4, 6, 6)
+    for in_channels, stride in ((4, 1), (4, 2), (3, 1)):
+        block = ResidualBlock(in_channels, 4, stride, True, 4, None, "none")
+        assert torch.equal(block.gain.detach(), torch.zeros(()))
+        features = block(x[:, :in_channels], temperature=1.0).features
+        if block.shortcut_conv is None:
+            assert torch.equal(features, x)
+        else:
+            assert torch.equal(features, torch.relu(block.shortcut_conv(x[:, :in_channels])))
+    network = build_network("cifar_resnet", (1, 8, 8), 5, stage_widths=[2, 3, 4])
+    images = torch.randn(2, 1, 8, 8)
+    assert torch.equal(network.features(images, 1), network.stem(images))
+
+
+@both_norms
+def test_without_norms_convs_have_biases_and_blocks_a_gain_with_norms_neither(norm):
+    network = tiny_resnet(norm=norm)
+    names = {name for name, _ in network.named_parameters()}
+    with_norms = norm == "channel"
+    assert ("stem_norm.weight" in names) == with_norms
+    for stem_or_conv in ("stem_conv", "blocks.0.conv1", "blocks.0.conv2",
+                         "blocks.1.shortcut_conv"):
+        assert (f"{stem_or_conv}.bias" in names) != with_norms
+    gains = {name for name in names if name.endswith(".gain")}
+    assert gains == (set() if with_norms else {"blocks.0.gain", "blocks.1.gain", "blocks.2.gain"})
+    assert not any(network.is_gate_parameter(name) for name in gains)  # θ, not φ
+    assert network.describe().points[0].producers == (
+        ("blocks.0.conv1.weight", "blocks.0.norm1.weight", "blocks.0.norm1.bias") if with_norms
+        else ("blocks.0.conv1.weight", "blocks.0.conv1.bias"))
+
+
+def test_the_config_refuses_an_unknown_norm():
+    cfg = compose_config(["model=resnet8", "model.norm=batch", "dataset=synthetic"])
+    with pytest.raises(ConfigError, match=re.escape("model.norm='batch': must be one of")):
+        validate(cfg)
