@@ -24,10 +24,10 @@ It erases what the gates read: after it a channel's spatial mean is its bias β 
 input, so the residual stream's per-channel means, which a gate's global average pool reads,
 barely vary between inputs and the gates see almost the same vector for every input.
 ``norm="none"`` keeps them: normalization-free blocks in the style of SkipInit (De & Smith,
-2020): no norm layers, convs with biases, and each residual branch's output multiplied by a
-learnable scalar gain that starts at 0, so that every block starts as the identity (before its
-final ReLU; the identity itself where the shortcut is) and the network trains stably without
-normalization. The stem is conv + bias → ReLU.
+2020): no norm layers, He-initialized convs with biases, and each residual branch's output
+multiplied by a learnable scalar gain that starts at 0, so that every block starts as the
+identity (before its final ReLU; the identity itself where the shortcut is) and the network
+trains stably without normalization. The stem is conv + bias → ReLU.
 """
 
 from __future__ import annotations
@@ -75,6 +75,17 @@ def normalize(norm: nn.GroupNorm | None, x: torch.Tensor, keep: torch.Tensor | N
     if keep is not None:
         weight, bias = weight.index_select(0, keep), bias.index_select(0, keep)
     return F.group_norm(x, x.shape[1], weight, bias, norm.eps)
+
+
+def he_init(network: nn.Module) -> None:
+    """He initialization of every conv (normal, fan in, ReLU gain; biases 0), as SkipInit
+    trains with: without norms nothing rescales the stream, and PyTorch's default init shrinks
+    a signal's second moment about sixfold a conv + ReLU, so the head would read almost
+    nothing."""
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
 
 
 class ResidualBlock(nn.Module):
@@ -165,6 +176,8 @@ class ResNet(GatedNetwork):
         self.blocks = nn.ModuleList(blocks)
         self.layer_shapes = shapes  # input shape of block i is shapes[i]; the last, the pool's
         self.head = nn.Linear(stage_widths[-1], num_classes)
+        if norm == "none":
+            he_init(self)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(normalize(self.stem_norm, self.stem_conv(x)))

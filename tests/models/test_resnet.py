@@ -372,6 +372,16 @@ def test_without_norms_convs_have_biases_and_blocks_a_gain_with_norms_neither(no
         else ("blocks.0.conv1.weight", "blocks.0.conv1.bias"))
 
 
+def test_without_norms_convs_start_he_initialized_with_zero_biases():
+    torch.manual_seed(0)
+    network = build_network("cifar_resnet", (1, 8, 8), 5)
+    for name in ("stem_conv", "blocks.2.conv2", "blocks.2.shortcut_conv"):
+        conv = network.get_submodule(name)
+        fan_in = conv.weight[0].numel()
+        assert torch.equal(conv.bias, torch.zeros_like(conv.bias))
+        assert abs(float(conv.weight.detach().std()) / (2 / fan_in) ** 0.5 - 1) < 0.15, name
+
+
 def test_the_config_refuses_an_unknown_norm():
     cfg = compose_config(["model=resnet8", "model.norm=batch", "dataset=synthetic"])
     with pytest.raises(ConfigError, match=re.escape("model.norm='batch': must be one of")):
