@@ -8,26 +8,27 @@ two or three blocks a stage it is ResNet-8, -14 or -20 (``conf/model/resnet8.yam
 A block's gate reads the block's input (global average pool → MLP) and switches the output
 channels of its first conv, after their norm and ReLU (METHOD.md §1 places the mask after the
 nonlinearity); the second conv alone reads them. Sliced, the first conv computes only the
-channels on for some input of the batch, its bias or its norm's affine entries are sliced
-alike, and the second conv reads only those channels; the residual stream is never sliced.
+channels on for some input of the batch, its norm's affine entries are sliced alike, and the
+second conv reads only those channels; the residual stream is never sliced.
 
 Whatever the normalization (``norm``), three properties hold. No running statistics: nothing
 to average across nodes, nothing to re-estimate after a one-step adaptation, training and
 evaluation compute the same function. Per sample: an input's gates and output never depend on
-the other inputs of its batch, as per-input gating and the sliced forward need. Per channel:
-removing an always-off channel leaves every other channel's values unchanged, so the exported
-network equals the gated one (GroupNorm with fewer groups, or LayerNorm, would mix a removed
-channel into its neighbours' statistics).
+the other inputs of its batch, as per-input gating and the sliced forward need. Per channel
+where channels are removed: the gated hidden channels (after a block's first conv) are
+normalized each on its own, a GroupNorm with one group per channel (affine), so removing an
+always-off channel leaves every other channel's values unchanged and the export without it
+equals the gated network.
 
-``norm="channel"`` is a GroupNorm with one group per channel (affine), instance normalization.
-It erases what the gates read: after it a channel's spatial mean is its bias β whatever the
-input, so the residual stream's per-channel means, which a gate's global average pool reads,
-barely vary between inputs and the gates see almost the same vector for every input.
-``norm="none"`` keeps them: normalization-free blocks in the style of SkipInit (De & Smith,
-2020): no norm layers, He-initialized convs with biases, and each residual branch's output
-multiplied by a learnable scalar gain that starts at 0, so that every block starts as the
-identity (before its final ReLU; the identity itself where the shortcut is) and the network
-trains stably without normalization. The stem is conv + bias → ReLU.
+``norm="layer"`` (the default) normalizes the residual stream (the stem's, the second conv's
+and the shortcut's outputs) over all its channels at once, a GroupNorm with one group
+(affine): a LayerNorm of the sample's feature map. The gates read the stream's per-channel
+means through a global average pool; a per-channel (instance) normalization of the stream
+makes each channel's spatial mean its shift β whatever the input, so the gates would see one
+vector for every input. A norm over all the stream's channels keeps the channels' relative
+means, so the gates see the input; and the stream is never sliced, so mixing its channels
+costs the export nothing. ``norm="channel"`` normalizes the stream per channel too (instance
+normalization everywhere; measured: RESULTS.md).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mglightning.constraints import integer, integer_list, one_of
+from mglightning.constraints import integer, integer_list, neutral, one_of
 from mglightning.models.gate import ChannelGate
 from mglightning.models.gate_points import GateOp, GatePoint, MacOp, NetworkDescription, Reader
 from mglightning.models.network import (
@@ -58,56 +59,47 @@ from mglightning.models.network import (
 
 STAGE_WIDTHS = (16, 32, 64)  # the CIFAR ResNet's
 BLOCKS_PER_STAGE = 1  # ResNet-8
-NORMS = ("channel", "none")  # see the module docstring
+NORMS = ("layer", "channel")  # see the module docstring
 
 
-def channel_norm(channels: int, norm: str) -> nn.GroupNorm | None:
-    """Per-channel, per-sample normalization with ``norm="channel"``; None with ``"none"``."""
-    return nn.GroupNorm(channels, channels) if norm == "channel" else None
+def channel_norm(channels: int) -> nn.GroupNorm:
+    """The norm of a block's gated channels, per channel and per sample (any ``norm``)."""
+    return nn.GroupNorm(channels, channels)
 
 
-def normalize(norm: nn.GroupNorm | None, x: torch.Tensor, keep: torch.Tensor | None = None):
-    """``norm`` on ``x``, whose channels are ``norm``'s channels ``keep`` (None: all); ``x``
-    itself when there is no norm."""
-    if norm is None:
-        return x
+def stream_norm(channels: int, norm: str) -> nn.GroupNorm:
+    """The norm of the residual stream, which no gate slices: over all its channels with
+    ``norm="layer"`` (a LayerNorm of the sample's feature map), per channel with
+    ``"channel"``."""
+    return nn.GroupNorm(1 if norm == "layer" else channels, channels)
+
+
+def normalize(norm: nn.GroupNorm, x: torch.Tensor, keep: torch.Tensor | None = None):
+    """The per-channel ``norm`` on ``x``, whose channels are ``norm``'s channels ``keep``
+    (None: all)."""
     weight, bias = norm.weight, norm.bias
     if keep is not None:
         weight, bias = weight.index_select(0, keep), bias.index_select(0, keep)
     return F.group_norm(x, x.shape[1], weight, bias, norm.eps)
 
 
-def he_init(network: nn.Module) -> None:
-    """He initialization of every conv (normal, fan in, ReLU gain; biases 0), as SkipInit
-    trains with: without norms nothing rescales the stream, and PyTorch's default init shrinks
-    a signal's second moment about sixfold a conv + ReLU, so the head would read almost
-    nothing."""
-    for module in network.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            nn.init.zeros_(module.bias)
-
-
 class ResidualBlock(nn.Module):
-    """A basic block whose gate (if any) switches its first conv's output channels; without
-    norms (``norm="none"``) its convs have biases and its residual branch a gain from 0."""
+    """A basic block whose gate (if any) switches its first conv's output channels."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, gated: bool,
                  gate_hidden: int, gate_bias_init: float | None, norm: str) -> None:
         super().__init__()
         self.stride = stride
-        bias = norm == "none"  # a norm's affine shift stands in for a conv's bias
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=bias)
-        self.norm1 = channel_norm(out_channels, norm)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=bias)
-        self.norm2 = channel_norm(out_channels, norm)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.norm1 = channel_norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.norm2 = stream_norm(out_channels, norm)
         reshaped = stride != 1 or in_channels != out_channels
-        self.shortcut_conv = (nn.Conv2d(in_channels, out_channels, 1, stride, bias=bias)
+        self.shortcut_conv = (nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
                               if reshaped else None)
-        self.shortcut_norm = channel_norm(out_channels, norm) if reshaped else None
+        self.shortcut_norm = stream_norm(out_channels, norm) if reshaped else None
         self.gate = (ChannelGate(in_channels, out_channels, gate_hidden, gate_bias_init)
                      if gated else None)
-        self.gain = nn.Parameter(torch.zeros(())) if norm == "none" else None
 
     def forward(
         self,
@@ -122,23 +114,18 @@ class ResidualBlock(nn.Module):
     ) -> BlockOutput:
         """As :meth:`GatedBlock.forward`; ``in_keep`` is always None here (the residual
         stream carries every channel), and so is the keep returned."""
-        weight, bias = self.conv1.weight, self.conv1.bias
-        keep, mask, logits, all_present_on = None, None, None, False
+        weight, keep, mask, logits, all_present_on = self.conv1.weight, None, None, None, False
         if self.gate is not None:
             mask, logits, keep, all_present_on = gate_mask(
                 self.gate, x, None, temperature, sliced, noise_scale, generator)
             if keep is not None:
                 weight = weight.index_select(0, keep)
-                bias = None if bias is None else bias.index_select(0, keep)
-        hidden = F.conv2d(x, weight, bias, self.stride, 1)
+        hidden = F.conv2d(x, weight, None, self.stride, 1)
         hidden = apply_mask(torch.relu(normalize(self.norm1, hidden, keep)), mask, keep,
                             all_present_on, scale)
         weight = self.conv2.weight if keep is None else self.conv2.weight.index_select(1, keep)
-        y = normalize(self.norm2, F.conv2d(hidden, weight, self.conv2.bias, 1, 1))
-        if self.gain is not None:
-            y = self.gain * y
-        shortcut = (x if self.shortcut_conv is None
-                    else normalize(self.shortcut_norm, self.shortcut_conv(x)))
+        y = self.norm2(F.conv2d(hidden, weight, None, 1, 1))
+        shortcut = x if self.shortcut_conv is None else self.shortcut_norm(self.shortcut_conv(x))
         return BlockOutput(torch.relu(y + shortcut), None, mask, logits)
 
 
@@ -158,12 +145,11 @@ class ResNet(GatedNetwork):
         temperature: float = 1.0,
         gate_bias_init: float | None = None,
         channels_last: bool = True,
-        norm: str = "none",
+        norm: str = "layer",
     ) -> None:
         super().__init__(input_shape, temperature, channels_last)
-        self.stem_conv = nn.Conv2d(input_shape[0], stage_widths[0], 3, 1, 1,
-                                   bias=norm == "none")
-        self.stem_norm = channel_norm(stage_widths[0], norm)
+        self.stem_conv = nn.Conv2d(input_shape[0], stage_widths[0], 3, 1, 1, bias=False)
+        self.stem_norm = stream_norm(stage_widths[0], norm)
         blocks, shapes = [], [(stage_widths[0], *input_shape[1:])]
         for stage, channels in enumerate(stage_widths):
             for position in range(blocks_per_stage):
@@ -176,19 +162,16 @@ class ResNet(GatedNetwork):
         self.blocks = nn.ModuleList(blocks)
         self.layer_shapes = shapes  # input shape of block i is shapes[i]; the last, the pool's
         self.head = nn.Linear(stage_widths[-1], num_classes)
-        if norm == "none":
-            he_init(self)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(normalize(self.stem_norm, self.stem_conv(x)))
+        return torch.relu(self.stem_norm(self.stem_conv(x)))
 
     def head_logits(self, x: torch.Tensor, in_keep: torch.Tensor | None) -> torch.Tensor:
         return self.head(x.mean(dim=(2, 3)))  # the residual stream: every channel present
 
     def describe(self) -> NetworkDescription:
-        """Point i: block i's first conv's output channels (made by its filters and its norm's
-        affine, or its bias without norms), read by its second conv. A k×k conv costs k² MACs
-        per channel pair and output position (biases, norms and gains are not counted)."""
+        """Point i: block i's first conv's output channels (with its norm's affine), read by
+        its second conv. A k×k conv costs k² MACs per channel pair and output position."""
         height, width = self.input_shape[1:]
         ops = [MacOp("stem_conv.weight", self.input_shape[0], self.stem_conv.weight.shape[0],
                      9 * height * width)]
@@ -204,10 +187,9 @@ class ResNet(GatedNetwork):
             if block.shortcut_conv is not None:
                 ops.append(MacOp(f"blocks.{i}.shortcut_conv.weight", in_channels, out_shape[0],
                                  area))
-            makers = (("conv1.weight", "conv1.bias") if block.norm1 is None
-                      else ("conv1.weight", "norm1.weight", "norm1.bias"))
             points.append(GatePoint(
-                i + 1, middle, tuple(f"blocks.{i}.{name}" for name in makers),
+                i + 1, middle,
+                (f"blocks.{i}.conv1.weight", f"blocks.{i}.norm1.weight", f"blocks.{i}.norm1.bias"),
                 (Reader(f"blocks.{i}.conv2.weight"),),
                 None if block.gate is None else f"blocks.{i}.gate"))
         ops.append(MacOp("head.weight", self.layer_shapes[-1][0], self.head.out_features, 1))
@@ -218,7 +200,7 @@ class ResNet(GatedNetwork):
 class ResidualBackbone:
     """The config's face of :class:`ResNet`: ``stage_widths`` (each × ``width``) and
     ``blocks_per_stage`` set its shape; ``gated_layers`` (1-based block numbers) its gates;
-    ``norm`` its normalization (``channel`` or ``none``, see the module docstring)."""
+    ``norm`` its normalization (``layer`` or ``channel``, see the module docstring)."""
 
     def __call__(
         self,
@@ -231,7 +213,8 @@ class ResidualBackbone:
         width: Width = 1.0,
         blocks_per_stage: Annotated[int, integer(1)] = BLOCKS_PER_STAGE,
         stage_widths: Annotated[Sequence[int], integer_list(1)] = STAGE_WIDTHS,
-        norm: Annotated[str, one_of(*NORMS)] = "none",
+        # channel: the ResNet before the option, so its runs keep their fingerprints
+        norm: Annotated[str, one_of(*NORMS), neutral("channel")] = "layer",
     ) -> ResNet:
         widths = [scaled_width(channels, width) for channels in stage_widths]
         return ResNet(tuple(input_shape), num_classes, widths, blocks_per_stage, gated_layers,

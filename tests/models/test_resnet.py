@@ -1,7 +1,6 @@
 """The residual backbone, tested as cnn4 is, with either normalization (``norm``): MACs by
 hand, the sliced forward against the dense one, the export against both, the two stages of
-adaptation, both SNIPs, the Group Lasso groups; without norms, the blocks' start as the
-identity."""
+adaptation, both SNIPs, the Group Lasso groups; which norm sits where."""
 
 import copy
 import re
@@ -24,10 +23,8 @@ from mglightning.federated.flat import FlatParameters
 from mglightning.federated.prox import GroupLasso
 from mglightning.models import binarize, build_network, forward_cost
 from mglightning.models import network as network_module
-from mglightning.models.resnet import NORMS, ResidualBlock
+from mglightning.models.resnet import NORMS
 
-# Without norms a fresh block is the identity (its branch gain is 0): the gains are switched
-# on (1), as training would, wherever a test needs the branches (and so the gates) to act.
 both_norms = pytest.mark.parametrize("norm", NORMS)
 
 # A ResNet of one block a stage, widths 2-3-4, on 1×8×8 inputs, 5 classes, gates of 4 hidden
@@ -40,19 +37,10 @@ HEAD = 5 * 4
 TINY_HAND = STEM + BLOCK1 + BLOCK2 + BLOCK3 + HEAD
 
 
-def branches_on(network):
-    """Every residual branch's gain at 1 (norm=none; with norms there is none)."""
-    with torch.no_grad():
-        for block in network.blocks:
-            if block.gain is not None:
-                block.gain.fill_(1.0)
-    return network
-
-
 def tiny_resnet(gated_layers=(1, 2, 3), **options):
     torch.manual_seed(0)
-    return branches_on(build_network("cifar_resnet", (1, 8, 8), 5, gated_layers=list(gated_layers),
-                                     stage_widths=[2, 3, 4], gate_hidden=4, **options))
+    return build_network("cifar_resnet", (1, 8, 8), 5, gated_layers=list(gated_layers),
+                         stage_widths=[2, 3, 4], gate_hidden=4, **options)
 
 
 def resnet_with_dead_channels(shape=(1, 16, 16), classes=4, **options):
@@ -61,8 +49,7 @@ def resnet_with_dead_channels(shape=(1, 16, 16), classes=4, **options):
     logit (midway between two inputs'), block by block, as a block's input depends on the
     gates before it."""
     torch.manual_seed(0)
-    network = branches_on(build_network("cifar_resnet", shape, classes, gated_layers=[1, 2, 3],
-                                        **options))
+    network = build_network("cifar_resnet", shape, classes, gated_layers=[1, 2, 3], **options)
     images = torch.randn(24, *shape) + 2 * torch.randn(24, 1, 1, 1)  # inputs far apart
     labels = torch.randint(0, classes, (24,))
     with torch.no_grad():
@@ -131,7 +118,7 @@ def test_sliced_forward_equals_masked_dense_forward_and_gate_logits_make_the_mas
 
 @both_norms
 def test_an_inputs_output_does_not_depend_on_its_batch(norm):
-    """Per-sample norms (or none): an input alone or among others, the same gates and
+    """Per-sample norms: an input alone or among others, the same gates and
     logits."""
     network, images, _ = resnet_with_dead_channels(norm=norm)
     together = network.forward_with_masks(images, sliced=True)
@@ -162,10 +149,8 @@ def test_export_removes_always_off_channels_and_equals_the_gated_network(norm):
     for block, mask in zip(network.blocks, masks, strict=True):
         off = int((mask.amax(0) == 0).sum())
         in_channels, channels = block.conv1.in_channels, block.conv1.out_channels
-        made_by = 2 if norm == "channel" else 1  # the norm's affine, or the conv's bias
-        per_channel = (in_channels * 9 + made_by + channels * 9
-                       + block.gate.hidden.out_features + 1)
-        removed += off * per_channel  # filter, affine or bias, conv2 column, gate row
+        per_channel = in_channels * 9 + 2 + channels * 9 + block.gate.hidden.out_features + 1
+        removed += off * per_channel  # filter, norm affine, conv2 column, gate row
     gate3 = network.blocks[2].gate
     kept3 = int((masks[2].amax(0) > 0).sum())
     removed += parameter_count(gate3) - kept3 * (gate3.hidden.out_features + 1)  # no gate left
@@ -199,8 +184,8 @@ def test_stage_two_changes_only_the_backbone_and_only_active_channels(norm):
     for index, mask in enumerate(masks):
         active = mask.amax(0) > 0
         before, after = network.blocks[index], adapted.blocks[index]
-        assert len(points[index].producers) == (3 if norm == "channel" else 2)
-        for name in points[index].producers:  # filters, and the norm's affine or the bias
+        assert len(points[index].producers) == 3
+        for name in points[index].producers:  # filters, and the norm's affine
             was, now = network.get_parameter(name), adapted.get_parameter(name)
             assert torch.equal(now[~active], was[~active]), name
         assert torch.equal(after.conv2.weight[:, ~active], before.conv2.weight[:, ~active])
@@ -262,15 +247,10 @@ def loss_with_channel_scale(network, images, labels, block, scale):
         if index != block:
             x = layer(x, temperature=1.0).features
             continue
-        if layer.norm1 is None:  # norm=none: conv + bias, the branch times its gain
-            hidden = torch.relu(layer.conv1(x))
-            y = layer.gain * layer.conv2(hidden * scale[:, None, None])
-            shortcut = x if layer.shortcut_conv is None else layer.shortcut_conv(x)
-        else:
-            hidden = torch.relu(layer.norm1(layer.conv1(x)))
-            y = layer.norm2(layer.conv2(hidden * scale[:, None, None]))
-            shortcut = (x if layer.shortcut_conv is None
-                        else layer.shortcut_norm(layer.shortcut_conv(x)))
+        hidden = torch.relu(layer.norm1(layer.conv1(x)))
+        y = layer.norm2(layer.conv2(hidden * scale[:, None, None]))
+        shortcut = (x if layer.shortcut_conv is None
+                    else layer.shortcut_norm(layer.shortcut_conv(x)))
         x = torch.relu(y + shortcut)
     return F.cross_entropy(network.head(x.mean(dim=(2, 3))), labels)
 
@@ -297,14 +277,9 @@ def test_snip_channels_switches_channels_off_for_every_input(norm):
     block = network.blocks[2]
     off = block.conv1.weight.flatten(1).abs().sum(1) == 0
     assert int(off.sum()) == 2  # of 4, round(0.5 · 4) kept
-    if norm == "channel":
-        assert torch.all(block.norm1.weight[off] == 0) and torch.all(block.norm1.bias[off] == 0)
-    else:
-        assert torch.all(block.conv1.bias[off] == 0)  # ReLU(0 · x + 0) = 0
+    assert torch.all(block.norm1.weight[off] == 0) and torch.all(block.norm1.bias[off] == 0)
     with torch.no_grad():
-        x = network.features(images, 2)
-        hidden = block.conv1(x)
-        hidden = torch.relu(hidden if block.norm1 is None else block.norm1(hidden))
+        hidden = torch.relu(block.norm1(block.conv1(network.features(images, 2))))
     assert torch.all(hidden[:, off] == 0)
     assert measured["sparsity_layer3"] == 0.5
     skipped = 2 * (3 * 9 * 4 + 4 * 9 * 4)  # two filters of conv1, two columns of conv2
@@ -337,49 +312,49 @@ def test_the_config_checks_gated_blocks_against_the_depth(model, gated, problem)
             validate(cfg)
 
 
-def test_a_fresh_block_without_norms_is_the_identity_before_its_final_relu():
-    """Branch gain 0: the block's output is ReLU(shortcut(x)), x itself where the shortcut is
-    the identity (x ≥ 0, the stream after a ReLU), whatever its conv weights and gate."""
+def group_counts(module):
+    """``{name: (groups, channels)}`` of every GroupNorm in ``module``."""
+    return {name: (norm.num_groups, norm.num_channels) for name, norm in module.named_modules()
+            if isinstance(norm, torch.nn.GroupNorm)}
+
+
+@pytest.mark.parametrize("overrides", [[], ["model.norm=layer"], ["model.norm=channel"]])
+def test_the_stream_is_normalized_over_all_channels_with_layer_the_gated_ones_each_alone(
+        overrides):
+    """``layer`` (the default, and the YAMLs'): GroupNorm(1, C) on the stem, each second conv
+    and each shortcut conv, GroupNorm(C, C) on each first conv's (gated) channels; ``channel``:
+    GroupNorm(C, C) everywhere. No conv has a bias (the norms' shifts stand in for them)."""
+    cfg = compose_config(["model=resnet8", "model.stage_widths=[2,3,4]", "dataset=synthetic",
+                          *overrides])
     torch.manual_seed(0)
-    x = torch.rand(3, 4, 6, 6)
-    for in_channels, stride in ((4, 1), (4, 2), (3, 1)):
-        block = ResidualBlock(in_channels, 4, stride, True, 4, None, "none")
-        assert torch.equal(block.gain.detach(), torch.zeros(()))
-        features = block(x[:, :in_channels], temperature=1.0).features
-        if block.shortcut_conv is None:
-            assert torch.equal(features, x)
-        else:
-            assert torch.equal(features, torch.relu(block.shortcut_conv(x[:, :in_channels])))
-    network = build_network("cifar_resnet", (1, 8, 8), 5, stage_widths=[2, 3, 4])
-    images = torch.randn(2, 1, 8, 8)
-    assert torch.equal(network.features(images, 1), network.stem(images))
+    network = build_network("cifar_resnet", (1, 8, 8), 5, stage_widths=[2, 3, 4],
+                            **({"norm": cfg.model.norm} if overrides else {}))
+    stream = 1 if cfg.model.norm == "layer" else None  # None: one group per channel
+    widths = {"stem_norm": 2, "blocks.0.norm1": 2, "blocks.0.norm2": 2, "blocks.1.norm1": 3,
+              "blocks.1.norm2": 3, "blocks.1.shortcut_norm": 3, "blocks.2.norm1": 4,
+              "blocks.2.norm2": 4, "blocks.2.shortcut_norm": 4}
+    assert group_counts(network) == {
+        name: (channels if name.endswith("norm1") or stream is None else stream, channels)
+        for name, channels in widths.items()}
+    assert not any(name.endswith(".bias") for name, _ in network.named_parameters()
+                   if "conv" in name)
 
 
-@both_norms
-def test_without_norms_convs_have_biases_and_blocks_a_gain_with_norms_neither(norm):
-    network = tiny_resnet(norm=norm)
-    names = {name for name, _ in network.named_parameters()}
-    with_norms = norm == "channel"
-    assert ("stem_norm.weight" in names) == with_norms
-    for stem_or_conv in ("stem_conv", "blocks.0.conv1", "blocks.0.conv2",
-                         "blocks.1.shortcut_conv"):
-        assert (f"{stem_or_conv}.bias" in names) != with_norms
-    gains = {name for name in names if name.endswith(".gain")}
-    assert gains == (set() if with_norms else {"blocks.0.gain", "blocks.1.gain", "blocks.2.gain"})
-    assert not any(network.is_gate_parameter(name) for name in gains)  # θ, not φ
-    assert network.describe().points[0].producers == (
-        ("blocks.0.conv1.weight", "blocks.0.norm1.weight", "blocks.0.norm1.bias") if with_norms
-        else ("blocks.0.conv1.weight", "blocks.0.conv1.bias"))
+def test_channel_is_instance_normalization_everywhere_as_before_the_option():
+    """``channel`` is the ResNet before ``model.norm``: every norm, the stream's too, an
+    instance normalization (each channel of each sample over its positions), by hand."""
+    network = tiny_resnet(gated_layers=(), norm="channel").double()
+    images = torch.randn(4, 1, 8, 8, dtype=torch.float64)
 
+    def instance(norm, x):
+        return F.instance_norm(x, weight=norm.weight, bias=norm.bias, eps=norm.eps)
 
-def test_without_norms_convs_start_he_initialized_with_zero_biases():
-    torch.manual_seed(0)
-    network = build_network("cifar_resnet", (1, 8, 8), 5)
-    for name in ("stem_conv", "blocks.2.conv2", "blocks.2.shortcut_conv"):
-        conv = network.get_submodule(name)
-        fan_in = conv.weight[0].numel()
-        assert torch.equal(conv.bias, torch.zeros_like(conv.bias))
-        assert abs(float(conv.weight.detach().std()) / (2 / fan_in) ** 0.5 - 1) < 0.15, name
+    x = torch.relu(instance(network.stem_norm, network.stem_conv(images)))
+    for block in network.blocks:
+        y = instance(block.norm2, block.conv2(torch.relu(instance(block.norm1, block.conv1(x)))))
+        x = torch.relu(y + (x if block.shortcut_conv is None
+                            else instance(block.shortcut_norm, block.shortcut_conv(x))))
+    torch.testing.assert_close(network(images), network.head(x.mean(dim=(2, 3))))
 
 
 def test_the_config_refuses_an_unknown_norm():
