@@ -389,3 +389,12 @@ def test_the_migration_renames_a_server_step_once_named_as_a_flower_strategy(
     stored = OmegaConf.load(Path(cfg.output_dir) / "config.yaml")
     assert stored.method.server._target_ == cfg.method.server._target_
     assert stored.run_name == cfg.run_name and fingerprint(stored) == fingerprint(cfg)
+
+
+def test_a_channel_norm_keeps_the_fingerprint_of_a_resnet_config_without_it(tiny_config):
+    """``model.norm=channel`` is the ResNet before the option: left out; ``layer`` is not."""
+    cfg = tiny_config("model=resnet8", "model.norm=channel")
+    before = OmegaConf.to_container(cfg, resolve=True)
+    del before["model"]["norm"]
+    assert fingerprint(before) == fingerprint(cfg)
+    assert fingerprint(tiny_config("model=resnet8")) != fingerprint(cfg)

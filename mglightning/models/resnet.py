@@ -1,4 +1,4 @@
-"""A CIFAR-style residual backbone, gated in every block (METHOD.md §1, §7).
+"""A CIFAR-style residual backbone, gated in every block (METHOD.md §1, §1.7, §7).
 
 He et al.'s CIFAR ResNet (6n + 2 layers): a 3×3 stem, stages of basic blocks (conv3×3 →
 norm → ReLU → conv3×3 → norm, plus the shortcut, then ReLU), stride 2 and a 1×1 conv (+ norm)
@@ -11,14 +11,24 @@ nonlinearity); the second conv alone reads them. Sliced, the first conv computes
 channels on for some input of the batch, its norm's affine entries are sliced alike, and the
 second conv reads only those channels; the residual stream is never sliced.
 
-Normalization is a per-channel, per-sample GroupNorm (one group per channel, affine, no
-running statistics), for three reasons. No running statistics: nothing to average across
-nodes, nothing to re-estimate after a one-step adaptation, training and evaluation compute
-the same function. Per sample: an input's gates and output never depend on the other inputs
-of its batch, as per-input gating and the sliced forward need. Per channel: removing an
-always-off channel leaves every other channel's values unchanged, so the exported network
-equals the gated one (GroupNorm with fewer groups, or LayerNorm, would mix a removed
-channel into its neighbours' statistics).
+Whatever the normalization (``norm``), three properties hold. No running statistics: nothing
+to average across nodes, nothing to re-estimate after a one-step adaptation, training and
+evaluation compute the same function. Per sample: an input's gates and output never depend on
+the other inputs of its batch, as per-input gating and the sliced forward need. Per channel
+where channels are removed: the gated hidden channels (after a block's first conv) are
+normalized each on its own, a GroupNorm with one group per channel (affine), so removing an
+always-off channel leaves every other channel's values unchanged and the export without it
+equals the gated network.
+
+``norm="layer"`` (the default) normalizes the residual stream (the stem's, the second conv's
+and the shortcut's outputs) over all its channels at once, a GroupNorm with one group
+(affine): a LayerNorm of the sample's feature map. The gates read the stream's per-channel
+means through a global average pool; a per-channel (instance) normalization of the stream
+makes each channel's spatial mean its shift β whatever the input, so the gates would see one
+vector for every input. A norm over all the stream's channels keeps the channels' relative
+means, so the gates see the input; and the stream is never sliced, so mixing its channels
+costs the export nothing. ``norm="channel"`` normalizes the stream per channel too (instance
+normalization everywhere; measured: RESULTS.md).
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mglightning.constraints import integer, integer_list
+from mglightning.constraints import integer, integer_list, neutral, one_of
 from mglightning.models.gate import ChannelGate
 from mglightning.models.gate_points import GateOp, GatePoint, MacOp, NetworkDescription, Reader
 from mglightning.models.network import (
@@ -49,15 +59,24 @@ from mglightning.models.network import (
 
 STAGE_WIDTHS = (16, 32, 64)  # the CIFAR ResNet's
 BLOCKS_PER_STAGE = 1  # ResNet-8
+NORMS = ("layer", "channel")  # see the module docstring
 
 
 def channel_norm(channels: int) -> nn.GroupNorm:
-    """Per-channel, per-sample normalization (see the module docstring)."""
+    """The norm of a block's gated channels, per channel and per sample (any ``norm``)."""
     return nn.GroupNorm(channels, channels)
 
 
+def stream_norm(channels: int, norm: str) -> nn.GroupNorm:
+    """The norm of the residual stream, which no gate slices: over all its channels with
+    ``norm="layer"`` (a LayerNorm of the sample's feature map), per channel with
+    ``"channel"``."""
+    return nn.GroupNorm(1 if norm == "layer" else channels, channels)
+
+
 def normalize(norm: nn.GroupNorm, x: torch.Tensor, keep: torch.Tensor | None = None):
-    """``norm`` on ``x``, whose channels are ``norm``'s channels ``keep`` (None: all)."""
+    """The per-channel ``norm`` on ``x``, whose channels are ``norm``'s channels ``keep``
+    (None: all)."""
     weight, bias = norm.weight, norm.bias
     if keep is not None:
         weight, bias = weight.index_select(0, keep), bias.index_select(0, keep)
@@ -68,17 +87,17 @@ class ResidualBlock(nn.Module):
     """A basic block whose gate (if any) switches its first conv's output channels."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, gated: bool,
-                 gate_hidden: int, gate_bias_init: float | None) -> None:
+                 gate_hidden: int, gate_bias_init: float | None, norm: str) -> None:
         super().__init__()
         self.stride = stride
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
         self.norm1 = channel_norm(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
-        self.norm2 = channel_norm(out_channels)
+        self.norm2 = stream_norm(out_channels, norm)
         reshaped = stride != 1 or in_channels != out_channels
         self.shortcut_conv = (nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
                               if reshaped else None)
-        self.shortcut_norm = channel_norm(out_channels) if reshaped else None
+        self.shortcut_norm = stream_norm(out_channels, norm) if reshaped else None
         self.gate = (ChannelGate(in_channels, out_channels, gate_hidden, gate_bias_init)
                      if gated else None)
 
@@ -112,7 +131,8 @@ class ResidualBlock(nn.Module):
 
 class ResNet(GatedNetwork):
     """Stem, residual blocks in stages (``stage_widths`` channels, ``blocks_per_stage``
-    blocks each, stride 2 entering every stage after the first), global average pool, head."""
+    blocks each, stride 2 entering every stage after the first), global average pool, head;
+    ``norm`` one of :data:`NORMS` (see the module docstring)."""
 
     def __init__(
         self,
@@ -125,10 +145,11 @@ class ResNet(GatedNetwork):
         temperature: float = 1.0,
         gate_bias_init: float | None = None,
         channels_last: bool = True,
+        norm: str = "layer",
     ) -> None:
         super().__init__(input_shape, temperature, channels_last)
         self.stem_conv = nn.Conv2d(input_shape[0], stage_widths[0], 3, 1, 1, bias=False)
-        self.stem_norm = channel_norm(stage_widths[0])
+        self.stem_norm = stream_norm(stage_widths[0], norm)
         blocks, shapes = [], [(stage_widths[0], *input_shape[1:])]
         for stage, channels in enumerate(stage_widths):
             for position in range(blocks_per_stage):
@@ -136,7 +157,7 @@ class ResNet(GatedNetwork):
                 in_shape = shapes[-1]
                 blocks.append(ResidualBlock(in_shape[0], channels, stride,
                                             len(blocks) + 1 in gated_layers, gate_hidden,
-                                            gate_bias_init))
+                                            gate_bias_init, norm))
                 shapes.append((channels, *((size - 1) // stride + 1 for size in in_shape[1:])))
         self.blocks = nn.ModuleList(blocks)
         self.layer_shapes = shapes  # input shape of block i is shapes[i]; the last, the pool's
@@ -178,7 +199,8 @@ class ResNet(GatedNetwork):
 @dataclass(frozen=True)
 class ResidualBackbone:
     """The config's face of :class:`ResNet`: ``stage_widths`` (each × ``width``) and
-    ``blocks_per_stage`` set its shape; ``gated_layers`` (1-based block numbers) its gates."""
+    ``blocks_per_stage`` set its shape; ``gated_layers`` (1-based block numbers) its gates;
+    ``norm`` its normalization (``layer`` or ``channel``, see the module docstring)."""
 
     def __call__(
         self,
@@ -191,10 +213,12 @@ class ResidualBackbone:
         width: Width = 1.0,
         blocks_per_stage: Annotated[int, integer(1)] = BLOCKS_PER_STAGE,
         stage_widths: Annotated[Sequence[int], integer_list(1)] = STAGE_WIDTHS,
+        # channel: the ResNet before the option, so its runs keep their fingerprints
+        norm: Annotated[str, one_of(*NORMS), neutral("channel")] = "layer",
     ) -> ResNet:
         widths = [scaled_width(channels, width) for channels in stage_widths]
         return ResNet(tuple(input_shape), num_classes, widths, blocks_per_stage, gated_layers,
-                      gate_hidden, temperature, gate_bias_init)
+                      gate_hidden, temperature, gate_bias_init, norm=norm)
 
     def layer_count(self, options: Mapping) -> int:
         """How many blocks ``model.gated_layers`` may name (a mistyped option raises; the

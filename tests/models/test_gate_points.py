@@ -47,16 +47,18 @@ def test_channel_sets_of_hand_made_masks():
     assert keep.tolist() == [0] and not any_on  # channel 0 stands in, masked to 0
 
 
-@pytest.mark.parametrize(("name", "shape", "gated"), [
-    ("cnn4", (1, 16, 16), [1, 2, 3]), ("mlp2", (1, 4, 4), [1]), ("cnn7", (3, 8, 8), [5, 6]),
-    ("cifar_resnet", (1, 8, 8), [1, 3]),
+@pytest.mark.parametrize(("name", "shape", "gated", "options"), [
+    ("cnn4", (1, 16, 16), [1, 2, 3], {}), ("mlp2", (1, 4, 4), [1], {}),
+    ("cnn7", (3, 8, 8), [5, 6], {}),
+    ("cifar_resnet", (1, 8, 8), [1, 3], {"norm": "layer"}),
+    ("cifar_resnet", (1, 8, 8), [1, 3], {"norm": "channel"}),
 ])
 def test_pruning_at_rest_computes_the_kept_channels_as_the_sliced_forward_does(
-        name, shape, gated):
+        name, shape, gated, options):
     """Channels cut from the weights compute what the sliced forward computes when the gates
     keep exactly those channels; the pruned network describes its smaller self."""
     torch.manual_seed(0)
-    network = build_network(name, shape, 4, gated_layers=gated)
+    network = build_network(name, shape, 4, gated_layers=gated, **options)
     points = network.describe().points
     keeps = {index: torch.arange(0, points[index].channels, 2) for index in network.gated_layers}
     with torch.no_grad():

@@ -1,5 +1,6 @@
-"""The residual backbone, tested as cnn4 is: MACs by hand, the sliced forward against the dense
-one, the export against both, the two stages of adaptation, both SNIPs, the Group Lasso groups."""
+"""The residual backbone, tested as cnn4 is, with either normalization (``norm``): MACs by
+hand, the sliced forward against the dense one, the export against both, the two stages of
+adaptation, both SNIPs, the Group Lasso groups; which norm sits where."""
 
 import copy
 import re
@@ -22,6 +23,9 @@ from mglightning.federated.flat import FlatParameters
 from mglightning.federated.prox import GroupLasso
 from mglightning.models import binarize, build_network, forward_cost
 from mglightning.models import network as network_module
+from mglightning.models.resnet import NORMS
+
+both_norms = pytest.mark.parametrize("norm", NORMS)
 
 # A ResNet of one block a stage, widths 2-3-4, on 1×8×8 inputs, 5 classes, gates of 4 hidden
 # units: every conv by hand, C_out · C_in · k² · H_out · W_out.
@@ -57,8 +61,9 @@ def resnet_with_dead_channels(shape=(1, 16, 16), classes=4, **options):
     return network, images, labels
 
 
-def test_dense_and_executed_macs_match_the_hand_count():
-    network = tiny_resnet()
+@both_norms
+def test_dense_and_executed_macs_match_the_hand_count(norm):
+    network = tiny_resnet(norm=norm)
     masks = [torch.ones(2, 2), torch.ones(2, 3), torch.ones(2, 4)]
     masks[0][1, 0] = 0  # input 1: one of block 1's two channels off
     masks[2][1, :3] = 0  # and three of block 3's four
@@ -73,8 +78,9 @@ def test_dense_and_executed_macs_match_the_hand_count():
     torch.testing.assert_close(cost.gated_sparsity, torch.tensor([0.0, 4 / 9]))
 
 
-def test_ungated_blocks_cost_no_gate_and_their_channels_are_all_on():
-    network = tiny_resnet(gated_layers=[2])
+@both_norms
+def test_ungated_blocks_cost_no_gate_and_their_channels_are_all_on(norm):
+    network = tiny_resnet(gated_layers=[2], norm=norm)
     output = network.forward_with_masks(torch.randn(3, 1, 8, 8))
     assert len(output.masks) == 1 and output.masks[0].shape == (3, 3)
     cost = forward_cost(network, [torch.ones(3, 3)])
@@ -97,8 +103,9 @@ def test_the_width_multiplier_scales_every_stage():
     assert network.stem_conv.out_channels == 8
 
 
-def test_sliced_forward_equals_masked_dense_forward_and_gate_logits_make_the_masks():
-    network, images, _ = resnet_with_dead_channels()
+@both_norms
+def test_sliced_forward_equals_masked_dense_forward_and_gate_logits_make_the_masks(norm):
+    network, images, _ = resnet_with_dead_channels(norm=norm)
     dense = network.forward_with_masks(images)
     sliced = network.forward_with_masks(images, sliced=True)
     torch.testing.assert_close(sliced.logits, dense.logits, rtol=1e-4, atol=1e-5)
@@ -109,9 +116,11 @@ def test_sliced_forward_equals_masked_dense_forward_and_gate_logits_make_the_mas
         assert 0 < int(sliced_mask.amax(0).sum()) < sliced_mask.shape[1]
 
 
-def test_an_inputs_output_does_not_depend_on_its_batch():
-    """Per-sample norms: an input alone or among others, the same gates and logits."""
-    network, images, _ = resnet_with_dead_channels()
+@both_norms
+def test_an_inputs_output_does_not_depend_on_its_batch(norm):
+    """Per-sample norms: an input alone or among others, the same gates and
+    logits."""
+    network, images, _ = resnet_with_dead_channels(norm=norm)
     together = network.forward_with_masks(images, sliced=True)
     for index in (0, 7):
         alone = network.forward_with_masks(images[index:index + 1], sliced=True)
@@ -125,8 +134,9 @@ def parameter_count(module) -> int:
     return sum(param.numel() for param in module.parameters())
 
 
-def test_export_removes_always_off_channels_and_equals_the_gated_network():
-    network, images, _ = resnet_with_dead_channels(classes=5)
+@both_norms
+def test_export_removes_always_off_channels_and_equals_the_gated_network(norm):
+    network, images, _ = resnet_with_dead_channels(classes=5, norm=norm)
     with torch.no_grad():  # block 3: every kept channel on for every input, so no gate
         gate = network.blocks[2].gate.out
         gate.bias[gate.bias.numel() // 2:] = 50.0
@@ -153,33 +163,38 @@ def changed(before, after):
     return {name for name, p in after.named_parameters() if not torch.equal(p, previous[name])}
 
 
-def test_stage_one_changes_only_the_gates():
-    network, images, labels = resnet_with_dead_channels()
+@both_norms
+def test_stage_one_changes_only_the_gates(norm):
+    network, images, labels = resnet_with_dead_channels(norm=norm)
     adapted = copy.deepcopy(network)
     adapt_gates(adapted, images, labels, lr=0.5)
     moved = changed(network, adapted)
     assert moved and all(".gate." in name for name in moved)
 
 
-def test_stage_two_changes_only_the_backbone_and_only_active_channels():
-    network, images, labels = resnet_with_dead_channels()
+@both_norms
+def test_stage_two_changes_only_the_backbone_and_only_active_channels(norm):
+    network, images, labels = resnet_with_dead_channels(norm=norm)
     adapted = copy.deepcopy(network)
     adapt_backbone(adapted, images, labels, lr=0.5)
     assert not any(".gate." in name for name in changed(network, adapted))
     with torch.no_grad():
         masks = network.forward_with_masks(images).masks
+    points = network.describe().points
     for index, mask in enumerate(masks):
         active = mask.amax(0) > 0
         before, after = network.blocks[index], adapted.blocks[index]
-        assert torch.equal(after.conv1.weight[~active], before.conv1.weight[~active])
-        assert torch.equal(after.norm1.weight[~active], before.norm1.weight[~active])
-        assert torch.equal(after.norm1.bias[~active], before.norm1.bias[~active])
+        assert len(points[index].producers) == 3
+        for name in points[index].producers:  # filters, and the norm's affine
+            was, now = network.get_parameter(name), adapted.get_parameter(name)
+            assert torch.equal(now[~active], was[~active]), name
         assert torch.equal(after.conv2.weight[:, ~active], before.conv2.weight[:, ~active])
         assert not torch.equal(after.conv1.weight[active], before.conv1.weight[active])
 
 
-def test_sliced_stage_two_equals_the_dense_step_with_constant_masks(monkeypatch):
-    network, images, labels = resnet_with_dead_channels()
+@both_norms
+def test_sliced_stage_two_equals_the_dense_step_with_constant_masks(monkeypatch, norm):
+    network, images, labels = resnet_with_dead_channels(norm=norm)
     sliced = copy.deepcopy(network)
     adapt_backbone(sliced, images, labels, lr=0.3)
     dense = copy.deepcopy(network)
@@ -195,8 +210,9 @@ def test_sliced_stage_two_equals_the_dense_step_with_constant_masks(monkeypatch)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_two_stage_sharing_the_stem_equals_the_two_stages_in_turn():
-    network, images, labels = resnet_with_dead_channels()
+@both_norms
+def test_two_stage_sharing_the_stem_equals_the_two_stages_in_turn(norm):
+    network, images, labels = resnet_with_dead_channels(norm=norm)
     shared, in_turn = copy.deepcopy(network), copy.deepcopy(network)
     two_stage(shared, images, labels, 0.1)
     adapt_gates(in_turn, images, labels, 0.1)
@@ -205,8 +221,9 @@ def test_two_stage_sharing_the_stem_equals_the_two_stages_in_turn():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_snip_scores_every_conv_and_the_head_not_the_gates_or_norms():
-    network = tiny_resnet()
+@both_norms
+def test_snip_scores_every_conv_and_the_head_not_the_gates_or_norms(norm):
+    network = tiny_resnet(norm=norm)
     names = {id(p): n for n, p in network.named_parameters()}
     assert [names[id(w)] for w in prunable_weights(network)] == [
         "stem_conv.weight",
@@ -217,8 +234,8 @@ def test_snip_scores_every_conv_and_the_head_not_the_gates_or_norms():
     ]
 
 
-def double_batch():
-    network = tiny_resnet(gated_layers=()).double()
+def double_batch(norm):
+    network = tiny_resnet(gated_layers=(), norm=norm).double()
     torch.manual_seed(1)
     return network, torch.randn(10, 1, 8, 8, dtype=torch.float64), torch.randint(0, 5, (10,))
 
@@ -230,15 +247,17 @@ def loss_with_channel_scale(network, images, labels, block, scale):
         if index != block:
             x = layer(x, temperature=1.0).features
             continue
-        hidden = torch.relu(layer.norm1(F.conv2d(x, layer.conv1.weight, None, layer.stride, 1)))
+        hidden = torch.relu(layer.norm1(layer.conv1(x)))
         y = layer.norm2(layer.conv2(hidden * scale[:, None, None]))
-        shortcut = x if layer.shortcut_conv is None else layer.shortcut_norm(layer.shortcut_conv(x))
+        shortcut = (x if layer.shortcut_conv is None
+                    else layer.shortcut_norm(layer.shortcut_conv(x)))
         x = torch.relu(y + shortcut)
     return F.cross_entropy(network.head(x.mean(dim=(2, 3))), labels)
 
 
-def test_channel_saliency_is_the_mask_gradient_by_finite_differences():
-    network, images, labels = double_batch()
+@both_norms
+def test_channel_saliency_is_the_mask_gradient_by_finite_differences(norm):
+    network, images, labels = double_batch(norm)
     (saliency,) = channel_saliency(network, images, labels, blocks=[1])
     step = 1e-6
     for channel in range(3):
@@ -251,24 +270,25 @@ def test_channel_saliency_is_the_mask_gradient_by_finite_differences():
         torch.testing.assert_close(saliency[channel], slope.abs(), rtol=1e-5, atol=1e-9)
 
 
-def test_snip_channels_switches_channels_off_for_every_input():
-    network, images, labels = double_batch()
+@both_norms
+def test_snip_channels_switches_channels_off_for_every_input(norm):
+    network, images, labels = double_batch(norm)
     measured = snip_channels(network, images, labels, lr=0.1, keep_fraction=0.5, layers=[3])
     block = network.blocks[2]
     off = block.conv1.weight.flatten(1).abs().sum(1) == 0
     assert int(off.sum()) == 2  # of 4, round(0.5 · 4) kept
     assert torch.all(block.norm1.weight[off] == 0) and torch.all(block.norm1.bias[off] == 0)
     with torch.no_grad():
-        x = network.features(images, 2)
-        hidden = torch.relu(block.norm1(F.conv2d(x, block.conv1.weight, None, 2, 1)))
+        hidden = torch.relu(block.norm1(block.conv1(network.features(images, 2))))
     assert torch.all(hidden[:, off] == 0)
     assert measured["sparsity_layer3"] == 0.5
     skipped = 2 * (3 * 9 * 4 + 4 * 9 * 4)  # two filters of conv1, two columns of conv2
     assert measured["executed_macs"] == TINY_HAND - skipped
 
 
-def test_group_lasso_groups_are_the_gate_rows_of_every_gated_block():
-    network = tiny_resnet(gated_layers=[1, 3])
+@both_norms
+def test_group_lasso_groups_are_the_gate_rows_of_every_gated_block(norm):
+    network = tiny_resnet(gated_layers=[1, 3], norm=norm)
     flat = FlatParameters(network, network.is_gate_parameter)
     lasso = GroupLasso.for_network(1.0, flat, network)
     by_hand = torch.cat([
@@ -290,3 +310,54 @@ def test_the_config_checks_gated_blocks_against_the_depth(model, gated, problem)
     else:
         with pytest.raises(ConfigError, match=re.escape(problem)):
             validate(cfg)
+
+
+def group_counts(module):
+    """``{name: (groups, channels)}`` of every GroupNorm in ``module``."""
+    return {name: (norm.num_groups, norm.num_channels) for name, norm in module.named_modules()
+            if isinstance(norm, torch.nn.GroupNorm)}
+
+
+@pytest.mark.parametrize("overrides", [[], ["model.norm=layer"], ["model.norm=channel"]])
+def test_the_stream_is_normalized_over_all_channels_with_layer_the_gated_ones_each_alone(
+        overrides):
+    """``layer`` (the default, and the YAMLs'): GroupNorm(1, C) on the stem, each second conv
+    and each shortcut conv, GroupNorm(C, C) on each first conv's (gated) channels; ``channel``:
+    GroupNorm(C, C) everywhere. No conv has a bias (the norms' shifts stand in for them)."""
+    cfg = compose_config(["model=resnet8", "model.stage_widths=[2,3,4]", "dataset=synthetic",
+                          *overrides])
+    torch.manual_seed(0)
+    network = build_network("cifar_resnet", (1, 8, 8), 5, stage_widths=[2, 3, 4],
+                            **({"norm": cfg.model.norm} if overrides else {}))
+    stream = 1 if cfg.model.norm == "layer" else None  # None: one group per channel
+    widths = {"stem_norm": 2, "blocks.0.norm1": 2, "blocks.0.norm2": 2, "blocks.1.norm1": 3,
+              "blocks.1.norm2": 3, "blocks.1.shortcut_norm": 3, "blocks.2.norm1": 4,
+              "blocks.2.norm2": 4, "blocks.2.shortcut_norm": 4}
+    assert group_counts(network) == {
+        name: (channels if name.endswith("norm1") or stream is None else stream, channels)
+        for name, channels in widths.items()}
+    assert not any(name.endswith(".bias") for name, _ in network.named_parameters()
+                   if "conv" in name)
+
+
+def test_channel_is_instance_normalization_everywhere_as_before_the_option():
+    """``channel`` is the ResNet before ``model.norm``: every norm, the stream's too, an
+    instance normalization (each channel of each sample over its positions), by hand."""
+    network = tiny_resnet(gated_layers=(), norm="channel").double()
+    images = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+
+    def instance(norm, x):
+        return F.instance_norm(x, weight=norm.weight, bias=norm.bias, eps=norm.eps)
+
+    x = torch.relu(instance(network.stem_norm, network.stem_conv(images)))
+    for block in network.blocks:
+        y = instance(block.norm2, block.conv2(torch.relu(instance(block.norm1, block.conv1(x)))))
+        x = torch.relu(y + (x if block.shortcut_conv is None
+                            else instance(block.shortcut_norm, block.shortcut_conv(x))))
+    torch.testing.assert_close(network(images), network.head(x.mean(dim=(2, 3))))
+
+
+def test_the_config_refuses_an_unknown_norm():
+    cfg = compose_config(["model=resnet8", "model.norm=batch", "dataset=synthetic"])
+    with pytest.raises(ConfigError, match=re.escape("model.norm='batch': must be one of")):
+        validate(cfg)
