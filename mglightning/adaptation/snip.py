@@ -25,7 +25,7 @@ from torch import nn
 
 from mglightning.adaptation.steps import StepSize
 from mglightning.constraints import integer_list, number
-from mglightning.models.cost import forward_cost
+from mglightning.models.cost import closest_index, forward_cost
 from mglightning.models.network import GatedNetwork
 
 KeepFraction = Annotated[float, number(above=0, at_most=1)]  # the share of weights (channels) kept
@@ -159,8 +159,7 @@ def keep_fraction_for_macs(network: GatedNetwork, layers: list[int], target_macs
     MACs (METHOD.md §7), from the network's description alone. A layer's kept count steps up
     where keep · C crosses k + ½, so the MACs are a step function of the keep fraction that
     never falls; one keep fraction inside each interval between those points (its middle,
-    clear of round's ties; 1 for the last) stands for the whole interval, and a bisection
-    over them finds the last at or under the target; it or the next is closest."""
+    clear of round's ties; 1 for the last) stands for the whole interval."""
     blocks = [layer - 1 for layer in layers]
     points = network.describe().points
     channels = [points[block].channels for block in blocks]
@@ -171,15 +170,4 @@ def keep_fraction_for_macs(network: GatedNetwork, layers: list[int], target_macs
         return pruned_macs(network, blocks,
                            [kept_channels(candidates[index], total) for total in channels])
 
-    low, high = 0, len(candidates) - 1  # the last candidate at or under the target
-    if macs(low) > target_macs:
-        return candidates[low]
-    while low < high:
-        middle = (low + high + 1) // 2
-        if macs(middle) <= target_macs:
-            low = middle
-        else:
-            high = middle - 1
-    if low + 1 < len(candidates) and macs(low + 1) - target_macs < target_macs - macs(low):
-        low += 1
-    return candidates[low]
+    return candidates[closest_index(macs, len(candidates), target_macs)]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mglightning.models.cost import dense_macs
+from mglightning.models.cost import closest_index, dense_macs
 from mglightning.models.network import (
     GateBiasInit,
     GatedLayers,
@@ -97,24 +97,13 @@ def width_for_macs(
 ) -> float:
     """The width multiplier (a multiple of ``resolution`` up to ``max_width``) whose ungated
     network's dense MACs come closest to ``target_macs``: the dense narrower partner of a
-    gated network at equal MACs (METHOD.md §7). Dense MACs never fall as the width grows, so
-    a bisection finds the last width at or under the target; it or the next is closest."""
+    gated network at equal MACs (METHOD.md §7); dense MACs never fall as the width grows."""
 
-    def macs(steps: int) -> int:
+    def macs(index: int) -> int:  # width (index + 1) · resolution
         with torch.device("meta"):  # shapes only: no memory, no random draws
-            network = backbone(input_shape, num_classes, width=steps * resolution, **options)
+            network = backbone(input_shape, num_classes, width=(index + 1) * resolution,
+                               **options)
         return dense_macs(network)
 
-    low, high = 1, round(max_width / resolution)  # the last width at or under the target
-    if macs(low) > target_macs:
-        return low * resolution
-    while low < high:
-        middle = (low + high + 1) // 2
-        if macs(middle) <= target_macs:
-            low = middle
-        else:
-            high = middle - 1
-    if low < round(max_width / resolution) and (
-            macs(low + 1) - target_macs < target_macs - macs(low)):
-        low += 1
-    return round(low * resolution, 6)
+    index = closest_index(macs, round(max_width / resolution), target_macs)
+    return round((index + 1) * resolution, 6)

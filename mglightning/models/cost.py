@@ -10,6 +10,7 @@ added.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -75,3 +76,21 @@ def forward_cost(
         else torch.zeros(batch, device=device)
     )
     return ForwardCost(dense, executed, layer_sparsity, gated_sparsity)
+
+
+def closest_index(cost: Callable[[int], float], count: int, target: float) -> int:
+    """The index i in 0..count-1 whose ``cost(i)`` comes closest to ``target``, for a cost that
+    never falls as i grows (a network's MACs against its width or keep fraction): a bisection
+    finds the last index at or under the target; it or the next is closest."""
+    low, high = 0, count - 1
+    if cost(low) > target:
+        return low
+    while low < high:
+        middle = (low + high + 1) // 2
+        if cost(middle) <= target:
+            low = middle
+        else:
+            high = middle - 1
+    if low + 1 < count and cost(low + 1) - target < target - cost(low):
+        low += 1
+    return low

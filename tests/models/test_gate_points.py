@@ -15,6 +15,7 @@ from mglightning.models import (
     width_for_macs,
 )
 from mglightning.models.backbones import cifar_resnet, cnn4
+from mglightning.models.cost import closest_index
 
 
 def test_cnn4_describes_each_blocks_channels_and_what_reads_them():
@@ -108,3 +109,14 @@ def test_width_for_macs_is_the_best_width_of_a_scan(backbone, options):
         assert width in widths
         assert abs(macs(width) - target) == min(abs(count - target) for count in scanned)
     assert macs(width_for_macs(backbone, (1, 28, 28), 10, scanned[49], **options)) == scanned[49]
+
+
+@pytest.mark.parametrize("target", [-1.0, 0.0, 2.4, 2.5, 2.6, 7.0, 100.0])
+def test_closest_index_finds_the_cost_nearest_the_target_as_a_scan_does(target):
+    """A non-decreasing cost with plateaus: the bisection's index has the nearest cost, and on
+    a tie the lower one (the last at or under the target)."""
+    costs = [0.0, 1.0, 1.0, 2.0, 3.0, 3.0, 3.0, 7.0]
+    index = closest_index(costs.__getitem__, len(costs), target)
+    assert abs(costs[index] - target) == min(abs(cost - target) for cost in costs)
+    if target == 2.5:
+        assert costs[index] == 2.0
