@@ -232,10 +232,13 @@ def test_a_pair_is_paired_per_seed_beside_both_rows_cost(tmp_path):
     point = MethodRuns("metagater", 1, gater.run_dirs, "off0.9", ("method.local.sparsity_off=0.9",))
     snip = MethodRuns("metasnip_structured", 1, reference.run_dirs, "at-off0.9")
     (line,) = pairs_table([(point, snip)]).splitlines()[2:]
-    assert line == ("| MetaGater w/ gating (local.sparsity_off=0.9) | MetaSNIP (structured) "
+    assert line == ("| MetaGater w/ gating [off0.9] | MetaSNIP (structured) "
                     "[at-off0.9] | 750.0 / 750.0 | 25.0 / 25.0 | +2.50 ± 0.50 ahead |")
     paths = write_results([snip, point], tmp_path / "out", pairs=[(point, snip)])
-    assert line in paths["table_md"].read_text()
+    text = paths["table_md"].read_text()
+    assert line in text
+    assert "- [off0.9]: local.sparsity_off=0.9\n" in text  # its settings, once, under the table
+    assert "[at-off0.9]:" not in text  # a row without settings of its own needs no line
     with pytest.raises(ValueError, match="compare_with names 'metasnip_structured'.*unnamed"):
         table_rows([snip, point], ("metasnip_structured",))  # a named row is no method default
 

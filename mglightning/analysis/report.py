@@ -85,8 +85,10 @@ class MethodRuns:
 
     @property
     def label_title(self) -> str:
-        """The title, with the row's name where its settings do not tell it apart."""
-        return self.title if self.settings or not self.name else f"{self.title} [{self.name}]"
+        """The title in a table: the method's, with the row's name if it has one (a named row's
+        settings are listed once under the table, :func:`settings_legend`)."""
+        title = METHOD_TITLES.get(self.method, self.method)
+        return f"{title} [{self.name}]" if self.name else title
 
     def summaries(self) -> list[dict]:
         return [RunFolder(run_dir).read_summary() for run_dir in self.run_dirs]
@@ -228,6 +230,13 @@ def frame_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
 
 
+def settings_legend(rows: list[MethodRuns]) -> str:
+    """Markdown: each named row's settings, one line a row (an override list is too long for a
+    table cell)."""
+    lines = [f"- [{row.name}]: {row.settings}" for row in rows if row.name and row.settings]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def pairs_table(pairs: list[tuple[MethodRuns, MethodRuns]]) -> str:
     """Markdown: for each (row, against) pair, the paired accuracy difference with its verdict,
     beside both rows' executed MACs and MACs skipped, means over seeds (a pair compares points
@@ -283,6 +292,9 @@ def write_results(rows: list[MethodRuns], output_dir: Path, compare_with: tuple[
     runs = row_runs(rows)
     text = (f"{heading}\n\n" if heading else "") + markdown_table(table, compare_with,
                                                                   last_evaluations)
+    legend = settings_legend(rows)
+    if legend:
+        text += "\nThe named rows' settings (beyond the method's defaults):\n\n" + legend
     if pairs:
         text += "\nPaired per seed, at equal cost:\n\n" + pairs_table(list(pairs))
     summaries = load_summaries(runs)
