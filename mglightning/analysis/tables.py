@@ -240,9 +240,8 @@ OVERALL_GATING_MEASURES = {
     "input_dependent_mean": "input-dependent",
     "input_jaccard_mean": "Jaccard between inputs",
     "task_jaccard": "Jaccard between tasks",
-    "task_input_jaccard_ratio": "tasks ÷ inputs",
 }
-UNSCALED = ("mean |gate logit|", "groups zeroed", "tasks ÷ inputs")
+UNSCALED = ("mean |gate logit|", "groups zeroed")
 
 
 def _seed_means(summaries: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
@@ -285,8 +284,11 @@ def gating_measures(summaries: pd.DataFrame) -> pd.DataFrame:
 def overall_gating_measures(summaries: pd.DataFrame) -> pd.DataFrame:
     """Per group of gated runs, what the gates do over all gated channels together, mean over
     seeds: MACs skipped; channels always off, always on, input-dependent; the Jaccard distance
-    between inputs of a task and between tasks, and the second over the first."""
-    return _seed_means(summaries, OVERALL_GATING_MEASURES)
+    between inputs of a task and between tasks, and the second over the first (the ratio of
+    the two means: a seed whose inputs never differ would make a mean of ratios infinite)."""
+    table = _seed_means(summaries, OVERALL_GATING_MEASURES)
+    between = table["Jaccard between tasks"] / table["Jaccard between inputs"]
+    return table.assign(**{"tasks ÷ inputs": between}).iloc[:, [*range(6), 7, 6]]
 
 
 def plot_round_timings(curves: pd.DataFrame) -> Figure:
