@@ -123,11 +123,8 @@ class FederatedMetaLearner(L.LightningModule):
         return []  # no torch optimizer: the step updates the parameters itself
 
     def sample_clients(self, num_clients: int, generator: torch.Generator) -> list[int]:
-        if self.clients_per_round > num_clients:
-            raise ValueError(
-                f"method.clients_per_round={self.clients_per_round} exceeds the "
-                f"{num_clients} training nodes"
-            )
+        """K of the ``num_clients`` training nodes; that there are K is the federation's own
+        check (:func:`~mglightning.data.datamodule.node_split`)."""
         order = torch.randperm(num_clients, generator=generator, device=generator.device)
         return order[: self.clients_per_round].tolist()
 
