@@ -161,9 +161,10 @@ def test_a_width_of_one_keeps_the_fingerprint_of_a_config_without_it(tiny_config
 def test_the_migration_upgrades_an_older_config_to_todays_fingerprint(fixture):
     """Configs as older code composed them (pinned in fixtures), upgraded, read as today's
     config of the same run: the same fingerprint, and valid; Per-FedAvg HF's as the finite
-    difference those runs took."""
+    difference and FO's steps those runs took (HF has steps of its own since)."""
     for overrides, old in yaml.safe_load(fixture.read_text()).items():
-        hessian = ["method.local.hessian=finite_difference"] if "perfedavg_hf" in overrides else []
+        hessian = (["method.local.hessian=finite_difference", "method.local.alpha=0.01",
+                    "method.local.beta=0.1"] if "perfedavg_hf" in overrides else [])
         # own data's default nodes were of at least 10 samples then: a run of another partition
         own_data = "dataset=folder" in overrides or "dataset=arrays" in overrides
         min_size = ["dataset.partition.min_size=10"] if own_data else []

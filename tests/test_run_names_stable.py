@@ -1,6 +1,7 @@
 """Run names (and so fingerprints) of many configs, as the code composed them when the file
 ``fixtures/run_names.json`` was written: a refactoring that changes one would orphan every run
-folder made with that config, so it must come with a migration, never by accident."""
+folder made with that config, so it must come with a migration (or say why none is needed),
+never by accident; ``fixtures/write_run_names.py`` rewrites the record when it is meant to."""
 
 from __future__ import annotations
 
