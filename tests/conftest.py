@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -13,10 +14,14 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from mglightning import build
+from mglightning.adaptation.steps import adapt_backbone
+from mglightning.models import binarize
+from mglightning.models import network as network_module
 from mglightning.train import check_overrides, run
 from mglightning.train import main as train_main
 
@@ -135,3 +140,34 @@ def finished_run_copy(finished_run, tmp_path):
     """A fresh copy of ``finished_run`` under ``tmp_path`` (as ``tiny_config(*FINISHED_RUN)``
     finds it), for a test that writes into the run: its config."""
     return copy_finished_run(finished_run, tmp_path)
+
+
+class FixedBatchClient:
+    """A node whose every mini-batch is the same: the local objective becomes deterministic."""
+
+    node_id = 0
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+        self.support_idx = torch.arange(len(labels))
+
+    def sample_support_batch(self, batch_size, generator):
+        return self.images, self.labels
+
+
+def sliced_and_dense_stage_two(network, images, labels, monkeypatch, lr):
+    """Stage II computed on the active subnet, and as a dense step with the masks held
+    constant ("with the masks of φ_t"): the pair a test finds equal, since slicing is an
+    optimization, not a change of the update."""
+    sliced = copy.deepcopy(network)
+    adapt_backbone(sliced, images, labels, lr=lr)
+    dense = copy.deepcopy(network)
+    monkeypatch.setattr(
+        network_module, "binarize", lambda *args, **kwargs: binarize(*args, **kwargs).detach()
+    )
+    theta = [p for n, p in dense.named_parameters() if ".gate." not in n]
+    grads = torch.autograd.grad(F.cross_entropy(dense(images), labels), theta)
+    with torch.no_grad():
+        for p, g in zip(theta, grads, strict=True):
+            p.sub_(lr * g)
+    return sliced, dense

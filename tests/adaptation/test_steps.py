@@ -1,11 +1,10 @@
 import copy
 
 import torch
-import torch.nn.functional as F
+from conftest import sliced_and_dense_stage_two
 
 from mglightning.adaptation.steps import adapt_backbone, adapt_gates, one_step, two_stage
-from mglightning.models import binarize, build_network
-from mglightning.models import network as network_module
+from mglightning.models import build_network
 
 
 def gated_cnn4_with_dead_channels():
@@ -55,17 +54,7 @@ def test_sliced_stage_two_equals_the_dense_gradient_step(monkeypatch):
     """Computing only the active subnet is an optimization, not a change of the update:
     it equals a dense step with the masks held constant ("with the masks of φ_t")."""
     network, images, labels = gated_cnn4_with_dead_channels()
-    sliced = copy.deepcopy(network)
-    adapt_backbone(sliced, images, labels, lr=0.3)
-    dense = copy.deepcopy(network)
-    monkeypatch.setattr(
-        network_module, "binarize", lambda *args, **kwargs: binarize(*args, **kwargs).detach()
-    )
-    theta = [p for n, p in dense.named_parameters() if ".gate." not in n]
-    grads = torch.autograd.grad(F.cross_entropy(dense(images), labels), theta)
-    with torch.no_grad():
-        for p, g in zip(theta, grads, strict=True):
-            p.sub_(0.3 * g)
+    sliced, dense = sliced_and_dense_stage_two(network, images, labels, monkeypatch, lr=0.3)
     for (name, a), (_, b) in zip(sliced.named_parameters(), dense.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import FixedBatchClient
 from omegaconf import OmegaConf
 
 from mglightning.build import build_datamodule, build_learner, compose_config
@@ -148,17 +149,6 @@ def test_the_hard_value_takes_the_straight_through_gradient():
     soft = torch.sigmoid(logits.detach() / temperature)
     expected = 2 / 3 * (rates - target) / 5 * soft * (1 - soft) / temperature
     torch.testing.assert_close(logits.grad, expected)
-
-
-class FixedBatchClient:
-    node_id = 0
-
-    def __init__(self, images, labels):
-        self.images, self.labels = images, labels
-        self.support_idx = torch.arange(len(labels))
-
-    def sample_support_batch(self, batch_size, generator):
-        return self.images, self.labels
 
 
 def gated_flat_and_client():

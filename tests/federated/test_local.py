@@ -1,21 +1,9 @@
 import torch
+from conftest import FixedBatchClient
 
 from mglightning.federated.flat import FlatParameters
 from mglightning.federated.local import ProximalSGD, proximal_step_
 from mglightning.models import build_network
-
-
-class FixedBatchClient:
-    """A node whose every mini-batch is the same: the local objective becomes deterministic."""
-
-    node_id = 0
-
-    def __init__(self, images, labels):
-        self.images, self.labels = images, labels
-        self.support_idx = torch.arange(len(labels))
-
-    def sample_support_batch(self, batch_size, generator):
-        return self.images, self.labels
 
 
 def local_objective(flat, vector, anchor, client, prox_lambda):

@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import sliced_and_dense_stage_two
 
 from mglightning.adaptation.snip import (
     channel_saliency,
@@ -21,8 +22,7 @@ from mglightning.errors import ConfigError
 from mglightning.export import task_network
 from mglightning.federated.flat import FlatParameters
 from mglightning.federated.prox import GroupLasso
-from mglightning.models import binarize, build_network, forward_cost
-from mglightning.models import network as network_module
+from mglightning.models import build_network, forward_cost
 from mglightning.models.resnet import NORMS
 
 both_norms = pytest.mark.parametrize("norm", NORMS)
@@ -195,17 +195,7 @@ def test_stage_two_changes_only_the_backbone_and_only_active_channels(norm):
 @both_norms
 def test_sliced_stage_two_equals_the_dense_step_with_constant_masks(monkeypatch, norm):
     network, images, labels = resnet_with_dead_channels(norm=norm)
-    sliced = copy.deepcopy(network)
-    adapt_backbone(sliced, images, labels, lr=0.3)
-    dense = copy.deepcopy(network)
-    monkeypatch.setattr(
-        network_module, "binarize", lambda *args, **kwargs: binarize(*args, **kwargs).detach()
-    )
-    theta = [p for n, p in dense.named_parameters() if ".gate." not in n]
-    grads = torch.autograd.grad(F.cross_entropy(dense(images), labels), theta)
-    with torch.no_grad():
-        for p, g in zip(theta, grads, strict=True):
-            p.sub_(0.3 * g)
+    sliced, dense = sliced_and_dense_stage_two(network, images, labels, monkeypatch, lr=0.3)
     for (name, a), (_, b) in zip(sliced.named_parameters(), dense.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
 
