@@ -20,6 +20,7 @@ from PIL import Image
 
 from mglightning import build
 from mglightning.adaptation.steps import adapt_backbone
+from mglightning.data import datasets
 from mglightning.models import binarize
 from mglightning.models import network as network_module
 from mglightning.train import check_overrides, run
@@ -112,6 +113,20 @@ def folder_digest(folder: Path) -> str:
         if path.is_file():
             digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+@pytest.fixture
+def synthetic_loads(monkeypatch):
+    """A list that gains an item each time the synthetic data set is loaded."""
+    loads = []
+    make_synthetic = datasets.make_synthetic
+
+    def counted(*args, **kwargs):
+        loads.append(1)
+        return make_synthetic(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "make_synthetic", counted)
+    return loads
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,6 @@ from mglightning.analysis.report import (
     write_results,
 )
 from mglightning.build import build_network, compose_config
-from mglightning.data import datasets
 from mglightning.models.cost import dense_macs
 from mglightning.reproduce import Reproduction, at_macs, main, run_specs
 from mglightning.run.folder import RunFolder
@@ -175,21 +174,13 @@ def test_a_run_made_with_another_config_is_redone(tmp_path, monkeypatch):
     assert len(calls) == 2 and calls[0] == calls[1]
 
 
-def test_a_run_loads_its_data_once_whether_run_reused_or_redone(tmp_path, monkeypatch):
+def test_a_run_loads_its_data_once_whether_run_reused_or_redone(tmp_path, synthetic_loads):
     """Checking a run folder against its data and running it share one load."""
-    loads = []
-    make_synthetic = datasets.make_synthetic
-
-    def counted(*args, **kwargs):
-        loads.append(1)
-        return make_synthetic(*args, **kwargs)
-
-    monkeypatch.setattr(datasets, "make_synthetic", counted)
     reproduction = Reproduction("table2_fmnist", [*TINY, "rounds=1", "eval_every=0"], tmp_path)
     assert reproduction.ensure_run(reproduction.specs[0], 0) == "ran"
-    assert len(loads) == 1
+    assert len(synthetic_loads) == 1
     assert reproduction.ensure_run(reproduction.specs[0], 0) == "reused"
-    assert len(loads) == 2
+    assert len(synthetic_loads) == 2
 
 
 def test_a_named_row_sets_its_overrides_in_a_folder_of_its_own(tmp_path):

@@ -6,7 +6,6 @@ import logging
 
 import torch
 
-from mglightning.data import datasets
 from mglightning.train import format_summary, run
 
 
@@ -112,21 +111,13 @@ def test_gate_options_at_todays_values_reproduce_the_default_run_bit_for_bit(
     assert not torch.equal(meta_state(annealed_cfg), meta_state(default_cfg))
 
 
-def test_a_run_loads_its_data_once_and_says_so_once(tiny_config, monkeypatch, caplog):
+def test_a_run_loads_its_data_once_and_says_so_once(tiny_config, synthetic_loads, caplog):
     """One load of the pooled data (the loader called once), one data line, for a fresh run
     and for a finished one found again."""
-    loads = []
-    make_synthetic = datasets.make_synthetic
-
-    def counted(*args, **kwargs):
-        loads.append(1)
-        return make_synthetic(*args, **kwargs)
-
-    monkeypatch.setattr(datasets, "make_synthetic", counted)
     cfg = tiny_config("rounds=1", "eval_every=0")
     for runs in (1, 2):  # the second finds the first's finished run
         with caplog.at_level(logging.INFO, logger="mglightning.data.datamodule"):
             run(cfg)
         data_lines = [record for record in caplog.records
                       if record.getMessage().startswith("synthetic: ")]
-        assert len(loads) == runs and len(data_lines) == runs
+        assert len(synthetic_loads) == runs and len(data_lines) == runs
